@@ -1,0 +1,73 @@
+# ragmesh — every target installs what it needs on a fresh Debian machine.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+TOOLS := .tools
+BUF := $(TOOLS)/node_modules/.bin/buf
+BUF_VERSION := 1.75.0
+STAMP := .build/stamps
+
+.PHONY: help venv tools proto check-proto buf-deps buf-lint buf-format lint typecheck test test-unit system-deps clean
+
+help: ## list targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
+
+$(STAMP)/venv: requirements.lock pyproject.toml
+	@mkdir -p $(STAMP)
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	# torch==2.13.0 is pinned in the lock so pip takes the CPU wheel in the same resolve.
+	$(PIP) install --quiet -r requirements.lock
+	$(PIP) install --quiet --no-deps --no-build-isolation -e .
+	@touch $@
+
+venv: $(STAMP)/venv ## create .venv from the pinned lock
+
+$(STAMP)/system: scripts/system-deps.sh
+	@mkdir -p $(STAMP)
+	bash scripts/system-deps.sh
+	@touch $@
+
+system-deps: $(STAMP)/system ## apt-get the Debian packages (redis-server)
+
+$(BUF):
+	mkdir -p $(TOOLS)
+	npm install --silent --no-audit --no-fund --prefix $(TOOLS) @bufbuild/buf@$(BUF_VERSION)
+
+tools: $(BUF) ## install buf from npm
+
+proto: venv ## regenerate svc/ragmesh/v1 from proto/
+	PY=$(PY) scripts/genproto.sh svc
+
+check-proto: venv ## fail when the committed generated code is stale
+	@tmp=$$(mktemp -d) && PY=$(PY) scripts/genproto.sh $$tmp >/dev/null && \
+	  diff -r -x __pycache__ $$tmp/ragmesh/v1 svc/ragmesh/v1 && rm -rf $$tmp && \
+	  echo "generated code is fresh" || { rm -rf $$tmp; echo "stale generated code: run 'make proto'"; exit 1; }
+
+buf-deps: venv
+	@rm -rf .build/googleapis && mkdir -p .build/googleapis/google/api
+	@src=$$($(PY) -c 'import google.api.annotations_pb2 as a, pathlib; print(pathlib.Path(a.__file__).parent)') && \
+	  cp $$src/annotations.proto $$src/http.proto .build/googleapis/google/api/
+
+buf-lint: tools buf-deps ## buf lint and buf format check
+	$(BUF) lint
+	$(BUF) format -d --exit-code proto
+
+lint: venv ## ruff
+	$(VENV)/bin/ruff check svc tests
+	$(VENV)/bin/ruff format --check svc tests
+
+typecheck: venv ## mypy --strict on svc/
+	$(VENV)/bin/mypy
+
+test-unit: venv system-deps ## pytest only
+	bash scripts/pytest.sh
+
+test: venv system-deps check-proto buf-lint lint typecheck ## everything CI runs
+	bash scripts/pytest.sh
+
+clean:
+	rm -rf .build $(VENV) $(TOOLS)

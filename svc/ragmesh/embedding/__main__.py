@@ -1,0 +1,37 @@
+"""Run the embedding service: ``python -m ragmesh.embedding``."""
+
+from __future__ import annotations
+
+import asyncio
+
+from ragmesh.embedding.engine import EmbeddingEngine
+from ragmesh.embedding.servicer import SERVICE_NAME, register
+from ragmesh.kit import config
+from ragmesh.kit.server import ServiceSpec, configure_logging, run
+
+
+def build(settings: config.Settings) -> ServiceSpec:
+    """The embedding service as a host plug-in (used by ``__main__`` and by tests)."""
+    engine = EmbeddingEngine(settings.embedding)
+
+    async def load() -> None:
+        await asyncio.to_thread(engine.load)
+        engine.start()
+
+    return ServiceSpec(
+        name="embedding",
+        service_names=(SERVICE_NAME,),
+        register=register(engine),
+        load=load,
+        close=engine.close,
+    )
+
+
+def main() -> None:
+    settings = config.load()
+    configure_logging(settings.server.log_level)
+    asyncio.run(run(settings.server, build(settings)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,46 @@
+"""EmbeddingService: protos in, engine call, protos out. Errors go through the kit's table."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+
+from ragmesh.embedding.engine import EmbeddingEngine
+from ragmesh.v1 import common_pb2, embedding_service_pb2, embedding_service_pb2_grpc
+
+SERVICE_NAME = embedding_service_pb2.DESCRIPTOR.services_by_name["EmbeddingService"].full_name
+
+
+class EmbeddingServicer(embedding_service_pb2_grpc.EmbeddingServiceServicer):
+    """Serves Embed from an :class:`EmbeddingEngine`."""
+
+    def __init__(self, engine: EmbeddingEngine) -> None:
+        self.engine = engine
+
+    async def Embed(
+        self,
+        request: embedding_service_pb2.EmbedRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> embedding_service_pb2.EmbedResponse:
+        vectors = await self.engine.embed(request.texts, request.purpose)
+        return embedding_service_pb2.EmbedResponse(
+            embeddings=common_pb2.VectorBatch(
+                count=vectors.shape[0],
+                dimension=vectors.shape[1],
+                data=vectors.astype("<f4", copy=False).tobytes(),
+            ),
+            model=self.engine.model_name,
+        )
+
+
+def register(engine: EmbeddingEngine) -> Callable[[grpc.aio.Server], None]:
+    """A ServiceSpec.register callback adding the servicer to a server."""
+
+    def add(server: grpc.aio.Server) -> None:
+        embedding_service_pb2_grpc.add_EmbeddingServiceServicer_to_server(
+            EmbeddingServicer(engine), server
+        )
+
+    return add

@@ -1,0 +1,92 @@
+"""Per-call context carried from an inbound RPC to the outbound calls it makes.
+
+The server interceptor stores the request id, the tracing headers Istio/Envoy need
+propagated, and the caller's deadline; the client interceptor in
+:mod:`ragmesh.kit.channels` reads them back. No grpc import here.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import time
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+REQUEST_ID_KEY = "x-request-id"
+
+# Headers Istio asks applications to forward so one request forms one trace.
+PROPAGATED_KEYS = frozenset(
+    {
+        REQUEST_ID_KEY,
+        "traceparent",
+        "tracestate",
+        "b3",
+        "x-b3-traceid",
+        "x-b3-spanid",
+        "x-b3-parentspanid",
+        "x-b3-sampled",
+        "x-b3-flags",
+        "x-ot-span-context",
+        "x-cloud-trace-context",
+        "baggage",
+    }
+)
+
+
+@dataclass(frozen=True)
+class CallContext:
+    """What an inbound call hands down to its outbound calls."""
+
+    request_id: str
+    headers: tuple[tuple[str, str], ...]
+    deadline: float | None  # time.monotonic() instant, or None when the caller set none
+
+    def remaining(self) -> float | None:
+        """Seconds left before the caller's deadline, or None without one."""
+        if self.deadline is None:
+            return None
+        return max(0.0, self.deadline - time.monotonic())
+
+
+_current: contextvars.ContextVar[CallContext | None] = contextvars.ContextVar(
+    "ragmesh_call_context", default=None
+)
+
+
+def from_metadata(
+    metadata: Iterable[tuple[str, str | bytes]], remaining: float | None
+) -> CallContext:
+    """Build the context of an inbound call from its metadata and time remaining."""
+    headers: list[tuple[str, str]] = []
+    request_id = ""
+    for key, value in metadata:
+        k = key.lower()
+        if k in PROPAGATED_KEYS and isinstance(value, str):
+            if k == REQUEST_ID_KEY:
+                request_id = value
+            else:
+                headers.append((k, value))
+    if not request_id:
+        request_id = uuid.uuid4().hex
+    headers.append((REQUEST_ID_KEY, request_id))
+    deadline = None if remaining is None else time.monotonic() + remaining
+    return CallContext(request_id=request_id, headers=tuple(headers), deadline=deadline)
+
+
+def current() -> CallContext | None:
+    """The context of the inbound call being served, if any."""
+    return _current.get()
+
+
+def bind(ctx: CallContext) -> contextvars.Token[CallContext | None]:
+    """Make ``ctx`` current; pass the token to :func:`unbind` when the call ends."""
+    return _current.set(ctx)
+
+
+def unbind(token: contextvars.Token[CallContext | None]) -> None:
+    """Restore the context that was current before :func:`bind`."""
+    try:
+        _current.reset(token)
+    except ValueError:  # reset from another context (a stream finished elsewhere)
+        _current.set(None)

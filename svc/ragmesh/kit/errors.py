@@ -1,0 +1,53 @@
+"""Domain errors shared by every engine and service.
+
+Engines raise these; they never import grpc. One table in
+:mod:`ragmesh.kit.interceptors` maps each class to a gRPC status code::
+
+    RagmeshError
+    ├── InvalidArgument      → INVALID_ARGUMENT   (names the offending field)
+    ├── NotFound             → NOT_FOUND
+    ├── Overloaded           → RESOURCE_EXHAUSTED
+    ├── DependencyUnavailable→ UNAVAILABLE
+    ├── NotReady             → FAILED_PRECONDITION (model or index not loaded)
+    └── DataCorruption       → DATA_LOSS
+    ConfigError (not an RPC error: the process refuses to start)
+"""
+
+from __future__ import annotations
+
+
+class RagmeshError(Exception):
+    """Base class of the errors a request can end with."""
+
+
+class InvalidArgument(RagmeshError):
+    """A request field is invalid; the message starts with the field's path."""
+
+    def __init__(self, field: str, problem: str) -> None:
+        super().__init__(f"{field}: {problem}")
+        self.field = field
+        self.problem = problem
+
+
+class NotFound(RagmeshError):
+    """The named resource does not exist."""
+
+
+class Overloaded(RagmeshError):
+    """The service is at capacity; the caller should back off and retry."""
+
+
+class DependencyUnavailable(RagmeshError):
+    """A downstream dependency cannot be reached."""
+
+
+class NotReady(RagmeshError):
+    """The model or index is not loaded yet."""
+
+
+class DataCorruption(RagmeshError):
+    """Stored data failed an integrity check."""
+
+
+class ConfigError(Exception):
+    """A configuration value is invalid; raised at start, never during a request."""

@@ -1,0 +1,263 @@
+"""Server interceptors: metrics, call context, the error table, and the concurrency cap.
+
+They wrap unary-unary and unary-stream ``grpc.aio`` handlers (the only kinds the API has).
+Installed outermost first by :mod:`ragmesh.kit.server`::
+
+    MetricsInterceptor → CallContextInterceptor → ErrorInterceptor → ConcurrencyLimit → handler
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, cast
+
+import grpc
+
+from ragmesh.kit import callcontext, metrics
+from ragmesh.kit.errors import (
+    DataCorruption,
+    DependencyUnavailable,
+    InvalidArgument,
+    NotFound,
+    NotReady,
+    Overloaded,
+    RagmeshError,
+)
+
+log = logging.getLogger(__name__)
+
+# The one error table: domain error → gRPC status code. Handlers never set codes themselves.
+ERROR_TABLE: dict[type[RagmeshError], grpc.StatusCode] = {
+    InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
+    NotFound: grpc.StatusCode.NOT_FOUND,
+    Overloaded: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    DependencyUnavailable: grpc.StatusCode.UNAVAILABLE,
+    NotReady: grpc.StatusCode.FAILED_PRECONDITION,
+    DataCorruption: grpc.StatusCode.DATA_LOSS,
+}
+
+
+def status_for(error: BaseException) -> tuple[grpc.StatusCode, str]:
+    """Map an exception to the status code and message the caller sees."""
+    for cls in type(error).__mro__:
+        code = ERROR_TABLE.get(cls)
+        if code is not None:
+            return code, str(error)
+    return grpc.StatusCode.INTERNAL, "internal error"
+
+
+Context = grpc.aio.ServicerContext[Any, Any]
+Unary = Callable[[Any, Context], Awaitable[Any]]
+Stream = Callable[[Any, Context], AsyncIterator[Any]]
+Around = Callable[[str, Unary], Unary]
+AroundStream = Callable[[str, Stream], Stream]
+
+
+def _wrap(
+    handler: grpc.RpcMethodHandler[Any, Any] | None,
+    method: str,
+    unary: Around,
+    stream: AroundStream,
+) -> grpc.RpcMethodHandler[Any, Any] | None:
+    if handler is None:
+        return None
+    if handler.unary_unary is not None and not handler.request_streaming:
+        return grpc.unary_unary_rpc_method_handler(
+            unary(method, cast(Unary, handler.unary_unary)),
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+    if handler.unary_stream is not None and not handler.request_streaming:
+        return grpc.unary_stream_rpc_method_handler(
+            stream(method, cast(Stream, handler.unary_stream)),
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+    return handler
+
+
+class _Interceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
+    only_api = False  # wrap only /ragmesh.* methods
+
+    async def intercept_service(
+        self,
+        continuation: Callable[
+            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any]]
+        ],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any]:
+        handler = await continuation(handler_call_details)
+        method = handler_call_details.method
+        if self.only_api and not method.startswith("/ragmesh."):
+            return handler
+        return _wrap(handler, method, self.unary, self.stream)  # type: ignore[return-value]
+
+    @abc.abstractmethod
+    def unary(self, method: str, behavior: Unary) -> Unary:
+        """Wrap a unary-unary behavior."""
+
+    @abc.abstractmethod
+    def stream(self, method: str, behavior: Stream) -> Stream:
+        """Wrap a unary-stream behavior."""
+
+
+def _code_name(context: Context, error: BaseException | None) -> str:
+    if isinstance(error, asyncio.CancelledError):
+        return "CANCELLED"
+    code = context.code()
+    if isinstance(code, grpc.StatusCode):
+        return code.name
+    if isinstance(code, int) and not isinstance(code, bool):
+        for status in grpc.StatusCode:
+            if status.value[0] == code:
+                return status.name
+    return "UNKNOWN" if error is not None else "OK"
+
+
+class MetricsInterceptor(_Interceptor):
+    """Exports grpc_server_started_total, grpc_server_handled_total and handling seconds."""
+
+    def unary(self, method: str, behavior: Unary) -> Unary:
+        labels = metrics.method_labels(method, "unary")
+
+        async def wrapped(request: Any, context: Context) -> Any:
+            metrics.STARTED.labels(*labels).inc()
+            start = time.perf_counter()
+            error: BaseException | None = None
+            try:
+                return await behavior(request, context)
+            except BaseException as e:
+                error = e
+                raise
+            finally:
+                metrics.observe_handled(labels, _code_name(context, error), start)
+
+        return wrapped
+
+    def stream(self, method: str, behavior: Stream) -> Stream:
+        labels = metrics.method_labels(method, "server_stream")
+
+        async def wrapped(request: Any, context: Context) -> AsyncIterator[Any]:
+            metrics.STARTED.labels(*labels).inc()
+            start = time.perf_counter()
+            error: BaseException | None = None
+            try:
+                async for message in behavior(request, context):
+                    metrics.MSG_SENT.labels(*labels).inc()
+                    yield message
+            except BaseException as e:
+                error = e
+                raise
+            finally:
+                metrics.observe_handled(labels, _code_name(context, error), start)
+
+        return wrapped
+
+
+class CallContextInterceptor(_Interceptor):
+    """Binds the request id, tracing headers and deadline of the call for outbound calls."""
+
+    def unary(self, method: str, behavior: Unary) -> Unary:
+        async def wrapped(request: Any, context: Context) -> Any:
+            token = callcontext.bind(
+                callcontext.from_metadata(
+                    context.invocation_metadata() or (), context.time_remaining()
+                )
+            )
+            try:
+                return await behavior(request, context)
+            finally:
+                callcontext.unbind(token)
+
+        return wrapped
+
+    def stream(self, method: str, behavior: Stream) -> Stream:
+        async def wrapped(request: Any, context: Context) -> AsyncIterator[Any]:
+            token = callcontext.bind(
+                callcontext.from_metadata(
+                    context.invocation_metadata() or (), context.time_remaining()
+                )
+            )
+            try:
+                async for message in behavior(request, context):
+                    yield message
+            finally:
+                callcontext.unbind(token)
+
+        return wrapped
+
+
+async def _abort(context: Context, method: str, error: Exception) -> None:
+    code, message = status_for(error)
+    if code is grpc.StatusCode.INTERNAL:
+        log.exception("unexpected error in %s", method, exc_info=error)
+    await context.abort(code, message)
+
+
+class ErrorInterceptor(_Interceptor):
+    """Applies :data:`ERROR_TABLE` to every exception a handler raises."""
+
+    only_api = True
+
+    def unary(self, method: str, behavior: Unary) -> Unary:
+        async def wrapped(request: Any, context: Context) -> Any:
+            try:
+                return await behavior(request, context)
+            except grpc.aio.AbortError:
+                raise
+            except Exception as e:
+                await _abort(context, method, e)
+
+        return wrapped
+
+    def stream(self, method: str, behavior: Stream) -> Stream:
+        async def wrapped(request: Any, context: Context) -> AsyncIterator[Any]:
+            try:
+                async for message in behavior(request, context):
+                    yield message
+            except grpc.aio.AbortError:
+                raise
+            except Exception as e:
+                await _abort(context, method, e)
+
+        return wrapped
+
+
+class ConcurrencyLimit(_Interceptor):
+    """Rejects API calls past ``limit`` in flight with Overloaded (health and reflection exempt)."""
+
+    only_api = True
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.in_flight = 0
+
+    def _enter(self) -> None:
+        if self.in_flight >= self.limit:
+            raise Overloaded(f"server at capacity: {self.in_flight} calls in flight")
+        self.in_flight += 1
+
+    def unary(self, method: str, behavior: Unary) -> Unary:
+        async def wrapped(request: Any, context: Context) -> Any:
+            self._enter()
+            try:
+                return await behavior(request, context)
+            finally:
+                self.in_flight -= 1
+
+        return wrapped
+
+    def stream(self, method: str, behavior: Stream) -> Stream:
+        async def wrapped(request: Any, context: Context) -> AsyncIterator[Any]:
+            self._enter()
+            try:
+                async for message in behavior(request, context):
+                    yield message
+            finally:
+                self.in_flight -= 1
+
+        return wrapped

@@ -1,0 +1,32 @@
+"""Run the retrieval service: ``python -m ragmesh.retrieval``."""
+
+from __future__ import annotations
+
+import asyncio
+
+from ragmesh.kit import config
+from ragmesh.kit.server import ServiceSpec, configure_logging, run
+from ragmesh.retrieval.engine import RetrievalEngine
+from ragmesh.retrieval.servicer import SERVICE_NAME, register
+
+
+def build(settings: config.Settings) -> ServiceSpec:
+    """The retrieval service as a host plug-in (used by ``__main__`` and by tests)."""
+    engine = RetrievalEngine(settings.retrieval)
+    return ServiceSpec(
+        name="retrieval",
+        service_names=(SERVICE_NAME,),
+        register=register(engine),
+        load=engine.open,
+        close=engine.close,
+    )
+
+
+def main() -> None:
+    settings = config.load()
+    configure_logging(settings.server.log_level)
+    asyncio.run(run(settings.server, build(settings)))
+
+
+if __name__ == "__main__":
+    main()

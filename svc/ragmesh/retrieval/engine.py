@@ -1,0 +1,108 @@
+"""The retrieval engine as the servicer sees it: the chunk store behind one worker thread.
+
+FAISS and the store are not safe for concurrent writes and reads, so every operation runs
+on one dedicated thread (searches still use FAISS's own OpenMP threads). The event loop
+stays free to accept calls meanwhile. No grpc here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import TypeVar
+
+from ragmesh.kit.config import RetrievalSettings
+from ragmesh.kit.errors import NotReady
+from ragmesh.retrieval.index import IndexParams
+from ragmesh.retrieval.store import ChunkIn, ChunkStore, Hit, Limits
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class IndexInfo:
+    """What GetIndexInfo reports."""
+
+    count: int
+    dimension: int
+    kind: str
+    device: str
+    version: int
+
+
+class RetrievalEngine:
+    """Async front of a :class:`ChunkStore`."""
+
+    def __init__(self, settings: RetrievalSettings) -> None:
+        self.store = ChunkStore(
+            settings.index_dir,
+            IndexParams(
+                kind=settings.kind,
+                dim=settings.dim,
+                device=settings.device,
+                hnsw_m=settings.hnsw_m,
+                hnsw_ef_search=settings.hnsw_ef_search,
+                ivf_nlist=settings.ivf_nlist,
+                ivf_nprobe=settings.ivf_nprobe,
+            ),
+            Limits(
+                max_top_k=settings.max_top_k,
+                max_queries=settings.max_queries,
+                max_chunks=settings.max_chunks,
+                max_chunk_chars=settings.max_chunk_chars,
+            ),
+            settings.snapshot_every,
+        )
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="index")
+        self._open = False
+
+    async def _run(self, fn: Callable[[], T]) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
+
+    async def open(self) -> None:
+        """Load the snapshot and replay the log."""
+        await self._run(self.store.open)
+        self._open = True
+
+    async def close(self) -> None:
+        if self._open:
+            self._open = False
+            await self._run(self.store.close)
+        self._executor.shutdown(wait=True)
+
+    def _check(self) -> None:
+        if not self._open:
+            raise NotReady("index not loaded")
+
+    async def upsert(self, chunks: Sequence[ChunkIn]) -> tuple[int, int]:
+        """Durably write ``chunks``; returns (count, index version)."""
+        self._check()
+        n = await self._run(lambda: self.store.upsert(chunks))
+        return n, self.store.version
+
+    async def delete(
+        self, chunk_ids: Sequence[str], document_ids: Sequence[str]
+    ) -> tuple[int, int]:
+        """Durably delete; returns (deleted count, index version)."""
+        self._check()
+        n = await self._run(lambda: self.store.delete(chunk_ids, document_ids))
+        return n, self.store.version
+
+    async def search(
+        self, count: int, dimension: int, data: bytes, top_k: int, where: Mapping[str, str]
+    ) -> tuple[list[list[Hit]], int]:
+        """Validate and run a batched search; returns (hits per query, index version)."""
+        self._check()
+        queries = self.store.validate_queries(count, dimension, data, top_k)
+
+        def work() -> tuple[list[list[Hit]], int]:
+            return self.store.search(queries, top_k, where), self.store.version
+
+        return await self._run(work)
+
+    async def info(self) -> IndexInfo:
+        self._check()
+        s = self.store
+        return IndexInfo(s.count, s.dim, s.params.kind, s.index.device, s.version)

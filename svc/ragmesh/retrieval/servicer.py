@@ -1,0 +1,84 @@
+"""RetrievalService: protos in, engine call, protos out. Errors go through the kit's table."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+
+from ragmesh.retrieval.engine import RetrievalEngine
+from ragmesh.retrieval.store import ChunkIn
+from ragmesh.v1 import common_pb2
+from ragmesh.v1 import retrieval_service_pb2 as pb
+from ragmesh.v1 import retrieval_service_pb2_grpc as pb_grpc
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["RetrievalService"].full_name
+KINDS = {"flat": pb.INDEX_KIND_FLAT, "hnsw": pb.INDEX_KIND_HNSW, "ivf": pb.INDEX_KIND_IVF}
+Context = grpc.aio.ServicerContext[Any, Any]
+
+
+class RetrievalServicer(pb_grpc.RetrievalServiceServicer):
+    """Serves the RetrievalService RPCs from a :class:`RetrievalEngine`."""
+
+    def __init__(self, engine: RetrievalEngine) -> None:
+        self.engine = engine
+
+    async def Search(self, request: pb.SearchRequest, context: Context) -> pb.SearchResponse:
+        q = request.queries
+        results, version = await self.engine.search(
+            q.count, q.dimension, q.data, request.top_k, request.filter
+        )
+        return pb.SearchResponse(
+            results=[
+                pb.QueryHits(
+                    passages=[
+                        common_pb2.Passage(
+                            chunk_id=h.payload.chunk_id,
+                            document_id=h.payload.document_id,
+                            text=h.payload.text,
+                            score=h.score,
+                            metadata=h.payload.metadata,
+                        )
+                        for h in hits
+                    ]
+                )
+                for hits in results
+            ],
+            index_version=version,
+        )
+
+    async def Upsert(self, request: pb.UpsertRequest, context: Context) -> pb.UpsertResponse:
+        chunks = [
+            ChunkIn(c.chunk_id, c.document_id, c.text, dict(c.metadata), c.vector)
+            for c in request.chunks
+        ]
+        count, version = await self.engine.upsert(chunks)
+        return pb.UpsertResponse(upserted_count=count, index_version=version)
+
+    async def Delete(self, request: pb.DeleteRequest, context: Context) -> pb.DeleteResponse:
+        count, version = await self.engine.delete(
+            list(request.chunk_ids), list(request.document_ids)
+        )
+        return pb.DeleteResponse(deleted_count=count, index_version=version)
+
+    async def GetIndexInfo(
+        self, request: pb.GetIndexInfoRequest, context: Context
+    ) -> pb.GetIndexInfoResponse:
+        info = await self.engine.info()
+        return pb.GetIndexInfoResponse(
+            count=info.count,
+            dimension=info.dimension,
+            kind=KINDS[info.kind],
+            device=info.device,
+            index_version=info.version,
+        )
+
+
+def register(engine: RetrievalEngine) -> Callable[[grpc.aio.Server], None]:
+    """A ServiceSpec.register callback adding the servicer to a server."""
+
+    def add(server: grpc.aio.Server) -> None:
+        pb_grpc.add_RetrievalServiceServicer_to_server(RetrievalServicer(engine), server)
+
+    return add

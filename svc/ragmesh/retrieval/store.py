@@ -1,0 +1,430 @@
+"""The durable chunk store: payloads, vectors, the FAISS index, the log and snapshots.
+
+Every write is validated first (nothing is written for a bad request), then appended to
+the write-ahead log and fsynced, then applied in memory; only then is it acknowledged.
+Every ``snapshot_every`` written chunks the whole state is saved to ``snapshot.npz`` via a
+temporary file, fsync and atomic rename, and the log is emptied. On start the snapshot is
+loaded and the log replayed over it (records at or below the snapshot's version are
+skipped). The store is not thread-safe: :mod:`ragmesh.retrieval.engine` serializes calls.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import struct
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TypeVar
+
+import numpy as np
+
+from ragmesh.kit.errors import InvalidArgument
+from ragmesh.retrieval.index import Bitmap, FaissIndex, IndexParams, Matrix
+from ragmesh.retrieval.wal import WriteAheadLog, fsync_dir, replay
+
+log = logging.getLogger(__name__)
+
+_K = TypeVar("_K")
+_OP = struct.Struct("<BQI")  # op, version, json length
+_UPSERT, _DELETE = 1, 2
+SNAPSHOT = "snapshot.npz"
+LOG = "wal.log"
+
+
+@dataclass(frozen=True)
+class ChunkIn:
+    """A chunk to write, as the servicer decodes it."""
+
+    chunk_id: str
+    document_id: str
+    text: str
+    metadata: Mapping[str, str]
+    vector: bytes
+
+
+@dataclass(frozen=True)
+class Payload:
+    """What is stored beside each vector."""
+
+    chunk_id: str
+    document_id: str
+    text: str
+    metadata: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One search result."""
+
+    payload: Payload
+    score: float
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Request limits enforced before anything is written."""
+
+    max_top_k: int = 100
+    max_queries: int = 256
+    max_chunks: int = 1024
+    max_chunk_chars: int = 16384
+
+
+def _unit(vectors: Matrix, field_name: str) -> Matrix:
+    if not np.isfinite(vectors).all():
+        row = int(np.nonzero(~np.isfinite(vectors).all(axis=1))[0][0])
+        raise InvalidArgument(field_name.format(row), "contains NaN or infinity")
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    if (norms == 0).any():
+        row = int(np.nonzero(norms[:, 0] == 0)[0][0])
+        raise InvalidArgument(field_name.format(row), "must not be the zero vector")
+    return np.ascontiguousarray(vectors / norms, dtype=np.float32)
+
+
+class ChunkStore:
+    """Chunks by id, their vectors in a FAISS index, durable through a log and snapshots."""
+
+    def __init__(
+        self, directory: Path, params: IndexParams, limits: Limits, snapshot_every: int
+    ) -> None:
+        self.dir = directory
+        self.params = params
+        self.limits = limits
+        self.snapshot_every = snapshot_every
+        self.dim = params.dim
+        self.index = FaissIndex(params)
+        self.version = 0
+        self._vectors: Matrix = np.zeros((0, self.dim), dtype=np.float32)
+        self._payloads: list[Payload | None] = []
+        self._slot: dict[str, int] = {}
+        self._by_doc: dict[str, set[int]] = {}
+        self._by_meta: dict[tuple[str, str], set[int]] = {}
+        self._n = 0
+        self._dead = 0
+        self._since_snapshot = 0
+        self._log: WriteAheadLog | None = None
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    def open(self) -> None:
+        """Load the snapshot, replay the log, and open the log for appends."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self._load_snapshot()
+        replayed = 0
+        for payload in replay(self.dir / LOG):
+            if self._apply_record(payload):
+                replayed += 1
+        if self.index.ntotal < self._n:  # replayed records are not in the stored index yet
+            self.index.add(self._vectors[self.index.ntotal : self._n], self._vectors[: self._n])
+        self._log = WriteAheadLog(self.dir / LOG)
+        log.info(
+            "index open: %d chunks, version %d, %d log records replayed, kind %s on %s",
+            self.count,
+            self.version,
+            replayed,
+            self.params.kind,
+            self.index.device,
+        )
+
+    def close(self) -> None:
+        if self._log is not None:
+            if self._since_snapshot:
+                self.snapshot()
+            self._log.close()
+            self._log = None
+
+    @property
+    def count(self) -> int:
+        return self._n - self._dead
+
+    # -- writes -----------------------------------------------------------------------------
+
+    def validate_upsert(self, chunks: Sequence[ChunkIn]) -> Matrix:
+        """Check a batch and return its unit vectors; raises InvalidArgument naming the field."""
+        if not chunks:
+            raise InvalidArgument("chunks", "at least one chunk is required")
+        if len(chunks) > self.limits.max_chunks:
+            raise InvalidArgument(
+                "chunks", f"{len(chunks)} chunks exceed the limit of {self.limits.max_chunks}"
+            )
+        seen: set[str] = set()
+        for i, c in enumerate(chunks):
+            if not c.chunk_id:
+                raise InvalidArgument(f"chunks[{i}].chunk_id", "must not be empty")
+            if c.chunk_id in seen:
+                raise InvalidArgument(
+                    f"chunks[{i}].chunk_id", f"duplicate id {c.chunk_id!r} in the request"
+                )
+            seen.add(c.chunk_id)
+            if not c.document_id:
+                raise InvalidArgument(f"chunks[{i}].document_id", "must not be empty")
+            if len(c.text) > self.limits.max_chunk_chars:
+                raise InvalidArgument(
+                    f"chunks[{i}].text",
+                    f"{len(c.text)} characters exceed the limit of {self.limits.max_chunk_chars}",
+                )
+            if len(c.vector) != 4 * self.dim:
+                raise InvalidArgument(
+                    f"chunks[{i}].vector",
+                    f"expected {self.dim} float32 values, got {len(c.vector) / 4:g}",
+                )
+        raw = np.frombuffer(b"".join(c.vector for c in chunks), dtype="<f4").reshape(
+            len(chunks), self.dim
+        )
+        return _unit(raw, "chunks[{}].vector")
+
+    def upsert(self, chunks: Sequence[ChunkIn]) -> int:
+        """Validate, log durably, apply; returns the number of chunks written."""
+        vectors = self.validate_upsert(chunks)
+        items: list[dict[str, object]] = [
+            {"c": c.chunk_id, "d": c.document_id, "t": c.text, "m": dict(c.metadata)}
+            for c in chunks
+        ]
+        self._write(_UPSERT, items, vectors)
+        self._apply_upsert(items, vectors)
+        self._after_write(len(chunks))
+        return len(chunks)
+
+    def delete(self, chunk_ids: Sequence[str], document_ids: Sequence[str]) -> int:
+        """Delete by chunk id and/or document id; returns how many chunks existed."""
+        if not chunk_ids and not document_ids:
+            raise InvalidArgument("chunk_ids", "give chunk_ids or document_ids")
+        for name, ids in (("chunk_ids", chunk_ids), ("document_ids", document_ids)):
+            for i, value in enumerate(ids):
+                if not value:
+                    raise InvalidArgument(f"{name}[{i}]", "must not be empty")
+        item = {"c": list(chunk_ids), "d": list(document_ids)}
+        self._write(_DELETE, item, None)
+        removed = self._apply_delete(item["c"], item["d"])
+        self._after_write(max(1, removed))
+        return removed
+
+    def _write(self, op: int, body: object, vectors: Matrix | None) -> None:
+        assert self._log is not None, "store not open"
+        version = self.version + 1
+        header = json.dumps(body, separators=(",", ":")).encode()
+        blob = b"" if vectors is None else vectors.astype("<f4", copy=False).tobytes()
+        self._log.append(_OP.pack(op, version, len(header)) + header + blob)
+        self.version = version
+
+    def _after_write(self, chunks: int) -> None:
+        self._since_snapshot += chunks
+        if self._dead > max(1024, self._n // 3):
+            self._compact()
+        if self._since_snapshot >= self.snapshot_every:
+            self.snapshot()
+
+    # -- applying (shared by writes and replay) ---------------------------------------------
+
+    def _apply_record(self, payload: bytes) -> bool:
+        op, version, hlen = _OP.unpack_from(payload)
+        if version <= self.version:
+            return False  # already in the snapshot
+        body = json.loads(payload[_OP.size : _OP.size + hlen])
+        if op == _UPSERT:
+            blob = payload[_OP.size + hlen :]
+            vectors = (
+                np.frombuffer(blob, dtype="<f4").reshape(len(body), self.dim).astype(np.float32)
+            )
+            self._apply_upsert(body, vectors, index=False)
+        elif op == _DELETE:
+            self._apply_delete(body["c"], body["d"])
+        self.version = version
+        return True
+
+    def _apply_upsert(
+        self, items: list[dict[str, object]], vectors: Matrix, index: bool = True
+    ) -> None:
+        self._remove_slots([self._slot[str(it["c"])] for it in items if it["c"] in self._slot])
+        start = self._n
+        self._ensure_capacity(start + len(items))
+        self._vectors[start : start + len(items)] = vectors
+        for offset, it in enumerate(items):
+            meta = it["m"]
+            assert isinstance(meta, dict)
+            p = Payload(
+                str(it["c"]), str(it["d"]), str(it["t"]), {str(k): str(v) for k, v in meta.items()}
+            )
+            slot = start + offset
+            self._payloads.append(p)
+            self._slot[p.chunk_id] = slot
+            self._by_doc.setdefault(p.document_id, set()).add(slot)
+            for kv in p.metadata.items():
+                self._by_meta.setdefault(kv, set()).add(slot)
+        self._n += len(items)
+        if index:
+            self.index.add(vectors, self._vectors[: self._n])
+
+    def _apply_delete(self, chunk_ids: Iterable[str], document_ids: Iterable[str]) -> int:
+        slots = {self._slot[c] for c in chunk_ids if c in self._slot}
+        for d in document_ids:
+            slots |= self._by_doc.get(d, set())
+        self._remove_slots(sorted(slots))
+        return len(slots)
+
+    def _remove_slots(self, slots: Sequence[int]) -> None:
+        for slot in slots:
+            p = self._payloads[slot]
+            if p is None:
+                continue
+            self._payloads[slot] = None
+            del self._slot[p.chunk_id]
+            self._discard(self._by_doc, p.document_id, slot)
+            for kv in p.metadata.items():
+                self._discard(self._by_meta, kv, slot)
+            self._dead += 1
+
+    @staticmethod
+    def _discard(mapping: dict[_K, set[int]], key: _K, slot: int) -> None:
+        members = mapping.get(key)
+        if members is not None:
+            members.discard(slot)
+            if not members:
+                del mapping[key]
+
+    def _ensure_capacity(self, needed: int) -> None:
+        if needed > len(self._vectors):
+            grown = np.zeros(
+                (max(needed, 2 * len(self._vectors), 1024), self.dim), dtype=np.float32
+            )
+            grown[: self._n] = self._vectors[: self._n]
+            self._vectors = grown
+
+    def _compact(self) -> None:
+        """Drop dead slots and rebuild the index over the live ones."""
+        live = [i for i in range(self._n) if self._payloads[i] is not None]
+        log.info("compacting index: %d live of %d slots", len(live), self._n)
+        vectors = self._vectors[live].copy()
+        payloads = [self._payloads[i] for i in live]
+        self._vectors = np.zeros((0, self.dim), dtype=np.float32)
+        self._payloads, self._slot, self._by_doc, self._by_meta = [], {}, {}, {}
+        self._n = self._dead = 0
+        items: list[dict[str, object]] = [
+            {"c": p.chunk_id, "d": p.document_id, "t": p.text, "m": p.metadata}
+            for p in payloads
+            if p
+        ]
+        self._apply_upsert(items, vectors, index=False)
+        self.index.rebuild(self._vectors[: self._n])
+
+    # -- snapshots --------------------------------------------------------------------------
+
+    def snapshot(self) -> None:
+        """Save the whole state atomically, then empty the log."""
+        assert self._log is not None
+        tmp = self.dir / (SNAPSHOT + ".tmp")
+        records = [
+            None if p is None else [p.chunk_id, p.document_id, p.text, p.metadata]
+            for p in self._payloads
+        ]
+        buffer = io.BytesIO()
+        np.savez(
+            buffer,
+            vectors=self._vectors[: self._n],
+            records=np.frombuffer(json.dumps(records).encode(), dtype=np.uint8),
+            version=np.array([self.version], dtype=np.uint64),
+            index=self.index.serialize(),
+        )
+        with open(tmp, "wb") as f:
+            f.write(buffer.getbuffer())
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.dir / SNAPSHOT)
+        fsync_dir(self.dir)
+        self._log.reset()
+        self._since_snapshot = 0
+        log.info("snapshot at version %d: %d chunks", self.version, self.count)
+
+    def _load_snapshot(self) -> None:
+        path = self.dir / SNAPSHOT
+        if not path.exists():
+            return
+        with np.load(path) as snap:
+            vectors = snap["vectors"].astype(np.float32)
+            if vectors.shape[1:] != (self.dim,):
+                raise InvalidArgument(
+                    "RAGMESH_INDEX_DIM", f"the stored index has dimension {vectors.shape[1]}"
+                )
+            records = json.loads(snap["records"].tobytes())
+            version = int(snap["version"][0])
+            blob = snap["index"]
+        self._ensure_capacity(len(vectors))
+        self._vectors[: len(vectors)] = vectors
+        for slot, r in enumerate(records):
+            if r is None:
+                self._payloads.append(None)
+                self._dead += 1
+                continue
+            p = Payload(r[0], r[1], r[2], r[3])
+            self._payloads.append(p)
+            self._slot[p.chunk_id] = slot
+            self._by_doc.setdefault(p.document_id, set()).add(slot)
+            for kv in p.metadata.items():
+                self._by_meta.setdefault(kv, set()).add(slot)
+        self._n = len(records)
+        self.version = version
+        self.index.load(blob, self._vectors[: self._n])
+
+    # -- reads ------------------------------------------------------------------------------
+
+    def validate_queries(self, count: int, dimension: int, data: bytes, top_k: int) -> Matrix:
+        if count == 0:
+            raise InvalidArgument("queries", "at least one query vector is required")
+        if count > self.limits.max_queries:
+            raise InvalidArgument(
+                "queries.count", f"{count} queries exceed the limit of {self.limits.max_queries}"
+            )
+        if dimension != self.dim:
+            raise InvalidArgument("queries.dimension", f"expected {self.dim}, got {dimension}")
+        if len(data) != 4 * count * dimension:
+            raise InvalidArgument(
+                "queries.data", f"expected {4 * count * dimension} bytes, got {len(data)}"
+            )
+        if not 1 <= top_k <= self.limits.max_top_k:
+            raise InvalidArgument(
+                "top_k", f"must be between 1 and {self.limits.max_top_k}, got {top_k}"
+            )
+        raw = np.frombuffer(data, dtype="<f4").reshape(count, dimension)
+        return _unit(raw, "queries.data[{}]")
+
+    def search(self, queries: Matrix, top_k: int, where: Mapping[str, str]) -> list[list[Hit]]:
+        """Top-k hits per query (already validated), optionally filtered on metadata."""
+        if self.count == 0:
+            return [[] for _ in range(len(queries))]
+        if where:
+            return self._search_filtered(queries, top_k, where)
+        allowed: Bitmap | None = None
+        if self._dead:
+            allowed = np.fromiter(
+                (p is not None for p in self._payloads), dtype=np.bool_, count=self._n
+            )
+        scores, ids = self.index.search(queries, top_k, allowed)
+        return [
+            [
+                Hit(p, float(s))
+                for s, i in zip(srow, irow, strict=True)
+                if i >= 0 and (p := self._payloads[i])
+            ]
+            for srow, irow in zip(scores, ids, strict=True)
+        ]
+
+    def _search_filtered(
+        self, queries: Matrix, top_k: int, where: Mapping[str, str]
+    ) -> list[list[Hit]]:
+        """Exact scoring over the chunks matching every key/value pair of ``where``."""
+        sets = [self._by_meta.get(kv, set()) for kv in where.items()]
+        candidates = np.array(sorted(set.intersection(*sets)), dtype=np.int64)
+        if len(candidates) == 0:
+            return [[] for _ in range(len(queries))]
+        scores = queries @ self._vectors[candidates].T
+        k = min(top_k, len(candidates))
+        results = []
+        for row in scores:
+            top = np.argpartition(-row, k - 1)[:k]
+            top = top[np.argsort(-row[top])]
+            results.append([Hit(self._payloads[candidates[j]], float(row[j])) for j in top])
+        return results
