@@ -10,9 +10,8 @@ from ragmesh.kit import config
 from ragmesh.kit.server import ServiceSpec, configure_logging, run
 
 
-def build(settings: config.Settings) -> ServiceSpec:
+def build(engine: EmbeddingEngine) -> ServiceSpec:
     """The embedding service as a host plug-in (used by ``__main__`` and by tests)."""
-    engine = EmbeddingEngine(settings.embedding)
 
     async def load() -> None:
         await asyncio.to_thread(engine.load)
@@ -30,7 +29,7 @@ def build(settings: config.Settings) -> ServiceSpec:
 def main() -> None:
     settings = config.load()
     configure_logging(settings.server.log_level)
-    asyncio.run(run(settings.server, build(settings)))
+    asyncio.run(run(settings.server, build(EmbeddingEngine(settings.embedding))))
 
 
 if __name__ == "__main__":

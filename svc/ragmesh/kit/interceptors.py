@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import inspect
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -80,6 +81,16 @@ def _wrap(
     return handler
 
 
+async def _iterate(behavior: Stream, request: Any, context: Context) -> AsyncIterator[Any]:
+    """Run a server-streaming behavior written as an async generator or with context.write()."""
+    result: Any = behavior(request, context)
+    if inspect.isawaitable(result):  # write()-style handler, e.g. the library's Health.Watch
+        await result
+        return
+    async for message in result:
+        yield message
+
+
 class _Interceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
     only_api = False  # wrap only /ragmesh.* methods
 
@@ -146,7 +157,7 @@ class MetricsInterceptor(_Interceptor):
             start = time.perf_counter()
             error: BaseException | None = None
             try:
-                async for message in behavior(request, context):
+                async for message in _iterate(behavior, request, context):
                     metrics.MSG_SENT.labels(*labels).inc()
                     yield message
             except BaseException as e:
@@ -183,7 +194,7 @@ class CallContextInterceptor(_Interceptor):
                 )
             )
             try:
-                async for message in behavior(request, context):
+                async for message in _iterate(behavior, request, context):
                     yield message
             finally:
                 callcontext.unbind(token)
@@ -217,7 +228,7 @@ class ErrorInterceptor(_Interceptor):
     def stream(self, method: str, behavior: Stream) -> Stream:
         async def wrapped(request: Any, context: Context) -> AsyncIterator[Any]:
             try:
-                async for message in behavior(request, context):
+                async for message in _iterate(behavior, request, context):
                     yield message
             except grpc.aio.AbortError:
                 raise
@@ -255,7 +266,7 @@ class ConcurrencyLimit(_Interceptor):
         async def wrapped(request: Any, context: Context) -> AsyncIterator[Any]:
             self._enter()
             try:
-                async for message in behavior(request, context):
+                async for message in _iterate(behavior, request, context):
                     yield message
             finally:
                 self.in_flight -= 1

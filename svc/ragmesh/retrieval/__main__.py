@@ -10,9 +10,8 @@ from ragmesh.retrieval.engine import RetrievalEngine
 from ragmesh.retrieval.servicer import SERVICE_NAME, register
 
 
-def build(settings: config.Settings) -> ServiceSpec:
+def build(engine: RetrievalEngine) -> ServiceSpec:
     """The retrieval service as a host plug-in (used by ``__main__`` and by tests)."""
-    engine = RetrievalEngine(settings.retrieval)
     return ServiceSpec(
         name="retrieval",
         service_names=(SERVICE_NAME,),
@@ -25,7 +24,7 @@ def build(settings: config.Settings) -> ServiceSpec:
 def main() -> None:
     settings = config.load()
     configure_logging(settings.server.log_level)
-    asyncio.run(run(settings.server, build(settings)))
+    asyncio.run(run(settings.server, build(RetrievalEngine(settings.retrieval))))
 
 
 if __name__ == "__main__":

@@ -53,7 +53,7 @@ class FaissIndex:
         if params.kind not in KINDS:
             raise ValueError(f"unknown index kind {params.kind!r}")
         self.params = params
-        self._cpu: Any = self._empty()
+        self._cpu: Any = self._structure_for(np.zeros((0, params.dim), dtype=np.float32))
         self._gpu: Any = None
         self._gpu_res: Any = None
         wants_gpu = params.device == "cuda" or (params.device == "auto" and gpu_available())

@@ -1,0 +1,198 @@
+"""RetrievalService over real gRPC: writes, search, filters, versions, and bad input."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+
+from ragmesh.retrieval.__main__ import build
+from ragmesh.retrieval.engine import RetrievalEngine
+from ragmesh.v1 import (
+    common_pb2,
+    retrieval_service_pb2 as pb,
+    retrieval_service_pb2_grpc as pb_grpc,
+)
+from tests.conftest import settings_for, start
+
+DIM = 32
+
+
+def vec(seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal(DIM).astype(np.float32)
+
+
+def chunk(i: int, doc: str = "doc", **meta: str) -> pb.Chunk:
+    return pb.Chunk(
+        chunk_id=f"c{i}", document_id=doc, text=f"text {i}", metadata=meta, vector=vec(i).tobytes()
+    )
+
+
+def queries(*seeds: int) -> common_pb2.VectorBatch:
+    data = np.stack([vec(s) for s in seeds]).astype("<f4").tobytes()
+    return common_pb2.VectorBatch(count=len(seeds), dimension=DIM, data=data)
+
+
+@pytest.fixture
+async def stub(tmp_path: Path) -> AsyncIterator[pb_grpc.RetrievalServiceStub]:
+    settings = settings_for(tmp_path, RAGMESH_INDEX_DIM=str(DIM), RAGMESH_SEARCH_MAX_TOP_K="20")
+    host = await start(settings, build(RetrievalEngine(settings.retrieval)))
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{host.port}")
+    yield pb_grpc.RetrievalServiceStub(channel)
+    await channel.close()
+    await host.drain_and_stop()
+
+
+async def info(stub: pb_grpc.RetrievalServiceStub) -> pb.GetIndexInfoResponse:
+    return await stub.GetIndexInfo(pb.GetIndexInfoRequest(), timeout=5)
+
+
+async def test_upsert_search_delete_round_trip(stub: pb_grpc.RetrievalServiceStub) -> None:
+    v0 = (await info(stub)).index_version
+    up = await stub.Upsert(
+        pb.UpsertRequest(
+            chunks=[chunk(i, doc=f"d{i % 2}", lang=("en" if i < 5 else "fr")) for i in range(10)]
+        ),
+        timeout=5,
+    )
+    assert up.upserted_count == 10 and up.index_version > v0
+    i = await info(stub)
+    assert (i.count, i.dimension, i.kind, i.device, i.index_version) == (
+        10,
+        DIM,
+        pb.INDEX_KIND_FLAT,
+        "cpu",
+        up.index_version,
+    )
+
+    res = await stub.Search(pb.SearchRequest(queries=queries(3, 7), top_k=3), timeout=5)
+    assert len(res.results) == 2 and res.index_version == up.index_version
+    best = res.results[0].passages[0]
+    assert (best.chunk_id, best.document_id, best.text, dict(best.metadata)) == (
+        "c3",
+        "d1",
+        "text 3",
+        {"lang": "en"},
+    )
+    assert best.score == pytest.approx(1.0, abs=1e-5)
+    assert res.results[1].passages[0].chunk_id == "c7"
+    scores = [p.score for p in res.results[0].passages]
+    assert scores == sorted(scores, reverse=True)
+
+    filtered = await stub.Search(
+        pb.SearchRequest(queries=queries(3), top_k=10, filter={"lang": "fr"}), timeout=5
+    )
+    assert {p.chunk_id for p in filtered.results[0].passages} == {f"c{i}" for i in range(5, 10)}
+
+    again = await stub.Upsert(pb.UpsertRequest(chunks=[chunk(3, doc="d1", lang="de")]), timeout=5)
+    assert (await info(stub)).count == 10 and again.index_version > up.index_version
+
+    gone = await stub.Delete(pb.DeleteRequest(document_ids=["d0"]), timeout=5)
+    assert gone.deleted_count == 5 and gone.index_version > again.index_version
+    gone2 = await stub.Delete(pb.DeleteRequest(chunk_ids=["c3", "nope"]), timeout=5)
+    assert gone2.deleted_count == 1 and gone2.index_version > gone.index_version
+    left = await stub.Search(pb.SearchRequest(queries=queries(3), top_k=20), timeout=5)
+    assert {p.chunk_id for p in left.results[0].passages} == {"c1", "c5", "c7", "c9"}
+
+
+def bad_vector() -> bytes:
+    v = vec(1)
+    v[2] = np.nan
+    return v.tobytes()
+
+
+def inf_vector() -> bytes:
+    v = vec(1)
+    v[0] = -np.inf
+    return v.tobytes()
+
+
+BAD_UPSERTS = [
+    (pb.UpsertRequest(), "chunks"),
+    (
+        pb.UpsertRequest(
+            chunks=[chunk(1), pb.Chunk(chunk_id="x", document_id="d", vector=vec(1).tobytes()[:-4])]
+        ),
+        "chunks[1].vector",
+    ),
+    (
+        pb.UpsertRequest(chunks=[pb.Chunk(chunk_id="x", document_id="d", vector=bad_vector())]),
+        "chunks[0].vector",
+    ),
+    (
+        pb.UpsertRequest(chunks=[pb.Chunk(chunk_id="x", document_id="d", vector=inf_vector())]),
+        "chunks[0].vector",
+    ),
+    (
+        pb.UpsertRequest(chunks=[pb.Chunk(chunk_id="", document_id="d", vector=vec(1).tobytes())]),
+        "chunks[0].chunk_id",
+    ),
+    (
+        pb.UpsertRequest(chunks=[pb.Chunk(chunk_id="x", document_id="", vector=vec(1).tobytes())]),
+        "chunks[0].document_id",
+    ),
+    (pb.UpsertRequest(chunks=[chunk(1), chunk(1)]), "chunks[1].chunk_id"),
+]
+
+
+@pytest.mark.parametrize(("request_", "field"), BAD_UPSERTS)
+async def test_bad_upsert_is_invalid_argument_and_writes_nothing(
+    stub: pb_grpc.RetrievalServiceStub, request_: pb.UpsertRequest, field: str
+) -> None:
+    await stub.Upsert(pb.UpsertRequest(chunks=[chunk(100)]), timeout=5)
+    before = await info(stub)
+    with pytest.raises(grpc.aio.AioRpcError) as e:
+        await stub.Upsert(request_, timeout=5)
+    assert e.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert (e.value.details() or "").startswith(field + ":")
+    after = await info(stub)
+    assert (after.count, after.index_version) == (before.count, before.index_version)
+
+
+BAD_SEARCHES = [
+    (pb.SearchRequest(queries=common_pb2.VectorBatch(dimension=DIM), top_k=1), "queries"),
+    (
+        pb.SearchRequest(
+            queries=common_pb2.VectorBatch(count=1, dimension=DIM - 1, data=vec(1).tobytes()[:-4]),
+            top_k=1,
+        ),
+        "queries.dimension",
+    ),
+    (
+        pb.SearchRequest(
+            queries=common_pb2.VectorBatch(count=2, dimension=DIM, data=vec(1).tobytes()), top_k=1
+        ),
+        "queries.data",
+    ),
+    (
+        pb.SearchRequest(
+            queries=common_pb2.VectorBatch(count=1, dimension=DIM, data=bad_vector()), top_k=1
+        ),
+        "queries.data[0]",
+    ),
+    (pb.SearchRequest(queries=queries(1), top_k=0), "top_k"),
+    (pb.SearchRequest(queries=queries(1), top_k=21), "top_k"),
+]
+
+
+@pytest.mark.parametrize(("request_", "field"), BAD_SEARCHES)
+async def test_bad_search_is_invalid_argument(
+    stub: pb_grpc.RetrievalServiceStub, request_: pb.SearchRequest, field: str
+) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as e:
+        await stub.Search(request_, timeout=5)
+    assert e.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert (e.value.details() or "").startswith(field + ":")
+
+
+async def test_empty_delete_is_invalid_argument_and_writes_nothing(
+    stub: pb_grpc.RetrievalServiceStub,
+) -> None:
+    before = await info(stub)
+    with pytest.raises(grpc.aio.AioRpcError) as e:
+        await stub.Delete(pb.DeleteRequest(), timeout=5)
+    assert e.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert (await info(stub)).index_version == before.index_version

@@ -1,0 +1,96 @@
+"""The error table, configuration parsing, and the retry policy derived from the protos."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import grpc
+import pytest
+
+from ragmesh.kit import config
+from ragmesh.kit.channels import idempotent_methods, retry_service_config
+from ragmesh.kit.errors import (
+    ConfigError,
+    DataCorruption,
+    DependencyUnavailable,
+    InvalidArgument,
+    NotFound,
+    NotReady,
+    Overloaded,
+    RagmeshError,
+)
+from ragmesh.kit.interceptors import status_for
+
+
+@pytest.mark.parametrize(
+    ("error", "code"),
+    [
+        (InvalidArgument("texts[2]", "must not be empty"), grpc.StatusCode.INVALID_ARGUMENT),
+        (Overloaded("full"), grpc.StatusCode.RESOURCE_EXHAUSTED),
+        (DependencyUnavailable("redis down"), grpc.StatusCode.UNAVAILABLE),
+        (NotReady("loading"), grpc.StatusCode.FAILED_PRECONDITION),
+        (NotFound("job"), grpc.StatusCode.NOT_FOUND),
+        (DataCorruption("crc"), grpc.StatusCode.DATA_LOSS),
+    ],
+)
+def test_error_table(error: RagmeshError, code: grpc.StatusCode) -> None:
+    assert status_for(error) == (code, str(error))
+
+
+def test_invalid_argument_message_names_the_field() -> None:
+    assert status_for(InvalidArgument("chunks[3].vector", "bad"))[1] == "chunks[3].vector: bad"
+
+
+def test_subclasses_use_their_parents_row_and_unknown_errors_hide_details() -> None:
+    class QueueFull(Overloaded):
+        pass
+
+    assert status_for(QueueFull("q"))[0] is grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert status_for(KeyError("secret"))[1] == "internal error"
+    assert status_for(KeyError("secret"))[0] is grpc.StatusCode.INTERNAL
+
+
+def test_config_defaults_and_overrides() -> None:
+    s = config.load({})
+    assert s.server.grpc_port == 50051 and s.retrieval.kind == "flat"
+    s = config.load({"RAGMESH_INDEX_KIND": "HNSW", "RAGMESH_EMBED_MAX_WAIT_MS": "1.5"})
+    assert s.retrieval.kind == "hnsw" and s.embedding.max_wait_ms == 1.5
+    with pytest.raises(dataclasses_frozen()):
+        s.server.grpc_port = 1  # type: ignore[misc]
+
+
+def dataclasses_frozen() -> type[Exception]:
+    import dataclasses
+
+    return dataclasses.FrozenInstanceError
+
+
+@pytest.mark.parametrize(
+    ("env", "name"),
+    [
+        ({"RAGMESH_GRPC_PORT": "http"}, "RAGMESH_GRPC_PORT"),
+        ({"RAGMESH_INDEX_KIND": "lsh"}, "RAGMESH_INDEX_KIND"),
+        ({"RAGMESH_EMBED_MAX_BATCH": "0"}, "RAGMESH_EMBED_MAX_BATCH"),
+        ({"RAGMESH_INDX_DIR": "x"}, "RAGMESH_INDX_DIR"),
+    ],
+)
+def test_bad_config_fails_naming_the_variable(env: dict[str, str], name: str) -> None:
+    with pytest.raises(ConfigError, match=name):
+        config.load(env)
+
+
+def test_readme_documents_every_variable() -> None:
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    documented = set(re.findall(r"`(RAGMESH_[A-Z0-9_]+)`", readme))
+    assert {v.name for v in config.VARIABLES} <= documented
+
+
+def test_retries_only_for_idempotent_methods() -> None:
+    methods = {m for _, m in idempotent_methods()}
+    assert {"Embed", "Search", "GetIndexInfo", "Upsert", "Delete", "GetIngestJob"} <= methods
+    assert not methods & {"Generate", "Ask", "Ingest"}
+    cfg = json.loads(retry_service_config())["methodConfig"][0]
+    assert cfg["retryPolicy"]["retryableStatusCodes"] == ["UNAVAILABLE"]
+    assert {"service": "ragmesh.v1.GenerationService", "method": "Generate"} not in cfg["name"]

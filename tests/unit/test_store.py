@@ -1,0 +1,190 @@
+"""ChunkStore and the write-ahead log: durability, replay, torn tails, kinds, validation."""
+
+from __future__ import annotations
+
+import logging
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ragmesh.kit.errors import DataCorruption, InvalidArgument
+from ragmesh.retrieval.index import IndexParams
+from ragmesh.retrieval.store import ChunkIn, ChunkStore, Limits
+from ragmesh.retrieval.wal import WriteAheadLog, replay
+
+DIM = 16
+
+
+def vec(seed: int, dim: int = DIM) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal(dim).astype(np.float32)
+
+
+def chunk(i: int, doc: str = "d", **meta: str) -> ChunkIn:
+    return ChunkIn(f"c{i}", doc, f"text {i}", meta, vec(i).tobytes())
+
+
+def open_store(path: Path, kind: str = "flat", every: int = 1000, **kw: int) -> ChunkStore:
+    s = ChunkStore(path, IndexParams(kind=kind, dim=DIM, device="cpu", **kw), Limits(), every)
+    s.open()
+    return s
+
+
+def top(store: ChunkStore, seed: int, k: int = 1, **where: str) -> list[str]:
+    q = store.validate_queries(1, DIM, vec(seed).tobytes(), k)
+    return [h.payload.chunk_id for h in store.search(q, k, where)[0]]
+
+
+def test_upsert_search_replace_delete_and_versions(tmp_path: Path) -> None:
+    s = open_store(tmp_path)
+    s.upsert([chunk(i, doc=f"doc{i % 3}", lang="en" if i % 2 else "fr") for i in range(30)])
+    assert s.count == 30 and s.version == 1
+    assert top(s, 7) == ["c7"]
+    # re-upsert by chunk id replaces: same count, new text and vector
+    s.upsert([ChunkIn("c7", "doc1", "new text", {}, vec(1000).tobytes())])
+    assert s.count == 30 and s.version == 2
+    assert top(s, 1000) == ["c7"]
+    q = s.validate_queries(1, DIM, vec(1000).tobytes(), 1)
+    assert s.search(q, 1, {})[0][0].payload.text == "new text"
+    assert s.delete(["c3", "missing"], []) == 1 and s.count == 29 and s.version == 3
+    assert "c3" not in top(s, 3, k=30)
+    removed = s.delete([], ["doc0"])
+    assert removed == 9 and s.count == 20  # c0,c6,...,c27 except c3 already gone
+    assert all(h in {f"c{i}" for i in range(30) if i % 3 != 0} | {"c7"} for h in top(s, 5, k=20))
+    assert top(s, 5, k=5, lang="en") and all(
+        int(c[1:]) % 2 == 1 for c in top(s, 5, k=20, lang="en")
+    )
+    assert top(s, 5, k=5, lang="de") == []
+    s.close()
+
+
+def test_state_survives_reopen_through_log_and_snapshot(tmp_path: Path) -> None:
+    s = open_store(tmp_path, every=25)
+    for i in range(0, 60, 10):  # 6 writes of 10 chunks: snapshots at 30 and 60
+        s.upsert([chunk(j) for j in range(i, i + 10)])
+    s.delete(["c5"], [])
+    version, count = s.version, s.count
+    s._log.close()  # simulate a crash: no final snapshot
+    s._log = None
+    again = open_store(tmp_path, every=25)
+    assert (again.version, again.count) == (version, count)
+    for i in (0, 33, 59):
+        assert top(again, i) == [f"c{i}"]
+    assert "c5" not in top(again, 5, k=60)
+    again.close()
+
+
+def test_validation_writes_nothing(tmp_path: Path) -> None:
+    s = open_store(tmp_path)
+    s.upsert([chunk(0)])
+    before = (s.version, s.count)
+    nan = vec(1)
+    nan[3] = np.nan
+    inf = vec(2)
+    inf[0] = np.inf
+    cases = {
+        "chunks": [],
+        "chunks[1].vector": [chunk(1), ChunkIn("c2", "d", "t", {}, vec(2, DIM - 1).tobytes())],
+        "chunks[0].vector": [ChunkIn("c2", "d", "t", {}, nan.tobytes())],
+        "chunks[0].vector ": [ChunkIn("c2", "d", "t", {}, inf.tobytes())],
+        "chunks[0].chunk_id": [ChunkIn("", "d", "t", {}, vec(2).tobytes())],
+        "chunks[1].chunk_id": [chunk(4), chunk(4)],
+        "chunks[0].document_id": [ChunkIn("c9", "", "t", {}, vec(2).tobytes())],
+    }
+    for field, chunks in cases.items():
+        with pytest.raises(InvalidArgument) as e:
+            s.upsert(chunks)
+        assert e.value.field == field.strip()
+    with pytest.raises(InvalidArgument, match="chunk_ids"):
+        s.delete([], [])
+    assert (s.version, s.count) == before
+    s.close()
+
+
+def test_query_validation(tmp_path: Path) -> None:
+    s = open_store(tmp_path)
+    good = vec(0).tobytes()
+    for args, field in [
+        ((0, DIM, b"", 1), "queries"),
+        ((1, DIM - 1, good[:-4], 1), "queries.dimension"),
+        ((1, DIM, good[:-4], 1), "queries.data"),
+        ((1, DIM, good, 0), "top_k"),
+        ((1, DIM, good, 101), "top_k"),
+        ((1, DIM, np.full(DIM, np.nan, np.float32).tobytes(), 1), "queries.data[0]"),
+    ]:
+        with pytest.raises(InvalidArgument) as e:
+            s.validate_queries(*args)
+        assert e.value.field == field
+    s.close()
+
+
+def test_torn_tail_is_truncated_with_a_log_line(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "wal.log"
+    wal = WriteAheadLog(path)
+    wal.append(b"one")
+    wal.append(b"two")
+    wal.close()
+    intact = path.stat().st_size
+    with open(path, "ab") as f:  # a frame cut short: header promises 100 bytes, 5 present
+        f.write((100).to_bytes(4, "little") + zlib.crc32(b"x").to_bytes(4, "little") + b"short")
+    with caplog.at_level(logging.WARNING):
+        assert list(replay(path)) == [b"one", b"two"]
+    assert "torn tail" in caplog.text
+    assert path.stat().st_size == intact
+    # a complete final frame with a bad checksum is also a torn tail
+    with open(path, "ab") as f:
+        f.write((3).to_bytes(4, "little") + (0).to_bytes(4, "little") + b"bad")
+    assert list(replay(path)) == [b"one", b"two"]
+    assert path.stat().st_size == intact
+
+
+def test_corruption_before_the_tail_refuses_to_load(tmp_path: Path) -> None:
+    path = tmp_path / "wal.log"
+    wal = WriteAheadLog(path)
+    wal.append(b"first")
+    wal.append(b"second")
+    wal.close()
+    data = bytearray(path.read_bytes())
+    data[9] ^= 0xFF  # flip a byte inside the first payload
+    path.write_bytes(bytes(data))
+    with pytest.raises(DataCorruption):
+        list(replay(path))
+
+
+def clustered(n: int, dim: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    centers = rng.standard_normal((32, dim)).astype(np.float32)
+    x = centers[rng.integers(0, 32, n)] + 0.3 * rng.standard_normal((n, dim)).astype(np.float32)
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+@pytest.mark.parametrize("kind", ["hnsw", "ivf"])
+def test_ann_kinds_have_high_recall_and_persist(tmp_path: Path, kind: str) -> None:
+    x = clustered(3000, DIM)
+    s = open_store(tmp_path, kind=kind, ivf_nlist=16, ivf_nprobe=4)
+    s.upsert([ChunkIn(f"c{i}", "d", "", {}, x[i].tobytes()) for i in range(0, 1000)])
+    s.upsert([ChunkIn(f"c{i}", "d", "", {}, x[i].tobytes()) for i in range(1000, 2000)])
+    s.upsert([ChunkIn(f"c{i}", "d", "", {}, x[i].tobytes()) for i in range(2000, 3000)])
+    assert s.index.trained_kind == kind
+    queries = x[:100] + 0.05 * np.random.default_rng(1).standard_normal((100, DIM)).astype(
+        np.float32
+    )
+    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+    exact = np.argsort(-(queries @ x.T), axis=1)[:, :10]
+    hits = s.search(queries, 10, {})
+    recall = np.mean(
+        [
+            len({f"c{j}" for j in e} & {h.payload.chunk_id for h in r}) / 10
+            for e, r in zip(exact, hits)
+        ]
+    )
+    assert recall > 0.9
+    s.delete([f"c{i}" for i in range(50)], [])
+    assert all(int(h.payload.chunk_id[1:]) >= 50 for r in s.search(queries[:50], 10, {}) for h in r)
+    s.close()
+    again = open_store(tmp_path, kind=kind, ivf_nlist=16, ivf_nprobe=4)
+    assert again.count == 2950 and again.index.trained_kind == kind
+    again.close()
