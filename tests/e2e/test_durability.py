@@ -17,7 +17,11 @@ import pytest
 
 from ragmesh.v1 import (
     common_pb2,
+)
+from ragmesh.v1 import (
     retrieval_service_pb2 as pb,
+)
+from ragmesh.v1 import (
     retrieval_service_pb2_grpc as pb_grpc,
 )
 
@@ -61,7 +65,6 @@ class Server:
         assert self.port, self.log.read_text()
         self.channel = grpc.aio.insecure_channel(f"127.0.0.1:{self.port}")
         return pb_grpc.RetrievalServiceStub(self.channel)
-
 
     async def stop(self, sig: int) -> int:
         """Send ``sig``, wait for the exit status, release the channel and log file."""

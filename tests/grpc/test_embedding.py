@@ -12,7 +12,8 @@ import pytest
 from ragmesh.embedding.__main__ import build
 from ragmesh.embedding.engine import EmbeddingEngine
 from ragmesh.kit.server import ServiceHost
-from ragmesh.v1 import embedding_service_pb2 as pb, embedding_service_pb2_grpc as pb_grpc
+from ragmesh.v1 import embedding_service_pb2 as pb
+from ragmesh.v1 import embedding_service_pb2_grpc as pb_grpc
 from tests.conftest import sample, scrape, settings_for, start
 
 Fixture = tuple[ServiceHost, pb_grpc.EmbeddingServiceStub, EmbeddingEngine]

@@ -17,9 +17,17 @@ from ragmesh.kit.errors import DependencyUnavailable, InvalidArgument
 from ragmesh.kit.server import ServiceHost, ServiceSpec
 from ragmesh.v1 import (
     common_pb2,
+)
+from ragmesh.v1 import (
     embedding_service_pb2 as epb,
+)
+from ragmesh.v1 import (
     embedding_service_pb2_grpc as epb_grpc,
+)
+from ragmesh.v1 import (
     generation_service_pb2 as gpb,
+)
+from ragmesh.v1 import (
     generation_service_pb2_grpc as gpb_grpc,
 )
 from tests.conftest import sample, scrape, settings_for, start
@@ -50,7 +58,10 @@ class FakeEmbedding(epb_grpc.EmbeddingServiceServicer):
 
 
 class FakeGeneration(gpb_grpc.GenerationServiceServicer):
-    """Streams the question's words; 'fail' fails after one delta; 'block' waits; 'call' calls embedding."""
+    """Streams the question's words.
+
+    'fail' fails after one delta, 'block' waits for ``release``, 'call' calls embedding.
+    """
 
     def __init__(self, embed_target: str = "") -> None:
         self.release = asyncio.Event()

@@ -13,7 +13,11 @@ from ragmesh.retrieval.__main__ import build
 from ragmesh.retrieval.engine import RetrievalEngine
 from ragmesh.v1 import (
     common_pb2,
+)
+from ragmesh.v1 import (
     retrieval_service_pb2 as pb,
+)
+from ragmesh.v1 import (
     retrieval_service_pb2_grpc as pb_grpc,
 )
 from tests.conftest import settings_for, start

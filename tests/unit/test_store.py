@@ -165,7 +165,7 @@ def clustered(n: int, dim: int, seed: int = 0) -> np.ndarray:
 def test_ann_kinds_have_high_recall_and_persist(tmp_path: Path, kind: str) -> None:
     x = clustered(3000, DIM)
     s = open_store(tmp_path, kind=kind, ivf_nlist=16, ivf_nprobe=4)
-    s.upsert([ChunkIn(f"c{i}", "d", "", {}, x[i].tobytes()) for i in range(0, 1000)])
+    s.upsert([ChunkIn(f"c{i}", "d", "", {}, x[i].tobytes()) for i in range(1000)])
     s.upsert([ChunkIn(f"c{i}", "d", "", {}, x[i].tobytes()) for i in range(1000, 2000)])
     s.upsert([ChunkIn(f"c{i}", "d", "", {}, x[i].tobytes()) for i in range(2000, 3000)])
     assert s.index.trained_kind == kind
@@ -178,7 +178,7 @@ def test_ann_kinds_have_high_recall_and_persist(tmp_path: Path, kind: str) -> No
     recall = np.mean(
         [
             len({f"c{j}" for j in e} & {h.payload.chunk_id for h in r}) / 10
-            for e, r in zip(exact, hits)
+            for e, r in zip(exact, hits, strict=False)
         ]
     )
     assert recall > 0.9
