@@ -66,13 +66,17 @@ class Server:
         self.channel = grpc.aio.insecure_channel(f"127.0.0.1:{self.port}")
         return pb_grpc.RetrievalServiceStub(self.channel)
 
-    async def stop(self, sig: int) -> int:
-        """Send ``sig``, wait for the exit status, release the channel and log file."""
+    async def stop(self, sig: int, close: bool = True) -> int:
+        """Send ``sig`` and wait for the exit status; then release the channel and log file."""
         self.proc.send_signal(sig)
         code = await asyncio.to_thread(self.proc.wait, 20)
+        if close:
+            await self.close()
+        return code
+
+    async def close(self) -> None:
         await self.channel.close()
         self.out.close()
-        return code
 
 
 def vec(i: int) -> np.ndarray:
@@ -115,8 +119,9 @@ async def test_acknowledged_upserts_survive_kill_9(tmp_path: Path) -> None:
     while len(acked) < 600:  # kill well inside the stream, with upserts in flight
         await asyncio.sleep(0.005)
     killed.set()
-    assert await server.stop(signal.SIGKILL) == -signal.SIGKILL
-    await asyncio.gather(*writers)
+    assert await server.stop(signal.SIGKILL, close=False) == -signal.SIGKILL
+    await asyncio.gather(*writers)  # in-flight upserts fail (unacknowledged) on the dead server
+    await server.close()
 
     log = tmp_path / "restarted.log"
     restarted = Server(tmp_path / "index", log)

@@ -99,6 +99,7 @@ class ChunkStore:
         self.index = FaissIndex(params)
         self.version = 0
         self._vectors: Matrix = np.zeros((0, self.dim), dtype=np.float32)
+        self._live: Bitmap = np.zeros(0, dtype=np.bool_)  # one flag per slot, for masked search
         self._payloads: list[Payload | None] = []
         self._slot: dict[str, int] = {}
         self._by_doc: dict[str, set[int]] = {}
@@ -251,6 +252,7 @@ class ChunkStore:
             )
             slot = start + offset
             self._payloads.append(p)
+            self._live[slot] = True
             self._slot[p.chunk_id] = slot
             self._by_doc.setdefault(p.document_id, set()).add(slot)
             for kv in p.metadata.items():
@@ -272,6 +274,7 @@ class ChunkStore:
             if p is None:
                 continue
             self._payloads[slot] = None
+            self._live[slot] = False
             del self._slot[p.chunk_id]
             self._discard(self._by_doc, p.document_id, slot)
             for kv in p.metadata.items():
@@ -293,6 +296,9 @@ class ChunkStore:
             )
             grown[: self._n] = self._vectors[: self._n]
             self._vectors = grown
+            live = np.zeros(len(grown), dtype=np.bool_)
+            live[: self._n] = self._live[: self._n]
+            self._live = live
 
     def _compact(self) -> None:
         """Drop dead slots and rebuild the index over the live ones."""
@@ -301,6 +307,7 @@ class ChunkStore:
         vectors = self._vectors[live].copy()
         payloads = [self._payloads[i] for i in live]
         self._vectors = np.zeros((0, self.dim), dtype=np.float32)
+        self._live = np.zeros(0, dtype=np.bool_)
         self._payloads, self._slot, self._by_doc, self._by_meta = [], {}, {}, {}
         self._n = self._dead = 0
         items: list[dict[str, object]] = [
@@ -361,6 +368,7 @@ class ChunkStore:
                 continue
             p = Payload(r[0], r[1], r[2], r[3])
             self._payloads.append(p)
+            self._live[slot] = True
             self._slot[p.chunk_id] = slot
             self._by_doc.setdefault(p.document_id, set()).add(slot)
             for kv in p.metadata.items():
@@ -399,9 +407,7 @@ class ChunkStore:
             return self._search_filtered(queries, top_k, where)
         allowed: Bitmap | None = None
         if self._dead:
-            allowed = np.fromiter(
-                (p is not None for p in self._payloads), dtype=np.bool_, count=self._n
-            )
+            allowed = self._live[: self._n]
         scores, ids = self.index.search(queries, top_k, allowed)
         return [
             [
