@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from pathlib import Path
@@ -57,14 +58,8 @@ def test_config_defaults_and_overrides() -> None:
     assert s.server.grpc_port == 50051 and s.retrieval.kind == "flat"
     s = config.load({"RAGMESH_INDEX_KIND": "HNSW", "RAGMESH_EMBED_MAX_WAIT_MS": "1.5"})
     assert s.retrieval.kind == "hnsw" and s.embedding.max_wait_ms == 1.5
-    with pytest.raises(dataclasses_frozen()):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         s.server.grpc_port = 1  # type: ignore[misc]
-
-
-def dataclasses_frozen() -> type[Exception]:
-    import dataclasses
-
-    return dataclasses.FrozenInstanceError
 
 
 @pytest.mark.parametrize(
