@@ -82,6 +82,146 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("RAGMESH_SEARCH_MAX_QUERIES", "256", "Most query vectors in one Search.", "retrieval"),
     Variable("RAGMESH_UPSERT_MAX_CHUNKS", "1024", "Most chunks in one Upsert.", "retrieval"),
     Variable("RAGMESH_CHUNK_MAX_CHARS", "16384", "Most characters in one chunk text.", "retrieval"),
+    Variable(
+        "RAGMESH_GEN_ENGINE",
+        "extractive",
+        "extractive (no weights), transformers (local causal LM) or vllm (GPU, optional extra).",
+        "generation",
+    ),
+    Variable(
+        "RAGMESH_GEN_MODEL",
+        "",
+        "Local Hugging Face model directory for the transformers and vllm engines.",
+        "generation",
+    ),
+    Variable(
+        "RAGMESH_GEN_DEVICE",
+        "auto",
+        "auto (CUDA when torch sees a GPU), cpu or cuda.",
+        "generation",
+    ),
+    Variable(
+        "RAGMESH_GEN_CONTEXT_TOKENS",
+        "2048",
+        "Prompt + completion token budget; passages are truncated to fit.",
+        "generation",
+    ),
+    Variable(
+        "RAGMESH_GEN_DEFAULT_MAX_TOKENS", "256", "max_tokens when a request sets 0.", "generation"
+    ),
+    Variable(
+        "RAGMESH_GEN_MAX_TOKENS", "1024", "Largest max_tokens a request may ask.", "generation"
+    ),
+    Variable(
+        "RAGMESH_GEN_MAX_STREAMS",
+        "8",
+        "Concurrent generations before RESOURCE_EXHAUSTED.",
+        "generation",
+    ),
+    Variable("RAGMESH_GEN_MAX_PASSAGES", "32", "Most passages in one Generate.", "generation"),
+    Variable(
+        "RAGMESH_GEN_BLOCKLIST",
+        "",
+        "Comma-separated terms; a question or answer containing one ends with CONTENT_FILTER.",
+        "generation",
+    ),
+    Variable(
+        "RAGMESH_QUESTION_MAX_CHARS", "2000", "Most characters in a question.", "generation, query"
+    ),
+    Variable(
+        "RAGMESH_EMBEDDING_ADDR",
+        "",
+        "host:port of the embedding service (required).",
+        "query, ingest",
+    ),
+    Variable(
+        "RAGMESH_RETRIEVAL_ADDR",
+        "",
+        "host:port of the retrieval service (required).",
+        "query, ingest",
+    ),
+    Variable(
+        "RAGMESH_GENERATION_ADDR", "", "host:port of the generation service (required).", "query"
+    ),
+    Variable(
+        "RAGMESH_REDIS_URL",
+        "",
+        "redis://host:port/db of the cache and queue (required).",
+        "query, ingest",
+    ),
+    Variable(
+        "RAGMESH_CALL_TIMEOUT_SECONDS",
+        "5",
+        "Deadline of a unary outbound call, capped by the caller's deadline.",
+        "query, ingest",
+    ),
+    Variable(
+        "RAGMESH_STREAM_TIMEOUT_SECONDS",
+        "120",
+        "Deadline of a Generate stream, capped by the caller's deadline.",
+        "query",
+    ),
+    Variable(
+        "RAGMESH_REDIS_TIMEOUT_MS",
+        "250",
+        "Redis socket timeout; the cache is bypassed when Redis is slower or down.",
+        "query, ingest",
+    ),
+    Variable(
+        "RAGMESH_ANSWER_CACHE_TTL_SECONDS", "3600", "Answer cache TTL; 0 disables it.", "query"
+    ),
+    Variable(
+        "RAGMESH_EMBED_CACHE_TTL_SECONDS",
+        "86400",
+        "Question-embedding cache TTL; 0 disables it.",
+        "query",
+    ),
+    Variable(
+        "RAGMESH_DEFAULT_TOP_K", "5", "Passages retrieved when a request sets top_k 0.", "query"
+    ),
+    Variable("RAGMESH_MAX_TOP_K", "20", "Largest top_k an Ask may request.", "query"),
+    Variable(
+        "RAGMESH_INGEST_STREAM",
+        "ragmesh:ingest",
+        "Redis Stream holding queued documents.",
+        "query, ingest",
+    ),
+    Variable("RAGMESH_INGEST_MAX_DOCUMENTS", "256", "Most documents in one Ingest.", "query"),
+    Variable(
+        "RAGMESH_INGEST_MAX_DOCUMENT_CHARS", "1000000", "Most characters in one document.", "query"
+    ),
+    Variable(
+        "RAGMESH_INGEST_JOB_TTL_SECONDS",
+        "604800",
+        "How long job progress stays readable.",
+        "query, ingest",
+    ),
+    Variable("RAGMESH_CHUNK_SIZE_CHARS", "800", "Target chunk size (whole sentences).", "ingest"),
+    Variable(
+        "RAGMESH_CHUNK_OVERLAP_CHARS",
+        "150",
+        "Trailing sentences repeated at the start of the next chunk, up to this size.",
+        "ingest",
+    ),
+    Variable("RAGMESH_INGEST_EMBED_BATCH", "32", "Chunks per Embed and Upsert call.", "ingest"),
+    Variable(
+        "RAGMESH_INGEST_CONSUMER",
+        "",
+        "Consumer name in the group; empty: hostname and pid.",
+        "ingest",
+    ),
+    Variable(
+        "RAGMESH_INGEST_CLAIM_IDLE_MS",
+        "30000",
+        "A document pending this long with a dead worker is claimed by a live one.",
+        "ingest",
+    ),
+    Variable(
+        "RAGMESH_INGEST_MAX_DELIVERIES",
+        "5",
+        "Deliveries of a document before it is counted failed.",
+        "ingest",
+    ),
 )
 
 _BY_NAME = {v.name: v for v in VARIABLES}
@@ -134,12 +274,79 @@ class RetrievalSettings:
 
 
 @dataclass(frozen=True)
+class GenerationSettings:
+    """The generation engine, the prompt budget, limits and the safety filter."""
+
+    engine: str
+    model: str
+    device: str
+    context_tokens: int
+    default_max_tokens: int
+    max_tokens: int
+    max_streams: int
+    max_passages: int
+    max_question_chars: int
+    blocklist: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class PeerSettings:
+    """Addresses and deadlines of the services and Redis a process calls."""
+
+    embedding_addr: str
+    retrieval_addr: str
+    generation_addr: str
+    redis_url: str
+    call_timeout: float
+    stream_timeout: float
+    redis_timeout: float
+
+    def require(self, *names: str) -> None:
+        """Fail at start when a peer this process needs has no address."""
+        missing = [n for n in names if not getattr(self, n)]
+        if missing:
+            env = ", ".join(f"RAGMESH_{n.upper()}" for n in missing)
+            raise ConfigError(f"missing peer address: {env}")
+
+
+@dataclass(frozen=True)
+class QuerySettings:
+    """The front door: caches, retrieval defaults and ingestion limits."""
+
+    answer_cache_ttl: int
+    embed_cache_ttl: int
+    default_top_k: int
+    max_top_k: int
+    max_question_chars: int
+    max_documents: int
+    max_document_chars: int
+
+
+@dataclass(frozen=True)
+class IngestSettings:
+    """The queue and the worker's chunking and batching."""
+
+    stream: str
+    job_ttl: int
+    chunk_chars: int
+    overlap_chars: int
+    embed_batch: int
+    consumer: str
+    claim_idle_ms: int
+    max_deliveries: int
+
+
+@dataclass(frozen=True)
 class Settings:
     """All settings of one process."""
 
     server: ServerSettings
     embedding: EmbeddingSettings
     retrieval: RetrievalSettings
+    generation: GenerationSettings
+    peers: PeerSettings
+    query: QuerySettings
+    ingest: IngestSettings
 
 
 class _Reader:
@@ -214,7 +421,66 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         max_chunks=r.integer("RAGMESH_UPSERT_MAX_CHUNKS", 1),
         max_chunk_chars=r.integer("RAGMESH_CHUNK_MAX_CHARS", 1),
     )
+    generation = GenerationSettings(
+        engine=r.choice("RAGMESH_GEN_ENGINE", ("extractive", "transformers", "vllm")),
+        model=r.text("RAGMESH_GEN_MODEL"),
+        device=r.choice("RAGMESH_GEN_DEVICE", ("auto", "cpu", "cuda")),
+        context_tokens=r.integer("RAGMESH_GEN_CONTEXT_TOKENS", 64),
+        default_max_tokens=r.integer("RAGMESH_GEN_DEFAULT_MAX_TOKENS", 1),
+        max_tokens=r.integer("RAGMESH_GEN_MAX_TOKENS", 1),
+        max_streams=r.integer("RAGMESH_GEN_MAX_STREAMS", 1),
+        max_passages=r.integer("RAGMESH_GEN_MAX_PASSAGES", 1),
+        max_question_chars=r.integer("RAGMESH_QUESTION_MAX_CHARS", 1),
+        blocklist=tuple(
+            t.strip().lower() for t in r.text("RAGMESH_GEN_BLOCKLIST").split(",") if t.strip()
+        ),
+    )
+    if generation.default_max_tokens > generation.max_tokens:
+        raise ConfigError("RAGMESH_GEN_DEFAULT_MAX_TOKENS exceeds RAGMESH_GEN_MAX_TOKENS")
+    if generation.max_tokens >= generation.context_tokens:
+        raise ConfigError("RAGMESH_GEN_MAX_TOKENS must be below RAGMESH_GEN_CONTEXT_TOKENS")
+    peers = PeerSettings(
+        embedding_addr=r.text("RAGMESH_EMBEDDING_ADDR"),
+        retrieval_addr=r.text("RAGMESH_RETRIEVAL_ADDR"),
+        generation_addr=r.text("RAGMESH_GENERATION_ADDR"),
+        redis_url=r.text("RAGMESH_REDIS_URL"),
+        call_timeout=r.number("RAGMESH_CALL_TIMEOUT_SECONDS"),
+        stream_timeout=r.number("RAGMESH_STREAM_TIMEOUT_SECONDS"),
+        redis_timeout=r.integer("RAGMESH_REDIS_TIMEOUT_MS", 1) / 1000.0,
+    )
+    query = QuerySettings(
+        answer_cache_ttl=r.integer("RAGMESH_ANSWER_CACHE_TTL_SECONDS"),
+        embed_cache_ttl=r.integer("RAGMESH_EMBED_CACHE_TTL_SECONDS"),
+        default_top_k=r.integer("RAGMESH_DEFAULT_TOP_K", 1),
+        max_top_k=r.integer("RAGMESH_MAX_TOP_K", 1),
+        max_question_chars=generation.max_question_chars,
+        max_documents=r.integer("RAGMESH_INGEST_MAX_DOCUMENTS", 1),
+        max_document_chars=r.integer("RAGMESH_INGEST_MAX_DOCUMENT_CHARS", 1),
+    )
+    if query.default_top_k > query.max_top_k:
+        raise ConfigError("RAGMESH_DEFAULT_TOP_K exceeds RAGMESH_MAX_TOP_K")
+    chunk_chars = r.integer("RAGMESH_CHUNK_SIZE_CHARS", 50)
+    ingest = IngestSettings(
+        stream=r.text("RAGMESH_INGEST_STREAM"),
+        job_ttl=r.integer("RAGMESH_INGEST_JOB_TTL_SECONDS", 1),
+        chunk_chars=chunk_chars,
+        overlap_chars=r.integer("RAGMESH_CHUNK_OVERLAP_CHARS"),
+        embed_batch=r.integer("RAGMESH_INGEST_EMBED_BATCH", 1),
+        consumer=r.text("RAGMESH_INGEST_CONSUMER"),
+        claim_idle_ms=r.integer("RAGMESH_INGEST_CLAIM_IDLE_MS", 1),
+        max_deliveries=r.integer("RAGMESH_INGEST_MAX_DELIVERIES", 1),
+    )
+    if ingest.overlap_chars >= chunk_chars:
+        raise ConfigError("RAGMESH_CHUNK_OVERLAP_CHARS must be below RAGMESH_CHUNK_SIZE_CHARS")
     unknown = sorted(k for k in source if k.startswith("RAGMESH_") and k not in _BY_NAME)
     if unknown:
         raise ConfigError(f"unknown variables: {', '.join(unknown)}")
-    return Settings(server=server, embedding=embedding, retrieval=retrieval)
+    return Settings(
+        server=server,
+        embedding=embedding,
+        retrieval=retrieval,
+        generation=generation,
+        peers=peers,
+        query=query,
+        ingest=ingest,
+    )

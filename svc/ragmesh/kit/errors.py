@@ -8,6 +8,7 @@ Engines raise these; they never import grpc. One table in
     ├── NotFound             → NOT_FOUND
     ├── Overloaded           → RESOURCE_EXHAUSTED
     ├── DependencyUnavailable→ UNAVAILABLE
+    ├── DeadlineExceeded     → DEADLINE_EXCEEDED  (a downstream call ran out of the caller's time)
     ├── NotReady             → FAILED_PRECONDITION (model or index not loaded)
     └── DataCorruption       → DATA_LOSS
     ConfigError (not an RPC error: the process refuses to start)
@@ -39,6 +40,10 @@ class Overloaded(RagmeshError):
 
 class DependencyUnavailable(RagmeshError):
     """A downstream dependency cannot be reached."""
+
+
+class DeadlineExceeded(RagmeshError):
+    """The caller's deadline passed while waiting on a downstream call."""
 
 
 class NotReady(RagmeshError):

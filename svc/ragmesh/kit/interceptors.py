@@ -21,6 +21,7 @@ import grpc
 from ragmesh.kit import callcontext, metrics
 from ragmesh.kit.errors import (
     DataCorruption,
+    DeadlineExceeded,
     DependencyUnavailable,
     InvalidArgument,
     NotFound,
@@ -37,6 +38,7 @@ ERROR_TABLE: dict[type[RagmeshError], grpc.StatusCode] = {
     NotFound: grpc.StatusCode.NOT_FOUND,
     Overloaded: grpc.StatusCode.RESOURCE_EXHAUSTED,
     DependencyUnavailable: grpc.StatusCode.UNAVAILABLE,
+    DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
     NotReady: grpc.StatusCode.FAILED_PRECONDITION,
     DataCorruption: grpc.StatusCode.DATA_LOSS,
 }

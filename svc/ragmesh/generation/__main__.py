@@ -1,0 +1,34 @@
+"""Run the generation service: ``python -m ragmesh.generation``."""
+
+from __future__ import annotations
+
+import asyncio
+
+from ragmesh.generation.engine import create_engine
+from ragmesh.generation.service import GenerationService
+from ragmesh.generation.servicer import SERVICE_NAME, register
+from ragmesh.kit import config
+from ragmesh.kit.server import ServiceSpec, configure_logging, run
+
+
+def build(service: GenerationService) -> ServiceSpec:
+    """The generation service as a host plug-in (used by ``__main__`` and by tests)."""
+    return ServiceSpec(
+        name="generation",
+        service_names=(SERVICE_NAME,),
+        register=register(service),
+        load=service.engine.load,
+        close=service.engine.close,
+    )
+
+
+def main() -> None:
+    settings = config.load()
+    configure_logging(settings.server.log_level)
+    engine = create_engine(settings.generation, settings.embedding)
+    service = GenerationService(settings.generation, engine)
+    asyncio.run(run(settings.server, build(service)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,96 @@
+"""The one generation-engine protocol and the engine factory. No grpc here.
+
+An engine turns an :class:`EngineRequest` into a stream of :class:`Piece` s (text plus the
+number of tokens it took to produce). Prompt templating, the token budget, stop sequences,
+``max_tokens`` and the safety filter live in :mod:`ragmesh.generation.service`, above
+every engine. Engines are imported only when selected, so a CPU node never imports vLLM.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator
+from dataclasses import dataclass
+from typing import Protocol
+
+from ragmesh.kit.config import EmbeddingSettings, GenerationSettings
+from ragmesh.kit.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Source:
+    """One context passage as the engine sees it: its citation marker and (budgeted) text."""
+
+    marker: int
+    text: str
+
+
+@dataclass(frozen=True)
+class EngineRequest:
+    """One generation: the rendered prompt plus its parts, and the sampling parameters."""
+
+    request_id: str
+    prompt: str
+    question: str
+    sources: tuple[Source, ...]
+    max_tokens: int
+    temperature: float
+    top_p: float
+    seed: int | None
+
+
+@dataclass(frozen=True)
+class Piece:
+    """Newly generated text and the number of tokens it took (text may be empty)."""
+
+    text: str
+    tokens: int
+
+
+class Engine(Protocol):
+    """What the generation service needs from an engine."""
+
+    @property
+    def model_name(self) -> str:
+        """The name reported in ``GenerateDone.model`` and used in cache keys."""
+
+    @property
+    def context_tokens(self) -> int:
+        """The most prompt + completion tokens the model accepts."""
+
+    async def load(self) -> None:
+        """Load weights; the service reports NOT_SERVING until this returns."""
+
+    def count_tokens(self, text: str) -> int:
+        """Tokens ``text`` takes in this engine's tokenizer."""
+
+    def truncate(self, text: str, max_tokens: int) -> str:
+        """The longest prefix of ``text`` that fits in ``max_tokens`` tokens."""
+
+    def generate(self, request: EngineRequest) -> AsyncGenerator[Piece, None]:
+        """Stream the completion; stops by itself at ``request.max_tokens``."""
+
+    async def abort(self, request_id: str) -> None:
+        """Stop producing tokens for ``request_id`` now (no-op when it already finished)."""
+
+    async def health(self) -> bool:
+        """True while the engine can serve."""
+
+    async def close(self) -> None:
+        """Release the model."""
+
+
+def create_engine(settings: GenerationSettings, embedding: EmbeddingSettings) -> Engine:
+    """The engine ``RAGMESH_GEN_ENGINE`` selects, constructed but not loaded."""
+    if settings.engine == "extractive":
+        from ragmesh.generation.extractive import ExtractiveEngine
+
+        return ExtractiveEngine(embedding, settings.context_tokens)
+    if not settings.model:
+        raise ConfigError(f"RAGMESH_GEN_MODEL: required by the {settings.engine} engine")
+    if settings.engine == "transformers":
+        from ragmesh.generation.hf_engine import TransformersEngine
+
+        return TransformersEngine(settings.model, settings.device, settings.context_tokens)
+    from ragmesh.generation.vllm_engine import VllmEngine
+
+    return VllmEngine(settings.model, settings.context_tokens)

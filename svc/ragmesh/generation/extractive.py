@@ -1,0 +1,125 @@
+"""The default engine: an extractive answer built from the passages, no language model.
+
+The most relevant sentences of the given passages, scored by cosine similarity with the
+question under the same sentence-transformers model the embedding service uses, are
+streamed one word-token at a time, each followed by its passage's ``[n]`` citation marker.
+Tokens are whitespace-separated words.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import AsyncGenerator
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from ragmesh.embedding.model import EmbeddingModel, Purpose
+from ragmesh.generation.engine import EngineRequest, Piece, Source
+from ragmesh.kit.config import EmbeddingSettings
+from ragmesh.kit.errors import NotReady
+
+_WORD = re.compile(r"\S+")
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n\s*\n|\n(?=\s*[-*#\d])")
+MAX_SENTENCES = 3
+MAX_SENTENCE_WORDS = 60
+NOTHING_FOUND = "The indexed documents do not contain an answer to this question."
+
+
+def split_sentences(text: str) -> list[str]:
+    """Sentences of ``text``, whitespace-normalized, without empty ones."""
+    out = []
+    for raw in _SENTENCE_END.split(text):
+        sentence = " ".join(raw.split()).lstrip("#*- ").strip()
+        if len(_WORD.findall(sentence)) >= 3:
+            out.append(sentence)
+    return out
+
+
+class ExtractiveEngine:
+    """Composes answers from passage sentences; the model is loaded once."""
+
+    def __init__(self, embedding: EmbeddingSettings, context_tokens: int) -> None:
+        self._settings = embedding
+        self._context_tokens = context_tokens
+        self._model: EmbeddingModel | None = None
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="extractive")
+        self._active: set[str] = set()
+        self._aborted: set[str] = set()
+        self.produced = 0  # tokens handed out since start (tests assert on it)
+
+    @property
+    def model_name(self) -> str:
+        return f"extractive/{self._settings.model}"
+
+    @property
+    def context_tokens(self) -> int:
+        return self._context_tokens
+
+    async def load(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._model = await loop.run_in_executor(self._pool, EmbeddingModel, self._settings)
+
+    def count_tokens(self, text: str) -> int:
+        return len(_WORD.findall(text))
+
+    def truncate(self, text: str, max_tokens: int) -> str:
+        if max_tokens <= 0:
+            return ""
+        for i, m in enumerate(_WORD.finditer(text)):
+            if i == max_tokens - 1:
+                return text[: m.end()]
+        return text
+
+    def _compose(self, question: str, sources: tuple[Source, ...], max_tokens: int) -> list[str]:
+        if self._model is None:
+            raise NotReady("extractive engine not loaded")
+        candidates: list[tuple[str, int]] = []
+        seen: set[str] = set()
+        for source in sources:
+            for sentence in split_sentences(source.text):
+                key = sentence.lower()
+                if key not in seen:
+                    seen.add(key)
+                    candidates.append((sentence, source.marker))
+        if not candidates:
+            return NOTHING_FOUND.split(" ")
+        q = self._model.encode([question], Purpose.QUERY)[0]
+        s = self._model.encode([c[0] for c in candidates], Purpose.DOCUMENT)
+        order = np.argsort(-(s @ q), kind="stable")
+        words: list[str] = []
+        for i in order[:MAX_SENTENCES]:
+            sentence, marker = candidates[int(i)]
+            tokens = _WORD.findall(sentence)[:MAX_SENTENCE_WORDS] + [f"[{marker}]"]
+            if words and len(words) + len(tokens) > max_tokens:
+                break
+            words.extend(tokens)
+        return words
+
+    async def generate(self, request: EngineRequest) -> AsyncGenerator[Piece, None]:
+        loop = asyncio.get_running_loop()
+        self._active.add(request.request_id)
+        try:
+            words = await loop.run_in_executor(
+                self._pool, self._compose, request.question, request.sources, request.max_tokens
+            )
+            for i, word in enumerate(words[: request.max_tokens]):
+                if request.request_id in self._aborted:
+                    return
+                self.produced += 1
+                yield Piece(word if i == 0 else " " + word, 1)
+                await asyncio.sleep(0)  # a token boundary: cancellation lands here
+        finally:
+            self._active.discard(request.request_id)
+            self._aborted.discard(request.request_id)
+
+    async def abort(self, request_id: str) -> None:
+        if request_id in self._active:
+            self._aborted.add(request_id)
+
+    async def health(self) -> bool:
+        return self._model is not None
+
+    async def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)

@@ -1,0 +1,226 @@
+"""The generation service logic above every engine. No grpc here.
+
+Validation, the prompt and its token budget (:mod:`ragmesh.generation.prompt`), stop
+sequences, ``max_tokens``, the safety filter, usage and finish reason, the concurrency cap,
+and aborting the engine whenever a stream ends before the engine finished (client cancel,
+stop sequence, filter, length, error).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import re
+import time
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+
+from prometheus_client import Counter, Histogram
+
+from ragmesh.generation.engine import Engine, EngineRequest, Source
+from ragmesh.generation.params import Params, validate_params
+from ragmesh.generation.prompt import fit
+from ragmesh.kit.config import GenerationSettings
+from ragmesh.kit.errors import InvalidArgument, Overloaded
+
+TTFT = Histogram(
+    "ragmesh_generation_time_to_first_token_seconds",
+    "Seconds from the start of a Generate to its first non-empty delta.",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+TOKENS = Counter("ragmesh_generation_tokens_total", "Tokens generated.", ["kind"])
+FINISHED = Counter("ragmesh_generation_finished_total", "Generations by finish reason.", ["reason"])
+
+
+class Finish(enum.Enum):
+    """Why a generation ended (values match the proto's FinishReason)."""
+
+    STOP = 1
+    LENGTH = 2
+    CONTENT_FILTER = 3
+
+
+@dataclass(frozen=True)
+class Passage:
+    """A context passage as the caller sent it."""
+
+    chunk_id: str
+    document_id: str
+    text: str
+
+
+@dataclass(frozen=True)
+class Delta:
+    """Text to send to the client."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class Done:
+    """The last event of every stream."""
+
+    finish: Finish
+    prompt_tokens: int
+    completion_tokens: int
+    model: str
+
+
+class SafetyFilter:
+    """A blocklist hook: whole-word, case-insensitive terms."""
+
+    def __init__(self, terms: Sequence[str]) -> None:
+        self.terms = tuple(terms)
+        self._pattern = (
+            re.compile("|".join(rf"\b{re.escape(t)}\b" for t in self.terms), re.IGNORECASE)
+            if self.terms
+            else None
+        )
+        self.holdback = max((len(t) for t in self.terms), default=0)
+
+    def first_hit(self, text: str, final: bool) -> int | None:
+        """Start of the first blocked term in ``text``; a match touching the end of a text
+        that is still growing does not count yet (the word may go on)."""
+        if self._pattern is None:
+            return None
+        for m in self._pattern.finditer(text):
+            if final or m.end() < len(text):
+                return m.start()
+        return None
+
+
+class _Gate:
+    """Holds back just enough text to apply stop sequences and the filter before release."""
+
+    def __init__(self, stop: Sequence[str], safety: SafetyFilter) -> None:
+        self.stop = tuple(stop)
+        self.safety = safety
+        self.hold = max([len(s) for s in self.stop] + [safety.holdback]) if self else 0
+        self.text = ""  # everything the engine produced, after the last stop point
+        self.released = 0
+        self.bounds: list[int] = []  # piece ends not yet released: deltas stay token-aligned
+
+    def __bool__(self) -> bool:
+        return bool(self.stop) or self.safety.holdback > 0
+
+    def feed(self, piece: str, final: bool = False) -> tuple[str, Finish | None]:
+        self.text += piece
+        self.bounds.append(len(self.text))
+        end, finish = len(self.text), None
+        hits = [i for i in (self.text.find(s, self.released) for s in self.stop) if i >= 0]
+        if hits:
+            end, finish, final = min(hits), Finish.STOP, True
+            self.text = self.text[:end]
+        blocked = self.safety.first_hit(self.text, final)
+        if blocked is not None:  # release what came before the term, never the term
+            out = self.text[self.released : max(self.released, blocked)]
+            self.released = len(self.text)
+            return out, Finish.CONTENT_FILTER
+        if not final:
+            safe = [b for b in self.bounds if b <= len(self.text) - self.hold]
+            end = max([self.released, *safe])
+        self.bounds = [b for b in self.bounds if b > end]
+        out = self.text[self.released : end]
+        self.released = end
+        return out, finish
+
+
+class GenerationService:
+    """Runs one engine for many concurrent streams."""
+
+    def __init__(self, settings: GenerationSettings, engine: Engine) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.safety = SafetyFilter(settings.blocklist)
+        self.active = 0
+
+    def validate(self, question: str, passages: Sequence[Passage], params: Params) -> int:
+        """Check a request; returns the effective max_tokens."""
+        if not question.strip():
+            raise InvalidArgument("question", "must not be empty")
+        if len(question) > self.settings.max_question_chars:
+            raise InvalidArgument(
+                "question",
+                f"{len(question)} characters exceed the limit of "
+                f"{self.settings.max_question_chars}",
+            )
+        if len(passages) > self.settings.max_passages:
+            raise InvalidArgument(
+                "passages", f"{len(passages)} exceed the limit of {self.settings.max_passages}"
+            )
+        for i, p in enumerate(passages):
+            if not p.text.strip():
+                raise InvalidArgument(f"passages[{i}].text", "must not be empty")
+        validate_params(params, max_tokens=self.settings.max_tokens)
+        return params.max_tokens or self.settings.default_max_tokens
+
+    async def generate(
+        self, question: str, passages: Sequence[Passage], params: Params
+    ) -> AsyncIterator[Delta | Done]:
+        """Stream deltas, then one :class:`Done`."""
+        max_tokens = self.validate(question, passages, params)
+        if self.active >= self.settings.max_streams:
+            raise Overloaded(f"{self.active} generations in flight")
+        model = self.engine.model_name
+        if self.safety.first_hit(question, final=True) is not None:
+            FINISHED.labels(Finish.CONTENT_FILTER.name).inc()
+            yield Done(Finish.CONTENT_FILTER, 0, 0, model)
+            return
+        budget = min(self.engine.context_tokens, self.settings.context_tokens) - max_tokens
+        rendered = fit(
+            question,
+            [Source(i + 1, p.text) for i, p in enumerate(passages)],
+            budget,
+            self.engine.count_tokens,
+            self.engine.truncate,
+        )
+        request = EngineRequest(
+            request_id=uuid.uuid4().hex,
+            prompt=rendered.prompt,
+            question=question,
+            sources=rendered.sources,
+            max_tokens=max_tokens,
+            temperature=params.temperature,
+            top_p=params.top_p or 1.0,
+            seed=params.seed,
+        )
+        self.active += 1
+        started, first = time.perf_counter(), True
+        gate = _Gate(params.stop, self.safety)
+        tokens, finish, engine_done = 0, None, False
+        try:
+            async with contextlib.aclosing(self.engine.generate(request)) as pieces:
+                async for piece in pieces:
+                    tokens += piece.tokens
+                    out, finish = gate.feed(piece.text)
+                    if out:
+                        if first:
+                            TTFT.observe(time.perf_counter() - started)
+                            first = False
+                        yield Delta(out)
+                    if finish is None and tokens >= max_tokens:
+                        finish = Finish.LENGTH
+                    if finish is not None:
+                        break
+                else:
+                    engine_done = True
+            if finish is None:
+                out, finish = gate.feed("", final=True)
+                if out:
+                    yield Delta(out)
+                finish = finish or Finish.STOP
+            elif finish is Finish.LENGTH:
+                out, late = gate.feed("", final=True)
+                if late is Finish.CONTENT_FILTER:
+                    finish = late
+                elif out:
+                    yield Delta(out)
+            TOKENS.labels("prompt").inc(rendered.tokens)
+            TOKENS.labels("completion").inc(tokens)
+            FINISHED.labels(finish.name).inc()
+            yield Done(finish, rendered.tokens, tokens, model)
+        finally:
+            self.active -= 1
+            if not engine_done:
+                await self.engine.abort(request.request_id)

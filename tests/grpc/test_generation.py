@@ -1,0 +1,186 @@
+"""GenerationService over real gRPC: the extractive engine on real MiniLM, the transformers
+engine on a tiny locally built model (streaming, cancel → abort), status codes."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from ragmesh.generation.__main__ import build
+from ragmesh.generation.engine import create_engine
+from ragmesh.generation.service import GenerationService
+from ragmesh.kit.server import ServiceHost
+from ragmesh.v1 import common_pb2, generation_service_pb2, generation_service_pb2_grpc
+from tests.conftest import settings_for, start
+from tests.support.tinylm import build_tiny_lm
+
+PASSAGES = [
+    common_pb2.Passage(
+        chunk_id="harbor#0",
+        document_id="harbor",
+        text="The harbor opens at dawn. Fishing boats leave before sunrise every day.",
+    ),
+    common_pb2.Passage(
+        chunk_id="keeper#0",
+        document_id="keeper",
+        text="The lighthouse keeper records the wind speed at six every evening. "
+        "He has kept the log since 1987.",
+    ),
+]
+
+
+async def serve(env: dict[str, str]) -> tuple[ServiceHost, GenerationService]:
+    settings = settings_for(**env)
+    svc = GenerationService(
+        settings.generation, create_engine(settings.generation, settings.embedding)
+    )
+    return await start(settings, build(svc)), svc
+
+
+@pytest.fixture(scope="module")
+async def extractive() -> AsyncIterator[tuple[ServiceHost, GenerationService]]:
+    host, svc = await serve({})
+    yield host, svc
+    await host.drain_and_stop()
+
+
+async def ask(
+    port: int, question: str, **params: object
+) -> tuple[list[str], generation_service_pb2.GenerateDone]:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+        stub = generation_service_pb2_grpc.GenerationServiceStub(ch)
+        req = generation_service_pb2.GenerateRequest(
+            question=question,
+            passages=PASSAGES,
+            params=common_pb2.GenerationParams(**params),  # type: ignore[arg-type]
+        )
+        deltas, done = [], None
+        async for r in stub.Generate(req, timeout=30):
+            if r.HasField("done"):
+                done = r.done
+            else:
+                deltas.append(r.delta)
+        assert done is not None
+        return deltas, done
+
+
+async def test_extractive_answer_streams_the_relevant_sentence_with_its_marker(
+    extractive: tuple[ServiceHost, GenerationService],
+) -> None:
+    host, _ = extractive
+    deltas, done = await ask(host.port, "When does the keeper record the wind speed?")
+    answer = "".join(deltas)
+    assert answer.startswith("The lighthouse keeper records the wind speed at six every evening")
+    assert "[2]" in answer
+    assert len(deltas) == done.usage.completion_tokens > 5  # token by token
+    assert done.finish_reason == common_pb2.FINISH_REASON_STOP
+    assert done.model == "extractive/all-MiniLM-L6-v2"
+    assert done.usage.prompt_tokens > 20
+
+
+async def test_extractive_respects_max_tokens_and_the_filter(
+    extractive: tuple[ServiceHost, GenerationService],
+) -> None:
+    host, _ = extractive
+    deltas, done = await ask(host.port, "When does the keeper record the wind?", max_tokens=4)
+    assert (len(deltas), done.finish_reason) == (4, common_pb2.FINISH_REASON_LENGTH)
+    filtered, _ = await serve({"RAGMESH_GEN_BLOCKLIST": "sunrise"})
+    try:
+        deltas, done = await ask(filtered.port, "When do the fishing boats leave?")
+    finally:
+        await filtered.drain_and_stop()
+    assert done.finish_reason == common_pb2.FINISH_REASON_CONTENT_FILTER
+    assert "".join(deltas) == "Fishing boats leave before "
+
+
+@pytest.mark.parametrize(
+    ("question", "params", "field"),
+    [
+        ("", {}, "question"),
+        ("why?", {"temperature": 9.0}, "params.temperature"),
+        ("why?", {"max_tokens": 99999}, "params.max_tokens"),
+    ],
+)
+async def test_bad_requests_are_invalid_argument_naming_the_field(
+    extractive: tuple[ServiceHost, GenerationService],
+    question: str,
+    params: dict[str, object],
+    field: str,
+) -> None:
+    host, _ = extractive
+    with pytest.raises(grpc.aio.AioRpcError) as e:
+        await ask(host.port, question, **params)
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert (e.value.details() or "").startswith(field + ":")
+
+
+@pytest.fixture(scope="module")
+def tiny_lm(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_lm(tmp_path_factory.mktemp("tinylm"), min_new_tokens=4000)
+
+
+async def test_transformers_engine_streams_exactly_max_tokens(tiny_lm: Path) -> None:
+    host, svc = await serve(
+        {"RAGMESH_GEN_ENGINE": "transformers", "RAGMESH_GEN_MODEL": str(tiny_lm)}
+    )
+    try:
+        deltas, done = await ask(host.port, "What does the keeper log?", max_tokens=40)
+        assert done.usage.completion_tokens == 40
+        assert done.finish_reason == common_pb2.FINISH_REASON_LENGTH
+        assert done.model == f"transformers/{tiny_lm.name}"
+        assert done.usage.prompt_tokens > 20
+        assert 0 < len(deltas) <= 40
+    finally:
+        await host.drain_and_stop()
+
+
+async def test_client_cancel_aborts_the_transformers_engine(tiny_lm: Path) -> None:
+    host, svc = await serve(
+        {
+            "RAGMESH_GEN_ENGINE": "transformers",
+            "RAGMESH_GEN_MODEL": str(tiny_lm),
+            "RAGMESH_GEN_MAX_TOKENS": "2000",
+            "RAGMESH_GEN_CONTEXT_TOKENS": "4096",
+        }
+    )
+    engine = svc.engine
+    at_abort: list[int] = []
+    real_abort = engine.abort
+
+    async def abort(request_id: str) -> None:
+        at_abort.append(engine.produced)  # type: ignore[attr-defined]
+        await real_abort(request_id)
+
+    engine.abort = abort  # type: ignore[method-assign]
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{host.port}") as ch:
+            stub = generation_service_pb2_grpc.GenerationServiceStub(ch)
+            call = stub.Generate(
+                generation_service_pb2.GenerateRequest(
+                    question="What does the keeper log?",
+                    passages=PASSAGES,
+                    params=common_pb2.GenerationParams(max_tokens=2000),
+                ),
+                timeout=60,
+            )
+            received = 0
+            async for r in call:
+                received += 1 if r.HasField("delta") else 0
+                if received == 3:
+                    call.cancel()
+                    break
+        for _ in range(500):  # wait (bounded) for the server to finish the stream
+            if svc.active == 0 and not engine._runs:  # type: ignore[attr-defined]
+                break
+            await asyncio.sleep(0.01)
+        assert svc.active == 0 and len(at_abort) == 1
+        # The generation thread checks the abort flag before every next token: at most the
+        # token already being computed lands after abort(), and nothing close to 2000.
+        assert engine.produced <= at_abort[0] + 1  # type: ignore[attr-defined]
+        assert engine.produced < 2000  # type: ignore[attr-defined]
+    finally:
+        await host.drain_and_stop()
