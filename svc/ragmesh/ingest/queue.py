@@ -1,0 +1,336 @@
+"""The ingestion queue on Redis: one Stream entry per document, job progress in a hash.
+
+Shared by the query service (producer: :meth:`JobQueue.enqueue`, :meth:`JobQueue.job`) and
+the ingest worker (consumer group). Progress and the stream acknowledgement are updated in
+one Lua script, after the chunks were upserted, and each document is counted once even when
+it is delivered again. No grpc here; Redis failures become DependencyUnavailable.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import json
+import re
+import time
+import uuid
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError, ResponseError
+
+from ragmesh.kit.errors import DependencyUnavailable, InvalidArgument, NotFound
+
+GROUP = "ingest-workers"
+_DOCUMENT_ID = re.compile(r"^[^\s#]{1,256}$")
+MAX_METADATA = 32
+
+
+class JobState(enum.Enum):
+    """Values match the proto's IngestJobState."""
+
+    QUEUED = 1
+    RUNNING = 2
+    SUCCEEDED = 3
+    FAILED = 4
+
+
+@dataclass(frozen=True)
+class DocumentIn:
+    """A document to ingest."""
+
+    document_id: str
+    title: str
+    text: str
+    metadata: Mapping[str, str] = field(default_factory=dict)
+    source: str = ""
+
+
+@dataclass(frozen=True)
+class JobStatus:
+    """Progress of one Ingest call."""
+
+    job_id: str
+    state: JobState
+    documents_total: int
+    documents_done: int
+    documents_failed: int
+    chunks_done: int
+    chunks_failed: int
+    last_error: str
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One stream entry handed to a worker."""
+
+    entry_id: str
+    job_id: str
+    seq: int
+    document: DocumentIn
+    deliveries: int = 1
+
+
+def validate_documents(docs: Sequence[DocumentIn], max_documents: int, max_chars: int) -> None:
+    """Raise InvalidArgument naming the first bad field of an Ingest request."""
+    if not docs:
+        raise InvalidArgument("documents", "at least one document is required")
+    if len(docs) > max_documents:
+        raise InvalidArgument("documents", f"{len(docs)} exceed the limit of {max_documents}")
+    seen: set[str] = set()
+    for i, d in enumerate(docs):
+        f = f"documents[{i}]"
+        if not _DOCUMENT_ID.match(d.document_id):
+            raise InvalidArgument(
+                f"{f}.document_id", "must be 1-256 characters without whitespace or '#'"
+            )
+        if d.document_id in seen:
+            raise InvalidArgument(f"{f}.document_id", f"duplicate id {d.document_id!r}")
+        seen.add(d.document_id)
+        if len(d.title) > 1000:
+            raise InvalidArgument(f"{f}.title", "longer than 1000 characters")
+        if not d.text.strip():
+            raise InvalidArgument(f"{f}.text", "must not be empty")
+        if len(d.text) > max_chars:
+            raise InvalidArgument(
+                f"{f}.text", f"{len(d.text)} characters exceed the limit of {max_chars}"
+            )
+        if len(d.source) > 2048:
+            raise InvalidArgument(f"{f}.source", "longer than 2048 characters")
+        if len(d.metadata) > MAX_METADATA:
+            raise InvalidArgument(f"{f}.metadata", f"more than {MAX_METADATA} entries")
+        for k, v in d.metadata.items():
+            if not k or len(k) > 128 or len(v) > 1024:
+                raise InvalidArgument(
+                    f"{f}.metadata[{k!r}]", "keys need 1-128 characters, values at most 1024"
+                )
+
+
+# Counts a document once (SADD), updates the job, and acknowledges + deletes the entry.
+_FINISH = """
+if redis.call('SADD', KEYS[2], ARGV[1]) == 1 then
+  if ARGV[2] == '1' then
+    redis.call('HINCRBY', KEYS[1], 'documents_done', 1)
+    redis.call('HINCRBY', KEYS[1], 'chunks_done', ARGV[3])
+  else
+    redis.call('HINCRBY', KEYS[1], 'documents_failed', 1)
+    redis.call('HINCRBY', KEYS[1], 'chunks_failed', ARGV[3])
+    redis.call('HSET', KEYS[1], 'last_error', ARGV[4])
+  end
+  local total = tonumber(redis.call('HGET', KEYS[1], 'documents_total') or '0')
+  local done = tonumber(redis.call('HGET', KEYS[1], 'documents_done') or '0')
+  local failed = tonumber(redis.call('HGET', KEYS[1], 'documents_failed') or '0')
+  if done + failed >= total then
+    if failed > 0 then
+      redis.call('HSET', KEYS[1], 'state', 'FAILED')
+    else
+      redis.call('HSET', KEYS[1], 'state', 'SUCCEEDED')
+    end
+  else
+    redis.call('HSET', KEYS[1], 'state', 'RUNNING')
+  end
+  redis.call('EXPIRE', KEYS[2], ARGV[7])
+end
+redis.call('XACK', KEYS[3], ARGV[5], ARGV[6])
+redis.call('XDEL', KEYS[3], ARGV[6])
+return 1
+"""
+
+_START = """
+if redis.call('HGET', KEYS[1], 'state') == 'QUEUED' then
+  redis.call('HSET', KEYS[1], 'state', 'RUNNING')
+end
+return 1
+"""
+
+
+@contextlib.asynccontextmanager
+async def redis_errors(what: str) -> AsyncIterator[None]:
+    """Turn Redis client errors into DependencyUnavailable."""
+    try:
+        yield
+    except (RedisError, OSError) as e:
+        raise DependencyUnavailable(f"redis unavailable during {what}: {e}") from e
+
+
+def connect(url: str, timeout: float, read_timeout: float | None = None) -> aioredis.Redis:
+    """A Redis client with short timeouts (a dead Redis must fail fast, not hang calls)."""
+    return aioredis.Redis.from_url(
+        url,
+        socket_timeout=read_timeout or timeout,
+        socket_connect_timeout=timeout,
+        decode_responses=False,
+        retry_on_timeout=False,
+    )
+
+
+class JobQueue:
+    """Documents in, progress out."""
+
+    def __init__(self, client: aioredis.Redis, stream: str, job_ttl: int) -> None:
+        self.redis = client
+        self.stream = stream
+        self.ttl = job_ttl
+        self._finish = client.register_script(_FINISH)
+        self._start = client.register_script(_START)
+
+    def _job_key(self, job_id: str) -> str:
+        return f"{self.stream}:job:{job_id}"
+
+    def _doc_key(self, document_id: str) -> str:
+        return f"{self.stream}:doc:{document_id}:chunks"
+
+    async def enqueue(self, docs: Sequence[DocumentIn]) -> str:
+        """Record a job and queue its documents atomically; returns the job id."""
+        job_id = uuid.uuid4().hex
+        key = self._job_key(job_id)
+        async with redis_errors("Ingest"):
+            async with self.redis.pipeline(transaction=True) as pipe:
+                pipe.hset(
+                    key,
+                    mapping={
+                        "state": JobState.QUEUED.name,
+                        "documents_total": len(docs),
+                        "documents_done": 0,
+                        "documents_failed": 0,
+                        "chunks_done": 0,
+                        "chunks_failed": 0,
+                        "last_error": "",
+                        "created": time.time(),
+                    },
+                )
+                pipe.expire(key, self.ttl)
+                for seq, d in enumerate(docs):
+                    body = {
+                        "document_id": d.document_id,
+                        "title": d.title,
+                        "text": d.text,
+                        "metadata": dict(d.metadata),
+                        "source": d.source,
+                    }
+                    pipe.xadd(self.stream, {"job": job_id, "seq": seq, "doc": json.dumps(body)})
+                await pipe.execute()
+        return job_id
+
+    async def job(self, job_id: str) -> JobStatus:
+        """The progress of ``job_id``; NotFound when unknown or expired."""
+        async with redis_errors("GetIngestJob"):
+            raw: Any = await self.redis.hgetall(self._job_key(job_id))
+        if not raw:
+            raise NotFound(f"job_id: no ingest job {job_id!r}")
+        h = {k.decode(): v.decode() for k, v in raw.items()}
+        return JobStatus(
+            job_id=job_id,
+            state=JobState[h["state"]],
+            documents_total=int(h["documents_total"]),
+            documents_done=int(h["documents_done"]),
+            documents_failed=int(h["documents_failed"]),
+            chunks_done=int(h["chunks_done"]),
+            chunks_failed=int(h["chunks_failed"]),
+            last_error=h.get("last_error", ""),
+        )
+
+    # --- consumer side -------------------------------------------------------------------
+
+    async def ensure_group(self) -> None:
+        """Create the consumer group (and the stream) when missing."""
+        async with redis_errors("group creation"):
+            try:
+                await self.redis.xgroup_create(self.stream, GROUP, id="0", mkstream=True)
+            except ResponseError as e:
+                if "BUSYGROUP" not in str(e):
+                    raise
+
+    def _entries(self, rows: Any, deliveries: int = 1) -> list[Entry]:
+        out = []
+        for entry_id, fields in rows or ():
+            if not fields:  # deleted while pending
+                continue
+            body = json.loads(fields[b"doc"])
+            out.append(
+                Entry(
+                    entry_id=entry_id.decode(),
+                    job_id=fields[b"job"].decode(),
+                    seq=int(fields[b"seq"]),
+                    document=DocumentIn(
+                        document_id=body["document_id"],
+                        title=body["title"],
+                        text=body["text"],
+                        metadata=body["metadata"],
+                        source=body["source"],
+                    ),
+                    deliveries=deliveries,
+                )
+            )
+        return out
+
+    async def read(self, consumer: str, count: int, block_ms: int, pending: bool) -> list[Entry]:
+        """New entries (``pending=False``) or this consumer's own unacknowledged ones."""
+        async with redis_errors("stream read"):
+            reply: Any = await self.redis.xreadgroup(
+                GROUP,
+                consumer,
+                {self.stream: "0" if pending else ">"},
+                count=count,
+                block=None if pending else block_ms,
+            )
+        rows = reply[0][1] if reply else []
+        return self._entries(rows)
+
+    async def claim(self, consumer: str, idle_ms: int, count: int) -> list[Entry]:
+        """Take over entries another (dead) consumer left pending for ``idle_ms``."""
+        async with redis_errors("claim"):
+            reply: Any = await self.redis.xautoclaim(
+                self.stream, GROUP, consumer, min_idle_time=idle_ms, start_id="0", count=count
+            )
+            rows = reply[1]
+            entries = self._entries(rows)
+            if not entries:
+                return []
+            info: Any = await self.redis.xpending_range(
+                self.stream,
+                GROUP,
+                min=entries[0].entry_id,
+                max=entries[-1].entry_id,
+                count=len(entries) * 2,
+                consumername=consumer,
+            )
+        times = {p["message_id"].decode(): int(p["times_delivered"]) for p in info}
+        return [
+            Entry(e.entry_id, e.job_id, e.seq, e.document, times.get(e.entry_id, 1))
+            for e in entries
+        ]
+
+    async def start(self, job_id: str) -> None:
+        """Mark a queued job running."""
+        async with redis_errors("job start"):
+            await self._start(keys=[self._job_key(job_id)])
+
+    async def previous_chunks(self, document_id: str) -> int:
+        """How many chunks the last ingestion of ``document_id`` wrote."""
+        async with redis_errors("chunk count"):
+            raw = await self.redis.get(self._doc_key(document_id))
+        return int(raw) if raw else 0
+
+    async def set_chunks(self, document_id: str, count: int) -> None:
+        async with redis_errors("chunk count"):
+            await self.redis.set(self._doc_key(document_id), count)
+
+    async def finish(self, entry: Entry, ok: bool, chunks: int, error: str = "") -> None:
+        """Count the document once in its job and acknowledge the entry, atomically."""
+        key = self._job_key(entry.job_id)
+        async with redis_errors("job progress"):
+            await self._finish(
+                keys=[key, f"{key}:finished", self.stream],
+                args=[
+                    entry.seq,
+                    "1" if ok else "0",
+                    chunks,
+                    error[:500],
+                    GROUP,
+                    entry.entry_id,
+                    self.ttl,
+                ],
+            )

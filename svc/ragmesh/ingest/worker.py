@@ -1,0 +1,117 @@
+"""The ingest worker: queued document → chunks → Embed → Upsert → progress + ack. No grpc here.
+
+At-least-once: an entry is acknowledged only after its chunks were upserted; entries a dead
+worker left pending are claimed after ``claim_idle_ms``; chunk ids are stable, so work done
+twice overwrites itself. A dependency outage leaves the entry pending and is retried with
+backoff; a document that is invalid (or keeps killing workers) is counted failed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from prometheus_client import Counter
+
+from ragmesh.embedding.model import Purpose
+from ragmesh.ingest.chunking import chunk, chunk_id
+from ragmesh.ingest.queue import Entry, JobQueue
+from ragmesh.kit.config import IngestSettings
+from ragmesh.kit.errors import InvalidArgument, RagmeshError
+from ragmesh.kit.peers import ChunkRecord, Embedder, Retriever
+
+log = logging.getLogger(__name__)
+
+DOCUMENTS = Counter("ragmesh_ingest_documents_total", "Documents processed.", ["outcome"])
+CHUNKS = Counter("ragmesh_ingest_chunks_total", "Chunks upserted.")
+RETRIES = Counter("ragmesh_ingest_retries_total", "Documents left pending after an outage.")
+
+
+class IngestWorker:
+    """One consumer in the ingest group."""
+
+    def __init__(
+        self,
+        settings: IngestSettings,
+        queue: JobQueue,
+        embedder: Embedder,
+        retriever: Retriever,
+        consumer: str,
+    ) -> None:
+        self.settings = settings
+        self.queue = queue
+        self.embedder = embedder
+        self.retriever = retriever
+        self.consumer = consumer
+        self.ready = asyncio.Event()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Consume until ``stop`` is set; outages back off and retry."""
+        backoff = 0.2
+        while not stop.is_set():
+            try:
+                if not self.ready.is_set():
+                    await self.queue.ensure_group()
+                    self.ready.set()
+                    log.info("ingest worker %s consuming %s", self.consumer, self.queue.stream)
+                await self.step()
+                backoff = 0.2
+            except RagmeshError as e:
+                RETRIES.inc()
+                log.warning("ingest paused %.1fs: %s", backoff, e)
+                try:
+                    await asyncio.wait_for(stop.wait(), backoff)
+                except TimeoutError:
+                    pass
+                backoff = min(backoff * 2, 5.0)
+
+    async def step(self) -> int:
+        """Process one batch: own pending entries first, then claimed ones, then new ones."""
+        entries = await self.queue.read(self.consumer, 8, 0, pending=True)
+        if not entries:
+            entries = await self.queue.claim(self.consumer, self.settings.claim_idle_ms, 8)
+        if not entries:
+            entries = await self.queue.read(self.consumer, 1, 1000, pending=False)
+        for entry in entries:
+            await self.process(entry)
+        return len(entries)
+
+    async def process(self, entry: Entry) -> None:
+        """Ingest one document; raises RagmeshError (not InvalidArgument) to retry later."""
+        doc = entry.document
+        if entry.deliveries > self.settings.max_deliveries:
+            DOCUMENTS.labels("failed").inc()
+            await self.queue.finish(
+                entry, False, 0, f"{doc.document_id}: gave up after {entry.deliveries} deliveries"
+            )
+            return
+        await self.queue.start(entry.job_id)
+        pieces = chunk(
+            doc.document_id, doc.text, self.settings.chunk_chars, self.settings.overlap_chars
+        )
+        metadata = {k: v for k, v in (("title", doc.title), ("source", doc.source)) if v}
+        metadata.update(doc.metadata)
+        try:
+            step = self.settings.embed_batch
+            for start in range(0, len(pieces), step):
+                batch = pieces[start : start + step]
+                embedded = await self.embedder.embed([c.text for c in batch], Purpose.DOCUMENT)
+                await self.retriever.upsert(
+                    [
+                        ChunkRecord(c.chunk_id, doc.document_id, c.text, metadata, v)
+                        for c, v in zip(batch, embedded.vectors, strict=True)
+                    ]
+                )
+            previous = await self.queue.previous_chunks(doc.document_id)
+            if previous > len(pieces):  # the document shrank: drop its old tail
+                stale = [chunk_id(doc.document_id, i) for i in range(len(pieces), previous)]
+                await self.retriever.delete(stale)
+            await self.queue.set_chunks(doc.document_id, len(pieces))
+        except InvalidArgument as e:
+            DOCUMENTS.labels("failed").inc()
+            log.warning("document %s rejected: %s", doc.document_id, e)
+            await self.queue.finish(entry, False, len(pieces), f"{doc.document_id}: {e}")
+            return
+        CHUNKS.inc(len(pieces))
+        DOCUMENTS.labels("done").inc()
+        await self.queue.finish(entry, True, len(pieces))

@@ -1,0 +1,255 @@
+"""Ask: validate → embed the question (cached) → search → answer cache → stream. No grpc here.
+
+The stream always has the same shape: one :class:`Citations`, the answer's deltas, one
+:class:`AskDone`. A cache hit replays the stored citations and deltas.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+from prometheus_client import Histogram
+
+from ragmesh.embedding.batcher import Matrix
+from ragmesh.embedding.model import Purpose
+from ragmesh.generation.params import Params, validate_params
+from ragmesh.generation.service import Delta, Done, Finish
+from ragmesh.kit.config import QuerySettings
+from ragmesh.kit.errors import InvalidArgument
+from ragmesh.kit.peers import Embedder, Generator, Retriever
+from ragmesh.query.cache import LOOKUPS, Cache
+
+SNIPPET_CHARS = 240
+TTFT = Histogram(
+    "ragmesh_query_time_to_first_token_seconds",
+    "Seconds from the start of an Ask to its first answer delta.",
+    ["cache_hit"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+
+
+@dataclass(frozen=True)
+class AskInput:
+    """One question."""
+
+    question: str
+    top_k: int = 0
+    filter: Mapping[str, str] = field(default_factory=dict)
+    params: Params = Params()
+    skip_cache: bool = False
+
+
+@dataclass(frozen=True)
+class Citation:
+    """A retrieved passage as the client sees it; ``marker`` is the ``[n]`` in the answer."""
+
+    marker: int
+    chunk_id: str
+    document_id: str
+    score: float
+    snippet: str
+    metadata: dict[str, str]
+
+
+@dataclass(frozen=True)
+class Citations:
+    """The first event of every Ask stream."""
+
+    citations: tuple[Citation, ...]
+
+
+@dataclass(frozen=True)
+class Timings:
+    """Milliseconds spent per stage."""
+
+    embed_ms: float
+    search_ms: float
+    first_token_ms: float
+    total_ms: float
+
+
+@dataclass(frozen=True)
+class AskDone:
+    """The last event of every Ask stream."""
+
+    finish: Finish
+    prompt_tokens: int
+    completion_tokens: int
+    timings: Timings
+    cache_hit: bool
+    index_version: int
+
+
+def normalize(question: str) -> str:
+    """The cache form of a question: case-folded, whitespace collapsed."""
+    return " ".join(question.casefold().split())
+
+
+def _ms(since: float) -> float:
+    return (time.perf_counter() - since) * 1000.0
+
+
+class AskPipeline:
+    """The front door's question answering over peer protocols."""
+
+    def __init__(
+        self,
+        settings: QuerySettings,
+        embedder: Embedder,
+        retriever: Retriever,
+        generator: Generator,
+        cache: Cache,
+    ) -> None:
+        self.settings = settings
+        self.embedder = embedder
+        self.retriever = retriever
+        self.generator = generator
+        self.cache = cache
+        self.embed_model = ""  # learned from the embedding service's replies
+        self.generation_model = ""  # learned from the generation service's replies
+
+    def validate(self, request: AskInput) -> int:
+        """Check a request; returns the effective top_k."""
+        q = request.question
+        if not q.strip():
+            raise InvalidArgument("question", "must not be empty")
+        if len(q) > self.settings.max_question_chars:
+            raise InvalidArgument(
+                "question",
+                f"{len(q)} characters exceed the limit of {self.settings.max_question_chars}",
+            )
+        if request.top_k > self.settings.max_top_k:
+            raise InvalidArgument(
+                "top_k", f"{request.top_k} exceeds the limit of {self.settings.max_top_k}"
+            )
+        for key in request.filter:
+            if not key:
+                raise InvalidArgument("filter", "keys must not be empty")
+        validate_params(request.params)
+        return request.top_k or self.settings.default_top_k
+
+    async def _embed(self, question: str) -> Matrix:
+        key = ""
+        if self.embed_model and self.settings.embed_cache_ttl > 0:
+            digest = hashlib.sha256(question.encode()).hexdigest()
+            key = f"ragmesh:emb:{self.embed_model}:{digest}"
+            cached = await self.cache.get(key)
+            LOOKUPS.labels("embedding", "hit" if cached else "miss").inc()
+            if cached is not None:
+                return np.frombuffer(cached, dtype="<f4")
+        embedded = await self.embedder.embed([question], Purpose.QUERY)
+        vector = np.ascontiguousarray(embedded.vectors[0], dtype="<f4")
+        if embedded.model != self.embed_model:
+            self.embed_model = embedded.model
+        elif key:
+            await self.cache.set(key, vector.tobytes(), self.settings.embed_cache_ttl)
+        return vector
+
+    def _answer_key(self, request: AskInput, top_k: int, index_version: int) -> str:
+        p = request.params
+        material = json.dumps(
+            {
+                "q": normalize(request.question),
+                "top_k": top_k,
+                "filter": sorted(request.filter.items()),
+                "params": [p.max_tokens, p.temperature, p.top_p, list(p.stop), p.seed],
+                "index": index_version,
+                "model": self.generation_model,
+            },
+            sort_keys=True,
+        )
+        return "ragmesh:ans:" + hashlib.sha256(material.encode()).hexdigest()
+
+    async def ask(self, request: AskInput) -> AsyncIterator[Citations | Delta | AskDone]:
+        """Answer one question as a stream of events."""
+        started = time.perf_counter()
+        top_k = self.validate(request)
+        t = time.perf_counter()
+        vector = await self._embed(request.question)
+        embed_ms = _ms(t)
+        t = time.perf_counter()
+        result = await self.retriever.search(vector, top_k, request.filter)
+        search_ms = _ms(t)
+        use_cache = not request.skip_cache and self.settings.answer_cache_ttl > 0
+        key = ""
+        if use_cache and self.generation_model:
+            key = self._answer_key(request, top_k, result.index_version)
+            stored = await self.cache.get(key)
+            LOOKUPS.labels("answer", "hit" if stored else "miss").inc()
+            if stored is not None:
+                async for replayed in self._replay(stored, started, embed_ms, search_ms):
+                    yield replayed
+                return
+        citations = tuple(
+            Citation(
+                i + 1,
+                h.chunk_id,
+                h.document_id,
+                h.score,
+                h.text[:SNIPPET_CHARS],
+                dict(h.metadata),
+            )
+            for i, h in enumerate(result.hits)
+        )
+        yield Citations(citations)
+        deltas: list[str] = []
+        first_ms = 0.0
+        done: Done | None = None
+        stream = self.generator.generate(request.question, result.hits, request.params)
+        async for generated in stream:
+            if isinstance(generated, Delta):
+                if not deltas:
+                    first_ms = _ms(started)
+                    TTFT.labels("false").observe(first_ms / 1000.0)
+                deltas.append(generated.text)
+                yield generated
+            else:
+                done = generated
+        if done is None:
+            raise RuntimeError("generation stream ended without done")
+        if use_cache:
+            if done.model != self.generation_model:
+                self.generation_model = done.model
+                key = self._answer_key(request, top_k, result.index_version)
+            value = {
+                "citations": [asdict(c) for c in citations],
+                "deltas": deltas,
+                "finish": done.finish.name,
+                "usage": [done.prompt_tokens, done.completion_tokens],
+                "index_version": result.index_version,
+            }
+            await self.cache.set(key, json.dumps(value).encode(), self.settings.answer_cache_ttl)
+        yield AskDone(
+            done.finish,
+            done.prompt_tokens,
+            done.completion_tokens,
+            Timings(embed_ms, search_ms, first_ms, _ms(started)),
+            False,
+            result.index_version,
+        )
+
+    async def _replay(
+        self, stored: bytes, started: float, embed_ms: float, search_ms: float
+    ) -> AsyncIterator[Citations | Delta | AskDone]:
+        value = json.loads(stored)
+        yield Citations(tuple(Citation(**c) for c in value["citations"]))
+        first_ms = 0.0
+        for i, text in enumerate(value["deltas"]):
+            if i == 0:
+                first_ms = _ms(started)
+                TTFT.labels("true").observe(first_ms / 1000.0)
+            yield Delta(text)
+        prompt_tokens, completion_tokens = value["usage"]
+        yield AskDone(
+            Finish[value["finish"]],
+            prompt_tokens,
+            completion_tokens,
+            Timings(embed_ms, search_ms, first_ms, _ms(started)),
+            True,
+            value["index_version"],
+        )

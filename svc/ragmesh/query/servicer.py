@@ -1,0 +1,132 @@
+"""QueryService: protos in, pipeline and queue calls, protos out. Errors go through the kit."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import grpc
+
+from ragmesh.generation.service import Delta
+from ragmesh.generation.servicer import FINISH_REASONS, params_from_proto
+from ragmesh.ingest.queue import DocumentIn, JobQueue, validate_documents
+from ragmesh.kit.config import QuerySettings
+from ragmesh.kit.errors import InvalidArgument
+from ragmesh.query.pipeline import AskDone, AskInput, AskPipeline, Citations
+from ragmesh.v1 import common_pb2, query_service_pb2, query_service_pb2_grpc
+
+SERVICE_NAME = query_service_pb2.DESCRIPTOR.services_by_name["QueryService"].full_name
+
+JOB_STATES = {
+    1: query_service_pb2.INGEST_JOB_STATE_QUEUED,
+    2: query_service_pb2.INGEST_JOB_STATE_RUNNING,
+    3: query_service_pb2.INGEST_JOB_STATE_SUCCEEDED,
+    4: query_service_pb2.INGEST_JOB_STATE_FAILED,
+}
+
+
+def _event(event: Citations | Delta | AskDone) -> query_service_pb2.AskResponse:
+    if isinstance(event, Delta):
+        return query_service_pb2.AskResponse(delta=event.text)
+    if isinstance(event, Citations):
+        return query_service_pb2.AskResponse(
+            citations=query_service_pb2.Citations(
+                citations=[
+                    query_service_pb2.Citation(
+                        marker=c.marker,
+                        chunk_id=c.chunk_id,
+                        document_id=c.document_id,
+                        score=c.score,
+                        snippet=c.snippet,
+                        metadata=c.metadata,
+                    )
+                    for c in event.citations
+                ]
+            )
+        )
+    t = event.timings
+    return query_service_pb2.AskResponse(
+        done=query_service_pb2.AskDone(
+            finish_reason=FINISH_REASONS[event.finish],
+            usage=common_pb2.Usage(
+                prompt_tokens=event.prompt_tokens, completion_tokens=event.completion_tokens
+            ),
+            timings=query_service_pb2.Timings(
+                embed_ms=t.embed_ms,
+                search_ms=t.search_ms,
+                first_token_ms=t.first_token_ms,
+                total_ms=t.total_ms,
+            ),
+            cache_hit=event.cache_hit,
+            index_version=event.index_version,
+        )
+    )
+
+
+class QueryServicer(query_service_pb2_grpc.QueryServiceServicer):
+    """Serves Ask from an :class:`AskPipeline` and Ingest/GetIngestJob from a :class:`JobQueue`."""
+
+    def __init__(self, settings: QuerySettings, pipeline: AskPipeline, queue: JobQueue) -> None:
+        self.settings = settings
+        self.pipeline = pipeline
+        self.queue = queue
+
+    async def Ask(
+        self,
+        request: query_service_pb2.AskRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> AsyncIterator[query_service_pb2.AskResponse]:
+        ask = AskInput(
+            question=request.question,
+            top_k=request.top_k,
+            filter=dict(request.filter),
+            params=params_from_proto(request.params),
+            skip_cache=request.skip_cache,
+        )
+        async for event in self.pipeline.ask(ask):
+            yield _event(event)
+
+    async def Ingest(
+        self,
+        request: query_service_pb2.IngestRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> query_service_pb2.IngestResponse:
+        docs = [
+            DocumentIn(d.document_id, d.title, d.text, dict(d.metadata), d.source)
+            for d in request.documents
+        ]
+        validate_documents(docs, self.settings.max_documents, self.settings.max_document_chars)
+        job_id = await self.queue.enqueue(docs)
+        return query_service_pb2.IngestResponse(job_id=job_id, document_count=len(docs))
+
+    async def GetIngestJob(
+        self,
+        request: query_service_pb2.GetIngestJobRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> query_service_pb2.GetIngestJobResponse:
+        if not request.job_id:
+            raise InvalidArgument("job_id", "must not be empty")
+        job = await self.queue.job(request.job_id)
+        return query_service_pb2.GetIngestJobResponse(
+            job_id=job.job_id,
+            state=JOB_STATES[job.state.value],
+            documents_total=job.documents_total,
+            documents_done=job.documents_done,
+            documents_failed=job.documents_failed,
+            chunks_done=job.chunks_done,
+            chunks_failed=job.chunks_failed,
+            last_error=job.last_error,
+        )
+
+
+def register(
+    settings: QuerySettings, pipeline: AskPipeline, queue: JobQueue
+) -> Callable[[grpc.aio.Server], None]:
+    """A ServiceSpec.register callback adding the servicer to a server."""
+
+    def add(server: grpc.aio.Server) -> None:
+        query_service_pb2_grpc.add_QueryServiceServicer_to_server(
+            QueryServicer(settings, pipeline, queue), server
+        )
+
+    return add
