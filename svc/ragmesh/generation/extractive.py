@@ -32,7 +32,8 @@ def split_sentences(text: str) -> list[str]:
     out = []
     for raw in _SENTENCE_END.split(text):
         sentence = " ".join(raw.split()).lstrip("#*- ").strip()
-        if len(_WORD.findall(sentence)) >= 3:
+        words = len(_WORD.findall(sentence))
+        if words >= 6 or (words >= 3 and sentence[-1] in ".!?"):  # not a heading
             out.append(sentence)
     return out
 

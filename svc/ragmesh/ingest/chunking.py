@@ -9,7 +9,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-_SENTENCE = re.compile(r"[^.!?\n]+(?:[.!?]+[\"')\]]*|\n+|$)")
+_TERMINAL = frozenset(".!?\"')]")
+_SENTENCE_BREAK = re.compile(r"(?<=[.!?])\s+|(?<=[.!?][\"')\]])\s+")
+_BLOCK_START = re.compile(r"^(#{1,6}\s|[-*+]\s|\d+[.)]\s)")
 
 
 @dataclass(frozen=True)
@@ -26,19 +28,51 @@ def chunk_id(document_id: str, index: int) -> str:
     return f"{document_id}#{index}"
 
 
+def _blocks(text: str) -> list[str]:
+    """Paragraphs, headings and list items; wrapped lines inside a paragraph are joined."""
+    blocks: list[str] = []
+    current: list[str] = []
+    for line in text.splitlines():
+        stripped = line.strip()
+        if not stripped or _BLOCK_START.match(stripped):
+            if current:
+                blocks.append(" ".join(current))
+            current = [stripped] if stripped else []
+            if stripped.startswith("#"):  # a heading is a block of its own
+                blocks.append(stripped)
+                current = []
+        else:
+            current.append(stripped)
+    if current:
+        blocks.append(" ".join(current))
+    return [" ".join(b.split()) for b in blocks if b.strip()]
+
+
 def sentences(text: str, limit: int) -> list[str]:
-    """Sentences of ``text`` (paragraph breaks end one); a sentence longer than ``limit``
-    characters is split at word boundaries."""
+    """Sentences of ``text`` (a heading, list item or paragraph end closes one); a sentence
+    longer than ``limit`` characters is split at word boundaries."""
     out: list[str] = []
-    for m in _SENTENCE.finditer(text):
-        sentence = " ".join(m.group(0).split())
-        while len(sentence) > limit:
-            cut = sentence.rfind(" ", 0, limit)
-            cut = cut if cut > 0 else limit
-            out.append(sentence[:cut])
-            sentence = sentence[cut:].lstrip()
-        if sentence:
-            out.append(sentence)
+    for block in _blocks(text):
+        for sentence in _SENTENCE_BREAK.split(block):
+            while len(sentence) > limit:
+                cut = sentence.rfind(" ", 0, limit)
+                cut = cut if cut > 0 else limit
+                out.append(sentence[:cut])
+                sentence = sentence[cut:].lstrip()
+            if sentence:
+                out.append(sentence)
+    return out
+
+
+def _join(parts: list[str]) -> str:
+    """Sentences joined by spaces; a line without end punctuation (a heading, a list item)
+    stays a paragraph of its own."""
+    out = ""
+    for i, part in enumerate(parts):
+        if i:
+            ended = parts[i - 1][-1] in _TERMINAL and part[-1:] in _TERMINAL
+            out += " " if ended else "\n\n"
+        out += part
     return out
 
 
@@ -48,21 +82,22 @@ def chunk(document_id: str, text: str, size: int, overlap: int) -> list[TextChun
     """
     parts = sentences(text, size)
     chunks: list[str] = []
+    join = _join
     current: list[str] = []
     fresh = 0  # sentences in ``current`` not carried over from the previous chunk
     for sentence in parts:
-        if current and fresh and len(" ".join([*current, sentence])) > size:
-            chunks.append(" ".join(current))
+        if current and fresh and len(join([*current, sentence])) > size:
+            chunks.append(join(current))
             carried: list[str] = []
             for prev in reversed(current):
-                if len(" ".join([prev, *carried])) > overlap:
+                if len(join([prev, *carried])) > overlap:
                     break
                 carried.insert(0, prev)
-            while carried and len(" ".join([*carried, sentence])) > size:
+            while carried and len(join([*carried, sentence])) > size:
                 carried.pop(0)
             current, fresh = carried, 0
         current.append(sentence)
         fresh += 1
     if current and fresh:
-        chunks.append(" ".join(current))
+        chunks.append(join(current))
     return [TextChunk(chunk_id(document_id, i), i, c) for i, c in enumerate(chunks)]

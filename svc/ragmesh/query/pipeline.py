@@ -144,9 +144,11 @@ class AskPipeline:
                 return np.frombuffer(cached, dtype="<f4")
         embedded = await self.embedder.embed([question], Purpose.QUERY)
         vector = np.ascontiguousarray(embedded.vectors[0], dtype="<f4")
-        if embedded.model != self.embed_model:
+        if embedded.model != self.embed_model or not key:
             self.embed_model = embedded.model
-        elif key:
+            digest = hashlib.sha256(question.encode()).hexdigest()
+            key = f"ragmesh:emb:{self.embed_model}:{digest}"
+        if self.settings.embed_cache_ttl > 0:
             await self.cache.set(key, vector.tobytes(), self.settings.embed_cache_ttl)
         return vector
 

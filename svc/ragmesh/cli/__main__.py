@@ -1,0 +1,264 @@
+"""The ``ragmesh`` command: up, ingest, ask, status.
+
+``ragmesh up`` runs the stack in the foreground and records its addresses in
+``<data dir>/stack.json``; the other commands find the query service there (or at
+``--addr``). A service that is down gives one line on stderr and exit status 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from ragmesh.cli.documents import find_files, read_document
+from ragmesh.cli.supervisor import SERVICES, Stack, StackError, health, read_state
+from ragmesh.v1 import (
+    common_pb2,
+    query_service_pb2,
+    query_service_pb2_grpc,
+    retrieval_service_pb2,
+    retrieval_service_pb2_grpc,
+)
+
+DEFAULT_DIR = Path("var/ragmesh")
+BATCH_DOCUMENTS = 64
+DONE_STATES = (
+    query_service_pb2.INGEST_JOB_STATE_SUCCEEDED,
+    query_service_pb2.INGEST_JOB_STATE_FAILED,
+)
+
+
+class CliError(Exception):
+    """A one-line error for the user."""
+
+
+def query_address(args: argparse.Namespace) -> str:
+    if args.addr:
+        return str(args.addr)
+    state = read_state(args.data_dir)
+    if "query" not in state:
+        raise CliError(f"no running stack in {args.data_dir} (start one: ragmesh up) and no --addr")
+    return state["query"]["grpc"]
+
+
+def rpc_error(error: grpc.RpcError, what: str, address: str) -> CliError:
+    code = error.code() if isinstance(error, grpc.Call) else None
+    details = error.details() if isinstance(error, grpc.Call) else str(error)
+    name = code.name if code is not None else "ERROR"
+    if code == grpc.StatusCode.UNAVAILABLE:
+        return CliError(f"{what} at {address} is unavailable ({details})")
+    return CliError(f"{what} failed: {name}: {details}")
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    stack = Stack(args.data_dir)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    print(f"starting redis and {', '.join(SERVICES)} (logs in {args.data_dir}/logs) ...")
+    try:
+        stack.up()
+        print(f"{'service':<11} {'pid':>7}  {'grpc':<21} {'metrics':<21}")
+        print(f"{'redis':<11} {stack.procs['redis'].popen.pid:>7}  {stack.redis_url:<21}")
+        for name in SERVICES:
+            p = stack.procs[name]
+            metrics = f"127.0.0.1:{p.metrics_port}"
+            print(f"{name:<11} {p.popen.pid:>7}  {p.address:<21} {metrics:<21}")
+        print("ready: ragmesh ingest PATH... / ragmesh ask QUESTION; Ctrl-C stops", flush=True)
+        while not stop.wait(0.5):
+            for p in stack.procs.values():
+                if p.popen.poll() is not None:
+                    raise StackError(f"{p.name} exited ({p.popen.returncode}); see {p.log}")
+        print("stopping ...", flush=True)
+        return 0
+    finally:
+        stack.down()
+        print("stopped", flush=True)
+
+
+def _progress(job: query_service_pb2.GetIngestJobResponse, width: int = 30) -> str:
+    finished = job.documents_done + job.documents_failed
+    filled = int(width * finished / max(1, job.documents_total))
+    state = query_service_pb2.IngestJobState.Name(job.state).removeprefix("INGEST_JOB_STATE_")
+    return (
+        f"[{'#' * filled}{'-' * (width - filled)}] {finished}/{job.documents_total} documents, "
+        f"{job.chunks_done} chunks  {state.lower()}"
+    )
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    address = query_address(args)
+    try:
+        files = list(find_files(args.paths))
+    except ValueError as e:
+        raise CliError(str(e)) from None
+    if not files:
+        raise CliError("no .txt, .md or .html files found")
+    root = Path.cwd()
+    docs = [read_document(f, root) for f in files]
+    with grpc.insecure_channel(address) as channel:
+        stub = query_service_pb2_grpc.QueryServiceStub(channel)
+        jobs = []
+        try:
+            for i in range(0, len(docs), BATCH_DOCUMENTS):
+                batch = docs[i : i + BATCH_DOCUMENTS]
+                reply = stub.Ingest(
+                    query_service_pb2.IngestRequest(
+                        documents=[
+                            query_service_pb2.Document(
+                                document_id=d.document_id,
+                                title=d.title,
+                                text=d.text,
+                                source=d.source,
+                                metadata={"type": d.kind},
+                            )
+                            for d in batch
+                        ]
+                    ),
+                    timeout=30,
+                )
+                jobs.append(reply.job_id)
+            print(f"queued {len(docs)} documents as job(s) {', '.join(jobs)}", file=sys.stderr)
+            deadline = time.monotonic() + args.timeout
+            while True:
+                status = [
+                    stub.GetIngestJob(query_service_pb2.GetIngestJobRequest(job_id=j), timeout=10)
+                    for j in jobs
+                ]
+                total = query_service_pb2.GetIngestJobResponse(
+                    documents_total=sum(s.documents_total for s in status),
+                    documents_done=sum(s.documents_done for s in status),
+                    documents_failed=sum(s.documents_failed for s in status),
+                    chunks_done=sum(s.chunks_done for s in status),
+                    state=max(s.state for s in status)
+                    if all(s.state in DONE_STATES for s in status)
+                    else query_service_pb2.INGEST_JOB_STATE_RUNNING,
+                )
+                print("\r" + _progress(total), end="", file=sys.stderr, flush=True)
+                if all(s.state in DONE_STATES for s in status):
+                    break
+                if time.monotonic() > deadline:
+                    raise CliError(f"jobs not finished after {args.timeout:.0f}s")
+                time.sleep(0.2)
+        except grpc.RpcError as e:
+            raise rpc_error(e, "query service", address) from None
+    print(file=sys.stderr)
+    for s in status:
+        if s.last_error:
+            print(f"job {s.job_id}: {s.last_error}", file=sys.stderr)
+    return 1 if total.documents_failed else 0
+
+
+def render_sources(citations: Any, answer: str) -> str:
+    lines = ["", "Sources:"]
+    for c in citations:
+        used = "*" if f"[{c.marker}]" in answer else " "
+        title = c.metadata.get("title", "")
+        head = f"{used}[{c.marker}] {c.document_id}" + (f" — {title}" if title else "")
+        lines.append(f"{head}  (score {c.score:.3f})")
+        snippet = textwrap.shorten(c.snippet, 160, placeholder=" …")
+        lines.append(textwrap.indent(snippet, "      "))
+    return "\n".join(lines)
+
+
+def cmd_ask(args: argparse.Namespace) -> int:
+    address = query_address(args)
+    filters = dict(f.split("=", 1) for f in args.filter)
+    request = query_service_pb2.AskRequest(
+        question=args.question,
+        top_k=args.top_k,
+        filter=filters,
+        params=common_pb2.GenerationParams(max_tokens=args.max_tokens),
+        skip_cache=args.no_cache,
+    )
+    citations: Any = []
+    answer = ""
+    with grpc.insecure_channel(address) as channel:
+        stub = query_service_pb2_grpc.QueryServiceStub(channel)
+        try:
+            for event in stub.Ask(request, timeout=args.timeout):
+                kind = event.WhichOneof("event")
+                if kind == "citations":
+                    citations = event.citations.citations
+                elif kind == "delta":
+                    answer += event.delta
+                    print(event.delta, end="", flush=True)
+                elif kind == "done":
+                    done = event.done
+        except grpc.RpcError as e:
+            print(file=sys.stderr)
+            raise rpc_error(e, "query service", address) from None
+    print(render_sources(citations, answer))
+    t = done.timings
+    finish = common_pb2.FinishReason.Name(done.finish_reason).removeprefix("FINISH_REASON_")
+    print(
+        f"({'cache hit' if done.cache_hit else 'generated'}; "
+        f"first token {t.first_token_ms:.1f} ms, "
+        f"total {t.total_ms:.1f} ms; {done.usage.completion_tokens} tokens, {finish.lower()}; "
+        f"index v{done.index_version})",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    state = read_state(args.data_dir)
+    if not state:
+        raise CliError(f"no running stack in {args.data_dir} (start one: ragmesh up)")
+    ok = True
+    print(f"{'service':<11} {'pid':>7}  {'grpc':<21} status")
+    for name, info in state.items():
+        status = "-" if name == "redis" else health(info["grpc"])
+        ok = ok and status in ("SERVING", "-")
+        print(f"{name:<11} {info['pid']:>7}  {info['grpc']:<21} {status}")
+    if "retrieval" in state and health(state["retrieval"]["grpc"]) == "SERVING":
+        with grpc.insecure_channel(state["retrieval"]["grpc"]) as channel:
+            index = retrieval_service_pb2_grpc.RetrievalServiceStub(channel).GetIndexInfo(
+                retrieval_service_pb2.GetIndexInfoRequest(), timeout=5
+            )
+        print(f"index: {index.count} chunks, dim {index.dimension}, version {index.index_version}")
+    return 0 if ok else 1
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ragmesh", description=__doc__.splitlines()[0])
+    p.add_argument("--data-dir", type=Path, default=DEFAULT_DIR, help="where up keeps its state")
+    p.add_argument("--addr", default="", help="query service host:port (default: from up)")
+    sub = p.add_subparsers(dest="command", required=True)
+    sub.add_parser("up", help="start Redis and every service locally; Ctrl-C stops")
+    ingest = sub.add_parser("ingest", help="ingest .txt, .md and .html files or directories")
+    ingest.add_argument("paths", nargs="+", type=Path)
+    ingest.add_argument("--timeout", type=float, default=600.0)
+    ask = sub.add_parser("ask", help="ask a question; streams the answer with citations")
+    ask.add_argument("question")
+    ask.add_argument("--top-k", type=int, default=0)
+    ask.add_argument("--max-tokens", type=int, default=0)
+    ask.add_argument("--filter", action="append", default=[], metavar="KEY=VALUE")
+    ask.add_argument("--no-cache", action="store_true")
+    ask.add_argument("--timeout", type=float, default=120.0)
+    sub.add_parser("status", help="health of every service of the running stack")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    commands = {"up": cmd_up, "ingest": cmd_ingest, "ask": cmd_ask, "status": cmd_status}
+    try:
+        return commands[args.command](args)
+    except (CliError, StackError) as e:
+        print(f"ragmesh: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,229 @@
+"""Local processes for ``ragmesh up`` and the end-to-end tests: a private Redis server and
+every service, on free loopback ports, each logging to its own file.
+
+Services bind port 0 and print ``listening: grpc HOST:PORT, metrics HOST:PORT``; the
+supervisor reads the ports from the log, so nothing races for a port it picked.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+LISTENING = re.compile(r"listening: grpc [\d.]+:(\d+), metrics [\d.]+:(\d+)")
+SERVICES = ("embedding", "retrieval", "generation", "query", "ingest")
+STATE_FILE = "stack.json"
+
+
+class StackError(Exception):
+    """Something the stack needs is missing or did not start."""
+
+
+@dataclass
+class Proc:
+    """One supervised process."""
+
+    name: str
+    popen: subprocess.Popen[bytes]
+    log: Path
+    grpc_port: int = 0
+    metrics_port: int = 0
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def health(address: str, timeout: float = 2.0) -> str:
+    """The overall health status name of the server at ``address``, or UNREACHABLE."""
+    with grpc.insecure_channel(address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        try:
+            reply = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=timeout)
+        except grpc.RpcError:
+            return "UNREACHABLE"
+    return str(health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status))
+
+
+@dataclass
+class Stack:
+    """Redis plus the five services as child processes under ``workdir``."""
+
+    workdir: Path
+    env: Mapping[str, str] = field(default_factory=dict)
+    procs: dict[str, Proc] = field(default_factory=dict)
+    redis_port: int = 0
+
+    @property
+    def redis_url(self) -> str:
+        return f"redis://127.0.0.1:{self.redis_port}/0"
+
+    def _spawn(self, name: str, argv: list[str], env: Mapping[str, str]) -> Proc:
+        log = self.workdir / "logs" / f"{name}.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with open(log, "ab") as out:
+            popen = subprocess.Popen(
+                argv, env=dict(env), stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        proc = Proc(name, popen, log)
+        self.procs[name] = proc
+        return proc
+
+    def start_redis(self) -> None:
+        binary = shutil.which("redis-server") or "/usr/sbin/redis-server"
+        if not Path(binary).exists():
+            raise StackError("redis-server not found: run 'make system-deps' (apt redis-server)")
+        self.redis_port = self.redis_port or free_port()
+        argv = [
+            binary,
+            "--port",
+            str(self.redis_port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(self.workdir),
+        ]
+        proc = self._spawn("redis", argv, os.environ)
+        proc.grpc_port = self.redis_port
+        deadline = time.monotonic() + 10
+        while "Ready to accept connections" not in proc.log.read_text(errors="replace"):
+            self._check_alive(proc)
+            if time.monotonic() > deadline:
+                raise StackError(f"redis did not start; see {proc.log}")
+            time.sleep(0.02)
+
+    def service_env(self, name: str) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(
+            {
+                "RAGMESH_HOST": "127.0.0.1",
+                "RAGMESH_GRPC_PORT": "0",
+                "RAGMESH_METRICS_PORT": "0",
+                "RAGMESH_DRAIN_SECONDS": "0.2",
+                "RAGMESH_GRACE_SECONDS": "5",
+                "RAGMESH_INDEX_DIR": str(self.workdir / "index"),
+                "RAGMESH_REDIS_URL": self.redis_url,
+                "HF_HUB_OFFLINE": "1",
+                "TRANSFORMERS_OFFLINE": "1",
+                "TOKENIZERS_PARALLELISM": "false",
+            }
+        )
+        for peer in ("embedding", "retrieval", "generation"):
+            if peer in self.procs and self.procs[peer].grpc_port:
+                env[f"RAGMESH_{peer.upper()}_ADDR"] = self.procs[peer].address
+        env.update(self.env)
+        return env
+
+    def start_service(self, name: str) -> Proc:
+        return self._spawn(name, [sys.executable, "-m", f"ragmesh.{name}"], self.service_env(name))
+
+    def _check_alive(self, proc: Proc) -> None:
+        if proc.popen.poll() is not None:
+            tail = proc.log.read_text(errors="replace").strip().splitlines()[-3:]
+            raise StackError(f"{proc.name} exited ({proc.popen.returncode}): " + " | ".join(tail))
+
+    def wait_ready(self, name: str, timeout: float = 120.0) -> Proc:
+        """Wait until ``name`` logged its ports and reports SERVING."""
+        proc = self.procs[name]
+        deadline = time.monotonic() + timeout
+        while True:
+            self._check_alive(proc)
+            if not proc.grpc_port:
+                m = LISTENING.search(proc.log.read_text(errors="replace"))
+                if m:
+                    proc.grpc_port, proc.metrics_port = int(m.group(1)), int(m.group(2))
+            if proc.grpc_port and health(proc.address, 1.0) == "SERVING":
+                return proc
+            if time.monotonic() > deadline:
+                raise StackError(f"{name} not SERVING after {timeout:.0f}s; see {proc.log}")
+            time.sleep(0.05)
+
+    def up(self) -> None:
+        """Start Redis, then the leaf services, then query and ingest."""
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.start_redis()
+        for name in ("embedding", "retrieval", "generation"):
+            self.start_service(name)
+        for name in ("embedding", "retrieval", "generation"):
+            self.wait_ready(name)
+        for name in ("query", "ingest"):
+            self.start_service(name)
+        for name in ("query", "ingest"):
+            self.wait_ready(name)
+        self.write_state()
+
+    def restart(self, name: str) -> Proc:
+        """Start ``name`` again (after :meth:`kill`) and wait until it is ready."""
+        self.start_service(name)
+        return self.wait_ready(name)
+
+    def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
+        proc = self.procs.pop(name)
+        if proc.popen.poll() is None:
+            proc.popen.send_signal(sig)
+        proc.popen.wait(timeout=30)
+
+    def down(self, timeout: float = 20.0) -> None:
+        """SIGTERM every process (front door first, Redis last) and wait; SIGKILL stragglers."""
+        order = [
+            n
+            for n in ("query", "ingest", "generation", "retrieval", "embedding", "redis")
+            if n in self.procs
+        ]
+        for name in order:
+            if self.procs[name].popen.poll() is None:
+                self.procs[name].popen.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        for name in order:
+            popen = self.procs[name].popen
+            try:
+                popen.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                popen.kill()
+                popen.wait()
+        self.procs.clear()
+        (self.workdir / STATE_FILE).unlink(missing_ok=True)
+
+    def write_state(self) -> None:
+        state = {
+            name: {
+                "pid": p.popen.pid,
+                "grpc": p.address,
+                "metrics": f"127.0.0.1:{p.metrics_port}" if p.metrics_port else "",
+                "log": str(p.log),
+            }
+            for name, p in self.procs.items()
+        }
+        (self.workdir / STATE_FILE).write_text(json.dumps(state, indent=2))
+
+
+def read_state(workdir: Path) -> dict[str, dict[str, str]]:
+    """What ``ragmesh up`` wrote, or an empty dict when it is not running."""
+    path = workdir / STATE_FILE
+    if not path.exists():
+        return {}
+    data: dict[str, dict[str, str]] = json.loads(path.read_text())
+    return data
