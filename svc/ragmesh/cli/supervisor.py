@@ -41,6 +41,12 @@ class Proc:
     log: Path
     grpc_port: int = 0
     metrics_port: int = 0
+    offset: int = 0  # where this run's output starts in the (appended) log
+
+    def output(self) -> str:
+        with open(self.log, "rb") as f:
+            f.seek(self.offset)
+            return f.read().decode(errors="replace")
 
     @property
     def address(self) -> str:
@@ -80,11 +86,12 @@ class Stack:
     def _spawn(self, name: str, argv: list[str], env: Mapping[str, str]) -> Proc:
         log = self.workdir / "logs" / f"{name}.log"
         log.parent.mkdir(parents=True, exist_ok=True)
+        offset = log.stat().st_size if log.exists() else 0
         with open(log, "ab") as out:
             popen = subprocess.Popen(
                 argv, env=dict(env), stdout=out, stderr=subprocess.STDOUT, start_new_session=True
             )
-        proc = Proc(name, popen, log)
+        proc = Proc(name, popen, log, offset=offset)
         self.procs[name] = proc
         return proc
 
@@ -109,7 +116,7 @@ class Stack:
         proc = self._spawn("redis", argv, os.environ)
         proc.grpc_port = self.redis_port
         deadline = time.monotonic() + 10
-        while "Ready to accept connections" not in proc.log.read_text(errors="replace"):
+        while "Ready to accept connections" not in proc.output():
             self._check_alive(proc)
             if time.monotonic() > deadline:
                 raise StackError(f"redis did not start; see {proc.log}")
@@ -142,7 +149,7 @@ class Stack:
 
     def _check_alive(self, proc: Proc) -> None:
         if proc.popen.poll() is not None:
-            tail = proc.log.read_text(errors="replace").strip().splitlines()[-3:]
+            tail = proc.output().strip().splitlines()[-3:]
             raise StackError(f"{proc.name} exited ({proc.popen.returncode}): " + " | ".join(tail))
 
     def wait_ready(self, name: str, timeout: float = 120.0) -> Proc:
@@ -152,7 +159,7 @@ class Stack:
         while True:
             self._check_alive(proc)
             if not proc.grpc_port:
-                m = LISTENING.search(proc.log.read_text(errors="replace"))
+                m = LISTENING.search(proc.output())
                 if m:
                     proc.grpc_port, proc.metrics_port = int(m.group(1)), int(m.group(2))
             if proc.grpc_port and health(proc.address, 1.0) == "SERVING":

@@ -269,13 +269,19 @@ class JobQueue:
     async def read(self, consumer: str, count: int, block_ms: int, pending: bool) -> list[Entry]:
         """New entries (``pending=False``) or this consumer's own unacknowledged ones."""
         async with redis_errors("stream read"):
-            reply: Any = await self.redis.xreadgroup(
-                GROUP,
-                consumer,
-                {self.stream: "0" if pending else ">"},
-                count=count,
-                block=None if pending else block_ms,
-            )
+            try:
+                reply: Any = await self.redis.xreadgroup(
+                    GROUP,
+                    consumer,
+                    {self.stream: "0" if pending else ">"},
+                    count=count,
+                    block=None if pending else block_ms,
+                )
+            except ResponseError as e:
+                if "NOGROUP" not in str(e):
+                    raise
+                await self.ensure_group()  # Redis restarted empty: join again
+                return []
         rows = reply[0][1] if reply else []
         return self._entries(rows)
 

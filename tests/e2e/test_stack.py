@@ -1,0 +1,233 @@
+"""The whole slice as real processes: Redis server, embedding (real MiniLM), retrieval (real
+FAISS), generation (extractive), query and the ingest worker, started by the same supervisor
+as ``ragmesh up``. Faults are real: kill -9 of the worker, Redis killed."""
+
+from __future__ import annotations
+
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from ragmesh.cli.documents import read_document
+from ragmesh.cli.supervisor import Stack
+from ragmesh.ingest.chunking import chunk
+from ragmesh.v1 import (
+    query_service_pb2 as q,
+)
+from ragmesh.v1 import (
+    query_service_pb2_grpc,
+    retrieval_service_pb2,
+    retrieval_service_pb2_grpc,
+)
+from tests.conftest import sample
+
+CORPUS = Path(__file__).resolve().parents[2] / "samples" / "corpus"
+CHUNK_CHARS, OVERLAP = 400, 80
+QUESTION = "How often does the Keelhaven light flash?"
+FACT = "two white flashes every fifteen seconds"
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    s = Stack(
+        tmp_path_factory.mktemp("stack"),
+        env={
+            "RAGMESH_CHUNK_SIZE_CHARS": str(CHUNK_CHARS),
+            "RAGMESH_CHUNK_OVERLAP_CHARS": str(OVERLAP),
+            "RAGMESH_INGEST_CLAIM_IDLE_MS": "1000",
+            "RAGMESH_INGEST_EMBED_BATCH": "4",
+        },
+    )
+    try:
+        s.up()
+        yield s
+    finally:
+        s.down()
+
+
+@pytest.fixture(scope="module")
+def query(stack: Stack) -> Iterator[query_service_pb2_grpc.QueryServiceStub]:
+    with grpc.insecure_channel(stack.procs["query"].address) as channel:
+        yield query_service_pb2_grpc.QueryServiceStub(channel)
+
+
+def index_count(stack: Stack) -> int:
+    with grpc.insecure_channel(stack.procs["retrieval"].address) as channel:
+        stub = retrieval_service_pb2_grpc.RetrievalServiceStub(channel)
+        info = stub.GetIndexInfo(retrieval_service_pb2.GetIndexInfoRequest(), timeout=5)
+    return int(info.count)
+
+
+def wait_job(
+    query: query_service_pb2_grpc.QueryServiceStub, job_id: str, timeout: float = 120
+) -> q.GetIngestJobResponse:
+    deadline = time.monotonic() + timeout
+    while True:
+        job = query.GetIngestJob(q.GetIngestJobRequest(job_id=job_id), timeout=5)
+        if job.state in (q.INGEST_JOB_STATE_SUCCEEDED, q.INGEST_JOB_STATE_FAILED):
+            return job
+        assert time.monotonic() < deadline, f"job not finished: {job}"
+        time.sleep(0.05)
+
+
+def ask(
+    query: query_service_pb2_grpc.QueryServiceStub, question: str, **kw: object
+) -> tuple[list[q.Citation], list[str], q.AskDone]:
+    events = list(query.Ask(q.AskRequest(question=question, **kw), timeout=60))  # type: ignore[arg-type]
+    kinds = [e.WhichOneof("event") for e in events]
+    assert kinds[0] == "citations" and kinds[-1] == "done"
+    assert set(kinds[1:-1]) == {"delta"}
+    return list(events[0].citations.citations), [e.delta for e in events[1:-1]], events[-1].done
+
+
+def documents(paths: list[Path]) -> list[q.Document]:
+    docs = [read_document(p, CORPUS) for p in paths]
+    return [
+        q.Document(document_id=d.document_id, title=d.title, text=d.text, source=d.source)
+        for d in docs
+    ]
+
+
+def expected_chunks(docs: list[q.Document]) -> int:
+    return sum(len(chunk(d.document_id, d.text, CHUNK_CHARS, OVERLAP)) for d in docs)
+
+
+def test_ingest_three_documents_and_wait_for_the_job(
+    stack: Stack, query: query_service_pb2_grpc.QueryServiceStub
+) -> None:
+    docs = documents(sorted(CORPUS.iterdir()))
+    assert len(docs) == 3
+    reply = query.Ingest(q.IngestRequest(documents=docs), timeout=10)
+    assert reply.document_count == 3
+    job = wait_job(query, reply.job_id)
+    assert job.state == q.INGEST_JOB_STATE_SUCCEEDED
+    assert (job.documents_total, job.documents_done, job.documents_failed) == (3, 3, 0)
+    assert job.chunks_done == expected_chunks(docs) == index_count(stack)
+
+
+def test_ask_cites_the_right_document_and_states_the_fact(
+    query: query_service_pb2_grpc.QueryServiceStub,
+) -> None:
+    citations, deltas, done = ask(query, QUESTION)
+    assert citations[0].document_id == "lighthouse.md"
+    assert FACT in "".join(deltas)
+    assert "[1]" in "".join(deltas)
+    assert not done.cache_hit and done.finish_reason == 1
+    assert done.timings.first_token_ms > 0 and done.timings.total_ms >= done.timings.first_token_ms
+    assert done.usage.completion_tokens == len(deltas)
+
+
+def test_the_same_question_again_is_a_cache_hit_with_identical_content(
+    query: query_service_pb2_grpc.QueryServiceStub,
+) -> None:
+    first = ask(query, QUESTION)
+    again = ask(query, "  how OFTEN does the Keelhaven light flash? ")
+    assert again[2].cache_hit
+    assert again[0] == first[0] and again[1] == first[1]
+    assert again[2].usage == first[2].usage and again[2].index_version == first[2].index_version
+    fresh = ask(query, QUESTION, skip_cache=True)
+    assert not fresh[2].cache_hit and fresh[1] == first[1]
+
+
+@pytest.mark.parametrize(
+    ("request_", "field"),
+    [
+        (q.AskRequest(question=""), "question"),
+        (q.AskRequest(question="x" * 5000), "question"),
+        (q.AskRequest(question="why?", top_k=1000), "top_k"),
+        (q.AskRequest(question="why?", params={"temperature": 7.0}), "params.temperature"),
+    ],
+)
+def test_bad_ask_is_invalid_argument_naming_the_field(
+    query: query_service_pb2_grpc.QueryServiceStub, request_: q.AskRequest, field: str
+) -> None:
+    with pytest.raises(grpc.RpcError) as e:
+        list(query.Ask(request_, timeout=10))
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT  # type: ignore[attr-defined]
+    assert e.value.details().startswith(field + ":")  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    ("doc", "field"),
+    [
+        (q.Document(document_id="", text="t"), "documents[1].document_id"),
+        (q.Document(document_id="a#b", text="t"), "documents[1].document_id"),
+        (q.Document(document_id="ok", text="  "), "documents[1].text"),
+        (q.Document(document_id="ok", text="t", metadata={"": "v"}), "documents[1].metadata"),
+    ],
+)
+def test_bad_ingest_is_invalid_argument_and_writes_nothing(
+    stack: Stack, query: query_service_pb2_grpc.QueryServiceStub, doc: q.Document, field: str
+) -> None:
+    before = index_count(stack)
+    good = q.Document(document_id="fine", text="A valid document.")
+    with pytest.raises(grpc.RpcError) as e:
+        query.Ingest(q.IngestRequest(documents=[good, doc]), timeout=10)
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT  # type: ignore[attr-defined]
+    assert e.value.details().startswith(field)  # type: ignore[attr-defined]
+    with pytest.raises(grpc.RpcError) as empty:
+        query.Ingest(q.IngestRequest(), timeout=10)
+    assert empty.value.details().startswith("documents:")  # type: ignore[attr-defined]
+    assert index_count(stack) == before
+
+
+def test_worker_killed_mid_ingest_resumes_with_exact_chunk_count(
+    stack: Stack, query: query_service_pb2_grpc.QueryServiceStub
+) -> None:
+    para = (
+        "Section {i} of report {n} describes the tidal gauge number {n}{i}. "
+        "The gauge was calibrated on day {i} and recorded {n} readings. "
+        "Observers noted the water level twice per hour during the survey. "
+    )
+    docs = [
+        q.Document(
+            document_id=f"report-{n}",
+            title=f"Report {n}",
+            text="\n\n".join(para.format(i=i, n=n) for i in range(12)),
+        )
+        for n in range(30)
+    ]
+    want = expected_chunks(docs)
+    before = index_count(stack)
+    job_id = query.Ingest(q.IngestRequest(documents=docs), timeout=10).job_id
+    deadline = time.monotonic() + 60
+    while True:
+        job = query.GetIngestJob(q.GetIngestJobRequest(job_id=job_id), timeout=5)
+        if job.documents_done >= 2:
+            break
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    stack.kill("ingest")  # SIGKILL: no chance to ack what it was working on
+    job = query.GetIngestJob(q.GetIngestJobRequest(job_id=job_id), timeout=5)
+    assert job.documents_done < len(docs), "the worker finished before it could be killed"
+    stack.restart("ingest")  # a new consumer: it must claim the dead one's pending entry
+    job = wait_job(query, job_id)
+    assert job.state == q.INGEST_JOB_STATE_SUCCEEDED
+    assert (job.documents_done, job.documents_failed) == (len(docs), 0)
+    assert job.chunks_done == want
+    assert index_count(stack) == before + want  # none missing, none duplicated
+
+
+def test_redis_down_answers_are_still_served(
+    stack: Stack, query: query_service_pb2_grpc.QueryServiceStub
+) -> None:
+    stack.kill("redis")
+    citations, deltas, done = ask(query, QUESTION)
+    assert citations[0].document_id == "lighthouse.md" and FACT in "".join(deltas)
+    assert not done.cache_hit
+    metrics_port = stack.procs["query"].metrics_port
+    with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    assert sample(text, "ragmesh_cache_bypass_total", {"op": "get"}) >= 1
+    with pytest.raises(grpc.RpcError) as e:  # the queue is Redis: Ingest cannot be accepted
+        query.Ingest(q.IngestRequest(documents=[q.Document(document_id="x", text="y")]), timeout=10)
+    assert e.value.code() == grpc.StatusCode.UNAVAILABLE  # type: ignore[attr-defined]
+    stack.start_redis()  # back on the same port: the cache is used again once the
+    deadline = time.monotonic() + 10  # query service's one-second back-off has passed
+    while not ask(query, QUESTION)[2].cache_hit:
+        assert time.monotonic() < deadline, "the cache never came back after Redis did"
+        time.sleep(0.2)
