@@ -10,7 +10,7 @@ BUF := $(TOOLS)/node_modules/.bin/buf
 BUF_VERSION := 1.75.0
 STAMP := .build/stamps
 
-.PHONY: help venv tools proto check-proto buf-deps buf-lint buf-format lint typecheck test test-unit system-deps clean
+.PHONY: demo help venv tools proto check-proto buf-deps buf-lint buf-format lint typecheck test test-unit system-deps clean
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -62,6 +62,9 @@ lint: venv ## ruff
 
 typecheck: venv ## mypy --strict on svc/
 	$(VENV)/bin/mypy
+
+demo: venv system-deps ## start everything locally, ingest samples/corpus, ask a cited question
+	bash scripts/demo.sh
 
 test-unit: venv system-deps ## pytest only
 	bash scripts/pytest.sh

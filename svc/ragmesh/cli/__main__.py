@@ -196,7 +196,7 @@ def cmd_ask(args: argparse.Namespace) -> int:
         except grpc.RpcError as e:
             print(file=sys.stderr)
             raise rpc_error(e, "query service", address) from None
-    print(render_sources(citations, answer))
+    print("\n" + render_sources(citations, answer))
     t = done.timings
     finish = common_pb2.FinishReason.Name(done.finish_reason).removeprefix("FINISH_REASON_")
     print(
