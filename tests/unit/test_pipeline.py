@@ -1,0 +1,136 @@
+"""The Ask pipeline with fake peers: stream shape, caches, Redis failures, validation."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping, Sequence
+
+import numpy as np
+import pytest
+from redis.exceptions import ConnectionError as RedisConnectionError
+
+from ragmesh.embedding.model import Purpose
+from ragmesh.generation.params import Params
+from ragmesh.generation.service import Delta, Done, Finish
+from ragmesh.kit.errors import InvalidArgument
+from ragmesh.kit.peers import ChunkRecord, Embedded, Hit, SearchResult
+from ragmesh.query.cache import RedisCache
+from ragmesh.query.pipeline import AskDone, AskInput, AskPipeline, Citations
+from tests.conftest import settings_for
+
+
+class Peers:
+    def __init__(self) -> None:
+        self.embeds = 0
+        self.searches = 0
+        self.generations = 0
+        self.version = 7
+
+    async def embed(self, texts: Sequence[str], purpose: Purpose) -> Embedded:
+        self.embeds += 1
+        return Embedded(np.ones((len(texts), 4), dtype=np.float32), "mini")
+
+    async def search(self, vector: object, top_k: int, filter: Mapping[str, str]) -> SearchResult:
+        self.searches += 1
+        hits = tuple(Hit(f"d{i}#0", f"d{i}", f"text {i}", 1.0 - i / 10) for i in range(top_k))
+        return SearchResult(hits, self.version)
+
+    async def upsert(self, chunks: Sequence[ChunkRecord]) -> int:
+        return self.version
+
+    async def delete(self, chunk_ids: Sequence[str]) -> int:
+        return self.version
+
+    async def generate(
+        self, question: str, passages: Sequence[Hit], params: Params
+    ) -> AsyncIterator[Delta | Done]:
+        self.generations += 1
+        for word in ("It", " is", " so", " [1]."):
+            yield Delta(word)
+        yield Done(Finish.STOP, 50, 4, "gen-model")
+
+
+class MemoryRedis:
+    """The two redis.asyncio calls the cache makes, in memory; ``down`` makes them fail."""
+
+    def __init__(self) -> None:
+        self.data: dict[str, bytes] = {}
+        self.down = False
+
+    async def get(self, key: str) -> bytes | None:
+        if self.down:
+            raise RedisConnectionError("connection refused")
+        return self.data.get(key)
+
+    async def set(self, key: str, value: bytes, ex: int) -> None:
+        if self.down:
+            raise RedisConnectionError("connection refused")
+        self.data[key] = value
+
+
+def pipeline(redis: MemoryRedis, peers: Peers) -> AskPipeline:
+    cache = RedisCache(redis, retry_after=0.0)  # type: ignore[arg-type]
+    return AskPipeline(settings_for().query, peers, peers, peers, cache)
+
+
+async def run(p: AskPipeline, question: str = "What is it?", **kw: object) -> list[object]:
+    return [e async for e in p.ask(AskInput(question, **kw))]  # type: ignore[arg-type]
+
+
+async def test_stream_shape_and_answer_cache_replay() -> None:
+    redis, peers = MemoryRedis(), Peers()
+    p = pipeline(redis, peers)
+    first = await run(p, top_k=3)
+    assert isinstance(first[0], Citations) and isinstance(first[-1], AskDone)
+    assert [c.marker for c in first[0].citations] == [1, 2, 3]
+    assert "".join(e.text for e in first[1:-1]) == "It is so [1]."  # type: ignore[attr-defined]
+    assert not first[-1].cache_hit and first[-1].index_version == 7
+    again = await run(p, "  what IS it? ", top_k=3)
+    assert again[-1].cache_hit  # type: ignore[attr-defined]
+    assert again[:-1] == first[:-1]
+    assert peers.generations == 1
+    peers.version = 8  # new documents: the cached answer no longer applies
+    assert not (await run(p, top_k=3))[-1].cache_hit  # type: ignore[attr-defined]
+    assert not (await run(p, top_k=3, skip_cache=True))[-1].cache_hit  # type: ignore[attr-defined]
+
+
+async def test_question_embedding_is_cached() -> None:
+    redis, peers = MemoryRedis(), Peers()
+    p = pipeline(redis, peers)
+    await run(p)
+    await run(p, skip_cache=True)
+    assert peers.embeds == 1
+    assert any(k.startswith("ragmesh:emb:mini:") for k in redis.data)
+
+
+async def test_redis_down_answers_without_cache_and_counts_bypasses() -> None:
+    from ragmesh.query.cache import BYPASS
+
+    redis, peers = MemoryRedis(), Peers()
+    redis.down = True
+    p = pipeline(redis, peers)
+    before = BYPASS.labels("get")._value.get()
+    events = await run(p)
+    events = await run(p)
+    assert isinstance(events[-1], AskDone) and not events[-1].cache_hit
+    assert peers.generations == 2
+    assert BYPASS.labels("get")._value.get() > before
+
+
+@pytest.mark.parametrize(
+    ("kw", "field"),
+    [
+        ({"question": ""}, "question"),
+        ({"question": "q" * 3000}, "question"),
+        ({"question": "q", "top_k": 500}, "top_k"),
+        ({"question": "q", "filter": {"": "x"}}, "filter"),
+        ({"question": "q", "params": Params(top_p=2.0)}, "params.top_p"),
+    ],
+)
+async def test_bad_requests_name_the_field_and_call_nothing(
+    kw: dict[str, object], field: str
+) -> None:
+    peers = Peers()
+    with pytest.raises(InvalidArgument) as e:
+        await run(pipeline(MemoryRedis(), peers), **kw)
+    assert e.value.field == field
+    assert (peers.embeds, peers.searches, peers.generations) == (0, 0, 0)
