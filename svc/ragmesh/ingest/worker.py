@@ -37,12 +37,14 @@ class IngestWorker:
         embedder: Embedder,
         retriever: Retriever,
         consumer: str,
+        block_ms: int = 1000,
     ) -> None:
         self.settings = settings
         self.queue = queue
         self.embedder = embedder
         self.retriever = retriever
         self.consumer = consumer
+        self.block_ms = block_ms  # longest wait for a new entry (under the socket timeout)
         self.ready = asyncio.Event()
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -71,7 +73,7 @@ class IngestWorker:
         if not entries:
             entries = await self.queue.claim(self.consumer, self.settings.claim_idle_ms, 8)
         if not entries:
-            entries = await self.queue.read(self.consumer, 1, 1000, pending=False)
+            entries = await self.queue.read(self.consumer, 1, self.block_ms, pending=False)
         for entry in entries:
             await self.process(entry)
         return len(entries)

@@ -1,0 +1,130 @@
+"""The ingest queue and worker on a real Redis server, with fake peers."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ragmesh.cli.supervisor import Stack
+from ragmesh.embedding.model import Purpose
+from ragmesh.ingest.queue import DocumentIn, JobQueue, JobState, connect
+from ragmesh.ingest.worker import IngestWorker
+from ragmesh.kit.errors import InvalidArgument
+from ragmesh.kit.peers import ChunkRecord, Embedded, SearchResult
+from tests.conftest import settings_for
+
+
+@pytest.fixture(scope="module")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    stack = Stack(tmp_path_factory.mktemp("redis"))
+    stack.workdir.mkdir(parents=True, exist_ok=True)
+    stack.start_redis()
+    yield stack.redis_url
+    stack.down()
+
+
+@pytest.fixture
+async def queue(redis_url: str, tmp_path: Path) -> AsyncIterator[JobQueue]:
+    client = connect(redis_url, 1.0)
+    q = JobQueue(client, f"test:{tmp_path.name}", 60)
+    await q.ensure_group()
+    yield q
+    await client.aclose()
+
+
+class Store:
+    """Embedder and retriever: records upserted chunk ids; rejects texts containing BAD."""
+
+    def __init__(self) -> None:
+        self.chunks: dict[str, str] = {}
+        self.upserts = 0
+
+    async def embed(self, texts: Sequence[str], purpose: Purpose) -> Embedded:
+        if any("BAD" in t for t in texts):
+            raise InvalidArgument("texts[0]", "rejected")
+        return Embedded(np.zeros((len(texts), 4), dtype=np.float32), "fake")
+
+    async def search(self, vector: object, top_k: int, filter: Mapping[str, str]) -> SearchResult:
+        return SearchResult((), 0)
+
+    async def upsert(self, chunks: Sequence[ChunkRecord]) -> int:
+        self.upserts += 1
+        self.chunks.update({c.chunk_id: c.text for c in chunks})
+        return 0
+
+    async def delete(self, chunk_ids: Sequence[str]) -> int:
+        for c in chunk_ids:
+            self.chunks.pop(c, None)
+        return 0
+
+
+def worker(queue: JobQueue, store: Store, name: str, **env: str) -> IngestWorker:
+    settings = settings_for(RAGMESH_CHUNK_SIZE_CHARS="60", RAGMESH_CHUNK_OVERLAP_CHARS="0", **env)
+    return IngestWorker(settings.ingest, queue, store, store, name, block_ms=10)
+
+
+async def until_done(w: IngestWorker, queue: JobQueue, job: str) -> None:
+    for _ in range(500):  # bounded; each idle step blocks at most 10 ms
+        await w.step()
+        if (await queue.job(job)).state in (JobState.SUCCEEDED, JobState.FAILED):
+            return
+    raise AssertionError("job did not finish")
+
+
+TEXT = "One sentence here. Another sentence there. A third one to finish. And a fourth."
+
+
+async def test_a_dead_consumers_entry_is_claimed_and_counted_once(queue: JobQueue) -> None:
+    store = Store()
+    job = await queue.enqueue([DocumentIn("a", "A", TEXT), DocumentIn("b", "B", TEXT)])
+    dead = await queue.read("dead", 1, 0, pending=False)  # delivered, never acknowledged
+    assert [e.document.document_id for e in dead] == ["a"]
+    live = worker(queue, store, "live", RAGMESH_INGEST_CLAIM_IDLE_MS="1")
+    while await live.step():
+        pass
+    status = await queue.job(job)
+    assert status.state is JobState.SUCCEEDED
+    assert (status.documents_done, status.chunks_done) == (2, len(store.chunks))
+    await queue.finish(dead[0], True, 99)  # the dead worker's late ack changes nothing
+    assert (await queue.job(job)).chunks_done == len(store.chunks)
+
+
+async def test_an_invalid_document_fails_the_job_with_its_error(queue: JobQueue) -> None:
+    store = Store()
+    job = await queue.enqueue([DocumentIn("ok", "", TEXT), DocumentIn("bad", "", "BAD text.")])
+    w = worker(queue, store, "w1")
+    while await w.step():
+        pass
+    status = await queue.job(job)
+    assert status.state is JobState.FAILED
+    assert (status.documents_done, status.documents_failed) == (1, 1)
+    assert status.last_error.startswith("bad: texts[0]")
+
+
+async def test_a_document_that_keeps_killing_workers_is_given_up(queue: JobQueue) -> None:
+    job = await queue.enqueue([DocumentIn("doomed", "", TEXT)])
+    await queue.read("w0", 1, 0, pending=False)
+    for n in range(3):  # three more workers claim it and "die" before finishing
+        assert await queue.claim(f"w{n + 1}", 0, 8)
+    w = worker(
+        queue, Store(), "w9", RAGMESH_INGEST_CLAIM_IDLE_MS="1", RAGMESH_INGEST_MAX_DELIVERIES="3"
+    )
+    await until_done(w, queue, job)
+    status = await queue.job(job)
+    assert status.state is JobState.FAILED and "gave up after" in status.last_error
+
+
+async def test_reingesting_a_shorter_document_drops_its_old_tail(queue: JobQueue) -> None:
+    store = Store()
+    w = worker(queue, store, "w")
+    await queue.enqueue([DocumentIn("doc", "", TEXT)])
+    while await w.step():
+        pass
+    long_ids = set(store.chunks)
+    await queue.enqueue([DocumentIn("doc", "", "Just one short sentence.")])
+    while await w.step():
+        pass
+    assert len(long_ids) > 1 and set(store.chunks) == {"doc#0"}
