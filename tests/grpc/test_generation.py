@@ -184,3 +184,49 @@ async def test_client_cancel_aborts_the_transformers_engine(tiny_lm: Path) -> No
         assert engine.produced < 2000  # type: ignore[attr-defined]
     finally:
         await host.drain_and_stop()
+
+
+async def test_a_caller_leaving_the_query_side_client_aborts_generation(tiny_lm: Path) -> None:
+    """What the query service does when its own client cancels Ask: it closes the
+    GenerationClient stream, which cancels the Generate call, which aborts the engine."""
+    from ragmesh.generation.params import Params
+    from ragmesh.kit.channels import open_channel
+    from ragmesh.kit.clients import GenerationClient
+    from ragmesh.kit.peers import Hit
+
+    host, svc = await serve(
+        {
+            "RAGMESH_GEN_ENGINE": "transformers",
+            "RAGMESH_GEN_MODEL": str(tiny_lm),
+            "RAGMESH_GEN_MAX_TOKENS": "2000",
+            "RAGMESH_GEN_CONTEXT_TOKENS": "4096",
+        }
+    )
+    aborted: list[str] = []
+    real_abort = svc.engine.abort
+
+    async def abort(request_id: str) -> None:
+        aborted.append(request_id)
+        await real_abort(request_id)
+
+    svc.engine.abort = abort  # type: ignore[method-assign]
+    channel = open_channel(f"127.0.0.1:{host.port}")
+    try:
+        client = GenerationClient(channel, stream_timeout=60)
+        stream = client.generate(
+            "What does the keeper log?",
+            [Hit("k#0", "k", "The keeper logs the weather.", 1.0)],
+            Params(max_tokens=2000),
+        )
+        for _ in range(3):
+            await stream.__anext__()
+        await stream.aclose()  # type: ignore[attr-defined]
+        for _ in range(500):  # bounded wait for the server side to wind down
+            if svc.active == 0:
+                break
+            await asyncio.sleep(0.01)
+        assert svc.active == 0 and len(aborted) == 1
+        assert svc.engine.produced < 2000  # type: ignore[attr-defined]
+    finally:
+        await channel.close(grace=None)
+        await host.drain_and_stop()
