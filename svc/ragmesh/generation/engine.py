@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from ragmesh.kit.config import EmbeddingSettings, GenerationSettings
-from ragmesh.kit.errors import ConfigError
+from ragmesh.kit.errors import ConfigError, NotReady
 
 
 @dataclass(frozen=True)
@@ -77,6 +77,26 @@ class Engine(Protocol):
 
     async def close(self) -> None:
         """Release the model."""
+
+
+class HfTokenCounting:
+    """count_tokens/truncate for engines with a Hugging Face tokenizer in ``_tokenizer``."""
+
+    _tokenizer: Any = None
+
+    def _ids(self, text: str) -> list[int]:
+        if self._tokenizer is None:
+            raise NotReady(f"{type(self).__name__} not loaded")
+        return list(self._tokenizer.encode(text, add_special_tokens=False))
+
+    def count_tokens(self, text: str) -> int:
+        return len(self._ids(text))
+
+    def truncate(self, text: str, max_tokens: int) -> str:
+        ids = self._ids(text)
+        if len(ids) <= max_tokens:
+            return text
+        return str(self._tokenizer.decode(ids[: max(0, max_tokens)], skip_special_tokens=True))
 
 
 def create_engine(settings: GenerationSettings, embedding: EmbeddingSettings) -> Engine:

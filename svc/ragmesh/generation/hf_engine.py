@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ragmesh.embedding.model import pick_device
-from ragmesh.generation.engine import EngineRequest, Piece
+from ragmesh.generation.engine import EngineRequest, HfTokenCounting, Piece
 from ragmesh.kit.errors import ConfigError, NotReady
 
 log = logging.getLogger(__name__)
@@ -35,7 +35,7 @@ class _Run:
         self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
 
 
-class TransformersEngine:
+class TransformersEngine(HfTokenCounting):
     """A causal LM loaded once from a local directory."""
 
     def __init__(self, model_dir: str, device: str, context_tokens: int) -> None:
@@ -73,20 +73,6 @@ class TransformersEngine:
 
     async def load(self) -> None:
         await asyncio.to_thread(self._load)
-
-    def _ids(self, text: str) -> list[int]:
-        if self._tokenizer is None:
-            raise NotReady("transformers engine not loaded")
-        return list(self._tokenizer(text, add_special_tokens=False)["input_ids"])
-
-    def count_tokens(self, text: str) -> int:
-        return len(self._ids(text))
-
-    def truncate(self, text: str, max_tokens: int) -> str:
-        ids = self._ids(text)
-        if len(ids) <= max_tokens:
-            return text
-        return str(self._tokenizer.decode(ids[: max(0, max_tokens)], skip_special_tokens=True))
 
     def _generate(self, request: EngineRequest, run: _Run) -> None:
         import torch

@@ -15,11 +15,11 @@ from collections.abc import AsyncGenerator, Callable
 from pathlib import Path
 from typing import Any
 
-from ragmesh.generation.engine import EngineRequest, Piece
+from ragmesh.generation.engine import EngineRequest, HfTokenCounting, Piece
 from ragmesh.kit.errors import ConfigError, DependencyUnavailable, NotReady
 
 
-class VllmEngine:
+class VllmEngine(HfTokenCounting):
     """Adapter from the engine protocol to a vLLM async engine client."""
 
     def __init__(
@@ -57,20 +57,6 @@ class VllmEngine:
             self._sampling_params = SamplingParams
         tokenizer = self._client.get_tokenizer()
         self._tokenizer = await tokenizer if inspect.isawaitable(tokenizer) else tokenizer
-
-    def _ids(self, text: str) -> list[int]:
-        if self._tokenizer is None:
-            raise NotReady("vllm engine not loaded")
-        return list(self._tokenizer.encode(text, add_special_tokens=False))
-
-    def count_tokens(self, text: str) -> int:
-        return len(self._ids(text))
-
-    def truncate(self, text: str, max_tokens: int) -> str:
-        ids = self._ids(text)
-        if len(ids) <= max_tokens:
-            return text
-        return str(self._tokenizer.decode(ids[: max(0, max_tokens)], skip_special_tokens=True))
 
     async def generate(self, request: EngineRequest) -> AsyncGenerator[Piece, None]:
         if self._client is None or self._sampling_params is None:
