@@ -249,9 +249,9 @@ async def test_request_id_and_deadline_reach_downstream_calls(
     headers, remaining = emb.seen[-1]
     assert headers["x-request-id"] == "req-42"
     assert headers["traceparent"].startswith("00-aaaa") and headers["x-b3-sampled"] == "1"
-    assert (
-        remaining is not None and remaining <= 1.5
-    )  # capped by the caller's deadline, not the 3 s default
+    # Capped by the caller's deadline, not the 3 s default. The server's view of the
+    # deadline can run a few ms over the client's timeout (clock reads on both sides).
+    assert remaining is not None and remaining <= 1.6
     # without an inbound request id one is made up and still forwarded
     [_ async for _ in stub.Generate(gpb.GenerateRequest(question="call"), timeout=5)]
     headers, remaining = emb.seen[-1]
