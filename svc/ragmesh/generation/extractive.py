@@ -17,21 +17,21 @@ import numpy as np
 
 from ragmesh.embedding.model import EmbeddingModel, Purpose
 from ragmesh.generation.engine import EngineRequest, Piece, Source
+from ragmesh.ingest.chunking import sentences
 from ragmesh.kit.config import EmbeddingSettings
 from ragmesh.kit.errors import NotReady
 
 _WORD = re.compile(r"\S+")
-_SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n\s*\n|\n(?=\s*[-*#\d])")
 MAX_SENTENCES = 3
 MAX_SENTENCE_WORDS = 60
 NOTHING_FOUND = "The indexed documents do not contain an answer to this question."
 
 
 def split_sentences(text: str) -> list[str]:
-    """Sentences of ``text``, whitespace-normalized, without empty ones."""
+    """Answer candidates: the sentences the ingest chunker sees, less headings."""
     out = []
-    for raw in _SENTENCE_END.split(text):
-        sentence = " ".join(raw.split()).lstrip("#*- ").strip()
+    for raw in sentences(text, limit=len(text) + 1):
+        sentence = raw.lstrip("#*- ").strip()
         words = len(_WORD.findall(sentence))
         if words >= 6 or (words >= 3 and sentence[-1] in ".!?"):  # not a heading
             out.append(sentence)

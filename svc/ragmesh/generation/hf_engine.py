@@ -29,7 +29,6 @@ class _Run:
         self.loop = loop
         self.queue: asyncio.Queue[int | BaseException | None] = asyncio.Queue()
         self.aborted = threading.Event()
-        self.produced = 0
 
     def push(self, item: int | BaseException | None) -> None:
         self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
@@ -89,7 +88,6 @@ class TransformersEngine(HfTokenCounting):
                     self.prompt_seen = True
                     return
                 for token in value.reshape(-1).tolist():
-                    run.produced += 1
                     engine.produced += 1
                     run.push(int(token))
 

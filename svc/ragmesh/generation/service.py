@@ -205,17 +205,11 @@ class GenerationService:
                         break
                 else:
                     engine_done = True
-            if finish is None:
-                out, finish = gate.feed("", final=True)
+            if finish in (None, Finish.LENGTH):  # release what the gate still holds
+                out, late = gate.feed("", final=True)
                 if out:
                     yield Delta(out)
-                finish = finish or Finish.STOP
-            elif finish is Finish.LENGTH:
-                out, late = gate.feed("", final=True)
-                if late is Finish.CONTENT_FILTER:
-                    finish = late
-                elif out:
-                    yield Delta(out)
+                finish = late or finish or Finish.STOP
             TOKENS.labels("prompt").inc(rendered.tokens)
             TOKENS.labels("completion").inc(tokens)
             FINISHED.labels(finish.name).inc()

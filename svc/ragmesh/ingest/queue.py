@@ -15,7 +15,7 @@ import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -243,7 +243,7 @@ class JobQueue:
                 if "BUSYGROUP" not in str(e):
                     raise
 
-    def _entries(self, rows: Any, deliveries: int = 1) -> list[Entry]:
+    def _entries(self, rows: Any) -> list[Entry]:
         out = []
         for entry_id, fields in rows or ():
             if not fields:  # deleted while pending
@@ -261,7 +261,6 @@ class JobQueue:
                         metadata=body["metadata"],
                         source=body["source"],
                     ),
-                    deliveries=deliveries,
                 )
             )
         return out
@@ -304,10 +303,7 @@ class JobQueue:
                 consumername=consumer,
             )
         times = {p["message_id"].decode(): int(p["times_delivered"]) for p in info}
-        return [
-            Entry(e.entry_id, e.job_id, e.seq, e.document, times.get(e.entry_id, 1))
-            for e in entries
-        ]
+        return [replace(e, deliveries=times.get(e.entry_id, 1)) for e in entries]
 
     async def start(self, job_id: str) -> None:
         """Mark a queued job running."""

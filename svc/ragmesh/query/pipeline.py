@@ -134,21 +134,18 @@ class AskPipeline:
         return request.top_k or self.settings.default_top_k
 
     async def _embed(self, question: str) -> Matrix:
-        key = ""
-        if self.embed_model and self.settings.embed_cache_ttl > 0:
-            digest = hashlib.sha256(question.encode()).hexdigest()
-            key = f"ragmesh:emb:{self.embed_model}:{digest}"
-            cached = await self.cache.get(key)
+        digest = hashlib.sha256(question.encode()).hexdigest()
+        cached_too = self.settings.embed_cache_ttl > 0
+        if cached_too and self.embed_model:  # the model is known after the first reply
+            cached = await self.cache.get(f"ragmesh:emb:{self.embed_model}:{digest}")
             LOOKUPS.labels("embedding", "hit" if cached else "miss").inc()
             if cached is not None:
                 return np.frombuffer(cached, dtype="<f4")
         embedded = await self.embedder.embed([question], Purpose.QUERY)
         vector = np.ascontiguousarray(embedded.vectors[0], dtype="<f4")
-        if embedded.model != self.embed_model or not key:
-            self.embed_model = embedded.model
-            digest = hashlib.sha256(question.encode()).hexdigest()
+        self.embed_model = embedded.model
+        if cached_too:
             key = f"ragmesh:emb:{self.embed_model}:{digest}"
-        if self.settings.embed_cache_ttl > 0:
             await self.cache.set(key, vector.tobytes(), self.settings.embed_cache_ttl)
         return vector
 
