@@ -83,7 +83,8 @@ class Stack:
     def redis_url(self) -> str:
         return f"redis://127.0.0.1:{self.redis_port}/0"
 
-    def _spawn(self, name: str, argv: list[str], env: Mapping[str, str]) -> Proc:
+    def spawn(self, name: str, argv: list[str], env: Mapping[str, str]) -> Proc:
+        """Start ``argv`` as ``name`` in its own session, appending to ``logs/<name>.log``."""
         log = self.workdir / "logs" / f"{name}.log"
         log.parent.mkdir(parents=True, exist_ok=True)
         offset = log.stat().st_size if log.exists() else 0
@@ -113,7 +114,7 @@ class Stack:
             "--dir",
             str(self.workdir),
         ]
-        proc = self._spawn("redis", argv, os.environ)
+        proc = self.spawn("redis", argv, os.environ)
         proc.grpc_port = self.redis_port
         deadline = time.monotonic() + 10
         while "Ready to accept connections" not in proc.output():
@@ -144,8 +145,17 @@ class Stack:
         env.update(self.env)
         return env
 
-    def start_service(self, name: str) -> Proc:
-        return self._spawn(name, [sys.executable, "-m", f"ragmesh.{name}"], self.service_env(name))
+    def start_service(
+        self, name: str, *, module: str | None = None, env: Mapping[str, str] | None = None
+    ) -> Proc:
+        """Start service ``module`` (default: ``name``) as process ``name``; ``env`` overrides."""
+        module = module or name
+        environment = self.service_env(module)
+        environment.update(env or {})
+        proc = self.spawn(name, [sys.executable, "-m", f"ragmesh.{module}"], environment)
+        if environment["RAGMESH_GRPC_PORT"] != "0":
+            proc.grpc_port = int(environment["RAGMESH_GRPC_PORT"])
+        return proc
 
     def _check_alive(self, proc: Proc) -> None:
         if proc.popen.poll() is not None:
@@ -158,11 +168,11 @@ class Stack:
         deadline = time.monotonic() + timeout
         while True:
             self._check_alive(proc)
-            if not proc.grpc_port:
+            if not proc.metrics_port:
                 m = LISTENING.search(proc.output())
                 if m:
                     proc.grpc_port, proc.metrics_port = int(m.group(1)), int(m.group(2))
-            if proc.grpc_port and health(proc.address, 1.0) == "SERVING":
+            if proc.metrics_port and health(proc.address, 1.0) == "SERVING":
                 return proc
             if time.monotonic() > deadline:
                 raise StackError(f"{name} not SERVING after {timeout:.0f}s; see {proc.log}")
@@ -194,12 +204,9 @@ class Stack:
         proc.popen.wait(timeout=30)
 
     def down(self, timeout: float = 20.0) -> None:
-        """SIGTERM every process (front door first, Redis last) and wait; SIGKILL stragglers."""
-        order = [
-            n
-            for n in ("query", "ingest", "generation", "retrieval", "embedding", "redis")
-            if n in self.procs
-        ]
+        """SIGTERM every process (in reverse start order: the front door first, Redis last) and
+        wait; SIGKILL stragglers."""
+        order = list(reversed(self.procs))
         for name in order:
             if self.procs[name].popen.poll() is None:
                 self.procs[name].popen.send_signal(signal.SIGTERM)

@@ -1,0 +1,459 @@
+"""Envoy sidecar configuration translated from the mesh policy, the way istiod would.
+
+A sidecar has inbound listeners (mTLS required, the workload's AuthorizationPolicies as
+Envoy RBAC, then plaintext to the application on loopback) and outbound listeners (the
+application dials a plaintext loopback port per upstream; the sidecar originates mTLS,
+checks the upstream's SPIFFE id and applies the Canary ``service`` block: retries, route
+timeout, connection pool and outlier detection).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from ragmesh.meshlab.ca import Identity
+from ragmesh.meshlab.manifests import Operation, Rule, ServicePolicy, TranslationError, spiffe
+
+Json = dict[str, Any]
+Protocol = Literal["grpc", "http", "tcp"]
+
+#: Istio's retry conditions when a VirtualService sets attempts but no retryOn.
+ISTIO_DEFAULT_RETRY_ON = (
+    "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes"
+)
+RETRY_CONDITIONS = {
+    "5xx",
+    "gateway-error",
+    "reset",
+    "reset-before-request",
+    "connect-failure",
+    "envoy-ratelimited",
+    "retriable-4xx",
+    "refused-stream",
+    "retriable-status-codes",
+    "retriable-headers",
+    "http3-post-connect-failure",
+    "cancelled",
+    "deadline-exceeded",
+    "internal",
+    "resource-exhausted",
+    "unavailable",
+}
+ACCESS_LOG_FORMAT = (
+    '[%START_TIME%] "%REQ(:METHOD)% %REQ(:PATH)% %PROTOCOL%" %RESPONSE_CODE% '
+    "grpc=%GRPC_STATUS% %RESPONSE_FLAGS% %RESPONSE_CODE_DETAILS% "
+    'peer="%DOWNSTREAM_PEER_URI_SAN%" upstream=%UPSTREAM_HOST% %DURATION%ms '
+    "request_id=%REQ(X-REQUEST-ID)%\n"
+)
+
+
+@dataclass(frozen=True)
+class Inbound:
+    """An inbound listener: ``port`` is the Kubernetes port the policies name."""
+
+    protocol: Protocol
+    port: int
+    listen: int
+    app: int
+
+
+@dataclass(frozen=True)
+class Outbound:
+    """An outbound listener to one upstream service (all its replicas)."""
+
+    host: str  # e.g. retrieval.rag-prod.svc.cluster.local
+    protocol: Protocol
+    port: int  # the upstream's Kubernetes port
+    listen: int
+    endpoints: tuple[int, ...]  # the upstream sidecars' inbound listener ports
+    peer: str  # SPIFFE id the upstream must present
+    service: ServicePolicy | None = None
+
+    @property
+    def cluster(self) -> str:
+        return f"outbound|{self.port}||{self.host}"
+
+
+def _address(port: int) -> Json:
+    return {"socket_address": {"address": "127.0.0.1", "port_value": port}}
+
+
+def _tls_files(identity: Identity) -> Json:
+    return {
+        "tls_certificates": [
+            {
+                "certificate_chain": {"filename": str(identity.cert)},
+                "private_key": {"filename": str(identity.key)},
+            }
+        ]
+    }
+
+
+def _typed(type_name: str, **fields: Any) -> Json:
+    return {"@type": f"type.googleapis.com/{type_name}", **fields}
+
+
+def _string_match(pattern: str) -> Json:
+    if pattern == "*":
+        return {"prefix": ""}
+    if pattern.endswith("*"):
+        return {"prefix": pattern[:-1]}
+    if pattern.startswith("*"):
+        return {"suffix": pattern[1:]}
+    return {"exact": pattern}
+
+
+def _permission(op: Operation) -> Json:
+    parts: list[Json] = []
+    if op.paths:
+        parts.append(
+            {"or_rules": {"rules": [{"url_path": {"path": _string_match(p)}} for p in op.paths]}}
+        )
+    if op.methods:
+        parts.append(
+            {
+                "or_rules": {
+                    "rules": [
+                        {"header": {"name": ":method", "string_match": {"exact": m}}}
+                        for m in op.methods
+                    ]
+                }
+            }
+        )
+    return {"and_rules": {"rules": parts}} if parts else {"any": True}
+
+
+def rbac_policies(rules: Sequence[Rule], port: int, protocol: Protocol) -> Json:
+    """Envoy RBAC ``policies`` for one listener: the rules whose operations apply to ``port``.
+
+    As in Istio, an operation naming other ports does not apply here, and on a TCP listener an
+    operation with HTTP fields (paths, methods) can never match.
+    """
+    policies: Json = {}
+    for i, rule in enumerate(rules):
+        ops = [o for o in rule.operations if not o.ports or port in o.ports]
+        if protocol == "tcp":
+            ops = [o for o in ops if not o.paths and not o.methods]
+        if rule.operations and not ops:
+            continue
+        permissions = [_permission(o) for o in ops] or [{"any": True}]
+        principals: list[Json] = [
+            {"authenticated": {"principal_name": _string_match(spiffe(p))}} for p in rule.principals
+        ] or [{"any": True}]
+        policies[f"rule-{i}"] = {"permissions": permissions, "principals": principals}
+    return policies
+
+
+def _downstream_tls(identity: Identity, alpn: list[str]) -> Json:
+    context = {
+        **_tls_files(identity),
+        "validation_context": {"trusted_ca": {"filename": str(identity.ca)}},
+    }
+    if alpn:
+        context["alpn_protocols"] = alpn
+    return {
+        "name": "envoy.transport_sockets.tls",
+        "typed_config": _typed(
+            "envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
+            require_client_certificate=True,
+            common_tls_context=context,
+        ),
+    }
+
+
+def _upstream_tls(identity: Identity, peer: str, alpn: list[str]) -> Json:
+    context: Json = {
+        **_tls_files(identity),
+        "validation_context": {
+            "trusted_ca": {"filename": str(identity.ca)},
+            "match_typed_subject_alt_names": [{"san_type": "URI", "matcher": {"exact": peer}}],
+        },
+    }
+    if alpn:
+        context["alpn_protocols"] = alpn
+    return {
+        "name": "envoy.transport_sockets.tls",
+        "typed_config": _typed(
+            "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+            common_tls_context=context,
+        ),
+    }
+
+
+def _access_log(direction: str) -> list[Json]:
+    return [
+        {
+            "name": "envoy.access_loggers.stdout",
+            "typed_config": _typed(
+                "envoy.extensions.access_loggers.stream.v3.StdoutAccessLog",
+                log_format={
+                    "text_format_source": {"inline_string": f"{direction} " + ACCESS_LOG_FORMAT}
+                },
+            ),
+        }
+    ]
+
+
+def _hcm(stat_prefix: str, routes: list[Json], http_filters: list[Json], direction: str) -> Json:
+    return {
+        "name": "envoy.filters.network.http_connection_manager",
+        "typed_config": _typed(
+            "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+            stat_prefix=stat_prefix,
+            codec_type="AUTO",
+            http2_protocol_options={},
+            route_config={
+                "name": stat_prefix,
+                "virtual_hosts": [{"name": stat_prefix, "domains": ["*"], "routes": routes}],
+            },
+            http_filters=[
+                *http_filters,
+                {
+                    "name": "envoy.filters.http.router",
+                    "typed_config": _typed("envoy.extensions.filters.http.router.v3.Router"),
+                },
+            ],
+            access_log=_access_log(direction),
+        ),
+    }
+
+
+def _local_cluster(name: str, port: int, protocol: Protocol) -> Json:
+    cluster: Json = {
+        "name": name,
+        "type": "STATIC",
+        "connect_timeout": "1s",
+        "load_assignment": {
+            "cluster_name": name,
+            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": _address(port)}}]}],
+        },
+    }
+    if protocol == "grpc":
+        cluster["typed_extension_protocol_options"] = {
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": _typed(
+                "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                explicit_http_config={"http2_protocol_options": {}},
+            )
+        }
+    return cluster
+
+
+def _inbound(
+    identity: Identity, inbound: Inbound, rules: Sequence[Rule] | None
+) -> tuple[Json, Json]:
+    cluster_name = f"inbound|{inbound.port}||"
+    name = f"inbound_{inbound.port}"
+    if inbound.protocol == "tcp":
+        filters: list[Json] = []
+        if rules is not None:
+            filters.append(
+                {
+                    "name": "envoy.filters.network.rbac",
+                    "typed_config": _typed(
+                        "envoy.extensions.filters.network.rbac.v3.RBAC",
+                        stat_prefix=name,
+                        rules={
+                            "action": "ALLOW",
+                            "policies": rbac_policies(rules, inbound.port, "tcp"),
+                        },
+                    ),
+                }
+            )
+        filters.append(
+            {
+                "name": "envoy.filters.network.tcp_proxy",
+                "typed_config": _typed(
+                    "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
+                    stat_prefix=name,
+                    cluster=cluster_name,
+                    access_log=_access_log("inbound"),
+                ),
+            }
+        )
+        alpn: list[str] = []
+    else:
+        http_filters = []
+        if rules is not None:
+            http_filters.append(
+                {
+                    "name": "envoy.filters.http.rbac",
+                    "typed_config": _typed(
+                        "envoy.extensions.filters.http.rbac.v3.RBAC",
+                        rules={
+                            "action": "ALLOW",
+                            "policies": rbac_policies(rules, inbound.port, inbound.protocol),
+                        },
+                    ),
+                }
+            )
+        # The application's own deadline governs; the inbound side never cuts a stream.
+        routes = [{"match": {"prefix": "/"}, "route": {"cluster": cluster_name, "timeout": "0s"}}]
+        filters = [_hcm(name, routes, http_filters, "inbound")]
+        alpn = ["h2", "http/1.1"]
+    listener = {
+        "name": name,
+        "address": _address(inbound.listen),
+        "filter_chains": [
+            {"filters": filters, "transport_socket": _downstream_tls(identity, alpn)}
+        ],
+    }
+    return listener, _local_cluster(cluster_name, inbound.app, inbound.protocol)
+
+
+def retry_policy(service: ServicePolicy) -> Json | None:
+    """The route's retry policy; None when the service disables retries (attempts: 0)."""
+    retries = service.retries
+    if retries is not None and retries.attempts == 0:
+        return None
+    attempts = 2 if retries is None else retries.attempts
+    retry_on = (retries.retry_on if retries else None) or ISTIO_DEFAULT_RETRY_ON
+    unknown = set(retry_on.split(",")) - RETRY_CONDITIONS
+    if unknown:
+        raise TranslationError(
+            f"Canary {service.name}: spec.service.retries.retryOn has unknown {sorted(unknown)}"
+        )
+    policy: Json = {
+        "retry_on": retry_on,
+        "num_retries": attempts,
+        "retry_host_predicate": [
+            {
+                "name": "envoy.retry_host_predicates.previous_hosts",
+                "typed_config": _typed(
+                    "envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"
+                ),
+            }
+        ],
+        "host_selection_retry_max_attempts": "5",
+        "retriable_status_codes": [503],
+    }
+    if retries is not None and retries.per_try_timeout:
+        policy["per_try_timeout"] = retries.per_try_timeout
+    return policy
+
+
+def outlier_detection(service: ServicePolicy) -> Json | None:
+    o = service.outlier
+    if not o:
+        return None
+    out: Json = {"enforcing_success_rate": 0}
+    if "consecutiveGatewayErrors" in o:
+        out["consecutive_gateway_failure"] = int(o["consecutiveGatewayErrors"])
+        out["enforcing_consecutive_gateway_failure"] = 100
+    if "consecutive5xxErrors" in o:
+        out["consecutive_5xx"] = int(o["consecutive5xxErrors"])
+        out["enforcing_consecutive_5xx"] = 100
+    else:
+        out["enforcing_consecutive_5xx"] = 0
+    for src, dst in (("interval", "interval"), ("baseEjectionTime", "base_ejection_time")):
+        if src in o:
+            out[dst] = str(o[src])
+    if "maxEjectionPercent" in o:
+        out["max_ejection_percent"] = int(o["maxEjectionPercent"])
+    return out
+
+
+def _outbound(identity: Identity, out: Outbound) -> tuple[Json, Json]:
+    service = out.service
+    alpn = [] if out.protocol == "tcp" else ["h2"]
+    cluster: Json = {
+        "name": out.cluster,
+        "type": "STATIC",
+        "lb_policy": "LEAST_REQUEST",
+        "connect_timeout": (service.connect_timeout if service else None) or "1s",
+        "load_assignment": {
+            "cluster_name": out.cluster,
+            "endpoints": [
+                {"lb_endpoints": [{"endpoint": {"address": _address(p)}} for p in out.endpoints]}
+            ],
+        },
+        "transport_socket": _upstream_tls(identity, out.peer, alpn),
+    }
+    name = f"outbound_{out.host.split('.')[0]}"
+    if out.protocol == "tcp":
+        filters = [
+            {
+                "name": "envoy.filters.network.tcp_proxy",
+                "typed_config": _typed(
+                    "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
+                    stat_prefix=name,
+                    cluster=out.cluster,
+                    access_log=_access_log("outbound"),
+                ),
+            }
+        ]
+        return {
+            "name": name,
+            "address": _address(out.listen),
+            "filter_chains": [{"filters": filters}],
+        }, cluster
+    if service is None:
+        raise TranslationError(f"no Canary service block for {out.host}: rollouts/*/canary.yaml")
+    options: Json = {"explicit_http_config": {"http2_protocol_options": {}}}
+    common: Json = {}
+    if service.idle_timeout:
+        common["idle_timeout"] = service.idle_timeout
+    if service.max_requests_per_connection:
+        common["max_requests_per_connection"] = service.max_requests_per_connection
+    if common:
+        options["common_http_protocol_options"] = common
+    cluster["typed_extension_protocol_options"] = {
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": _typed(
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions", **options
+        )
+    }
+    thresholds = {
+        key: value
+        for key, value in (
+            ("max_connections", service.max_connections),
+            ("max_pending_requests", service.http1_max_pending_requests),
+            ("max_requests", service.http2_max_requests),
+            ("max_retries", service.max_retries),
+        )
+        if value is not None
+    }
+    if thresholds:
+        cluster["circuit_breakers"] = {"thresholds": [thresholds]}
+    outlier = outlier_detection(service)
+    if outlier:
+        cluster["outlier_detection"] = outlier
+    action: Json = {"cluster": out.cluster, "timeout": service.timeout or "0s"}
+    retry = retry_policy(service)
+    if retry:
+        action["retry_policy"] = retry
+    prefixes = service.match_prefixes or ("/",)
+    routes = [{"match": {"prefix": p}, "route": action} for p in prefixes]
+    return {
+        "name": name,
+        "address": _address(out.listen),
+        "filter_chains": [{"filters": [_hcm(name, routes, [], "outbound")]}],
+    }, cluster
+
+
+def sidecar_config(
+    identity: Identity,
+    admin_port: int,
+    inbound: Sequence[Inbound] = (),
+    rules: Sequence[Rule] | None = None,
+    outbound: Sequence[Outbound] = (),
+) -> Json:
+    """A complete static Envoy bootstrap for one sidecar.
+
+    ``rules`` are the workload's ALLOW rules: None means no policy applies (allow), an empty
+    list means deny everything (the namespace's deny-all baseline and nothing else).
+    """
+    listeners, clusters = [], []
+    for item in inbound:
+        listener, cluster = _inbound(identity, item, rules)
+        listeners.append(listener)
+        clusters.append(cluster)
+    for out in outbound:
+        listener, cluster = _outbound(identity, out)
+        listeners.append(listener)
+        clusters.append(cluster)
+    return {
+        "node": {"id": identity.spiffe_id, "cluster": identity.spiffe_id.rsplit("/", 1)[-1]},
+        "admin": {"address": _address(admin_port)},
+        "static_resources": {"listeners": listeners, "clusters": clusters},
+    }

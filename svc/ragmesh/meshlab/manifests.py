@@ -1,0 +1,348 @@
+"""Read the shipped mesh manifests into the few typed facts the local mesh enforces.
+
+Sources: ``mesh/`` (the kustomization's resources: AuthorizationPolicy, Sidecar, ...) and
+``rollouts/<service>/canary.yaml`` (the Canary ``service`` block: retries, timeouts,
+connection pool, outlier detection). Every field of those objects that changes traffic is
+either translated or rejected with :class:`TranslationError` naming it; nothing is
+silently ignored. Kinds the local mesh has no counterpart for (Namespace, Gateway,
+Telemetry, PeerAuthentication STRICT) are checked for the values it assumes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+TRUST_DOMAIN = "cluster.local"
+GRPC_PORT = 50051
+METRICS_PORT = 9090
+
+
+class TranslationError(ValueError):
+    """A manifest field the local mesh cannot translate; the message names the field."""
+
+
+def spiffe(principal: str) -> str:
+    """Istio principal ``cluster.local/ns/N/sa/S`` → SPIFFE id ``spiffe://cluster.local/...``."""
+    return f"spiffe://{principal}"
+
+
+def principal(namespace: str, service_account: str) -> str:
+    return f"{TRUST_DOMAIN}/ns/{namespace}/sa/{service_account}"
+
+
+@dataclass(frozen=True)
+class Operation:
+    """One ``to.operation``: all given fields must match; an empty tuple matches anything."""
+
+    paths: tuple[str, ...] = ()
+    methods: tuple[str, ...] = ()
+    ports: tuple[int, ...] = ()
+
+    def matches(self, path: str, port: int, method: str = "POST") -> bool:
+        return (
+            (not self.paths or any(path_matches(p, path) for p in self.paths))
+            and (not self.methods or method in self.methods)
+            and (not self.ports or port in self.ports)
+        )
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One ALLOW rule: a caller in ``principals`` doing any of ``operations``."""
+
+    principals: tuple[str, ...]
+    operations: tuple[Operation, ...]
+
+    def allows(self, caller: str, path: str, port: int, method: str = "POST") -> bool:
+        caller_ok = not self.principals or any(path_matches(p, caller) for p in self.principals)
+        return caller_ok and (
+            not self.operations or any(o.matches(path, port, method) for o in self.operations)
+        )
+
+
+def path_matches(pattern: str, value: str) -> bool:
+    """Istio string match: exact, ``prefix*``, ``*suffix`` or ``*``."""
+    if pattern == "*":
+        return True
+    if pattern.endswith("*"):
+        return value.startswith(pattern[:-1])
+    if pattern.startswith("*"):
+        return value.endswith(pattern[1:])
+    return value == pattern
+
+
+@dataclass(frozen=True)
+class Retries:
+    attempts: int
+    per_try_timeout: str | None
+    retry_on: str | None
+
+
+@dataclass(frozen=True)
+class ServicePolicy:
+    """A Canary ``service`` block: what Flagger writes into the VirtualService/DestinationRule."""
+
+    name: str
+    timeout: str | None = None  # None: no route timeout (Istio's default)
+    retries: Retries | None = None  # None: Istio's default policy would apply
+    connect_timeout: str | None = None
+    max_connections: int | None = None
+    http2_max_requests: int | None = None
+    http1_max_pending_requests: int | None = None
+    max_retries: int | None = None
+    max_requests_per_connection: int | None = None
+    idle_timeout: str | None = None
+    outlier: Mapping[str, Any] = field(default_factory=dict)
+    match_prefixes: tuple[str, ...] = ()  # empty: every path
+    gateways: tuple[str, ...] = ()
+
+
+@dataclass
+class MeshPolicy:
+    """Everything the local mesh takes from the manifests."""
+
+    #: workload (app label) → ALLOW rules; a workload with no entry has no ALLOW policy.
+    rules: dict[str, list[Rule]] = field(default_factory=dict)
+    #: namespaces holding a deny-all baseline
+    deny_all: set[str] = field(default_factory=set)
+    #: workload → namespace
+    namespaces: dict[str, str] = field(default_factory=dict)
+    #: workload → the hosts its Sidecar lets it reach, as (namespace, service name)
+    egress: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
+    services: dict[str, ServicePolicy] = field(default_factory=dict)
+    strict_namespaces: set[str] = field(default_factory=set)
+
+    def allows(self, workload: str, caller: str, path: str, port: int = GRPC_PORT) -> bool:
+        """Istio's ALLOW evaluation for one request (deny by default where a baseline exists)."""
+        rules = self.rules.get(workload)
+        if rules is None:
+            return self.namespaces.get(workload) not in self.deny_all
+        return any(r.allows(caller, path, port) for r in rules)
+
+
+def _check(obj: Mapping[str, Any], where: str, allowed: set[str]) -> None:
+    for key in obj:
+        if key not in allowed:
+            raise TranslationError(f"{where}.{key} is not supported by the local mesh")
+
+
+def _seconds(where: str, value: Any) -> str:
+    text = str(value)
+    if not text.endswith("s") or not text[:-1].replace(".", "", 1).isdigit():
+        raise TranslationError(f"{where}: {text!r} is not a duration in seconds like '5s'")
+    return text
+
+
+def load_documents(root: Path) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(file, object) for every object of mesh/ (through its kustomization) and the Canaries."""
+    yield from _kustomize(root / "mesh")
+    for canary in sorted((root / "rollouts").glob("*/canary.yaml")):
+        for doc in yaml.safe_load_all(canary.read_text()):
+            if doc:
+                yield str(canary.relative_to(root)), doc
+
+
+def _kustomize(directory: Path) -> Iterator[tuple[str, dict[str, Any]]]:
+    kustomization = yaml.safe_load((directory / "kustomization.yaml").read_text())
+    _check(
+        kustomization, f"{directory.name}/kustomization.yaml", {"apiVersion", "kind", "resources"}
+    )
+    for entry in kustomization.get("resources", []):
+        path = directory / entry
+        if path.is_dir():
+            yield from _kustomize(path)
+            continue
+        for doc in yaml.safe_load_all(path.read_text()):
+            if doc:
+                yield str(path.relative_to(directory.parent)), doc
+
+
+def load(root: Path) -> MeshPolicy:
+    """Translate the manifests under ``root`` (the repository) into a :class:`MeshPolicy`."""
+    policy = MeshPolicy()
+    for source, doc in load_documents(root):
+        kind = doc.get("kind", "")
+        meta = doc.get("metadata", {})
+        where = f"{source}: {kind}/{meta.get('name', '?')}"
+        handler = _HANDLERS.get(kind)
+        if handler is None:
+            raise TranslationError(f"{where}: kind {kind!r} is not supported by the local mesh")
+        handler(policy, doc, where)
+    return policy
+
+
+def _authorization(policy: MeshPolicy, doc: dict[str, Any], where: str) -> None:
+    namespace = doc["metadata"]["namespace"]
+    spec = doc.get("spec") or {}
+    _check(spec, f"{where} spec", {"selector", "action", "rules"})
+    if not spec:
+        policy.deny_all.add(namespace)
+        return
+    if spec.get("action", "ALLOW") != "ALLOW":
+        raise TranslationError(f"{where} spec.action={spec['action']} is not supported")
+    selector = spec.get("selector", {})
+    _check(selector, f"{where} spec.selector", {"matchLabels"})
+    labels = selector.get("matchLabels", {})
+    if set(labels) != {"app"}:
+        raise TranslationError(f"{where} spec.selector.matchLabels must select by 'app' only")
+    workload = labels["app"]
+    policy.namespaces[workload] = namespace
+    rules = policy.rules.setdefault(workload, [])
+    for i, rule in enumerate(spec.get("rules") or []):
+        rules.append(_rule(rule, f"{where} spec.rules[{i}]"))
+
+
+def _rule(rule: Mapping[str, Any], where: str) -> Rule:
+    _check(rule, where, {"from", "to"})
+    principals: list[str] = []
+    for j, src in enumerate(rule.get("from") or []):
+        _check(src, f"{where}.from[{j}]", {"source"})
+        _check(src["source"], f"{where}.from[{j}].source", {"principals"})
+        principals.extend(src["source"]["principals"])
+    operations = []
+    for j, to in enumerate(rule.get("to") or []):
+        _check(to, f"{where}.to[{j}]", {"operation"})
+        op = to["operation"]
+        _check(op, f"{where}.to[{j}].operation", {"paths", "methods", "ports"})
+        operations.append(
+            Operation(
+                paths=tuple(op.get("paths", ())),
+                methods=tuple(op.get("methods", ())),
+                ports=tuple(int(p) for p in op.get("ports", ())),
+            )
+        )
+    return Rule(tuple(principals), tuple(operations))
+
+
+def _sidecar(policy: MeshPolicy, doc: dict[str, Any], where: str) -> None:
+    spec = doc["spec"]
+    _check(spec, f"{where} spec", {"workloadSelector", "egress", "outboundTrafficPolicy"})
+    if spec.get("outboundTrafficPolicy", {}).get("mode") != "REGISTRY_ONLY":
+        raise TranslationError(f"{where} spec.outboundTrafficPolicy.mode must be REGISTRY_ONLY")
+    workload = spec["workloadSelector"]["labels"]["app"]
+    hosts: list[tuple[str, str]] = []
+    for i, egress in enumerate(spec.get("egress", [])):
+        _check(egress, f"{where} spec.egress[{i}]", {"hosts"})
+        for host in egress["hosts"]:
+            namespace, _, name = host.partition("/")
+            if namespace == "istio-system":
+                continue  # the control plane and telemetry; the local mesh has none
+            service, _, rest = name.partition(".")
+            if rest != f"{namespace}.svc.cluster.local":
+                raise TranslationError(f"{where} spec.egress[{i}].hosts: {host!r} is not a service")
+            hosts.append((namespace, service))
+    policy.egress[workload] = hosts
+
+
+def _canary(policy: MeshPolicy, doc: dict[str, Any], where: str) -> None:
+    name = doc["metadata"]["name"]
+    service = doc["spec"]["service"]
+    w = f"{where} spec.service"
+    _check(
+        service,
+        w,
+        {
+            "port",
+            "targetPort",
+            "portName",
+            "appProtocol",
+            "timeout",
+            "retries",
+            "trafficPolicy",
+            "gateways",
+            "hosts",
+            "match",
+        },
+    )
+    if service.get("portName") != "grpc" or int(service.get("port", 0)) != GRPC_PORT:
+        raise TranslationError(f"{w}: the local mesh expects port {GRPC_PORT} named 'grpc'")
+    retries = None
+    if "retries" in service:
+        r = service["retries"]
+        _check(r, f"{w}.retries", {"attempts", "perTryTimeout", "retryOn"})
+        retries = Retries(
+            attempts=int(r.get("attempts", 0)),
+            per_try_timeout=_seconds(f"{w}.retries.perTryTimeout", r["perTryTimeout"])
+            if "perTryTimeout" in r
+            else None,
+            retry_on=r.get("retryOn"),
+        )
+    prefixes = []
+    for i, match in enumerate(service.get("match", [])):
+        _check(match, f"{w}.match[{i}]", {"uri"})
+        _check(match["uri"], f"{w}.match[{i}].uri", {"prefix"})
+        prefixes.append(match["uri"]["prefix"])
+    tp = service.get("trafficPolicy", {})
+    _check(tp, f"{w}.trafficPolicy", {"tls", "connectionPool", "outlierDetection"})
+    if tp.get("tls", {}).get("mode", "ISTIO_MUTUAL") != "ISTIO_MUTUAL":
+        raise TranslationError(f"{w}.trafficPolicy.tls.mode must be ISTIO_MUTUAL")
+    pool = tp.get("connectionPool", {})
+    _check(pool, f"{w}.trafficPolicy.connectionPool", {"tcp", "http"})
+    tcp, http = pool.get("tcp", {}), pool.get("http", {})
+    _check(tcp, f"{w}.trafficPolicy.connectionPool.tcp", {"maxConnections", "connectTimeout"})
+    _check(
+        http,
+        f"{w}.trafficPolicy.connectionPool.http",
+        {
+            "http2MaxRequests",
+            "http1MaxPendingRequests",
+            "maxRetries",
+            "maxRequestsPerConnection",
+            "idleTimeout",
+        },
+    )
+    outlier = tp.get("outlierDetection", {})
+    _check(
+        outlier,
+        f"{w}.trafficPolicy.outlierDetection",
+        {
+            "consecutiveGatewayErrors",
+            "consecutive5xxErrors",
+            "interval",
+            "baseEjectionTime",
+            "maxEjectionPercent",
+        },
+    )
+    policy.services[name] = ServicePolicy(
+        name=name,
+        timeout=_seconds(f"{w}.timeout", service["timeout"]) if "timeout" in service else None,
+        retries=retries,
+        connect_timeout=tcp.get("connectTimeout"),
+        max_connections=tcp.get("maxConnections"),
+        http2_max_requests=http.get("http2MaxRequests"),
+        http1_max_pending_requests=http.get("http1MaxPendingRequests"),
+        max_retries=http.get("maxRetries"),
+        max_requests_per_connection=http.get("maxRequestsPerConnection"),
+        idle_timeout=http.get("idleTimeout"),
+        outlier=dict(outlier),
+        match_prefixes=tuple(prefixes),
+        gateways=tuple(service.get("gateways", ())),
+    )
+
+
+def _peer_authentication(policy: MeshPolicy, doc: dict[str, Any], where: str) -> None:
+    spec = doc["spec"]
+    _check(spec, f"{where} spec", {"mtls"})
+    if spec["mtls"].get("mode") != "STRICT":
+        raise TranslationError(f"{where} spec.mtls.mode: the local mesh runs STRICT only")
+    policy.strict_namespaces.add(doc["metadata"]["namespace"])
+
+
+def _no_traffic_effect(policy: MeshPolicy, doc: dict[str, Any], where: str) -> None:
+    """Namespaces, the edge Gateway and Telemetry: nothing to enforce between local sidecars."""
+
+
+_HANDLERS = {
+    "AuthorizationPolicy": _authorization,
+    "Sidecar": _sidecar,
+    "Canary": _canary,
+    "PeerAuthentication": _peer_authentication,
+    "Namespace": _no_traffic_effect,
+    "Gateway": _no_traffic_effect,
+    "Telemetry": _no_traffic_effect,
+}
