@@ -188,3 +188,40 @@ def test_ann_kinds_have_high_recall_and_persist(tmp_path: Path, kind: str) -> No
     again = open_store(tmp_path, kind=kind, ivf_nlist=16, ivf_nprobe=4)
     assert again.count == 2950 and again.index.trained_kind == kind
     again.close()
+
+
+def test_reader_follows_the_writer_through_appends_torn_frames_and_snapshots(
+    tmp_path: Path,
+) -> None:
+    writer = open_store(tmp_path, every=25)
+    writer.upsert([chunk(i) for i in range(10)])
+    reader = ChunkStore(tmp_path, IndexParams(kind="flat", dim=DIM, device="cpu"), Limits(), 25)
+    reader.open(writable=False)
+    assert reader.count == 10 and reader.version == 1 and top(reader, 4) == ["c4"]
+    assert reader.refresh() == 0  # nothing new
+
+    writer.upsert([chunk(i) for i in range(10, 20)])
+    writer.delete(["c4"], [])
+    assert reader.refresh() == 2
+    assert reader.count == 19 and reader.version == 3 and top(reader, 15) == ["c15"]
+    assert "c4" not in top(reader, 4, k=19)
+
+    # a frame the writer is still appending is left for the next refresh, never truncated
+    log_path = tmp_path / "wal.log"
+    size = log_path.stat().st_size
+    with open(log_path, "ab") as f:
+        f.write(b"\x40\x00\x00\x00partial")
+    assert reader.refresh() == 0 and reader.version == 3
+    assert log_path.stat().st_size == size + 11
+    with open(log_path, "r+b") as f:
+        f.truncate(size)
+
+    # 25 written chunks since the last snapshot: the writer snapshots and empties its log;
+    # the reader notices the new snapshot and reloads from it
+    writer.upsert([chunk(i) for i in range(20, 30)])
+    assert (tmp_path / "snapshot.npz").exists() and log_path.stat().st_size == 0
+    assert reader.refresh() == 1
+    assert reader.count == writer.count == 29 and reader.version == writer.version
+    assert top(reader, 25) == ["c25"]
+    writer.close()
+    reader.close()

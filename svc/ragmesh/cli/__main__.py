@@ -20,6 +20,7 @@ import grpc
 
 from ragmesh.cli.documents import find_files, read_document
 from ragmesh.cli.supervisor import SERVICES, Stack, StackError, health, read_state
+from ragmesh.meshlab.manifests import TranslationError
 from ragmesh.v1 import (
     common_pb2,
     query_service_pb2,
@@ -44,6 +45,8 @@ def query_address(args: argparse.Namespace) -> str:
     if args.addr:
         return str(args.addr)
     state = read_state(args.data_dir)
+    if "ingress" in state:  # ragmesh mesh up: the way in is the ingress gateway
+        return state["ingress"]["grpc"]
     if "query" not in state:
         raise CliError(f"no running stack in {args.data_dir} (start one: ragmesh up) and no --addr")
     return state["query"]["grpc"]
@@ -58,11 +61,20 @@ def rpc_error(error: grpc.RpcError, what: str, address: str) -> CliError:
     return CliError(f"{what} failed: {name}: {details}")
 
 
-def cmd_up(args: argparse.Namespace) -> int:
-    stack = Stack(args.data_dir)
+def run_until_stopped(stack: Stack) -> None:
+    """Block until SIGINT/SIGTERM; a process that dies ends the run with an error."""
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
+    while not stop.wait(0.5):
+        for p in stack.procs.values():
+            if p.popen.poll() is not None:
+                raise StackError(f"{p.name} exited ({p.popen.returncode}); see {p.log}")
+    print("stopping ...", flush=True)
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    stack = Stack(args.data_dir)
     print(f"starting redis and {', '.join(SERVICES)} (logs in {args.data_dir}/logs) ...")
     try:
         stack.up()
@@ -73,11 +85,7 @@ def cmd_up(args: argparse.Namespace) -> int:
             metrics = f"127.0.0.1:{p.metrics_port}"
             print(f"{name:<11} {p.popen.pid:>7}  {p.address:<21} {metrics:<21}")
         print("ready: ragmesh ingest PATH... / ragmesh ask QUESTION; Ctrl-C stops", flush=True)
-        while not stop.wait(0.5):
-            for p in stack.procs.values():
-                if p.popen.poll() is not None:
-                    raise StackError(f"{p.name} exited ({p.popen.returncode}); see {p.log}")
-        print("stopping ...", flush=True)
+        run_until_stopped(stack)
         return 0
     finally:
         stack.down()
@@ -209,6 +217,31 @@ def cmd_ask(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_mesh(args: argparse.Namespace) -> int:
+    from ragmesh.meshlab.lab import MeshLab
+
+    lab = MeshLab(args.manifests, args.data_dir)
+    print(f"starting the local mesh from {args.manifests}/mesh and rollouts/ ...", flush=True)
+    try:
+        lab.up()
+        print(f"{'sidecar':<22} {'identity':<58} listeners")
+        for sc in lab.sidecars.values():
+            ports = [f"in:{k}->{v}" for k, v in sc.inbound.items()]
+            ports += [f"out:{k}->{v}" for k, v in sc.outbound.items()]
+            print(f"{sc.name:<22} {sc.principal:<58} {' '.join(ports)}")
+        print(f"ingress gateway (QueryService only): {lab.ingress_address}")
+        print(
+            "ready: ragmesh ingest PATH... / ragmesh ask QUESTION go through the ingress; "
+            "Ctrl-C stops",
+            flush=True,
+        )
+        run_until_stopped(lab.stack)
+        return 0
+    finally:
+        lab.down()
+        print("stopped", flush=True)
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     state = read_state(args.data_dir)
     if not state:
@@ -216,7 +249,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     ok = True
     print(f"{'service':<11} {'pid':>7}  {'grpc':<21} status")
     for name, info in state.items():
-        status = "-" if name == "redis" else health(info["grpc"])
+        status = "-" if name in ("redis", "ingress") else health(info["grpc"])
         ok = ok and status in ("SERVING", "-")
         print(f"{name:<11} {info['pid']:>7}  {info['grpc']:<21} {status}")
     if "retrieval" in state and health(state["retrieval"]["grpc"]) == "SERVING":
@@ -245,15 +278,27 @@ def parser() -> argparse.ArgumentParser:
     ask.add_argument("--no-cache", action="store_true")
     ask.add_argument("--timeout", type=float, default=120.0)
     sub.add_parser("status", help="health of every service of the running stack")
+    mesh = sub.add_parser("mesh", help="the local mesh: every service behind an Envoy sidecar")
+    mesh_sub = mesh.add_subparsers(dest="mesh_command", required=True)
+    mesh_up = mesh_sub.add_parser("up", help="start the stack behind sidecars; Ctrl-C stops")
+    mesh_up.add_argument(
+        "--manifests", type=Path, default=Path("."), help="directory holding mesh/ and rollouts/"
+    )
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    commands = {"up": cmd_up, "ingest": cmd_ingest, "ask": cmd_ask, "status": cmd_status}
+    commands = {
+        "up": cmd_up,
+        "ingest": cmd_ingest,
+        "ask": cmd_ask,
+        "status": cmd_status,
+        "mesh": cmd_mesh,
+    }
     try:
         return commands[args.command](args)
-    except (CliError, StackError) as e:
+    except (CliError, StackError, TranslationError) as e:
         print(f"ragmesh: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

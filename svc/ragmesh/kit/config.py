@@ -63,6 +63,19 @@ VARIABLES: tuple[Variable, ...] = (
         "Directory of the write-ahead log and snapshots.",
         "retrieval",
     ),
+    Variable(
+        "RAGMESH_INDEX_ROLE",
+        "writer",
+        "writer (owns the directory) or reader (follows the writer's log in a shared directory; "
+        "writes answer UNAVAILABLE so the mesh retries them on the writer).",
+        "retrieval",
+    ),
+    Variable(
+        "RAGMESH_INDEX_REFRESH_MS",
+        "200",
+        "How often a reader applies the writer's log.",
+        "retrieval",
+    ),
     Variable("RAGMESH_INDEX_DIM", "384", "Vector dimension of the index.", "retrieval"),
     Variable("RAGMESH_INDEX_KIND", "flat", "flat (exact), hnsw or ivf.", "retrieval"),
     Variable(
@@ -259,6 +272,8 @@ class RetrievalSettings:
     """The FAISS index, its durable store, and the request limits."""
 
     index_dir: Path
+    role: str
+    refresh_ms: int
     dim: int
     kind: str
     device: str
@@ -408,6 +423,8 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
     )
     retrieval = RetrievalSettings(
         index_dir=Path(r.text("RAGMESH_INDEX_DIR")),
+        role=r.choice("RAGMESH_INDEX_ROLE", ("writer", "reader")),
+        refresh_ms=r.integer("RAGMESH_INDEX_REFRESH_MS", 10),
         dim=r.integer("RAGMESH_INDEX_DIM", 1),
         kind=r.choice("RAGMESH_INDEX_KIND", ("flat", "hnsw", "ivf")),
         device=r.choice("RAGMESH_INDEX_DEVICE", ("auto", "cpu", "cuda")),

@@ -8,6 +8,7 @@ Engines raise these; they never import grpc. One table in
     ├── NotFound             → NOT_FOUND
     ├── Overloaded           → RESOURCE_EXHAUSTED
     ├── DependencyUnavailable→ UNAVAILABLE
+    ├── ReadOnlyReplica      → UNAVAILABLE        (a write reached a reader: retry elsewhere)
     ├── DeadlineExceeded     → DEADLINE_EXCEEDED  (a downstream call ran out of the caller's time)
     ├── NotReady             → FAILED_PRECONDITION (model or index not loaded)
     └── DataCorruption       → DATA_LOSS
@@ -40,6 +41,10 @@ class Overloaded(RagmeshError):
 
 class DependencyUnavailable(RagmeshError):
     """A downstream dependency cannot be reached."""
+
+
+class ReadOnlyReplica(RagmeshError):
+    """A write reached a replica that only serves reads; another replica takes writes."""
 
 
 class DeadlineExceeded(RagmeshError):

@@ -28,6 +28,7 @@ from ragmesh.kit.errors import (
     NotReady,
     Overloaded,
     RagmeshError,
+    ReadOnlyReplica,
 )
 
 log = logging.getLogger(__name__)
@@ -38,6 +39,7 @@ ERROR_TABLE: dict[type[RagmeshError], grpc.StatusCode] = {
     NotFound: grpc.StatusCode.NOT_FOUND,
     Overloaded: grpc.StatusCode.RESOURCE_EXHAUSTED,
     DependencyUnavailable: grpc.StatusCode.UNAVAILABLE,
+    ReadOnlyReplica: grpc.StatusCode.UNAVAILABLE,
     DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
     NotReady: grpc.StatusCode.FAILED_PRECONDITION,
     DataCorruption: grpc.StatusCode.DATA_LOSS,

@@ -51,6 +51,7 @@ class Sidecar:
     """A running Envoy: its admin port and the loopback ports of its listeners."""
 
     name: str
+    principal: str
     proc: Proc
     admin: int
     inbound: dict[int, int] = field(default_factory=dict)  # Kubernetes port → listen port
@@ -164,6 +165,7 @@ class MeshLab:
         proc = self.stack.spawn(f"{name}-envoy", argv, {})
         sidecar = Sidecar(
             name,
+            principal,
             proc,
             admin,
             inbound={i.port: i.listen for i in inbound},
@@ -214,6 +216,8 @@ class MeshLab:
             outbound=outbound,
         )
         env = {"RAGMESH_GRPC_PORT": str(app_grpc), "RAGMESH_METRICS_PORT": str(app_metrics)}
+        if workload == "retrieval" and replica > 0:
+            env["RAGMESH_INDEX_ROLE"] = "reader"  # shares the writer's index directory
         for up, out in outbound.items():
             if up == "redis":
                 env["RAGMESH_REDIS_URL"] = f"redis://127.0.0.1:{out.listen}/0"

@@ -2,23 +2,27 @@
 
 FAISS and the store are not safe for concurrent writes and reads, so every operation runs
 on one dedicated thread (searches still use FAISS's own OpenMP threads). The event loop
-stays free to accept calls meanwhile. No grpc here.
+stays free to accept calls meanwhile. Replicas share one index directory: the writer owns
+the log and snapshots, readers follow them (and refuse writes). No grpc here.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TypeVar
 
 from ragmesh.kit.config import RetrievalSettings
-from ragmesh.kit.errors import NotReady
+from ragmesh.kit.errors import NotReady, ReadOnlyReplica
 from ragmesh.retrieval.index import IndexParams
 from ragmesh.retrieval.store import ChunkIn, ChunkStore, Hit, Limits
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -57,16 +61,34 @@ class RetrievalEngine:
         )
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="index")
         self._open = False
+        self.writable = settings.role == "writer"
+        self._refresh_s = settings.refresh_ms / 1000
+        self._follower: asyncio.Task[None] | None = None
 
     async def _run(self, fn: Callable[[], T]) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
 
     async def open(self) -> None:
         """Load the snapshot and replay the log."""
-        await self._run(self.store.open)
+        await self._run(lambda: self.store.open(self.writable))
         self._open = True
+        if not self.writable:
+            self._follower = asyncio.create_task(self._follow())
+
+    async def _follow(self) -> None:
+        """Reader: apply the writer's log every refresh interval."""
+        while True:
+            await asyncio.sleep(self._refresh_s)
+            try:
+                await self._run(self.store.refresh)
+            except Exception:  # a torn read is retried on the next tick
+                log.exception("index refresh failed")
 
     async def close(self) -> None:
+        if self._follower is not None:
+            self._follower.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._follower
         if self._open:
             self._open = False
             await self._run(self.store.close)
@@ -76,9 +98,14 @@ class RetrievalEngine:
         if not self._open:
             raise NotReady("index not loaded")
 
+    def _check_writable(self) -> None:
+        self._check()
+        if not self.writable:
+            raise ReadOnlyReplica("this retrieval replica is a reader; writes go to the writer")
+
     async def upsert(self, chunks: Sequence[ChunkIn]) -> tuple[int, int]:
         """Durably write ``chunks``; returns (count, index version)."""
-        self._check()
+        self._check_writable()
         n = await self._run(lambda: self.store.upsert(chunks))
         return n, self.store.version
 
@@ -86,7 +113,7 @@ class RetrievalEngine:
         self, chunk_ids: Sequence[str], document_ids: Sequence[str]
     ) -> tuple[int, int]:
         """Durably delete; returns (deleted count, index version)."""
-        self._check()
+        self._check_writable()
         n = await self._run(lambda: self.store.delete(chunk_ids, document_ids))
         return n, self.store.version
 

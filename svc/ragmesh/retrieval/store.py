@@ -24,7 +24,7 @@ import numpy as np
 
 from ragmesh.kit.errors import InvalidArgument
 from ragmesh.retrieval.index import Bitmap, FaissIndex, IndexParams, Matrix
-from ragmesh.retrieval.wal import WriteAheadLog, fsync_dir, replay
+from ragmesh.retrieval.wal import WriteAheadLog, frames, fsync_dir, replay
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +96,11 @@ class ChunkStore:
         self.limits = limits
         self.snapshot_every = snapshot_every
         self.dim = params.dim
-        self.index = FaissIndex(params)
+        self._log: WriteAheadLog | None = None
+        self._reset()
+
+    def _reset(self) -> None:
+        self.index = FaissIndex(self.params)
         self.version = 0
         self._vectors: Matrix = np.zeros((0, self.dim), dtype=np.float32)
         self._live: Bitmap = np.zeros(0, dtype=np.bool_)  # one flag per slot, for masked search
@@ -107,29 +111,79 @@ class ChunkStore:
         self._n = 0
         self._dead = 0
         self._since_snapshot = 0
-        self._log: WriteAheadLog | None = None
+        self._log_offset = 0  # readers: how far into the log they have applied
+        self._snapshot_id: tuple[int, int] | None = None
 
     # -- lifecycle --------------------------------------------------------------------------
 
-    def open(self) -> None:
-        """Load the snapshot, replay the log, and open the log for appends."""
+    def open(self, writable: bool = True) -> None:
+        """Load the snapshot, replay the log, and (``writable``) open the log for appends.
+
+        A reader (``writable=False``) never modifies the directory; :meth:`refresh` follows
+        what the writer appends.
+        """
         self.dir.mkdir(parents=True, exist_ok=True)
+        self._snapshot_id = self._stat_snapshot()
         self._load_snapshot()
         replayed = 0
-        for payload in replay(self.dir / LOG):
-            if self._apply_record(payload):
-                replayed += 1
-        if self.index.ntotal < self._n:  # replayed records are not in the stored index yet
-            self.index.add(self._vectors[self.index.ntotal : self._n], self._vectors[: self._n])
-        self._log = WriteAheadLog(self.dir / LOG)
+        if writable:
+            for payload in replay(self.dir / LOG):
+                replayed += self._apply_record(payload)
+            self._log = WriteAheadLog(self.dir / LOG)
+        else:
+            replayed = self._follow_log()
+        self._index_tail()
         log.info(
-            "index open: %d chunks, version %d, %d log records replayed, kind %s on %s",
+            "index open%s: %d chunks, version %d, %d log records replayed, kind %s on %s",
+            "" if writable else " (reader)",
             self.count,
             self.version,
             replayed,
             self.params.kind,
             self.index.device,
         )
+
+    def _index_tail(self) -> None:
+        if self.index.ntotal < self._n:  # replayed records are not in the stored index yet
+            self.index.add(self._vectors[self.index.ntotal : self._n], self._vectors[: self._n])
+
+    def _stat_snapshot(self) -> tuple[int, int] | None:
+        try:
+            st = (self.dir / SNAPSHOT).stat()
+        except FileNotFoundError:
+            return None
+        return st.st_ino, st.st_mtime_ns
+
+    def _follow_log(self) -> int:
+        path = self.dir / LOG
+        try:
+            with open(path, "rb") as f:
+                f.seek(self._log_offset)
+                data = f.read()
+        except FileNotFoundError:
+            return 0
+        payloads, used = frames(data)
+        self._log_offset += used
+        return sum(self._apply_record(p) for p in payloads)
+
+    def refresh(self) -> int:
+        """Reader: apply the writer's new log records, or reload after it took a snapshot.
+
+        Returns how many records were applied (a reload counts as one).
+        """
+        try:
+            size = (self.dir / LOG).stat().st_size
+        except FileNotFoundError:
+            size = 0
+        if self._stat_snapshot() != self._snapshot_id or size < self._log_offset:
+            self._reset()
+            self.open(writable=False)
+            return 1
+        if size == self._log_offset:
+            return 0
+        applied = self._follow_log()
+        self._index_tail()
+        return applied
 
     def close(self) -> None:
         if self._log is not None:

@@ -63,6 +63,27 @@ class WriteAheadLog:
         return self._file.tell()
 
 
+def frames(data: bytes) -> tuple[list[bytes], int]:
+    """The complete, intact frames at the start of ``data`` and how many bytes they use.
+
+    For readers of a log another process is appending to: an incomplete last frame is left
+    for the next read, never truncated.
+    """
+    out: list[bytes] = []
+    offset = 0
+    while len(data) - offset >= _HEADER.size:
+        length, crc = _HEADER.unpack_from(data, offset)
+        start = offset + _HEADER.size
+        if start + length > len(data):
+            break
+        payload = data[start : start + length]
+        if zlib.crc32(payload) != crc:
+            break
+        out.append(payload)
+        offset = start + length
+    return out, offset
+
+
 def replay(path: Path) -> Iterator[bytes]:
     """Yield every intact payload of the log at ``path``, truncating a torn tail."""
     if not path.exists():
