@@ -197,6 +197,12 @@ def _access_log(direction: str) -> list[Json]:
 
 
 def _hcm(stat_prefix: str, routes: list[Json], http_filters: list[Json], direction: str) -> Json:
+    extra: Json = {}
+    if direction == "inbound":  # the verified caller identity, for the app (as Istio does)
+        extra = {
+            "forward_client_cert_details": "SANITIZE_SET",
+            "set_current_client_cert_details": {"uri": True},
+        }
     return {
         "name": "envoy.filters.network.http_connection_manager",
         "typed_config": _typed(
@@ -216,6 +222,7 @@ def _hcm(stat_prefix: str, routes: list[Json], http_filters: list[Json], directi
                 },
             ],
             access_log=_access_log(direction),
+            **extra,
         ),
     }
 
@@ -418,7 +425,12 @@ def _outbound(identity: Identity, out: Outbound) -> tuple[Json, Json]:
     outlier = outlier_detection(service)
     if outlier:
         cluster["outlier_detection"] = outlier
-    action: Json = {"cluster": out.cluster, "timeout": service.timeout or "0s"}
+    action: Json = {
+        "cluster": out.cluster,
+        "timeout": service.timeout or "0s",
+        # the caller's grpc-timeout also bounds the attempt, so a hung upstream is cancelled
+        "max_stream_duration": {"grpc_timeout_header_max": "0s"},
+    }
     retry = retry_policy(service)
     if retry:
         action["retry_policy"] = retry

@@ -23,7 +23,7 @@ from ragmesh.cli.supervisor import Proc, Stack, StackError, free_port
 from ragmesh.meshlab import manifests
 from ragmesh.meshlab.ca import Identity, LocalCA
 from ragmesh.meshlab.envoy import Inbound, Outbound, sidecar_config
-from ragmesh.meshlab.manifests import GRPC_PORT, METRICS_PORT, MeshPolicy, Rule
+from ragmesh.meshlab.manifests import GRPC_PORT, METRICS_PORT, MeshPolicy, Rule, ServicePolicy
 
 REDIS_PORT = 6379
 INGRESS = "istio-ingressgateway"
@@ -112,9 +112,9 @@ class MeshLab:
         """An outbound listener (on a fresh port) to every replica of ``upstream``."""
         tcp = upstream == "redis"
         port = REDIS_PORT if tcp else GRPC_PORT
-        service = None if tcp else self.policy.services.get(upstream)
-        if not tcp and service is None:
-            raise manifests.TranslationError(f"no Canary service block for {upstream}")
+        service = None
+        if not tcp:  # no Canary: no VirtualService/DestinationRule, Istio's defaults apply
+            service = self.policy.services.get(upstream) or ServicePolicy(name=upstream)
         return Outbound(
             host=self.host(upstream),
             protocol="tcp" if tcp else "grpc",
@@ -198,32 +198,43 @@ class MeshLab:
         self.endpoints[workload] = [{p: free_port() for p in ports} for _ in range(replicas)]
         return self.endpoints[workload]
 
-    def start_workload(self, workload: str, replica: int) -> Proc:
-        """Sidecar first (its inbound listeners point at ports the app will bind), then the app."""
+    def start_workload_sidecar(
+        self, workload: str, replica: int, app_grpc: int, app_metrics: int
+    ) -> tuple[Sidecar, dict[str, str]]:
+        """The sidecar of one replica, for an app on the given loopback ports.
+
+        Returns the sidecar and the environment that points the app at its outbound listeners.
+        """
         name = workload if REPLICAS.get(workload, 1) == 1 else f"{workload}-{replica}"
         listens = self.endpoints[workload][replica]
-        app_grpc, app_metrics = free_port(), free_port()
         inbound = [
             Inbound("grpc", GRPC_PORT, listens[GRPC_PORT], app_grpc),
             Inbound("http", METRICS_PORT, listens[METRICS_PORT], app_metrics),
         ]
         outbound = {up: self.outbound(up) for up in self.egress(workload)}
-        self.start_sidecar(
+        sidecar = self.start_sidecar(
             name,
             self.principal(workload),
             inbound=inbound,
             rules=self.rules(workload),
             outbound=outbound,
         )
-        env = {"RAGMESH_GRPC_PORT": str(app_grpc), "RAGMESH_METRICS_PORT": str(app_metrics)}
-        if workload == "retrieval" and replica > 0:
-            env["RAGMESH_INDEX_ROLE"] = "reader"  # shares the writer's index directory
+        env: dict[str, str] = {}
         for up, out in outbound.items():
             if up == "redis":
                 env["RAGMESH_REDIS_URL"] = f"redis://127.0.0.1:{out.listen}/0"
             else:
                 env[f"RAGMESH_{up.upper()}_ADDR"] = f"127.0.0.1:{out.listen}"
-        return self.stack.start_service(name, module=workload, env=env)
+        return sidecar, env
+
+    def start_workload(self, workload: str, replica: int) -> Proc:
+        """Sidecar first (its inbound listeners point at ports the app will bind), then the app."""
+        app_grpc, app_metrics = free_port(), free_port()
+        sidecar, env = self.start_workload_sidecar(workload, replica, app_grpc, app_metrics)
+        env.update({"RAGMESH_GRPC_PORT": str(app_grpc), "RAGMESH_METRICS_PORT": str(app_metrics)})
+        if workload == "retrieval" and replica > 0:
+            env["RAGMESH_INDEX_ROLE"] = "reader"  # shares the writer's index directory
+        return self.stack.start_service(sidecar.name, module=workload, env=env)
 
     def start_redis(self) -> None:
         self.stack.start_redis()

@@ -117,12 +117,14 @@ class MeshPolicy:
     services: dict[str, ServicePolicy] = field(default_factory=dict)
     strict_namespaces: set[str] = field(default_factory=set)
 
-    def allows(self, workload: str, caller: str, path: str, port: int = GRPC_PORT) -> bool:
+    def allows(
+        self, workload: str, caller: str, path: str, port: int = GRPC_PORT, method: str = "POST"
+    ) -> bool:
         """Istio's ALLOW evaluation for one request (deny by default where a baseline exists)."""
         rules = self.rules.get(workload)
         if rules is None:
             return self.namespaces.get(workload) not in self.deny_all
-        return any(r.allows(caller, path, port) for r in rules)
+        return any(r.allows(caller, path, port, method) for r in rules)
 
 
 def _check(obj: Mapping[str, Any], where: str, allowed: set[str]) -> None:

@@ -1,0 +1,161 @@
+"""mesh/ and the Canary service blocks: schema-valid, exactly the README's authorization
+matrix, the resilience the design asks for, and a translator that rejects what it cannot
+translate."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+from cloudcoil.models.istio.networking import v1 as networking
+from cloudcoil.models.istio.security import v1 as security
+from cloudcoil.models.istio.telemetry import v1 as telemetry
+from cloudcoil.resources import get_model
+
+from ragmesh.meshlab import manifests
+from ragmesh.meshlab.manifests import TranslationError
+from tests.support.contract import GRPC_WORKLOADS, ROOT, api_paths, principals_in, readme_contract
+
+ISTIO_APIS = {
+    "networking.istio.io/v1": networking,
+    "security.istio.io/v1": security,
+    "telemetry.istio.io/v1": telemetry,
+}
+K8S_VERSION = "1.35.0"
+
+
+def documents() -> list[tuple[str, dict[str, Any]]]:
+    return list(manifests.load_documents(ROOT))
+
+
+def test_every_istio_object_validates_with_extra_forbid() -> None:
+    kinds = set()
+    for source, doc in documents():
+        api = doc["apiVersion"]
+        if api not in ISTIO_APIS:
+            continue
+        model = get_model(doc["kind"], api_version=api)
+        model.model_validate(doc, extra="forbid")
+        kinds.add(doc["kind"])
+    assert kinds == {"AuthorizationPolicy", "PeerAuthentication", "Sidecar", "Gateway", "Telemetry"}
+
+
+def test_the_forbid_check_catches_a_misspelled_principal() -> None:
+    doc = yaml.safe_load((ROOT / "mesh/authorization/generation.yaml").read_text())
+    doc["spec"]["rules"][0]["from"][0]["source"]["principal"] = doc["spec"]["rules"][0]["from"][0][
+        "source"
+    ].pop("principals")
+    with pytest.raises(ValueError, match="principal"):
+        security.AuthorizationPolicy.model_validate(doc, extra="forbid")
+
+
+def test_canary_service_blocks_are_istio_types() -> None:
+    canaries = [d for _, d in documents() if d["kind"] == "Canary"]
+    assert {c["metadata"]["name"] for c in canaries} == {
+        "query",
+        "embedding",
+        "retrieval",
+        "generation",
+    }
+    for c in canaries:
+        service = c["spec"]["service"]
+        # what Flagger writes into the DestinationRule and the VirtualService's http route
+        networking.TrafficPolicy.model_validate(service["trafficPolicy"], extra="forbid")
+        route = {k: service[k] for k in ("match", "retries", "timeout") if k in service}
+        networking.HttpModel.model_validate(route, extra="forbid")
+
+
+def test_every_core_object_validates_strictly() -> None:
+    core = [d for _, d in documents() if d["apiVersion"] in ("v1", "apps/v1")]
+    assert {d["kind"] for d in core} == {"Namespace"}
+    for doc in core:
+        kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+        assert doc["metadata"]["labels"]["istio-injection"] == "enabled"
+
+
+def test_only_current_api_versions() -> None:
+    allowed = {*ISTIO_APIS, "v1", "flagger.app/v1beta1"}
+    assert {d["apiVersion"] for _, d in documents()} <= allowed
+
+
+def test_peer_authentication_is_strict_mesh_wide_and_per_namespace() -> None:
+    policy = manifests.load(ROOT)
+    assert policy.strict_namespaces == {"istio-system", "rag-prod", "rag-staging", "rag-infra"}
+    assert policy.deny_all == {"rag-prod", "rag-infra"}
+
+
+def _grants(policy: manifests.MeshPolicy, principals: list[str]) -> set[tuple[str, int, str, str]]:
+    space = [(w, manifests.GRPC_PORT, p, "POST") for w in GRPC_WORKLOADS for p in api_paths()]
+    space += [(w, manifests.METRICS_PORT, "/metrics", "GET") for w in GRPC_WORKLOADS]
+    space += [("redis", 6379, "TCP", "")]
+    return {
+        (w, port, path, who)
+        for w, port, path, method in space
+        for who in principals
+        if policy.allows(w, who, path, port, method)
+    }
+
+
+def test_manifests_grant_exactly_the_readme_matrix() -> None:
+    policy = manifests.load(ROOT)
+    contract = readme_contract()
+    granted = _grants(policy, principals_in(policy, contract))
+    assert granted - contract == set(), "granted by the manifests but not in the contract"
+    assert contract - granted == set(), "in the contract but not granted by the manifests"
+
+
+def test_resilience_follows_the_design() -> None:
+    services = manifests.load(ROOT).services
+    for name in ("generation", "query"):  # streams: never retried, never cut by a route timeout
+        s = services[name]
+        assert s.retries is not None and s.retries.attempts == 0, name
+        assert s.timeout is None, name
+    for name in ("embedding", "retrieval"):
+        s = services[name]
+        assert s.retries is not None and s.retries.attempts >= 1 and s.retries.per_try_timeout
+        assert set((s.retries.retry_on or "").split(",")) >= {
+            "unavailable",
+            "connect-failure",
+            "refused-stream",
+            "reset",
+        }
+    for s in services.values():
+        assert s.outlier.get("consecutiveGatewayErrors") and s.http2_max_requests
+    assert services["query"].match_prefixes == ("/ragmesh.v1.QueryService/",)
+
+
+@pytest.fixture
+def repo_copy(tmp_path: Path) -> Path:
+    for part in ("mesh", "rollouts"):
+        shutil.copytree(ROOT / part, tmp_path / part)
+    return tmp_path
+
+
+@pytest.mark.parametrize(
+    ("path", "old", "new", "named"),
+    [
+        (
+            "rollouts/query/canary.yaml",
+            "    trafficPolicy:\n",
+            "    trafficPolicy:\n      loadBalancer:\n        simple: ROUND_ROBIN\n",
+            "trafficPolicy.loadBalancer",
+        ),
+        ("rollouts/retrieval/canary.yaml", "perTryTimeout", "perTryTimout", "perTryTimout"),
+        ("mesh/authorization/retrieval.yaml", "principals:", "namespaces:", "namespaces"),
+        ("mesh/authorization/query.yaml", "paths:", "notPaths:", "notPaths"),
+        ("mesh/sidecars.yaml", "mode: REGISTRY_ONLY", "mode: ALLOW_ANY", "outboundTrafficPolicy"),
+    ],
+)
+def test_translator_rejects_what_it_cannot_translate(
+    repo_copy: Path, path: str, old: str, new: str, named: str
+) -> None:
+    file = repo_copy / path
+    text = file.read_text()
+    assert old in text
+    file.write_text(text.replace(old, new, 1))
+    with pytest.raises(TranslationError, match=named.replace(".", r"\.")):
+        manifests.load(repo_copy)

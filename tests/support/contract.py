@@ -1,0 +1,71 @@
+"""The authorization contract as the README states it, and the call space the tests cover.
+
+The README's "Authorization matrix" table is the contract (it restates the design's matrix);
+the manifests must implement exactly it, and the real Envoys must enforce exactly it.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from ragmesh.kit.channels import API_FILES
+from ragmesh.meshlab.manifests import GRPC_PORT, MeshPolicy
+
+ROOT = Path(__file__).resolve().parents[2]
+HEALTH = ("/grpc.health.v1.Health/Check", "/grpc.health.v1.Health/Watch")
+GRPC_WORKLOADS = ("embedding", "retrieval", "generation", "query", "ingest")
+STRANGER = "cluster.local/ns/rag-prod/sa/default"
+
+Grant = tuple[str, int, str, str]  # (workload, port, path or "TCP", principal)
+
+
+def api_paths() -> list[str]:
+    """Every RPC of the ragmesh protos, as gRPC paths, plus the health service's."""
+    paths = [
+        f"/{service.full_name}/{method.name}"
+        for file in API_FILES
+        for service in file.services_by_name.values()
+        for method in service.methods
+    ]
+    return sorted(paths) + list(HEALTH)
+
+
+def readme_contract(readme: Path = ROOT / "README.md") -> set[Grant]:
+    """The grants of the README's authorization table."""
+    text = readme.read_text()
+    section = text.split("### Authorization matrix", 1)[1].split("\n#", 1)[0]
+    grants: set[Grant] = set()
+    for line in section.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) != 4 or not cells[1].isdigit():
+            continue
+        where, port, what, who = cells
+        workloads = GRPC_WORKLOADS if where == "every gRPC workload" else (where.strip("`"),)
+        paths = re.findall(r"`([^`]+)`", what) or [what]
+        principals = re.findall(r"`([^`]+)`", who)
+        for w in workloads:
+            for p in paths:
+                for principal in principals:
+                    grants.add((w, int(port), p.removeprefix("GET "), principal))
+    if not grants:
+        raise AssertionError("README has no authorization matrix rows")
+    return grants
+
+
+def principals_in(policy: MeshPolicy, contract: set[Grant]) -> list[str]:
+    """Every identity named by the manifests or the contract, and one named by neither."""
+    found = {p for rules in policy.rules.values() for r in rules for p in r.principals}
+    found |= {g[3] for g in contract}
+    found |= {f"cluster.local/ns/rag-prod/sa/ragmesh-{w}" for w in GRPC_WORKLOADS}
+    return sorted(found) + [STRANGER]
+
+
+def grpc_pairs(policy: MeshPolicy, contract: set[Grant]) -> list[tuple[str, str, str, bool]]:
+    """The full cross product (caller, workload, path) on the gRPC port, with the verdict."""
+    return [
+        (caller, workload, path, (workload, GRPC_PORT, path, caller) in contract)
+        for caller in principals_in(policy, contract)
+        for workload in GRPC_WORKLOADS
+        for path in api_paths()
+    ]
