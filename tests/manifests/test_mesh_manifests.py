@@ -39,7 +39,10 @@ def test_every_istio_object_validates_with_extra_forbid() -> None:
         if api not in ISTIO_APIS:
             continue
         model = get_model(doc["kind"], api_version=api)
-        model.model_validate(doc, extra="forbid")
+        try:
+            model.model_validate(doc, extra="forbid")
+        except ValueError as e:
+            raise AssertionError(f"{source}: {e}") from e
         kinds.add(doc["kind"])
     assert kinds == {"AuthorizationPolicy", "PeerAuthentication", "Sidecar", "Gateway", "Telemetry"}
 
