@@ -10,7 +10,7 @@ BUF := $(TOOLS)/node_modules/.bin/buf
 BUF_VERSION := 1.75.0
 STAMP := .build/stamps
 
-.PHONY: demo help venv tools proto check-proto buf-deps buf-lint buf-format lint typecheck test test-unit system-deps clean
+.PHONY: bench-mesh demo help venv tools proto check-proto buf-deps buf-lint buf-format lint typecheck test test-unit system-deps clean
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -57,8 +57,8 @@ buf-lint: tools buf-deps ## buf lint and buf format check
 	$(BUF) format -d --exit-code proto
 
 lint: venv ## ruff
-	$(VENV)/bin/ruff check svc tests
-	$(VENV)/bin/ruff format --check svc tests
+	$(VENV)/bin/ruff check svc tests bench
+	$(VENV)/bin/ruff format --check svc tests bench
 
 typecheck: venv ## mypy --strict on svc/
 	$(VENV)/bin/mypy
@@ -71,6 +71,9 @@ test-unit: venv system-deps ## pytest only
 
 test: venv system-deps check-proto buf-lint lint typecheck ## everything CI runs
 	bash scripts/pytest.sh
+
+bench-mesh: venv ## added latency of one sidecar pair with mTLS (Search on loopback)
+	$(PY) bench/mesh_latency.py
 
 clean:
 	rm -rf .build $(VENV) $(TOOLS)
