@@ -13,6 +13,7 @@ import sys
 import textwrap
 import threading
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -242,16 +243,30 @@ def cmd_mesh(args: argparse.Namespace) -> int:
         print("stopped", flush=True)
 
 
+def sidecar_state(admin: str) -> str:
+    try:
+        with urllib.request.urlopen(f"http://{admin}/ready", timeout=2) as r:
+            return str(r.read().decode().strip())
+    except OSError:
+        return "UNREACHABLE"
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     state = read_state(args.data_dir)
     if not state:
         raise CliError(f"no running stack in {args.data_dir} (start one: ragmesh up)")
     ok = True
-    print(f"{'service':<11} {'pid':>7}  {'grpc':<21} status")
+    print(f"{'process':<26} {'pid':>7}  {'address':<21} status")
     for name, info in state.items():
-        status = "-" if name in ("redis", "ingress") else health(info["grpc"])
-        ok = ok and status in ("SERVING", "-")
-        print(f"{name:<11} {info['pid']:>7}  {info['grpc']:<21} {status}")
+        if "admin" in info:  # an Envoy sidecar: its admin /ready
+            status = sidecar_state(info["admin"])
+        elif name in ("redis", "ingress"):
+            status = "-"
+        else:
+            status = health(info["grpc"])
+        ok = ok and status in ("SERVING", "LIVE", "-")
+        address = info.get("admin", info["grpc"])  # sidecars: the admin address
+        print(f"{name:<26} {info['pid']:>7}  {address:<21} {status}")
     if "retrieval" in state and health(state["retrieval"]["grpc"]) == "SERVING":
         with grpc.insecure_channel(state["retrieval"]["grpc"]) as channel:
             index = retrieval_service_pb2_grpc.RetrievalServiceStub(channel).GetIndexInfo(

@@ -275,7 +275,15 @@ class MeshLab:
         self.stack.write_state()
         path = self.stack.workdir / "stack.json"
         state = json.loads(path.read_text())
-        state["ingress"] = {"grpc": self.ingress_address, "pid": 0, "metrics": "", "log": ""}
+        for sidecar in self.sidecars.values():
+            state[sidecar.proc.name]["admin"] = f"127.0.0.1:{sidecar.admin}"
+        ingress = self.sidecars[INGRESS].proc
+        state["ingress"] = {
+            "grpc": self.ingress_address,
+            "pid": ingress.popen.pid,
+            "metrics": "",
+            "log": str(ingress.log),
+        }
         path.write_text(json.dumps(state, indent=2))
 
     def down(self) -> None:
