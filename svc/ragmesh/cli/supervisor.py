@@ -53,10 +53,22 @@ class Proc:
         return f"127.0.0.1:{self.grpc_port}"
 
 
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A loopback port free right now and never returned before by this process.
+
+    The kernel may hand the same just-closed port to the next bind(0); configurations that
+    reserve many ports before anything binds them must not get one twice.
+    """
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 def health(address: str, timeout: float = 2.0) -> str:
