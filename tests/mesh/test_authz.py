@@ -19,6 +19,9 @@ EMBED = "/ragmesh.v1.EmbeddingService/Embed"
 QUERY = "cluster.local/ns/rag-prod/sa/ragmesh-query"
 
 
+DETAILS: dict[str, str] = {}
+
+
 async def call(channel: grpc.aio.Channel, path: str, timeout: float = 10.0) -> grpc.StatusCode:
     """Call ``path`` with an empty message; the status it ends with."""
     try:
@@ -28,6 +31,7 @@ async def call(channel: grpc.aio.Channel, path: str, timeout: float = 10.0) -> g
         else:
             await channel.unary_unary(path)(b"", timeout=timeout)
     except grpc.aio.AioRpcError as e:
+        DETAILS[e.code().name] = e.details() or ""
         return e.code()
     return grpc.StatusCode.OK
 
@@ -88,7 +92,15 @@ async def test_every_identity_and_method(fake_mesh: FakeMesh) -> None:
         for (caller, workload, path, allowed), code in zip(pairs, codes, strict=True)
         if code != (grpc.StatusCode.OK if allowed else grpc.StatusCode.PERMISSION_DENIED)
     ]
-    assert wrong == []
+    if wrong:  # show what the sidecars saw, for a failure that is not an authorization verdict
+        logs = fake_mesh.lab.stack.workdir / "logs"
+        flagged = [
+            line
+            for log in sorted(logs.glob("*-envoy.log"))
+            for line in log.read_text().splitlines()
+            if "grpc=Unavailable" in line or " 503 " in line
+        ]
+        raise AssertionError(f"{wrong[:10]}\n{DETAILS}\n" + "\n".join(flagged[:20]))
     # allowed calls reached the application, with the caller's verified identity; denied
     # calls never did
     reached = {
