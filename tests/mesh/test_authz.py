@@ -75,7 +75,7 @@ async def test_every_identity_and_method(fake_mesh: FakeMesh) -> None:
             channels[caller, workload] = fake_mesh.channel(sidecar, workload)
     for app in fake_mesh.apps.values():
         app.calls.clear()
-    semaphore = asyncio.Semaphore(32)
+    semaphore = asyncio.Semaphore(8)
 
     async def one(caller: str, workload: str, path: str) -> grpc.StatusCode:
         async with semaphore:
