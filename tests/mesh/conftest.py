@@ -7,20 +7,17 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 
 import grpc
 import pytest
 
 from ragmesh.cli.supervisor import free_port
 from ragmesh.meshlab.envoy import Outbound
-from ragmesh.meshlab.lab import GRPC_WORKLOADS, MeshLab, Sidecar
+from ragmesh.meshlab.lab import START_ORDER, MeshLab, Sidecar
+from tests.support.contract import ROOT
 from tests.support.fakeapp import FakeApp
 
-ROOT = Path(__file__).resolve().parents[2]
-WORKLOADS = (*GRPC_WORKLOADS, "ingest")
-#: A workload identity that appears in no policy.
-STRANGER = "cluster.local/ns/rag-prod/sa/default"
+WORKLOADS = START_ORDER
 
 
 @dataclass

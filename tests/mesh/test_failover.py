@@ -6,7 +6,6 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import grpc
 import pytest
@@ -15,9 +14,9 @@ from ragmesh.cli.__main__ import main as cli
 from ragmesh.meshlab.lab import MeshLab
 from ragmesh.v1 import query_service_pb2 as q
 from ragmesh.v1 import query_service_pb2_grpc
+from tests.support.contract import ROOT
 
 pytestmark = pytest.mark.slow
-ROOT = Path(__file__).resolve().parents[2]
 QUESTION = "How often does the Keelhaven light flash?"
 FACT = "two white flashes every fifteen seconds"
 RETRIEVAL = "cluster.outbound|50051||retrieval.rag-prod.svc.cluster.local"

@@ -10,11 +10,12 @@ import re
 from pathlib import Path
 
 from ragmesh.kit.channels import API_FILES
+from ragmesh.meshlab.lab import START_ORDER
 from ragmesh.meshlab.manifests import GRPC_PORT, MeshPolicy
 
 ROOT = Path(__file__).resolve().parents[2]
 HEALTH = ("/grpc.health.v1.Health/Check", "/grpc.health.v1.Health/Watch")
-GRPC_WORKLOADS = ("embedding", "retrieval", "generation", "query", "ingest")
+GRPC_WORKLOADS = START_ORDER  # every workload serves gRPC (ingest: health only)
 STRANGER = "cluster.local/ns/rag-prod/sa/default"
 
 Grant = tuple[str, int, str, str]  # (workload, port, path or "TCP", principal)

@@ -233,8 +233,9 @@ class Stack:
         self.procs.clear()
         (self.workdir / STATE_FILE).unlink(missing_ok=True)
 
-    def write_state(self) -> None:
-        state = {
+    def write_state(self, extra: Mapping[str, Mapping[str, object]] | None = None) -> None:
+        """Record every process in ``stack.json``; ``extra`` adds fields or entries by name."""
+        state: dict[str, dict[str, object]] = {
             name: {
                 "pid": p.popen.pid,
                 "grpc": p.address,
@@ -243,6 +244,8 @@ class Stack:
             }
             for name, p in self.procs.items()
         }
+        for name, fields in (extra or {}).items():
+            state.setdefault(name, {}).update(fields)
         (self.workdir / STATE_FILE).write_text(json.dumps(state, indent=2))
 
 

@@ -28,8 +28,8 @@ from ragmesh.meshlab.manifests import GRPC_PORT, METRICS_PORT, MeshPolicy, Rule,
 REDIS_PORT = 6379
 INGRESS = "istio-ingressgateway"
 INGRESS_PRINCIPAL = "cluster.local/ns/istio-system/sa/istio-ingressgateway-service-account"
-GRPC_WORKLOADS = ("embedding", "retrieval", "generation", "query")
 REPLICAS = {"embedding": 2, "retrieval": 2}
+#: the ragmesh workloads, leaves first
 START_ORDER = ("embedding", "retrieval", "generation", "query", "ingest")
 
 
@@ -272,19 +272,18 @@ class MeshLab:
         self.write_state()
 
     def write_state(self) -> None:
-        self.stack.write_state()
-        path = self.stack.workdir / "stack.json"
-        state = json.loads(path.read_text())
-        for sidecar in self.sidecars.values():
-            state[sidecar.proc.name]["admin"] = f"127.0.0.1:{sidecar.admin}"
+        """stack.json with each sidecar's admin address and the ingress as the way in."""
+        extra: dict[str, dict[str, object]] = {
+            s.proc.name: {"admin": f"127.0.0.1:{s.admin}"} for s in self.sidecars.values()
+        }
         ingress = self.sidecars[INGRESS].proc
-        state["ingress"] = {
+        extra["ingress"] = {
             "grpc": self.ingress_address,
             "pid": ingress.popen.pid,
             "metrics": "",
             "log": str(ingress.log),
         }
-        path.write_text(json.dumps(state, indent=2))
+        self.stack.write_state(extra)
 
     def down(self) -> None:
         self.stack.down()
