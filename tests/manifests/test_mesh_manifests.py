@@ -18,7 +18,15 @@ from cloudcoil.resources import get_model
 
 from ragmesh.meshlab import manifests
 from ragmesh.meshlab.manifests import TranslationError
-from tests.support.contract import GRPC_WORKLOADS, ROOT, api_paths, principals_in, readme_contract
+from tests.support.contract import (
+    CLUSTER_ONLY,
+    GATE_PORT,
+    GRPC_WORKLOADS,
+    ROOT,
+    api_paths,
+    principals_in,
+    readme_contract,
+)
 
 ISTIO_APIS = {
     "networking.istio.io/v1": networking,
@@ -87,13 +95,17 @@ def test_only_current_api_versions() -> None:
 
 def test_peer_authentication_is_strict_mesh_wide_and_per_namespace() -> None:
     policy = manifests.load(ROOT)
-    assert policy.strict_namespaces == {"istio-system", "rag-prod", "rag-staging", "rag-infra"}
+    assert policy.strict_namespaces == {"istio-system", "rag-prod", "rag-infra"}
     assert policy.deny_all == {"rag-prod", "rag-infra"}
 
 
 def _grants(policy: manifests.MeshPolicy, principals: list[str]) -> set[tuple[str, int, str, str]]:
     space = [(w, manifests.GRPC_PORT, p, "POST") for w in GRPC_WORKLOADS for p in api_paths()]
-    space += [(w, manifests.METRICS_PORT, "/metrics", "GET") for w in GRPC_WORKLOADS]
+    space += [(w, manifests.GRPC_PORT, p, "POST") for w in CLUSTER_ONLY for p in api_paths()]
+    space += [
+        (w, manifests.METRICS_PORT, "/metrics", "GET") for w in (*GRPC_WORKLOADS, *CLUSTER_ONLY)
+    ]
+    space += [("gate", GATE_PORT, "/recall", "POST"), ("gate", GATE_PORT, "/recall", "GET")]
     space += [("redis", 6379, "TCP", "")]
     return {
         (w, port, path, who)
@@ -148,7 +160,7 @@ def repo_copy(tmp_path: Path) -> Path:
             "trafficPolicy.loadBalancer",
         ),
         ("rollouts/retrieval/canary.yaml", "perTryTimeout", "perTryTimout", "perTryTimout"),
-        ("mesh/authorization/retrieval.yaml", "principals:", "namespaces:", "namespaces"),
+        ("mesh/authorization/retrieval.yaml", "principals:\n", "namespaces:\n", "namespaces"),
         ("mesh/authorization/query.yaml", "paths:", "notPaths:", "notPaths"),
         ("mesh/sidecars.yaml", "mode: REGISTRY_ONLY", "mode: ALLOW_ANY", "outboundTrafficPolicy"),
     ],

@@ -15,6 +15,9 @@ from ragmesh.meshlab.manifests import GRPC_PORT, MeshPolicy
 
 ROOT = Path(__file__).resolve().parents[2]
 HEALTH = ("/grpc.health.v1.Health/Check", "/grpc.health.v1.Health/Watch")
+#: workloads that run only in Kubernetes (the local mesh has no process for them)
+CLUSTER_ONLY = ("retrieval-writer", "gate")
+GATE_PORT = 8080
 GRPC_WORKLOADS = START_ORDER  # every workload serves gRPC (ingest: health only)
 STRANGER = "cluster.local/ns/rag-prod/sa/default"
 
@@ -48,7 +51,7 @@ def readme_contract(readme: Path = ROOT / "README.md") -> set[Grant]:
         for w in workloads:
             for p in paths:
                 for principal in principals:
-                    grants.add((w, int(port), p.removeprefix("GET "), principal))
+                    grants.add((w, int(port), p.split(" ")[-1], principal))
     if not grants:
         raise AssertionError("README has no authorization matrix rows")
     return grants

@@ -46,7 +46,8 @@ def main() -> None:
     async def serve() -> None:
         p = settings.peers
         embedding = open_channel(p.embedding_addr, default_timeout=p.call_timeout)
-        retrieval = open_channel(p.retrieval_addr, default_timeout=p.call_timeout)
+        # Writes go to the writer when the replicas are readers (Kubernetes: retrieval-writer).
+        retrieval = open_channel(p.retrieval_writer_addr, default_timeout=p.call_timeout)
         # Blocking stream reads wait up to 1 s; the socket timeout leaves room for them.
         redis = connect(p.redis_url, p.redis_timeout, read_timeout=p.redis_timeout + 2.0)
         queue = JobQueue(redis, settings.ingest.stream, settings.ingest.job_ttl)

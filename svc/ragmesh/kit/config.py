@@ -154,6 +154,13 @@ VARIABLES: tuple[Variable, ...] = (
         "query, ingest",
     ),
     Variable(
+        "RAGMESH_RETRIEVAL_WRITER_ADDR",
+        "",
+        "host:port of the retrieval writer, where the ingest worker sends its writes when the "
+        "replicas behind RAGMESH_RETRIEVAL_ADDR are readers; empty: RAGMESH_RETRIEVAL_ADDR.",
+        "ingest",
+    ),
+    Variable(
         "RAGMESH_GENERATION_ADDR", "", "host:port of the generation service (required).", "query"
     ),
     Variable(
@@ -310,6 +317,7 @@ class PeerSettings:
 
     embedding_addr: str
     retrieval_addr: str
+    retrieval_writer_addr: str
     generation_addr: str
     redis_url: str
     call_timeout: float
@@ -459,6 +467,8 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
     peers = PeerSettings(
         embedding_addr=r.text("RAGMESH_EMBEDDING_ADDR"),
         retrieval_addr=r.text("RAGMESH_RETRIEVAL_ADDR"),
+        retrieval_writer_addr=r.text("RAGMESH_RETRIEVAL_WRITER_ADDR")
+        or r.text("RAGMESH_RETRIEVAL_ADDR"),
         generation_addr=r.text("RAGMESH_GENERATION_ADDR"),
         redis_url=r.text("RAGMESH_REDIS_URL"),
         call_timeout=r.number("RAGMESH_CALL_TIMEOUT_SECONDS"),

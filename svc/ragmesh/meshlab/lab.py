@@ -27,6 +27,7 @@ from ragmesh.meshlab.manifests import GRPC_PORT, METRICS_PORT, MeshPolicy, Rule,
 
 REDIS_PORT = 6379
 INGRESS = "istio-ingressgateway"
+WRITER = "retrieval-writer"
 INGRESS_PRINCIPAL = "cluster.local/ns/istio-system/sa/istio-ingressgateway-service-account"
 REPLICAS = {"embedding": 2, "retrieval": 2}
 #: the ragmesh workloads, leaves first
@@ -90,6 +91,8 @@ class MeshLab:
         return self.policy.namespaces[workload]
 
     def principal(self, workload: str) -> str:
+        if workload == WRITER:  # the writer replica runs as retrieval, like in Kubernetes
+            workload = "retrieval"
         return manifests.principal(self.namespace(workload), service_account(workload))
 
     def identity(self, principal: str) -> Identity:
@@ -120,10 +123,16 @@ class MeshLab:
             protocol="tcp" if tcp else "grpc",
             port=port,
             listen=free_port(),
-            endpoints=tuple(e[port] for e in self.endpoints[upstream]),
+            endpoints=tuple(e[port] for e in self.replicas(upstream)),
             peer=manifests.spiffe(self.principal(upstream)),
             service=service,
         )
+
+    def replicas(self, upstream: str) -> list[dict[int, int]]:
+        """The replicas behind a host; retrieval-writer is retrieval's replica 0 (the writer)."""
+        if upstream == WRITER:
+            return self.endpoints["retrieval"][:1]
+        return self.endpoints[upstream]
 
     def egress(self, workload: str) -> list[str]:
         """The upstream workloads the workload's Sidecar resource lets it reach."""
@@ -224,7 +233,7 @@ class MeshLab:
             if up == "redis":
                 env["RAGMESH_REDIS_URL"] = f"redis://127.0.0.1:{out.listen}/0"
             else:
-                env[f"RAGMESH_{up.upper()}_ADDR"] = f"127.0.0.1:{out.listen}"
+                env[f"RAGMESH_{up.upper().replace('-', '_')}_ADDR"] = f"127.0.0.1:{out.listen}"
         return sidecar, env
 
     def start_workload(self, workload: str, replica: int) -> Proc:
