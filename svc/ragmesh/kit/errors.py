@@ -43,6 +43,10 @@ class DependencyUnavailable(RagmeshError):
     """A downstream dependency cannot be reached."""
 
 
+class InjectedFault(RagmeshError):
+    """A failure injected on purpose (RAGMESH_FAULT_ERROR_PERCENT), to test canary analysis."""
+
+
 class ReadOnlyReplica(RagmeshError):
     """A write reached a replica that only serves reads; another replica takes writes."""
 

@@ -12,6 +12,7 @@ import abc
 import asyncio
 import inspect
 import logging
+import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, cast
@@ -23,6 +24,7 @@ from ragmesh.kit.errors import (
     DataCorruption,
     DeadlineExceeded,
     DependencyUnavailable,
+    InjectedFault,
     InvalidArgument,
     NotFound,
     NotReady,
@@ -40,6 +42,7 @@ ERROR_TABLE: dict[type[RagmeshError], grpc.StatusCode] = {
     Overloaded: grpc.StatusCode.RESOURCE_EXHAUSTED,
     DependencyUnavailable: grpc.StatusCode.UNAVAILABLE,
     ReadOnlyReplica: grpc.StatusCode.UNAVAILABLE,
+    InjectedFault: grpc.StatusCode.UNAVAILABLE,
     DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
     NotReady: grpc.StatusCode.FAILED_PRECONDITION,
     DataCorruption: grpc.StatusCode.DATA_LOSS,
@@ -202,6 +205,42 @@ class CallContextInterceptor(_Interceptor):
                     yield message
             finally:
                 callcontext.unbind(token)
+
+        return wrapped
+
+
+class FaultInterceptor(_Interceptor):
+    """Injected faults (RAGMESH_FAULT_*): failed calls, and added latency on unary calls.
+
+    The faulty canaries of the canary-analysis tests are built with it; the delay before the
+    first token of a stream is the generation service's, so its own histogram sees it.
+    """
+
+    only_api = True
+
+    def __init__(self, error_percent: float, delay: float) -> None:
+        self.error_ratio = error_percent / 100.0
+        self.delay = delay
+        self._random = random.Random()
+
+    def _maybe_fail(self, method: str) -> None:
+        if self.error_ratio and self._random.random() < self.error_ratio:
+            raise InjectedFault(f"injected fault in {method}")
+
+    def unary(self, method: str, behavior: Unary) -> Unary:
+        async def wrapped(request: Any, context: Context) -> Any:
+            if self.delay:
+                await asyncio.sleep(self.delay)
+            self._maybe_fail(method)
+            return await behavior(request, context)
+
+        return wrapped
+
+    def stream(self, method: str, behavior: Stream) -> Stream:
+        async def wrapped(request: Any, context: Context) -> AsyncIterator[Any]:
+            self._maybe_fail(method)
+            async for message in _iterate(behavior, request, context):
+                yield message
 
         return wrapped
 

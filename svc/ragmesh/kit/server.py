@@ -26,6 +26,7 @@ from ragmesh.kit.interceptors import (
     CallContextInterceptor,
     ConcurrencyLimit,
     ErrorInterceptor,
+    FaultInterceptor,
     MetricsInterceptor,
 )
 
@@ -66,6 +67,13 @@ class ServiceSpec:
     extra_reflection: Sequence[str] = field(default_factory=tuple)
 
 
+def faults(settings: ServerSettings) -> list[FaultInterceptor]:
+    """The fault injector, only when RAGMESH_FAULT_* asks for one."""
+    if settings.fault_error_percent or settings.fault_delay:
+        return [FaultInterceptor(settings.fault_error_percent, settings.fault_delay)]
+    return []
+
+
 class ServiceHost:
     """One running service: gRPC server, health, reflection and metrics endpoint."""
 
@@ -80,6 +88,7 @@ class ServiceHost:
                 CallContextInterceptor(),
                 ErrorInterceptor(),
                 self.limiter,
+                *faults(settings),
             ],
             options=server_options(settings.max_message_bytes),
         )
