@@ -242,6 +242,14 @@ VARIABLES: tuple[Variable, ...] = (
         "Consumer name in the group; empty: hostname and pid.",
         "ingest",
     ),
+    Variable("RAGMESH_GATE_PORT", "8080", "HTTP port of the quality gate's webhook.", "gate"),
+    Variable(
+        "RAGMESH_GATE_GOLDEN",
+        "",
+        "JSON-lines golden set of the quality gate: a question and the documents answering it "
+        "per line (required).",
+        "gate",
+    ),
     Variable(
         "RAGMESH_INGEST_CLAIM_IDLE_MS",
         "30000",
@@ -360,6 +368,14 @@ class QuerySettings:
 
 
 @dataclass(frozen=True)
+class GateSettings:
+    """The retrieval-quality gate's webhook."""
+
+    port: int
+    golden: Path | None
+
+
+@dataclass(frozen=True)
 class IngestSettings:
     """The queue and the worker's chunking and batching."""
 
@@ -384,6 +400,7 @@ class Settings:
     peers: PeerSettings
     query: QuerySettings
     ingest: IngestSettings
+    gate: GateSettings
 
 
 class _Reader:
@@ -528,4 +545,8 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         peers=peers,
         query=query,
         ingest=ingest,
+        gate=GateSettings(
+            port=r.integer("RAGMESH_GATE_PORT"),
+            golden=Path(r.text("RAGMESH_GATE_GOLDEN")) if r.text("RAGMESH_GATE_GOLDEN") else None,
+        ),
     )

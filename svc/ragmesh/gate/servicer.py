@@ -1,0 +1,160 @@
+"""The gate's HTTP face: Flagger's webhook protocol over the recall engine.
+
+``POST /recall`` takes a Flagger webhook payload (``{"name", "namespace", "phase",
+"metadata": {...}}``; only ``metadata`` is read) and answers 200 with the verdict when recall
+meets the threshold, 412 when it does not, 400 for a bad probe and 503 when a service it must
+call is down. Flagger treats any non-2xx answer as a failed check. ``GET /healthz`` is the
+probe. Channels are opened once per address and reused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Sequence
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import grpc
+
+from ragmesh.embedding.model import Purpose
+from ragmesh.gate.engine import GoldenQuery, Probe, Retrieve, measure, parse_probe
+from ragmesh.kit.channels import open_channel
+from ragmesh.kit.clients import EmbeddingClient, RetrievalClient
+from ragmesh.kit.errors import DependencyUnavailable, InvalidArgument, RagmeshError
+from ragmesh.v1 import query_service_pb2, query_service_pb2_grpc
+
+log = logging.getLogger(__name__)
+MAX_BODY = 64 << 10
+
+
+class Retrievers:
+    """Retrieve functions over real services, with one channel per address."""
+
+    def __init__(self, call_timeout: float) -> None:
+        self.call_timeout = call_timeout
+        self._channels: dict[str, grpc.aio.Channel] = {}
+
+    def channel(self, address: str) -> grpc.aio.Channel:
+        if address not in self._channels:
+            self._channels[address] = open_channel(address, default_timeout=self.call_timeout)
+        return self._channels[address]
+
+    def for_probe(self, probe: Probe) -> Retrieve:
+        if probe.query:
+            stub = query_service_pb2_grpc.QueryServiceStub(self.channel(probe.query))
+
+            async def ask(question: str, k: int) -> Sequence[str]:
+                request = query_service_pb2.AskRequest(question=question, top_k=k, skip_cache=True)
+                documents: list[str] = []
+                try:
+                    async for event in stub.Ask(request, timeout=self.call_timeout * 6):
+                        if event.WhichOneof("event") == "citations":
+                            documents += [c.document_id for c in event.citations.citations]
+                            break  # citations come first; the answer is not needed
+                except grpc.aio.AioRpcError as e:
+                    raise DependencyUnavailable(
+                        f"query at {probe.query}: {e.code().name}"
+                    ) from None
+                return documents
+
+            return ask
+        embedder = EmbeddingClient(self.channel(probe.embedding))
+        retriever = RetrievalClient(self.channel(probe.retrieval))
+
+        async def search(question: str, k: int) -> Sequence[str]:
+            embedded = await embedder.embed([question], Purpose.QUERY)
+            result = await retriever.search(embedded.vectors[0], k, {})
+            return [hit.document_id for hit in result.hits]
+
+        return search
+
+    async def close(self) -> None:
+        for channel in self._channels.values():
+            await channel.close(grace=None)
+
+
+STATUS_FOR: dict[type[RagmeshError], HTTPStatus] = {
+    InvalidArgument: HTTPStatus.BAD_REQUEST,
+    DependencyUnavailable: HTTPStatus.SERVICE_UNAVAILABLE,
+}
+
+
+class GateServer:
+    """A threaded HTTP server whose requests run the engine on the service's event loop."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        golden: Sequence[GoldenQuery],
+        retrievers: Retrievers,
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
+        self.golden, self.retrievers, self.loop = golden, retrievers, loop
+        gate = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, format: str, *args: Any) -> None:
+                log.debug(format, *args)
+
+            def do_GET(self) -> None:
+                if self.path == "/healthz":
+                    self._reply(HTTPStatus.OK, {"status": "ok"})
+                else:
+                    self._reply(HTTPStatus.NOT_FOUND, {"error": f"no route {self.path}"})
+
+            def do_POST(self) -> None:
+                if self.path != "/recall":
+                    self._reply(HTTPStatus.NOT_FOUND, {"error": f"no route {self.path}"})
+                    return
+                status, body = gate.handle(self._body())
+                self._reply(status, body)
+
+            def _body(self) -> bytes:
+                length = int(self.headers.get("content-length") or 0)
+                return self.rfile.read(min(length, MAX_BODY + 1))
+
+            def _reply(self, status: HTTPStatus, body: dict[str, Any]) -> None:
+                data = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        self.httpd = ThreadingHTTPServer((host, port), Handler)
+        self.port = self.httpd.server_address[1]
+
+    def handle(self, raw: bytes) -> tuple[HTTPStatus, dict[str, Any]]:
+        """One webhook call: parse, measure on the event loop, map the outcome to HTTP."""
+        try:
+            if len(raw) > MAX_BODY:
+                raise InvalidArgument("body", f"exceeds {MAX_BODY} bytes")
+            try:
+                payload = json.loads(raw or b"{}")
+            except ValueError:
+                raise InvalidArgument("body", "is not JSON") from None
+            metadata = payload.get("metadata") if isinstance(payload, dict) else None
+            if not isinstance(metadata, dict):
+                raise InvalidArgument("metadata", "must be an object")
+            probe = parse_probe(metadata)
+            retrieve = self.retrievers.for_probe(probe)
+            future = asyncio.run_coroutine_threadsafe(
+                measure(self.golden, retrieve, probe), self.loop
+            )
+            verdict = future.result()
+        except RagmeshError as e:
+            status = next(
+                (s for cls, s in STATUS_FOR.items() if isinstance(e, cls)),
+                HTTPStatus.SERVICE_UNAVAILABLE,
+            )
+            return status, {"passed": False, "error": str(e)}
+        log.info(
+            "recall@%d %.3f (min %.3f) for %s", verdict.k, verdict.recall, verdict.min_recall, probe
+        )
+        return (
+            HTTPStatus.OK if verdict.passed else HTTPStatus.PRECONDITION_FAILED
+        ), verdict.as_dict()
