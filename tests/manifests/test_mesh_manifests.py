@@ -71,6 +71,7 @@ def test_canary_service_blocks_are_istio_types() -> None:
         "embedding",
         "retrieval",
         "generation",
+        "ingest",
     }
     for c in canaries:
         service = c["spec"]["service"]

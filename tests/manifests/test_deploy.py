@@ -1,0 +1,308 @@
+"""deploy/{dev,staging,prod} rendered by kubectl's kustomize and checked object by object:
+core kinds by kubernetes-validate --strict, Istio kinds by cloudcoil with extra="forbid",
+Flagger and KEDA kinds by closed JSON Schemas, alert rules by promtool, and the cross-checks
+Flagger and Kiali depend on."""
+
+from __future__ import annotations
+
+import functools
+import json
+import shlex
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+from cloudcoil.resources import get_model
+from google.protobuf import json_format
+
+from ragmesh.kit.channels import API_FILES
+from tests.support.contract import ROOT
+from tests.support.tools import kubectl, promtool
+
+K8S_VERSION = "1.35.0"
+ENVIRONMENTS = ("prod", "staging", "dev")
+CORE_APIS = {"v1", "apps/v1", "autoscaling/v2", "policy/v1"}
+ISTIO_APIS = {"networking.istio.io/v1", "security.istio.io/v1", "telemetry.istio.io/v1"}
+SCHEMA_APIS = {"flagger.app/v1beta1": "flagger.yaml", "keda.sh/v1alpha1": "keda.yaml"}
+KNOWN_APIS = CORE_APIS | ISTIO_APIS | set(SCHEMA_APIS) | {"monitoring.coreos.com/v1"}
+#: API versions Kubernetes has removed; none may appear
+REMOVED = {
+    "extensions/v1beta1",
+    "apps/v1beta1",
+    "apps/v1beta2",
+    "policy/v1beta1",
+    "autoscaling/v2beta1",
+    "autoscaling/v2beta2",
+    "networking.istio.io/v1alpha3",
+    "security.istio.io/v1beta1",
+    "flagger.app/v1alpha3",
+}
+
+
+@functools.cache
+def render(environment: str) -> tuple[dict[str, Any], ...]:
+    out = subprocess.run(
+        [str(kubectl()), "kustomize", str(ROOT / "deploy" / environment)],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    return tuple(d for d in yaml.safe_load_all(out) if d)
+
+
+def objects(environment: str, kind: str | None = None) -> Iterator[dict[str, Any]]:
+    return (d for d in render(environment) if kind is None or d["kind"] == kind)
+
+
+def ident(doc: dict[str, Any]) -> str:
+    return f"{doc['kind']}/{doc['metadata'].get('namespace', '')}/{doc['metadata']['name']}"
+
+
+@functools.cache
+def schema(api: str, kind: str) -> dict[str, Any]:
+    doc = yaml.safe_load((Path(__file__).parent / "schemas" / SCHEMA_APIS[api]).read_text())
+    return {"$defs": doc["$defs"], **doc[kind]}
+
+
+env = pytest.mark.parametrize("environment", ENVIRONMENTS)
+
+
+@env
+def test_every_object_is_of_a_known_current_api(environment: str) -> None:
+    apis = {d["apiVersion"] for d in render(environment)}
+    assert apis <= KNOWN_APIS, apis - KNOWN_APIS
+    assert not apis & REMOVED
+
+
+@env
+def test_core_kinds_validate_strictly(environment: str) -> None:
+    kinds = set()
+    for doc in objects(environment):
+        if doc["apiVersion"] in CORE_APIS:
+            try:
+                kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+            except kubernetes_validate.ValidationError as e:
+                raise AssertionError(f"{ident(doc)}: {e}") from e
+            kinds.add(doc["kind"])
+    assert {"Deployment", "Service", "ServiceAccount", "ConfigMap", "StatefulSet"} <= kinds
+    assert {"HorizontalPodAutoscaler", "PodDisruptionBudget", "Namespace"} <= kinds
+
+
+@env
+def test_istio_kinds_validate_with_extra_forbid(environment: str) -> None:
+    for doc in objects(environment):
+        if doc["apiVersion"] in ISTIO_APIS:
+            model = get_model(doc["kind"], api_version=doc["apiVersion"])
+            try:
+                model.model_validate(doc, extra="forbid")
+            except ValueError as e:
+                raise AssertionError(f"{ident(doc)}: {e}") from e
+
+
+@env
+def test_flagger_and_keda_kinds_match_closed_schemas(environment: str) -> None:
+    seen = set()
+    for doc in objects(environment):
+        if doc["apiVersion"] in SCHEMA_APIS:
+            try:
+                jsonschema.validate(doc, schema(doc["apiVersion"], doc["kind"]))
+            except jsonschema.ValidationError as e:
+                raise AssertionError(f"{ident(doc)}: {e.message} at {list(e.path)}") from e
+            seen.add(doc["kind"])
+    assert seen == {"Canary", "MetricTemplate", "AlertProvider", "ScaledObject"} | {
+        "TriggerAuthentication"
+    }
+
+
+def test_the_schema_rejects_a_misspelled_canary_field() -> None:
+    canary = dict(next(objects("prod", "Canary")))
+    canary["spec"] = {**canary["spec"], "analysis": {**canary["spec"]["analysis"], "treshold": 5}}
+    with pytest.raises(jsonschema.ValidationError, match="treshold"):
+        jsonschema.validate(canary, schema("flagger.app/v1beta1", "Canary"))
+
+
+@env
+def test_workloads_carry_app_and_version_labels_and_named_ports(environment: str) -> None:
+    for doc in objects(environment):
+        if doc["kind"] not in ("Deployment", "StatefulSet"):
+            continue
+        labels = doc["spec"]["template"]["metadata"]["labels"]
+        assert {"app", "version"} <= set(labels), ident(doc)
+        for port in (p for c in doc["spec"]["template"]["spec"]["containers"] for p in c["ports"]):
+            assert port["name"].split("-")[0] in ("grpc", "http", "tcp"), (ident(doc), port)
+    for doc in objects(environment, "Service"):
+        for port in doc["spec"]["ports"]:
+            assert port["name"].split("-")[0] in ("grpc", "http", "tcp"), (ident(doc), port)
+            if port["name"] == "grpc":
+                assert port["appProtocol"] == "grpc" and port["port"] == 50051, ident(doc)
+
+
+@env
+def test_ragmesh_deployments_are_hardened_probed_and_drain(environment: str) -> None:
+    for doc in objects(environment, "Deployment"):
+        if not doc["spec"]["template"]["spec"]["serviceAccountName"].startswith("ragmesh-"):
+            continue
+        pod = doc["spec"]["template"]["spec"]
+        (c,) = pod["containers"]
+        sc = c["securityContext"]
+        assert sc["readOnlyRootFilesystem"] and not sc["allowPrivilegeEscalation"], ident(doc)
+        assert sc["capabilities"]["drop"] == ["ALL"] and pod["securityContext"]["runAsNonRoot"]
+        assert c["resources"]["requests"] and c["resources"]["limits"], ident(doc)
+        if doc["metadata"]["name"] == "gate":
+            continue
+        assert {p["name"] for p in c["ports"]} == {"grpc", "http-metrics"}, ident(doc)
+        for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+            assert c[probe]["grpc"]["port"] == 50051, (ident(doc), probe)
+        annotations = doc["spec"]["template"]["metadata"]["annotations"]
+        assert annotations["prometheus.io/port"] == "9090", ident(doc)
+        # preStop + drain + grace fit in the termination grace period, and the sidecar
+        # outlives the app's drain
+        config = next(
+            d
+            for d in objects(environment, "ConfigMap")
+            if d["metadata"]["name"] == f"{doc['metadata']['name']}-config"
+        )["data"]
+        needed = (
+            c["lifecycle"]["preStop"]["sleep"]["seconds"]
+            + float(config["RAGMESH_DRAIN_SECONDS"])
+            + float(config["RAGMESH_GRACE_SECONDS"])
+        )
+        assert pod["terminationGracePeriodSeconds"] >= needed, ident(doc)
+        proxy = yaml.safe_load(annotations["proxy.istio.io/config"])
+        assert float(proxy["terminationDrainDuration"].rstrip("s")) >= needed - 5, ident(doc)
+        assert proxy["proxyMetadata"]["EXIT_ON_ZERO_ACTIVE_CONNECTIONS"] == "true"
+
+
+@env
+def test_references_resolve_within_the_render(environment: str) -> None:
+    names = {
+        (d["kind"], d["metadata"].get("namespace"), d["metadata"]["name"])
+        for d in render(environment)
+    }
+    for canary in objects(environment, "Canary"):
+        ns, spec = canary["metadata"]["namespace"], canary["spec"]
+        for ref in ("targetRef", "autoscalerRef"):
+            if ref in spec:
+                assert (spec[ref]["kind"], ns, spec[ref]["name"]) in names, (ident(canary), ref)
+        for metric in spec["analysis"].get("metrics", []):
+            assert "templateRef" in metric, f"{ident(canary)}: {metric['name']} has no template"
+            ref = metric["templateRef"]
+            assert ("MetricTemplate", ref.get("namespace", ns), ref["name"]) in names, metric
+        for alert in spec["analysis"]["alerts"]:
+            ref = alert["providerRef"]
+            assert ("AlertProvider", ref.get("namespace", ns), ref["name"]) in names, alert
+    for hpa in objects(environment, "HorizontalPodAutoscaler"):
+        target = hpa["spec"]["scaleTargetRef"]
+        assert (target["kind"], hpa["metadata"]["namespace"], target["name"]) in names, ident(hpa)
+    for so in objects(environment, "ScaledObject"):
+        ns = so["metadata"]["namespace"]
+        assert ("Deployment", ns, so["spec"]["scaleTargetRef"]["name"]) in names
+        for trigger in so["spec"]["triggers"]:
+            assert ("TriggerAuthentication", ns, trigger["authenticationRef"]["name"]) in names
+    accounts = {(ns, n) for k, ns, n in names if k == "ServiceAccount"}
+    configmaps = {(ns, n) for k, ns, n in names if k == "ConfigMap"}
+    for doc in render(environment):
+        if doc["kind"] not in ("Deployment", "StatefulSet"):
+            continue
+        ns, pod = doc["metadata"]["namespace"], doc["spec"]["template"]["spec"]
+        assert (ns, pod["serviceAccountName"]) in accounts, ident(doc)
+        for c in pod["containers"]:
+            for source in c.get("envFrom", []):
+                assert (ns, source["configMapRef"]["name"]) in configmaps, ident(doc)
+        for volume in pod.get("volumes", []):
+            if "configMap" in volume:
+                assert (ns, volume["configMap"]["name"]) in configmaps, ident(doc)
+
+
+@env
+def test_canaried_services_have_no_hand_written_routes(environment: str) -> None:
+    canaried = {c["metadata"]["name"] for c in objects(environment, "Canary")}
+    for doc in render(environment):
+        if doc["kind"] in ("VirtualService", "DestinationRule"):
+            hosts = doc["spec"].get("hosts", []) + [doc["spec"].get("host", "")]
+            assert not {h.split(".")[0] for h in hosts} & canaried, ident(doc)
+
+
+@env
+def test_canaries_follow_the_delivery_design(environment: str) -> None:
+    canaries = {c["metadata"]["name"]: c["spec"] for c in objects(environment, "Canary")}
+    assert set(canaries) == {"query", "embedding", "retrieval", "generation", "ingest"}
+    for name, spec in canaries.items():
+        service = spec["service"]
+        assert (service["port"], service["portName"], service["appProtocol"]) == (
+            50051,
+            "grpc",
+            "grpc",
+        )
+        metrics = {m["templateRef"]["name"] for m in spec["analysis"]["metrics"]}
+        if name != "ingest":
+            assert {"istio-grpc-success-rate", "grpc-success-rate"} <= metrics, name
+            kinds = {w["type"] for w in spec["analysis"]["webhooks"]}
+            assert {"pre-rollout", "rollout"} <= kinds, name
+    assert canaries["query"]["analysis"]["stepWeight"] > 0
+    for name in ("embedding", "retrieval"):
+        assert canaries[name]["analysis"]["mirror"] is True
+        assert "unary-latency-p99" in {m["name"] for m in canaries[name]["analysis"]["metrics"]}
+    generation = canaries["generation"]["analysis"]
+    assert generation["match"][0]["headers"]["x-ragmesh-canary"] == {"exact": "true"}
+    assert canaries["generation"]["service"]["retries"]["attempts"] == 0
+    for name in ("query", "generation"):  # streams gate on time to first token
+        assert "time-to-first-token-p95" in {
+            m["name"] for m in canaries[name]["analysis"]["metrics"]
+        }
+    for name in ("query", "embedding", "retrieval"):
+        hooks = [
+            w for w in canaries[name]["analysis"]["webhooks"] if w["name"] == "retrieval-quality"
+        ]
+        assert hooks and hooks[0]["type"] == "rollout", name
+
+
+def _methods() -> dict[str, Any]:
+    return {
+        f"{s.full_name}/{m.name}": m
+        for f in API_FILES
+        for s in f.services_by_name.values()
+        for m in s.methods
+    }
+
+
+@env
+def test_load_webhooks_drive_real_rpcs_and_fail_without_traffic(environment: str) -> None:
+    from google.protobuf import message_factory
+
+    methods = _methods()
+    for canary in objects(environment, "Canary"):
+        for hook in canary["spec"]["analysis"].get("webhooks", []):
+            if hook["name"] != "load":
+                continue
+            assert hook["metadata"]["type"] == "bash"  # blocking: its exit status counts
+            ghz, _, check = hook["metadata"]["cmd"].partition("|")
+            args = shlex.split(ghz)
+            assert args[0] == "ghz" and "-z" in args and "-O" in args
+            call = args[args.index("--call") + 1]
+            assert call in methods, call  # a real ragmesh RPC, not a health check
+            request_type = message_factory.GetMessageClass(methods[call].input_type)
+            json_format.ParseDict(json.loads(args[args.index("-d") + 1]), request_type())
+            target = args[-1]
+            assert target.split(":")[0] in (
+                f"{canary['metadata']['name']}-canary",
+                canary["metadata"]["name"],
+            )
+            assert "jq -e" in check and "statusCodeDistribution.OK" in check
+            duration = int(args[args.index("-z") + 1].rstrip("s"))
+            assert duration + 10 <= int(hook["timeout"].rstrip("s"))
+
+
+def test_alert_rules_pass_promtool(tmp_path: Path) -> None:
+    (rule,) = objects("prod", "PrometheusRule")
+    file = tmp_path / "rules.yaml"
+    file.write_text(yaml.safe_dump({"groups": rule["spec"]["groups"]}))
+    out = subprocess.run(
+        [str(promtool()), "check", "rules", str(file)], capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
