@@ -18,7 +18,6 @@ import urllib.parse
 import urllib.request
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import grpc
 import numpy as np

@@ -20,7 +20,7 @@ from typing import Any
 import grpc
 
 from ragmesh.embedding.model import Purpose
-from ragmesh.gate.engine import GoldenQuery, Probe, Retrieve, measure, parse_probe
+from ragmesh.gate.engine import GoldenQuery, Probe, Retrieve, Verdict, measure, parse_probe
 from ragmesh.kit.channels import open_channel
 from ragmesh.kit.clients import EmbeddingClient, RetrievalClient
 from ragmesh.kit.errors import DependencyUnavailable, InvalidArgument, RagmeshError
@@ -128,6 +128,10 @@ class GateServer:
         self.httpd = ThreadingHTTPServer((host, port), Handler)
         self.port = self.httpd.server_address[1]
 
+    async def _measure(self, probe: Probe) -> Verdict:
+        # on the event loop: aio channels belong to it
+        return await measure(self.golden, self.retrievers.for_probe(probe), probe)
+
     def handle(self, raw: bytes) -> tuple[HTTPStatus, dict[str, Any]]:
         """One webhook call: parse, measure on the event loop, map the outcome to HTTP."""
         try:
@@ -141,11 +145,7 @@ class GateServer:
             if not isinstance(metadata, dict):
                 raise InvalidArgument("metadata", "must be an object")
             probe = parse_probe(metadata)
-            retrieve = self.retrievers.for_probe(probe)
-            future = asyncio.run_coroutine_threadsafe(
-                measure(self.golden, retrieve, probe), self.loop
-            )
-            verdict = future.result()
+            verdict = asyncio.run_coroutine_threadsafe(self._measure(probe), self.loop).result()
         except RagmeshError as e:
             status = next(
                 (s for cls, s in STATUS_FOR.items() if isinstance(e, cls)),

@@ -1,0 +1,124 @@
+"""The retrieval-quality gate as Flagger's webhook reaches it: the golden set of
+rollouts/gate against real services. A canary that serves the indexed corpus passes; one
+whose index lacks it fails with 412; a bad probe is 400 naming the field; a dead service
+is 503 (Flagger fails the check on any non-2xx)."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from ragmesh.cli.__main__ import main as cli
+from ragmesh.cli.supervisor import Stack, free_port
+from tests.support.contract import ROOT
+
+
+@pytest.fixture(scope="module")
+def gate(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Stack, str]]:
+    stack = Stack(tmp_path_factory.mktemp("gate"))
+    try:
+        stack.up()
+        with pytest.MonkeyPatch.context() as mp:  # document ids are relative to the cwd,
+            mp.chdir(ROOT)  # as when `ragmesh ingest samples/corpus` runs in the repository
+            assert cli(["--data-dir", str(stack.workdir), "ingest", "samples/corpus"]) == 0
+        # a retrieval canary whose index does not hold the corpus
+        stack.start_service(
+            "retrieval-empty",
+            module="retrieval",
+            env={"RAGMESH_INDEX_DIR": str(stack.workdir / "empty-index")},
+        )
+        stack.wait_ready("retrieval-empty")
+        port = free_port()
+        env = stack.service_env("gate")
+        env.update(
+            {
+                "RAGMESH_GATE_PORT": str(port),
+                "RAGMESH_GATE_GOLDEN": str(ROOT / "rollouts/gate/golden.jsonl"),
+            }
+        )
+        proc = stack.spawn("gate", [sys.executable, "-m", "ragmesh.gate"], env)
+        deadline = time.monotonic() + 30
+        while "gate listening" not in proc.output():
+            assert proc.popen.poll() is None, proc.output()
+            assert time.monotonic() < deadline, proc.output()
+            time.sleep(0.05)
+        yield stack, f"http://127.0.0.1:{port}"
+    finally:
+        stack.down()
+
+
+def post(url: str, metadata: dict[str, str]) -> tuple[int, dict[str, Any]]:
+    body = json.dumps(
+        {"name": "retrieval", "namespace": "rag-prod", "phase": "Progressing", "metadata": metadata}
+    ).encode()
+    request = urllib.request.Request(f"{url}/recall", body, {"content-type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as reply:
+            return reply.status, json.load(reply)
+    except urllib.error.HTTPError as e:
+        return e.code, json.load(e)
+
+
+def test_a_canary_serving_the_corpus_passes(gate: tuple[Stack, str]) -> None:
+    stack, url = gate
+    status, body = post(
+        url,
+        {
+            "embedding": stack.procs["embedding"].address,
+            "retrieval": stack.procs["retrieval"].address,
+            "k": "3",
+            "min_recall": "0.9",
+        },
+    )
+    assert (status, body["passed"], body["recall"]) == (200, True, 1.0), body
+
+
+def test_a_query_canary_is_judged_by_its_citations(gate: tuple[Stack, str]) -> None:
+    stack, url = gate
+    status, body = post(url, {"query": stack.procs["query"].address, "k": "3"})
+    assert status == 200 and body["recall"] == 1.0, body
+
+
+def test_a_canary_missing_the_corpus_fails(gate: tuple[Stack, str]) -> None:
+    stack, url = gate
+    status, body = post(
+        url,
+        {
+            "embedding": stack.procs["embedding"].address,
+            "retrieval": stack.procs["retrieval-empty"].address,
+        },
+    )
+    assert status == 412 and body["passed"] is False and body["recall"] == 0.0, body
+    assert len(body["misses"]) == 6
+
+
+@pytest.mark.parametrize(
+    ("metadata", "field"),
+    [
+        ({"query": "x:1", "k": "0"}, "metadata.k"),
+        ({"embedding": "x:1"}, "metadata.retrieval"),
+        ({"query": "x:1", "min_recall": "2"}, "metadata.min_recall"),
+        ({"qery": "x:1"}, "metadata.qery"),
+    ],
+)
+def test_a_bad_probe_is_400_naming_the_field(
+    gate: tuple[Stack, str], metadata: dict[str, str], field: str
+) -> None:
+    status, body = post(gate[1], metadata)
+    assert status == 400 and field in body["error"], body
+
+
+def test_a_dead_service_is_503(gate: tuple[Stack, str]) -> None:
+    stack, url = gate
+    status, body = post(
+        url,
+        {"embedding": stack.procs["embedding"].address, "retrieval": f"127.0.0.1:{free_port()}"},
+    )
+    assert status == 503 and body["passed"] is False, body
