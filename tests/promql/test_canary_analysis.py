@@ -16,7 +16,7 @@ import subprocess
 import time
 import urllib.parse
 import urllib.request
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import grpc
@@ -98,69 +98,70 @@ def scrape_config(stack: Stack) -> dict[str, object]:
     }
 
 
-async def drive(stack: Stack, warm_up: bool = False) -> None:
-    vector = np.full((1, 384), 384**-0.5, dtype="<f4").tobytes()
-    search = retrieval_service_pb2.SearchRequest(
-        queries=common_pb2.VectorBatch(count=1, dimension=384, data=vector), top_k=5
-    )
-    generate = generation_service_pb2.GenerateRequest(
-        question="How often does the lighthouse flash?",
-        passages=[
-            common_pb2.Passage(
-                chunk_id="probe#0",
-                document_id="probe",
-                text="The lighthouse shows two white flashes every fifteen seconds.",
-            )
-        ],
-        params=common_pb2.GenerationParams(max_tokens=16),
-    )
+SEARCH = retrieval_service_pb2.SearchRequest(
+    queries=common_pb2.VectorBatch(
+        count=1, dimension=384, data=np.full((1, 384), 384**-0.5, dtype="<f4").tobytes()
+    ),
+    top_k=5,
+)
+GENERATE = generation_service_pb2.GenerateRequest(
+    question="How often does the lighthouse flash?",
+    passages=[
+        common_pb2.Passage(
+            chunk_id="probe#0",
+            document_id="probe",
+            text="The lighthouse shows two white flashes every fifteen seconds.",
+        )
+    ],
+    params=common_pb2.GenerationParams(max_tokens=16),
+)
 
-    async def paced(n: int, seconds: float, call: Callable[[], Awaitable[None]]) -> None:
-        """n calls spread over ``seconds``, so every series is scraped while it grows."""
-        start = time.monotonic()
-        for i in range(n):
-            await asyncio.sleep(max(0.0, start + i * seconds / n - time.monotonic()))
-            await call()
 
-    async def searches(process: str, calls: int, concurrency: int) -> None:
-        async with grpc.aio.insecure_channel(stack.procs[process].address) as channel:
-            stub = retrieval_service_pb2_grpc.RetrievalServiceStub(channel)
+async def load(stack: Stack, process: str, calls: int, concurrency: int) -> None:
+    """``calls`` RPCs at ``process`` from ``concurrency`` workers, spread over LOAD_SECONDS so
+    every series is scraped while it grows (a one-call load is a warm-up and is not paced)."""
+    async with grpc.aio.insecure_channel(stack.procs[process].address) as channel:
+        if process.startswith("retrieval"):
+            search = retrieval_service_pb2_grpc.RetrievalServiceStub(channel).Search
 
             async def call() -> None:
                 try:
-                    await stub.Search(search, timeout=10)
+                    await search(SEARCH, timeout=10)
                 except grpc.aio.AioRpcError as e:
                     assert e.code() == grpc.StatusCode.UNAVAILABLE, e
 
-            await asyncio.gather(
-                *(paced(calls // concurrency, LOAD_SECONDS, call) for _ in range(concurrency))
-            )
-
-    async def generations(process: str, calls: int, concurrency: int) -> None:
-        async with grpc.aio.insecure_channel(stack.procs[process].address) as channel:
-            stub = generation_service_pb2_grpc.GenerationServiceStub(channel)
+        else:
+            generate = generation_service_pb2_grpc.GenerationServiceStub(channel).Generate
 
             async def call() -> None:
-                async for _ in stub.Generate(generate, timeout=30):
+                async for _ in generate(GENERATE, timeout=30):
                     pass
 
-            await asyncio.gather(
-                *(paced(calls // concurrency, LOAD_SECONDS, call) for _ in range(concurrency))
-            )
+        async def worker(n: int) -> None:
+            start = time.monotonic()
+            for i in range(n):
+                if calls > 1:
+                    await asyncio.sleep(max(0.0, start + i * LOAD_SECONDS / n - time.monotonic()))
+                await call()
 
-    if warm_up:  # first calls pay lazy initialisation; a real canary is warm when analysed
-        await asyncio.gather(*(searches(p, 1, 1) for p in PROCESSES if p.startswith("retrieval")))
-        await asyncio.gather(*(generations(p, 2, 1) for p in PROCESSES if p.startswith("gen")))
-        return
+        await asyncio.gather(*(worker(calls // concurrency) for _ in range(concurrency)))
+
+
+async def warm_up(stack: Stack) -> None:
+    """First calls pay lazy initialisation; a real canary is warm when it is analysed."""
+    await asyncio.gather(*(load(stack, p, 1, 1) for p in PROCESSES))
+
+
+async def drive(stack: Stack) -> None:
     await asyncio.gather(
-        searches("retrieval-healthy", 400, 4),
-        searches("retrieval-errors", 400, 4),
-        searches("retrieval-slow", 200, 4),
+        load(stack, "retrieval-healthy", 400, 4),
+        load(stack, "retrieval-errors", 400, 4),
+        load(stack, "retrieval-slow", 200, 4),
     )
     # then the streams, without the searches competing for the two cores
     await asyncio.gather(
-        generations("generation-healthy", 40, 2),
-        generations("generation-slow", 8, 2),
+        load(stack, "generation-healthy", 40, 2),
+        load(stack, "generation-slow", 8, 2),
     )
 
 
@@ -176,7 +177,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
             )
         for name in PROCESSES:
             stack.wait_ready(name)
-        asyncio.run(drive(stack, warm_up=True))
+        asyncio.run(warm_up(stack))
         config = workdir / "prometheus.yml"
         config.write_text(yaml.safe_dump(scrape_config(stack)))
         port = free_port()
