@@ -11,7 +11,7 @@ KUBECTL := $(TOOLS)/bin/kubectl
 BUF_VERSION := 1.75.0
 STAMP := .build/stamps
 
-.PHONY: images image-locks render bench-mesh demo help venv tools proto check-proto buf-deps buf-lint buf-format lint typecheck test test-unit system-deps clean
+.PHONY: images image-locks render bench-mesh demo help venv tools proto check-proto buf-deps buf-lint buf-breaking buf-format lint typecheck test test-unit system-deps clean
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -69,6 +69,16 @@ buf-deps: venv
 buf-lint: tools buf-deps ## buf lint and buf format check
 	$(BUF) lint
 	$(BUF) format -d --exit-code proto
+
+BUF_AGAINST ?= main
+buf-breaking: tools buf-deps ## buf breaking: proto/ against the git ref BUF_AGAINST (default main)
+	@rm -rf .build/against && mkdir -p .build/against/.build
+	git archive $(BUF_AGAINST) buf.yaml proto | tar -x -C .build/against
+	cp -r .build/googleapis .build/against/.build/
+	cd .build/against && $(CURDIR)/$(BUF) build -o ../against.binpb
+	$(BUF) build -o .build/current.binpb
+	$(BUF) breaking .build/current.binpb --against .build/against.binpb
+	@echo "no breaking change against $(BUF_AGAINST)"
 
 lint: venv ## ruff
 	$(VENV)/bin/ruff check svc tests bench

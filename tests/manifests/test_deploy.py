@@ -21,8 +21,7 @@ from cloudcoil.resources import get_model
 from google.protobuf import json_format
 
 from ragmesh.kit.channels import API_FILES
-from tests.support.contract import ROOT
-from tests.support.tools import kubectl, promtool
+from tests.support.tools import kustomize, promtool
 
 K8S_VERSION = "1.35.0"
 ENVIRONMENTS = ("prod", "staging", "dev")
@@ -44,15 +43,8 @@ REMOVED = {
 }
 
 
-@functools.cache
 def render(environment: str) -> tuple[dict[str, Any], ...]:
-    out = subprocess.run(
-        [str(kubectl()), "kustomize", str(ROOT / "deploy" / environment)],
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
-    return tuple(d for d in yaml.safe_load_all(out) if d)
+    return kustomize(f"deploy/{environment}")
 
 
 def objects(environment: str, kind: str | None = None) -> Iterator[dict[str, Any]]:

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import shutil
+import subprocess
 from pathlib import Path
+from typing import Any
+
+import yaml
 
 from tests.support.contract import ROOT
 
@@ -14,6 +19,18 @@ def kubectl() -> Path:
     if not path.exists():
         raise FileNotFoundError(f"{path} is missing: run `make tools`")
     return path
+
+
+@functools.cache
+def kustomize(directory: str) -> tuple[dict[str, Any], ...]:
+    """The objects ``kubectl kustomize ROOT/<directory>`` renders (e.g. ``deploy/prod``)."""
+    out = subprocess.run(
+        [str(kubectl()), "kustomize", str(ROOT / directory)],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    return tuple(d for d in yaml.safe_load_all(out) if d)
 
 
 def _debian(name: str) -> Path:

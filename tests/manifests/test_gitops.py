@@ -1,0 +1,89 @@
+"""deploy/argocd: the Argo CD project and Applications that deploy the overlays.
+
+Argo CD cannot run here; its objects are held to a closed schema of Argo CD's documented
+API and checked against what they deploy: each Application's path renders, everything it
+renders may go where the project allows, and the fields Flagger rewrites during a canary
+are ones Argo CD ignores (or a sync would undo every promotion).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+import yaml
+
+from tests.support.tools import kustomize
+
+ROOT = Path(__file__).resolve().parents[2]
+SCHEMAS = yaml.safe_load((Path(__file__).parent / "schemas" / "argocd.yaml").read_text())
+ENVIRONMENTS = ("staging", "prod")
+
+
+def argocd(kind: str) -> dict[str, dict[str, Any]]:
+    return {d["metadata"]["name"]: d for d in kustomize("deploy/argocd") if d["kind"] == kind}
+
+
+def application(environment: str) -> dict[str, Any]:
+    return argocd("Application")[f"ragmesh-{environment}"]
+
+
+def test_every_object_matches_the_closed_schema() -> None:
+    docs = kustomize("deploy/argocd")
+    assert sorted(d["kind"] for d in docs) == ["AppProject", "Application", "Application"]
+    for doc in docs:
+        jsonschema.validate(doc, {"$defs": SCHEMAS["$defs"], **SCHEMAS[doc["kind"]]})
+
+
+def test_the_schema_rejects_a_misspelled_field() -> None:
+    doc = dict(application("staging"))
+    doc["spec"] = {**doc["spec"], "syncPolicy": {"automated": {"selfheal": True}}}
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(doc, {"$defs": SCHEMAS["$defs"], **SCHEMAS["Application"]})
+
+
+@pytest.mark.parametrize("environment", ENVIRONMENTS)
+def test_the_application_deploys_its_overlay_where_the_project_allows(environment: str) -> None:
+    app = application(environment)["spec"]
+    project = argocd("AppProject")[app["project"]]["spec"]
+    assert app["source"]["repoURL"] in project["sourceRepos"]
+    assert app["source"]["path"] == f"deploy/{environment}"
+    assert app["source"]["targetRevision"] == "main"  # what CI's promotion commits to
+    cluster = app["destination"]["name"]
+    allowed = {d["namespace"] for d in project["destinations"] if d["name"] == cluster}
+    assert app["destination"]["namespace"] == f"rag-{environment}"
+    cluster_kinds = {(c["group"], c["kind"]) for c in project["clusterResourceWhitelist"]}
+    for doc in kustomize(app["source"]["path"]):
+        namespace = doc["metadata"].get("namespace")
+        if namespace is None:
+            group = doc["apiVersion"].rpartition("/")[0]
+            assert (group, doc["kind"]) in cluster_kinds, doc["kind"]
+        else:
+            assert namespace in allowed, (doc["kind"], doc["metadata"]["name"], namespace)
+    others = {d["name"] for d in project["destinations"]} - {cluster}
+    assert others, "staging and prod must be different clusters: both render rag-infra"
+
+
+@pytest.mark.parametrize("environment", ENVIRONMENTS)
+def test_sync_is_automated_and_ignores_what_flagger_rewrites(environment: str) -> None:
+    spec = application(environment)["spec"]
+    policy = spec["syncPolicy"]
+    assert policy["automated"] == {"prune": True, "selfHeal": True}
+    assert "RespectIgnoreDifferences=true" in policy["syncOptions"]
+    ignored = {
+        (d.get("group", ""), d["kind"], pointer)
+        for d in spec["ignoreDifferences"]
+        for pointer in d["jsonPointers"]
+    }
+    canaries = [d for d in kustomize(spec["source"]["path"]) if d["kind"] == "Canary"]
+    assert canaries
+    for canary in canaries:
+        target = canary["spec"]["targetRef"]
+        assert ("apps", target["kind"], "/spec/replicas") in ignored
+        assert ("", "Service", "/spec/selector") in ignored
+        scaler = canary["spec"].get("autoscalerRef")
+        if scaler:
+            group = scaler["apiVersion"].rpartition("/")[0]
+            assert (group, scaler["kind"], "/spec/scaleTargetRef") in ignored, scaler
