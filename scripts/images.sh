@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # make images: build every CPU image with buildah (vfs storage, chroot isolation) on a local
 # Debian base made with debootstrap, then start each one and use it (scripts/image_smoke.py).
+# make images-cuda (FLAVOR=cuda): build retrieval-cuda and generation-cuda the same way and
+# run the stack with them in place of the CPU retrieval and generation (no GPU needed).
 #
 #   REGISTRY   image names' prefix                  (ghcr.io/ragmesh, as in rollouts/)
 #   TAG        image tag                             (the version in pyproject.toml)
@@ -16,29 +18,39 @@ REGISTRY=${REGISTRY:-ghcr.io/ragmesh}
 VERSION=$("$PY" -c 'import tomllib; print(tomllib.load(open("pyproject.toml","rb"))["project"]["version"])')
 TAG=${TAG:-$VERSION}
 REVISION=$(git rev-parse HEAD 2>/dev/null || echo unknown)
-TARGETS=(query ingest retrieval gate embedding generation)
+FLAVOR=${FLAVOR:-cpu}
+if [ "$FLAVOR" = cuda ]; then
+  DOCKERFILE=images/cuda.Dockerfile SUFFIX=-cuda TARGETS=(retrieval generation)
+else
+  DOCKERFILE=images/Dockerfile SUFFIX="" TARGETS=(query ingest retrieval gate embedding generation)
+fi
 LOGS=.build/images
 mkdir -p "$LOGS"
 
 "$PY" scripts/image_locks.py --check
-PIP=.venv/bin/pip bash scripts/wheelhouse.sh cpu 2> >(grep -v "^WARNING: Location" >&2)
+PIP=.venv/bin/pip bash scripts/wheelhouse.sh "$FLAVOR" 2> >(grep -v "^WARNING: Location" >&2)
 if [ -z "${BASE_IMAGE:-}" ]; then
   BASE_IMAGE=localhost/ragmesh-base:bookworm
   bash scripts/base-image.sh "$BASE_IMAGE"
 fi
 
 for target in "${TARGETS[@]}"; do
-  image=$REGISTRY/$target:$TAG
+  image=$REGISTRY/$target$SUFFIX:$TAG
   start=$SECONDS
   if ! buildah "${flags[@]}" bud --isolation chroot --layers --pull-never \
-      -f images/Dockerfile --target "$target" \
+      -f "$DOCKERFILE" --target "$target" \
       --build-arg BASE_IMAGE="$BASE_IMAGE" --build-arg VERSION="$VERSION" \
-      --build-arg REVISION="$REVISION" -t "$image" . >"$LOGS/build-$target.log" 2>&1; then
-    tail -30 "$LOGS/build-$target.log"
-    echo "building $image failed; log: $LOGS/build-$target.log" >&2
+      --build-arg REVISION="$REVISION" -t "$image" . >"$LOGS/build-$target$SUFFIX.log" 2>&1; then
+    tail -30 "$LOGS/build-$target$SUFFIX.log"
+    echo "building $image failed; log: $LOGS/build-$target$SUFFIX.log" >&2
     exit 1
   fi
   echo "built $image in $((SECONDS - start)) s"
 done
 
-"$PY" scripts/image_smoke.py --registry "$REGISTRY" --tag "$TAG"
+if [ "$FLAVOR" = cuda ]; then
+  "$PY" scripts/image_smoke.py --registry "$REGISTRY" --tag "$TAG" --suffix retrieval=-cuda \
+    --suffix generation=-cuda --budget-mb 0
+else
+  "$PY" scripts/image_smoke.py --registry "$REGISTRY" --tag "$TAG"
+fi
