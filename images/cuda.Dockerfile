@@ -12,8 +12,8 @@ ARG BASE_IMAGE=docker.io/library/python:3.11-slim-bookworm
 
 FROM ${BASE_IMAGE} AS builder
 WORKDIR /build
-COPY .build/wheelhouse/cuda/ /build/wheels/
 COPY images/requirements-cuda.txt images/prune-venv.sh /build/
+COPY .build/wheelhouse/cuda/ /build/wheels/
 ENV PYTHONPATH=/build/pip \
     PIP_NO_INDEX=1 \
     PIP_FIND_LINKS=/build/wheels \
