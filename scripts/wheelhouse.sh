@@ -16,10 +16,14 @@ case $flavor in
 esac
 mkdir -p "$dir"
 rm -f "$dir"/ragmesh-*.whl
-args=()
-for lock in "${locks[@]}" images/requirements-build.txt; do args+=(-r "$lock"); done
+# Markers are dropped: the host's Python decides nothing. A pin only an image's 3.11 release
+# needs (async-timeout below 3.11.3, Debian's 3.11.2) must be in the wheelhouse too; the
+# image's pip evaluates the markers when it installs.
+wanted=$(mktemp)
+trap 'rm -f "$wanted"' EXIT
+sed -e 's/#.*//' -e 's/ *;.*//' "${locks[@]}" images/requirements-build.txt | sort -u | grep . >"$wanted"
 # --no-deps: the locks are complete closures; the builder's --no-index install proves it.
-"$PIP" download --quiet --no-deps --only-binary=:all: --dest "$dir" "${args[@]}"
+"$PIP" download --quiet --no-deps --only-binary=:all: --dest "$dir" -r "$wanted"
 # setuptools' build/ keeps modules deleted since the last build: start from none.
 rm -rf build
 "$PIP" wheel --quiet --no-deps --wheel-dir "$dir" .
