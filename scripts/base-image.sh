@@ -27,4 +27,4 @@ buildah "${flags[@]}" config --env PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin
   --label org.opencontainers.image.description="Debian bookworm minbase + python3 (debootstrap)" \
   "$ctr"
 buildah "${flags[@]}" commit --quiet --rm "$ctr" "$name" >/dev/null
-echo "base image $name: $(buildah "${flags[@]}" inspect --type image --format '{{.Docker.Size}}' "$name" 2>/dev/null || true)"
+echo "base image $name: $(buildah "${flags[@]}" images --format '{{.Size}}' "$name")"
