@@ -8,11 +8,13 @@
 #   TAG        image tag                             (the version in pyproject.toml)
 #   BASE_IMAGE an existing base instead of the debootstrap one (e.g. python:3.11-slim-bookworm)
 #   IMAGE_STORE buildah's storage root; vfs copies every layer, keep it off small disks
+#   STORAGE_DRIVER vfs (default) or overlay (far less disk; what the CUDA images need)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 STORE=${IMAGE_STORE:-/var/tmp/ragmesh-images}
-export BUILDAH_FLAGS="--storage-driver vfs --root $STORE/root --runroot $STORE/run"
+DRIVER=${STORAGE_DRIVER:-vfs}  # vfs works everywhere; overlay, where the kernel allows it, is lighter
+export BUILDAH_FLAGS="--storage-driver $DRIVER --root $STORE/root --runroot $STORE/run"
 read -r -a flags <<<"$BUILDAH_FLAGS"
 REGISTRY=${REGISTRY:-ghcr.io/ragmesh}
 VERSION=$("$PY" -c 'import tomllib; print(tomllib.load(open("pyproject.toml","rb"))["project"]["version"])')
