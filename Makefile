@@ -85,8 +85,8 @@ buf-breaking: tools buf-deps ## buf breaking: proto/ against the git ref BUF_AGA
 	@echo "no breaking change against $(BUF_AGAINST)"
 
 lint: venv ## ruff
-	$(VENV)/bin/ruff check svc tests bench
-	$(VENV)/bin/ruff format --check svc tests bench
+	$(VENV)/bin/ruff check svc tests bench scripts
+	$(VENV)/bin/ruff format --check svc tests bench scripts
 
 typecheck: venv ## mypy --strict on svc/
 	$(VENV)/bin/mypy
