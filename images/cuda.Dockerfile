@@ -13,14 +13,14 @@ ARG BASE_IMAGE=docker.io/library/python:3.11-slim-bookworm
 FROM ${BASE_IMAGE} AS builder
 WORKDIR /build
 COPY images/requirements-cuda.txt images/prune-venv.sh /build/
-COPY .build/wheelhouse/cuda/ /build/wheels/
 ENV PYTHONPATH=/build/pip \
     PIP_NO_INDEX=1 \
     PIP_FIND_LINKS=/build/wheels \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 # ragmesh's wheel goes in with --no-deps: its declared faiss-cpu is replaced by faiss-gpu-cu12.
-RUN python3 -m zipfile -e /build/wheels/pip-*.whl /build/pip \
+RUN --mount=type=bind,source=.build/wheelhouse/cuda,target=/build/wheels \
+    python3 -m zipfile -e /build/wheels/pip-*.whl /build/pip \
  && python3 -m venv --without-pip /opt/ragmesh \
  && /opt/ragmesh/bin/python -m pip install -r requirements-cuda.txt \
  && /opt/ragmesh/bin/python -m pip install --no-deps /build/wheels/ragmesh-*.whl \

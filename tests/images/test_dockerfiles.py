@@ -115,7 +115,7 @@ def dockerignore_allows(path: str) -> bool:
 
 
 @pytest.mark.parametrize("path", DOCKERFILES, ids=lambda p: p.name)
-def test_the_build_context_holds_what_copy_needs_and_nothing_else(path: Path) -> None:
+def test_the_build_context_holds_what_the_build_reads_and_nothing_else(path: Path) -> None:
     df = parse(path)
     for stage in df.stages.values():
         for copy in stage.all("COPY"):
@@ -126,6 +126,11 @@ def test_the_build_context_holds_what_copy_needs_and_nothing_else(path: Path) ->
                 assert dockerignore_allows(source.rstrip("/")), source
                 if not source.startswith(".build/"):  # the wheelhouse is made by the build
                     assert (ROOT / source).exists(), source
+        for run in stage.all("RUN"):
+            for source in re.findall(r"--mount=type=bind,source=([^,\s]+)", run.args):
+                assert dockerignore_allows(source), source
+    mounts = [i for s in df.stages.values() for i in s.all("RUN") if "--mount=type=bind" in i.args]
+    assert mounts, "the builders bind-mount the wheelhouse instead of copying it into a layer"
     for kept in ("svc/ragmesh/kit/config.py", ".venv/bin/python", "tests/conftest.py", ".git"):
         assert not dockerignore_allows(kept), kept
 
