@@ -4,8 +4,9 @@
 set -eu
 venv=${1:?usage: prune-venv.sh VENV}
 for site in "$venv"/lib/python3*/site-packages; do
-  find "$site" -depth -type d \( -name tests -o -name __pycache__ -path '*/tests/*' \) \
-    -exec rm -rf {} +
+  # numpy's own tests stay: numpy.testing imports numpy._core.tests, and scipy imports
+  # numpy.testing at start (seen with numpy 2.2 in the CUDA image).
+  find "$site" -depth -type d -name tests ! -path '*/numpy/*' -exec rm -rf {} +
   if [ -d "$site/torch" ]; then
     rm -rf "$site/torch/test" "$site/torch/include"
     find "$site/torch/bin" -mindepth 1 -maxdepth 1 ! -name torch_shm_manager -exec rm -rf {} +
