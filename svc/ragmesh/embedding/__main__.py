@@ -28,7 +28,7 @@ def build(engine: EmbeddingEngine) -> ServiceSpec:
 
 def main() -> None:
     settings = config.load()
-    configure_logging(settings.server.log_level)
+    configure_logging(settings.server.log_level, "embedding")
     asyncio.run(run(settings.server, build(EmbeddingEngine(settings.embedding))))
 
 

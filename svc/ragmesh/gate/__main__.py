@@ -19,7 +19,7 @@ from ragmesh.kit.server import configure_logging
 
 def main() -> None:
     settings = config.load()
-    configure_logging(settings.server.log_level)
+    configure_logging(settings.server.log_level, "gate")
     if settings.gate.golden is None:
         raise ConfigError("RAGMESH_GATE_GOLDEN is required")
     golden = load_golden(settings.gate.golden)

@@ -24,7 +24,7 @@ def build(service: GenerationService) -> ServiceSpec:
 
 def main() -> None:
     settings = config.load()
-    configure_logging(settings.server.log_level)
+    configure_logging(settings.server.log_level, "generation")
     engine = create_engine(settings.generation, settings.embedding)
     service = GenerationService(
         settings.generation, engine, first_token_delay=settings.server.fault_delay

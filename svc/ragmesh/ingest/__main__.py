@@ -40,7 +40,7 @@ def build(worker: IngestWorker) -> ServiceSpec:
 def main() -> None:
     settings = config.load()
     settings.peers.require("embedding_addr", "retrieval_addr", "redis_url")
-    configure_logging(settings.server.log_level)
+    configure_logging(settings.server.log_level, "ingest")
     consumer = settings.ingest.consumer or f"{socket.gethostname()}-{os.getpid()}"
 
     async def serve() -> None:

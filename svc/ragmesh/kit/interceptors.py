@@ -176,6 +176,51 @@ class MetricsInterceptor(_Interceptor):
         return wrapped
 
 
+access_log = logging.getLogger("ragmesh.access")
+
+
+def _log_call(method: str, code: str, start: float) -> None:
+    duration_ms = round((time.perf_counter() - start) * 1000, 3)
+    extra = {"method": method, "grpc_code": code, "duration_ms": duration_ms}
+    access_log.info("%s %s %.1f ms", method, code, duration_ms, extra=extra)
+
+
+class AccessLogInterceptor(_Interceptor):
+    """One INFO line per API call with its method, status and duration; run inside
+    :class:`CallContextInterceptor` so the line carries the call's request and trace ids."""
+
+    only_api = True
+
+    def unary(self, method: str, behavior: Unary) -> Unary:
+        async def wrapped(request: Any, context: Context) -> Any:
+            start = time.perf_counter()
+            error: BaseException | None = None
+            try:
+                return await behavior(request, context)
+            except BaseException as e:
+                error = e
+                raise
+            finally:
+                _log_call(method, _code_name(context, error), start)
+
+        return wrapped
+
+    def stream(self, method: str, behavior: Stream) -> Stream:
+        async def wrapped(request: Any, context: Context) -> AsyncIterator[Any]:
+            start = time.perf_counter()
+            error: BaseException | None = None
+            try:
+                async for message in _iterate(behavior, request, context):
+                    yield message
+            except BaseException as e:
+                error = e
+                raise
+            finally:
+                _log_call(method, _code_name(context, error), start)
+
+        return wrapped
+
+
 class CallContextInterceptor(_Interceptor):
     """Binds the request id, tracing headers and deadline of the call for outbound calls."""
 

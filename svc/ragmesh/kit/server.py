@@ -21,8 +21,10 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
+from ragmesh.kit import logs
 from ragmesh.kit.config import ServerSettings
 from ragmesh.kit.interceptors import (
+    AccessLogInterceptor,
     CallContextInterceptor,
     ConcurrencyLimit,
     ErrorInterceptor,
@@ -86,6 +88,7 @@ class ServiceHost:
             interceptors=[
                 MetricsInterceptor(),
                 CallContextInterceptor(),
+                AccessLogInterceptor(),
                 ErrorInterceptor(),
                 self.limiter,
                 *faults(settings),
@@ -176,9 +179,6 @@ async def run(settings: ServerSettings, spec: ServiceSpec) -> None:
         await stopping[0]
 
 
-def configure_logging(level: str) -> None:
-    """Plain structured-enough log lines until the observability work replaces them."""
-    logging.basicConfig(
-        level=level,
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-    )
+def configure_logging(level: str, service: str) -> None:
+    """JSON log lines on stderr (see :mod:`ragmesh.kit.logs`)."""
+    logs.configure(level, service)

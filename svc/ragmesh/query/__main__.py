@@ -32,7 +32,7 @@ def main() -> None:
     settings = config.load()
     p = settings.peers
     p.require("embedding_addr", "retrieval_addr", "generation_addr", "redis_url")
-    configure_logging(settings.server.log_level)
+    configure_logging(settings.server.log_level, "query")
 
     async def serve() -> None:
         channels = [

@@ -23,7 +23,7 @@ def build(engine: RetrievalEngine) -> ServiceSpec:
 
 def main() -> None:
     settings = config.load()
-    configure_logging(settings.server.log_level)
+    configure_logging(settings.server.log_level, "retrieval")
     asyncio.run(run(settings.server, build(RetrievalEngine(settings.retrieval))))
 
 

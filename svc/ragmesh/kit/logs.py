@@ -1,0 +1,72 @@
+"""JSON log lines: one object per line with the call's correlation ids.
+
+Every line carries ``timestamp`` (UTC, RFC 3339), ``level``, ``service``, ``logger`` and
+``message``; inside an RPC also ``request_id`` (Envoy's ``x-request-id``) and ``trace_id``
+(from the W3C ``traceparent`` or B3 headers the call arrived with). The access log adds
+``method``, ``grpc_code`` and ``duration_ms``. Messages never carry request bodies: the
+access log names the method, not what was asked.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import traceback
+from datetime import UTC, datetime
+from typing import Any
+
+from ragmesh.kit import callcontext
+
+#: fields a log call may add with ``extra=``
+EXTRA_FIELDS = ("method", "grpc_code", "duration_ms", "peer")
+
+
+def trace_id(ctx: callcontext.CallContext | None) -> str:
+    """The trace id the call arrived with: traceparent first, then B3, else empty."""
+    if ctx is None:
+        return ""
+    headers = dict(ctx.headers)
+    parts = headers.get("traceparent", "").split("-")
+    if len(parts) == 4 and len(parts[1]) == 32:
+        return parts[1]
+    single = headers.get("b3", "").split("-")[0]
+    return headers.get("x-b3-traceid", "") or (single if len(single) in (16, 32) else "")
+
+
+class JsonFormatter(logging.Formatter):
+    """Formats a record as one JSON object on one line."""
+
+    def __init__(self, service: str) -> None:
+        super().__init__()
+        self.service = service
+
+    def format(self, record: logging.LogRecord) -> str:
+        stamp = datetime.fromtimestamp(record.created, UTC)
+        line: dict[str, Any] = {
+            "timestamp": stamp.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            "level": record.levelname,
+            "service": self.service,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        ctx = callcontext.current()
+        if ctx is not None:
+            line["request_id"] = ctx.request_id
+            if found := trace_id(ctx):
+                line["trace_id"] = found
+        for name in EXTRA_FIELDS:
+            if hasattr(record, name):
+                line[name] = getattr(record, name)
+        if record.exc_info:
+            line["exception"] = "".join(traceback.format_exception(*record.exc_info)).rstrip()
+        return json.dumps(line, ensure_ascii=False)
+
+
+def configure(level: str, service: str) -> None:
+    """Send every logger's records to stderr as JSON lines at ``level``."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter(service))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
