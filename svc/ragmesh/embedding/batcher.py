@@ -17,12 +17,26 @@ from typing import Generic, TypeVar
 
 import numpy as np
 import numpy.typing as npt
+from prometheus_client import Counter, Histogram
 
 from ragmesh.kit.errors import Overloaded
 
 K = TypeVar("K")
 Matrix = npt.NDArray[np.float32]
 EncodeFn = Callable[[Sequence[str], K], Matrix]
+
+
+BATCH_TEXTS = Histogram(
+    "ragmesh_embedding_batch_texts",
+    "Texts per encode call (the micro-batch size).",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+)
+ENCODE_SECONDS = Histogram(
+    "ragmesh_embedding_encode_seconds",
+    "Time of one encode call, in seconds.",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+)
+TEXTS = Counter("ragmesh_embedding_texts_total", "Texts embedded (rate: texts per second).")
 
 
 @dataclass
@@ -108,6 +122,7 @@ class MicroBatcher(Generic[K]):
             for key in dict.fromkeys(p.key for p in live):
                 group = [p for p in live if p.key == key]
                 texts = [t for p in group for t in p.texts]
+                started = time.perf_counter()
                 try:
                     vectors = await loop.run_in_executor(self._executor, self._encode, texts, key)
                 except Exception as e:  # the encode failed: every caller in the group sees it
@@ -115,6 +130,9 @@ class MicroBatcher(Generic[K]):
                         if not p.future.done():
                             p.future.set_exception(e)
                     continue
+                ENCODE_SECONDS.observe(time.perf_counter() - started)
+                BATCH_TEXTS.observe(len(texts))
+                TEXTS.inc(len(texts))
                 self.stats.batches += 1
                 self.stats.texts += len(texts)
                 self.stats.largest = max(self.stats.largest, len(texts))

@@ -11,10 +11,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TypeVar
+
+from prometheus_client import Gauge, Histogram
 
 from ragmesh.kit.config import RetrievalSettings
 from ragmesh.kit.errors import NotReady, ReadOnlyReplica
@@ -23,6 +26,20 @@ from ragmesh.retrieval.store import ChunkIn, ChunkStore, Hit, Limits
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
+
+
+SEARCH_SECONDS = Histogram(
+    "ragmesh_retrieval_search_seconds",
+    "Time of one (batched) index search, in seconds.",
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1),
+)
+RESULTS = Histogram(
+    "ragmesh_retrieval_results",
+    "Hits returned per query vector.",
+    buckets=(0, 1, 2, 5, 10, 20, 50, 100),
+)
+INDEX_CHUNKS = Gauge("ragmesh_retrieval_index_chunks", "Chunks in the index.")
+INDEX_VERSION = Gauge("ragmesh_retrieval_index_version", "Index version (writes applied).")
 
 
 @dataclass(frozen=True)
@@ -72,6 +89,9 @@ class RetrievalEngine:
         """Load the snapshot and replay the log."""
         await self._run(lambda: self.store.open(self.writable))
         self._open = True
+        # Read at scrape time: readers follow the writer's log without a write of their own.
+        INDEX_CHUNKS.set_function(lambda: self.store.count)
+        INDEX_VERSION.set_function(lambda: self.store.version)
         if not self.writable:
             self._follower = asyncio.create_task(self._follow())
 
@@ -125,7 +145,12 @@ class RetrievalEngine:
         queries = self.store.validate_queries(count, dimension, data, top_k)
 
         def work() -> tuple[list[list[Hit]], int]:
-            return self.store.search(queries, top_k, where), self.store.version
+            started = time.perf_counter()
+            hits = self.store.search(queries, top_k, where)
+            SEARCH_SECONDS.observe(time.perf_counter() - started)
+            for found in hits:
+                RESULTS.observe(len(found))
+            return hits, self.store.version
 
         return await self._run(work)
 
