@@ -243,6 +243,16 @@ class JobQueue:
                 if "BUSYGROUP" not in str(e):
                     raise
 
+    async def backlog(self) -> tuple[int, int]:
+        """(entries delivered but not acknowledged, entries not yet delivered) of the group."""
+        async with redis_errors("stream info"):
+            groups: Any = await self.redis.xinfo_groups(self.stream)
+        for g in groups:
+            name = g["name"].decode() if isinstance(g["name"], bytes) else g["name"]
+            if name == GROUP:
+                return int(g["pending"]), int(g.get("lag") or 0)
+        return 0, 0
+
     def _entries(self, rows: Any) -> list[Entry]:
         out = []
         for entry_id, fields in rows or ():

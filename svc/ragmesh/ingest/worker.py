@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from prometheus_client import Counter
+from prometheus_client import Counter, Gauge
 
 from ragmesh.embedding.model import Purpose
 from ragmesh.ingest.chunking import chunk, chunk_id
@@ -24,6 +24,10 @@ log = logging.getLogger(__name__)
 
 DOCUMENTS = Counter("ragmesh_ingest_documents_total", "Documents processed.", ["outcome"])
 CHUNKS = Counter("ragmesh_ingest_chunks_total", "Chunks upserted.")
+PENDING = Gauge(
+    "ragmesh_ingest_queue_pending", "Stream entries delivered to a worker, not yet acknowledged."
+)
+LAG = Gauge("ragmesh_ingest_queue_lag", "Stream entries not yet delivered to any worker.")
 RETRIES = Counter("ragmesh_ingest_retries_total", "Documents left pending after an outage.")
 
 
@@ -76,6 +80,9 @@ class IngestWorker:
             entries = await self.queue.read(self.consumer, 1, self.block_ms, pending=False)
         for entry in entries:
             await self.process(entry)
+        pending, lag = await self.queue.backlog()
+        PENDING.set(pending)
+        LAG.set(lag)
         return len(entries)
 
     async def process(self, entry: Entry) -> None:
