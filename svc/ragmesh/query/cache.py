@@ -21,6 +21,8 @@ BYPASS = Counter(
     "ragmesh_cache_bypass_total", "Cache operations skipped because Redis failed.", ["op"]
 )
 LOOKUPS = Counter("ragmesh_cache_lookups_total", "Cache lookups by result.", ["cache", "result"])
+for _op in ("get", "set"):  # exported at 0 from the start, so rate() and dashboards see them
+    BYPASS.labels(_op)
 
 
 class Cache(Protocol):
