@@ -136,11 +136,23 @@ def _code_name(context: Context, error: BaseException | None) -> str:
     return "UNKNOWN" if error is not None else "OK"
 
 
+access_log = logging.getLogger("ragmesh.access")
+
+
+def _log_call(method: str, code: str, start: float) -> None:
+    duration_ms = round((time.perf_counter() - start) * 1000, 3)
+    extra = {"method": method, "grpc_code": code, "duration_ms": duration_ms}
+    access_log.info("%s %s %.1f ms", method, code, duration_ms, extra=extra)
+
+
 class MetricsInterceptor(_Interceptor):
-    """Exports grpc_server_started_total, grpc_server_handled_total and handling seconds."""
+    """Exports grpc_server_started_total, grpc_server_handled_total and handling seconds, and
+    writes one access-log line per API call (health and reflection are counted, not logged).
+    Runs inside :class:`CallContextInterceptor`, so the line carries the call's ids."""
 
     def unary(self, method: str, behavior: Unary) -> Unary:
         labels = metrics.method_labels(method, "unary")
+        logged = method.startswith("/ragmesh.")
 
         async def wrapped(request: Any, context: Context) -> Any:
             metrics.STARTED.labels(*labels).inc()
@@ -152,12 +164,16 @@ class MetricsInterceptor(_Interceptor):
                 error = e
                 raise
             finally:
-                metrics.observe_handled(labels, _code_name(context, error), start)
+                code = _code_name(context, error)
+                metrics.observe_handled(labels, code, start)
+                if logged:
+                    _log_call(method, code, start)
 
         return wrapped
 
     def stream(self, method: str, behavior: Stream) -> Stream:
         labels = metrics.method_labels(method, "server_stream")
+        logged = method.startswith("/ragmesh.")
 
         async def wrapped(request: Any, context: Context) -> AsyncIterator[Any]:
             metrics.STARTED.labels(*labels).inc()
@@ -171,52 +187,10 @@ class MetricsInterceptor(_Interceptor):
                 error = e
                 raise
             finally:
-                metrics.observe_handled(labels, _code_name(context, error), start)
-
-        return wrapped
-
-
-access_log = logging.getLogger("ragmesh.access")
-
-
-def _log_call(method: str, code: str, start: float) -> None:
-    duration_ms = round((time.perf_counter() - start) * 1000, 3)
-    extra = {"method": method, "grpc_code": code, "duration_ms": duration_ms}
-    access_log.info("%s %s %.1f ms", method, code, duration_ms, extra=extra)
-
-
-class AccessLogInterceptor(_Interceptor):
-    """One INFO line per API call with its method, status and duration; run inside
-    :class:`CallContextInterceptor` so the line carries the call's request and trace ids."""
-
-    only_api = True
-
-    def unary(self, method: str, behavior: Unary) -> Unary:
-        async def wrapped(request: Any, context: Context) -> Any:
-            start = time.perf_counter()
-            error: BaseException | None = None
-            try:
-                return await behavior(request, context)
-            except BaseException as e:
-                error = e
-                raise
-            finally:
-                _log_call(method, _code_name(context, error), start)
-
-        return wrapped
-
-    def stream(self, method: str, behavior: Stream) -> Stream:
-        async def wrapped(request: Any, context: Context) -> AsyncIterator[Any]:
-            start = time.perf_counter()
-            error: BaseException | None = None
-            try:
-                async for message in _iterate(behavior, request, context):
-                    yield message
-            except BaseException as e:
-                error = e
-                raise
-            finally:
-                _log_call(method, _code_name(context, error), start)
+                code = _code_name(context, error)
+                metrics.observe_handled(labels, code, start)
+                if logged:
+                    _log_call(method, code, start)
 
         return wrapped
 

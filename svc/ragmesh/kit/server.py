@@ -24,7 +24,6 @@ from prometheus_client import start_http_server
 from ragmesh.kit import logs
 from ragmesh.kit.config import ServerSettings
 from ragmesh.kit.interceptors import (
-    AccessLogInterceptor,
     CallContextInterceptor,
     ConcurrencyLimit,
     ErrorInterceptor,
@@ -86,9 +85,8 @@ class ServiceHost:
         self.limiter = ConcurrencyLimit(settings.max_concurrent_rpcs)
         self.server = grpc.aio.server(
             interceptors=[
-                MetricsInterceptor(),
                 CallContextInterceptor(),
-                AccessLogInterceptor(),
+                MetricsInterceptor(),
                 ErrorInterceptor(),
                 self.limiter,
                 *faults(settings),
