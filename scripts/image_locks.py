@@ -59,11 +59,15 @@ def locked_versions() -> dict[str, str]:
 
 def closure(roots: list[str]) -> set[str]:
     """Every distribution ``roots`` need on this platform, extras followed as asked."""
-    seen: set[str] = set()
+    visited: set[tuple[str, tuple[str, ...]]] = set()  # (name, extras) already expanded
     todo = [Requirement(r) for r in roots]
     while todo:
         req = todo.pop()
-        key = canonicalize_name(req.name)
+        extras = tuple(sorted(req.extras))
+        mark = (canonicalize_name(req.name), extras)
+        if mark in visited:
+            continue
+        visited.add(mark)
         try:
             requires = metadata.requires(req.name) or []
         except metadata.PackageNotFoundError:
@@ -71,13 +75,8 @@ def closure(roots: list[str]) -> set[str]:
             # dependencies cannot be read, and the image build's --no-index install and
             # `pip check` are what prove it needs none.
             requires = []
-        extras = sorted(req.extras)
-        new = [r for r in map(Requirement, requires) if _applies(r, extras)]
-        if key in seen and not extras:
-            continue
-        seen.add(key)
-        todo.extend(new)
-    return seen
+        todo.extend(r for r in map(Requirement, requires) if _applies(r, list(extras)))
+    return {name for name, _ in visited}
 
 
 # An image's Python is some 3.11 release (Debian bookworm ships 3.11.2): a dependency whose
@@ -95,10 +94,11 @@ def _applies(req: Requirement, extras: list[str]) -> bool:
 
 
 def render(name: str, roots: list[str], pins: dict[str, str]) -> str:
-    missing = sorted(d for d in closure(roots) if d not in pins)
+    needed = sorted(closure(roots))
+    missing = [d for d in needed if d not in pins]
     if missing:
         raise SystemExit(f"not pinned in requirements.lock: {', '.join(missing)}")
-    lines = [f"{d}=={pins[d]}" for d in sorted(closure(roots))]
+    lines = [f"{d}=={pins[d]}" for d in needed]
     return HEADER.format(name=name, what=WHAT[name]) + "\n".join(lines) + "\n"
 
 
