@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.dockerfile import Dockerfile, parse
+from tests.support.dockerfile import parse
 from tests.support.tools import kustomize
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -52,10 +52,6 @@ def test_every_stage_starts_from_the_base_image_argument(path: Path) -> None:
         assert stage.base == "${BASE_IMAGE}" or stage.base in df.stages, stage
 
 
-def runtime_lineage(df: Dockerfile, target: str) -> list[str]:
-    return [s.name for s in df.lineage(target)]
-
-
 @pytest.mark.parametrize("path", DOCKERFILES, ids=lambda p: p.name)
 def test_every_image_runs_its_service_as_a_numeric_non_root_user(path: Path) -> None:
     df = parse(path)
@@ -91,7 +87,7 @@ def test_no_secret_is_baked_in(path: Path) -> None:
     df = parse(path)
     keys = [
         key
-        for s in [*df.stages.values()]
+        for s in df.stages.values()
         for i in s.instructions
         if i.keyword in ("ENV", "ARG")
         for key in re.findall(r"(?:^|\s)(\w+)(?:=|$)", i.args)
