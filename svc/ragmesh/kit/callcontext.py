@@ -41,6 +41,7 @@ class CallContext:
     request_id: str
     headers: tuple[tuple[str, str], ...]
     deadline: float | None  # time.monotonic() instant, or None when the caller set none
+    trace_id: str = ""  # from traceparent, else B3; empty when the call came untraced
 
     def remaining(self) -> float | None:
         """Seconds left before the caller's deadline, or None without one."""
@@ -71,7 +72,16 @@ def from_metadata(
         request_id = uuid.uuid4().hex
     headers.append((REQUEST_ID_KEY, request_id))
     deadline = None if remaining is None else time.monotonic() + remaining
-    return CallContext(request_id=request_id, headers=tuple(headers), deadline=deadline)
+    return CallContext(request_id, tuple(headers), deadline, _trace_id(dict(headers)))
+
+
+def _trace_id(headers: dict[str, str]) -> str:
+    """The trace id the call arrived with: W3C traceparent first, then B3."""
+    parts = headers.get("traceparent", "").split("-")
+    if len(parts) == 4 and len(parts[1]) == 32:
+        return parts[1]
+    single = headers.get("b3", "").split("-")[0]
+    return headers.get("x-b3-traceid", "") or (single if len(single) in (16, 32) else "")
 
 
 def current() -> CallContext | None:

@@ -22,18 +22,6 @@ from ragmesh.kit import callcontext
 EXTRA_FIELDS = ("method", "grpc_code", "duration_ms", "peer")
 
 
-def trace_id(ctx: callcontext.CallContext | None) -> str:
-    """The trace id the call arrived with: traceparent first, then B3, else empty."""
-    if ctx is None:
-        return ""
-    headers = dict(ctx.headers)
-    parts = headers.get("traceparent", "").split("-")
-    if len(parts) == 4 and len(parts[1]) == 32:
-        return parts[1]
-    single = headers.get("b3", "").split("-")[0]
-    return headers.get("x-b3-traceid", "") or (single if len(single) in (16, 32) else "")
-
-
 class JsonFormatter(logging.Formatter):
     """Formats a record as one JSON object on one line."""
 
@@ -53,8 +41,8 @@ class JsonFormatter(logging.Formatter):
         ctx = callcontext.current()
         if ctx is not None:
             line["request_id"] = ctx.request_id
-            if found := trace_id(ctx):
-                line["trace_id"] = found
+            if ctx.trace_id:
+                line["trace_id"] = ctx.trace_id
         for name in EXTRA_FIELDS:
             if hasattr(record, name):
                 line[name] = getattr(record, name)
