@@ -1,6 +1,7 @@
 """Structured logs read from a running service: every line is one JSON object; each API call
-gets one access line with the request id Envoy sent, the trace id of its traceparent, the
-method, the status and the duration; document texts never reach the log at INFO."""
+gets one access line with the request id Envoy sent, the trace and span ids of its
+traceparent, the method, the status and the duration (with tracing on, the ids of the
+service's own span: tests/mesh/test_failover.py); document texts never reach the log at INFO."""
 
 from __future__ import annotations
 
@@ -82,6 +83,7 @@ def test_a_call_logs_one_access_line_with_its_correlation_ids(retrieval: Stack) 
     line = access[0]
     assert line["method"] == "/ragmesh.v1.RetrievalService/Upsert"
     assert line["grpc_code"] == "OK" and line["trace_id"] == TRACE
+    assert line["span_id"] == "00f067aa0ba902b7"  # tracing off: the sidecar's span
     assert isinstance(line["duration_ms"], float) and line["duration_ms"] >= 0
     assert line["service"] == "retrieval" and line["level"] == "INFO"
 

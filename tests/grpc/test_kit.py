@@ -60,22 +60,34 @@ class FakeEmbedding(epb_grpc.EmbeddingServiceServicer):
 class FakeGeneration(gpb_grpc.GenerationServiceServicer):
     """Streams the question's words.
 
-    'fail' fails after one delta, 'block' waits for ``release``, 'call' calls embedding.
+    'fail' fails after one delta, 'block' waits for ``release``, 'call' calls embedding (at
+    ``embed_target``), 'relay' streams a Generate from the generation at ``embed_target``.
     """
 
     def __init__(self, embed_target: str = "") -> None:
         self.release = asyncio.Event()
         self.calls = 0
         self.channel = open_channel(embed_target, default_timeout=3) if embed_target else None
+        self.seen: list[tuple[dict[str, str], float | None]] = []
 
     async def Generate(
         self, request: gpb.GenerateRequest, context: Ctx
     ) -> AsyncIterator[gpb.GenerateResponse]:
         self.calls += 1
+        self.seen.append(
+            ({k: v for k, v in context.invocation_metadata() or ()}, context.time_remaining())
+        )
         if request.question == "unavailable":
             raise DependencyUnavailable("engine down")
         if request.question == "call" and self.channel is not None:
             await epb_grpc.EmbeddingServiceStub(self.channel).Embed(epb.EmbedRequest(texts=["x"]))
+        if request.question == "relay" and self.channel is not None:
+            stream = gpb_grpc.GenerationServiceStub(self.channel).Generate(
+                gpb.GenerateRequest(question="relayed words")
+            )
+            async for reply in stream:
+                yield reply
+            return
         for word in request.question.split():
             if word == "fail":
                 raise InvalidArgument("question", "contains 'fail'")
@@ -227,6 +239,34 @@ async def test_concurrency_cap_gives_resource_exhausted_but_health_answers(
     assert (
         len([m async for m in stub.Generate(gpb.GenerateRequest(question="three"), timeout=5)]) == 2
     )
+    await channel.close()
+
+
+async def test_request_id_and_deadline_reach_downstream_streams(
+    stop_hosts: list[ServiceHost],
+) -> None:
+    """A server-streaming outbound call (query → Generate) carries them too."""
+    downstream_gen = FakeGeneration()
+    downstream = await start(settings_for(), spec(downstream_gen, GEN))
+    relay = FakeGeneration(embed_target=f"127.0.0.1:{downstream.port}")
+    upstream = await start(settings_for(), spec(relay, GEN))
+    stop_hosts.extend([upstream, downstream])
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{upstream.port}")
+    stub = gpb_grpc.GenerationServiceStub(channel)
+    md = (("x-request-id", "req-43"), ("traceparent", "00-" + "c" * 32 + "-" + "d" * 16 + "-01"))
+    replies = [
+        r
+        async for r in stub.Generate(
+            gpb.GenerateRequest(question="relay"), timeout=1.5, metadata=md
+        )
+    ]
+    assert [r.delta for r in replies[:2]] == ["relayed", "words"]
+    headers, remaining = downstream_gen.seen[-1]
+    assert headers["x-request-id"] == "req-43"
+    assert headers["traceparent"].startswith("00-cccc")
+    assert remaining is not None and remaining <= 1.6  # the caller's deadline, not 3 s
+    assert relay.channel is not None
+    await relay.channel.close()
     await channel.close()
 
 

@@ -1,8 +1,10 @@
-"""The whole system behind real sidecars (``ragmesh mesh up``): ingestion and cited answers
-through the ingress gateway, and failover when a retrieval replica dies."""
+"""The whole system behind real sidecars (``ragmesh mesh up --trace``): ingestion and cited
+answers through the ingress gateway, one trace per Ask across every sidecar and service, and
+failover when a retrieval replica dies."""
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Iterator
@@ -11,7 +13,9 @@ import grpc
 import pytest
 
 from ragmesh.cli.__main__ import main as cli
+from ragmesh.meshlab import traces
 from ragmesh.meshlab.lab import MeshLab
+from ragmesh.meshlab.traces import Span
 from ragmesh.v1 import query_service_pb2 as q
 from ragmesh.v1 import query_service_pb2_grpc
 from tests.support.contract import ROOT
@@ -26,6 +30,7 @@ RETRIEVAL = "cluster.outbound|50051||retrieval.rag-prod.svc.cluster.local"
 def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MeshLab]:
     lab = MeshLab(ROOT, tmp_path_factory.mktemp("fullmesh"))
     try:
+        lab.start_trace_receiver()  # what `ragmesh mesh up --trace` does
         lab.up()
         yield lab
     finally:
@@ -56,6 +61,104 @@ def test_cli_ingests_and_asks_through_the_ingress(
     log = (mesh.stack.workdir / "logs" / "retrieval-1-envoy.log").read_text()
     upserts = [line for line in log.splitlines() if "RetrievalService/Upsert" in line]
     assert all("grpc=Unavailable" in line for line in upserts)
+
+
+def spans_of_ask(mesh: MeshLab, since_ns: int, want: int, timeout: float = 20.0) -> list[Span]:
+    """Every received span of the traces holding an Ask that started after ``since_ns``, once
+    at least ``want`` arrived."""
+    deadline = time.monotonic() + timeout
+    while True:
+        spans = traces.read(mesh.traces_file)
+        asks = {
+            s.trace_id
+            for s in spans
+            if s.name == "/ragmesh.v1.QueryService/Ask" and s.start_ns >= since_ns
+        }
+        found = [s for s in spans if s.trace_id in asks]
+        if len(found) >= want or time.monotonic() > deadline:
+            return found
+        time.sleep(0.2)
+
+
+def test_one_ask_is_one_trace_through_every_sidecar_and_service(
+    mesh: MeshLab, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with grpc.insecure_channel(mesh.ingress_address) as channel:
+        stub = query_service_pb2_grpc.QueryServiceStub(channel)
+        ask(stub)  # the query service learns the models' names: the cache is consulted next
+        since = time.time_ns()
+        question = q.AskRequest(question="Which apples does the orchard grow?")
+        events = list(stub.Ask(question, timeout=30))
+    assert events[-1].WhichOneof("event") == "done"
+    # ingress 1, query 11 (sidecar in + out ×3, server, 3 clients, 2 cache lookups), embedding 3,
+    # retrieval 3, generation 4 (sidecar, server, own spans)
+    spans = spans_of_ask(mesh, since, want=21)
+    assert len({s.trace_id for s in spans}) == 1, "the Ask left more than one trace"
+    assert len(spans) == 21, sorted(f"{s.service} {s.name}" for s in spans)
+    # the ingress made up the request id; every sidecar and service carried it on
+    envoy_ids = {s.attributes["guid:x-request-id"] for s in spans if "." in s.service}
+    assert len(envoy_ids) == 1
+    request_id = envoy_ids.pop()
+    by_id = {s.span_id: s for s in spans}
+    roots = [s for s in spans if not s.parent_span_id]
+    assert [(r.service, r.kind) for r in roots] == [("istio-ingressgateway.istio-system", "client")]
+    assert all(s.parent_span_id in by_id for s in spans if s is not roots[0]), "dangling parent"
+
+    def path(span: Span) -> list[str]:
+        out = []
+        while span.parent_span_id:
+            span = by_id[span.parent_span_id]
+            out.append(f"{span.service}/{span.kind}")
+        return out
+
+    def one(service: str, name: str) -> Span:
+        matching = [s for s in spans if s.service == service and s.name == name]
+        assert len(matching) == 1, f"{service} {name}: {len(matching)} spans"
+        return matching[0]
+
+    ask_span = one("query", "/ragmesh.v1.QueryService/Ask")
+    assert path(ask_span) == [
+        "query.rag-prod/server",
+        "istio-ingressgateway.istio-system/client",
+    ]
+    assert "first_token" in ask_span.events
+    for workload, method, own in (
+        ("embedding", "EmbeddingService/Embed", ["embedding.batch"]),
+        ("retrieval", "RetrievalService/Search", ["faiss.search"]),
+        ("generation", "GenerationService/Generate", ["generation.prompt", "generation.generate"]),
+    ):
+        server = one(workload, f"/ragmesh.v1.{method}")
+        assert server.kind == "server"
+        assert server.attributes["rpc.grpc.request.metadata.x-request-id"] == [request_id]
+        # app ← its sidecar ← query's sidecar ← query's client span ← the Ask ← ...
+        assert path(server) == [
+            f"{workload}.rag-prod/server",
+            "query.rag-prod/client",
+            "query/client",
+            "query/server",
+            "query.rag-prod/server",
+            "istio-ingressgateway.istio-system/client",
+        ]
+        assert by_id[server.parent_span_id].attributes["guid:x-request-id"] == request_id
+        for name in own:
+            assert one(workload, name).parent_span_id == server.span_id
+    assert "first_token" in one("generation", "generation.generate").events
+    lookups = [s for s in spans if s.name == "cache.lookup"]
+    assert sorted(s.attributes["ragmesh.cache"] for s in lookups) == ["answer", "embedding"]
+    assert all(s.parent_span_id == ask_span.span_id for s in lookups)
+
+    # the services' log lines of the call carry the same ids
+    generate = one("generation", "/ragmesh.v1.GenerationService/Generate")
+    log = (mesh.stack.workdir / "logs" / "generation.log").read_text().splitlines()
+    lines = [json.loads(x) for x in log if request_id in x]
+    assert lines and all(
+        (x["trace_id"], x["span_id"]) == (generate.trace_id, generate.span_id) for x in lines
+    )
+    # and `ragmesh traces` prints the tree
+    assert cli(["--data-dir", str(mesh.stack.workdir), "traces", generate.trace_id]) == 0
+    tree = capsys.readouterr().out
+    assert f"trace {generate.trace_id}  {len(spans)} spans" in tree
+    assert "generation internal generation.generate" in tree
 
 
 def test_retrieval_replica_killed_during_asks(mesh: MeshLab) -> None:

@@ -1,4 +1,4 @@
-"""The ``ragmesh`` command: up, ingest, ask, status.
+"""The ``ragmesh`` command: up, ingest, ask, status, mesh up, traces.
 
 ``ragmesh up`` runs the stack in the foreground and records its addresses in
 ``<data dir>/stack.json``; the other commands find the query service there (or at
@@ -224,6 +224,8 @@ def cmd_mesh(args: argparse.Namespace) -> int:
     lab = MeshLab(args.manifests, args.data_dir)
     print(f"starting the local mesh from {args.manifests}/mesh and rollouts/ ...", flush=True)
     try:
+        if args.trace:
+            lab.start_trace_receiver()
         lab.up()
         print(f"{'sidecar':<22} {'identity':<58} listeners")
         for sc in lab.sidecars.values():
@@ -236,6 +238,8 @@ def cmd_mesh(args: argparse.Namespace) -> int:
             "Ctrl-C stops",
             flush=True,
         )
+        if args.trace:
+            print(f"tracing: spans go to {lab.traces_file}; read them with: ragmesh traces")
         run_until_stopped(lab.stack)
         return 0
     finally:
@@ -260,7 +264,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     for name, info in state.items():
         if "admin" in info:  # an Envoy sidecar: its admin /ready
             status = sidecar_state(info["admin"])
-        elif name in ("redis", "ingress"):
+        elif name in ("redis", "ingress", "otlp-receiver"):
             status = "-"
         else:
             status = health(info["grpc"])
@@ -274,6 +278,24 @@ def cmd_status(args: argparse.Namespace) -> int:
             )
         print(f"index: {index.count} chunks, dim {index.dimension}, version {index.index_version}")
     return 0 if ok else 1
+
+
+def cmd_traces(args: argparse.Namespace) -> int:
+    from ragmesh.meshlab import traces
+
+    path = args.data_dir / "traces.jsonl"
+    spans = traces.read(path)
+    if not spans:
+        raise CliError(f"no spans in {path} (start the mesh with: ragmesh mesh up --trace)")
+    grouped = traces.group(spans)
+    if args.trace_id:
+        chosen = [grouped[t] for t in grouped if t.startswith(args.trace_id.lower())]
+        if not chosen:
+            raise CliError(f"no trace {args.trace_id} in {path}")
+    else:
+        chosen = list(grouped.values())[-args.last :]
+    print("\n\n".join(traces.render(t) for t in chosen))
+    return 0
 
 
 def parser() -> argparse.ArgumentParser:
@@ -299,6 +321,14 @@ def parser() -> argparse.ArgumentParser:
     mesh_up.add_argument(
         "--manifests", type=Path, default=Path("."), help="directory holding mesh/ and rollouts/"
     )
+    mesh_up.add_argument(
+        "--trace",
+        action="store_true",
+        help="run a local OTLP receiver; every Envoy and service sends it spans",
+    )
+    tr = sub.add_parser("traces", help="print the traces of ragmesh mesh up --trace as trees")
+    tr.add_argument("trace_id", nargs="?", default="", help="a trace id (or its prefix)")
+    tr.add_argument("--last", type=int, default=1, help="how many of the latest traces")
     return p
 
 
@@ -310,6 +340,7 @@ def main(argv: list[str] | None = None) -> int:
         "ask": cmd_ask,
         "status": cmd_status,
         "mesh": cmd_mesh,
+        "traces": cmd_traces,
     }
     try:
         return commands[args.command](args)

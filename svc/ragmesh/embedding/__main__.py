@@ -7,7 +7,7 @@ import asyncio
 from ragmesh.embedding.engine import EmbeddingEngine
 from ragmesh.embedding.servicer import SERVICE_NAME, register
 from ragmesh.kit import config
-from ragmesh.kit.server import ServiceSpec, configure_logging, run
+from ragmesh.kit.server import ServiceSpec, configure_telemetry, run
 
 
 def build(engine: EmbeddingEngine) -> ServiceSpec:
@@ -28,7 +28,7 @@ def build(engine: EmbeddingEngine) -> ServiceSpec:
 
 def main() -> None:
     settings = config.load()
-    configure_logging(settings.server.log_level, "embedding")
+    configure_telemetry(settings.server, "embedding")
     asyncio.run(run(settings.server, build(EmbeddingEngine(settings.embedding))))
 
 

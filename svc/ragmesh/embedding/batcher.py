@@ -3,12 +3,15 @@
 Requests queue up; a single worker takes the first one, waits at most ``max_wait`` for
 more (up to ``max_batch`` texts), runs the encode in a worker thread so the event loop
 stays free, and routes each slice of the result back to its caller. While one encode runs,
-new requests accumulate, so batches grow with load. No grpc here.
+new requests accumulate, so batches grow with load. Each caller waits in an
+``embedding.batch`` span that records the size and encode time of the batch it joined.
+No grpc here.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -17,9 +20,11 @@ from typing import Generic, TypeVar
 
 import numpy as np
 import numpy.typing as npt
+from opentelemetry import trace
 from prometheus_client import Counter, Histogram
 
 from ragmesh.kit.errors import Overloaded
+from ragmesh.kit.tracing import tracer
 
 K = TypeVar("K")
 Matrix = npt.NDArray[np.float32]
@@ -44,6 +49,7 @@ class _Pending(Generic[K]):
     texts: Sequence[str]
     key: K
     future: asyncio.Future[Matrix] = field(repr=False)
+    span: trace.Span = field(default=trace.INVALID_SPAN, repr=False)
 
 
 @dataclass
@@ -75,12 +81,16 @@ class MicroBatcher(Generic[K]):
         """Embed ``texts``; raises Overloaded when too many texts are already waiting."""
         if self._queued_texts + len(texts) > self.max_queued:
             raise Overloaded(f"embedding queue full: {self._queued_texts} texts waiting")
+        loop = asyncio.get_running_loop()
         if self._worker is None or self._worker.done():
-            self._worker = asyncio.get_running_loop().create_task(self._run())
-        future: asyncio.Future[Matrix] = asyncio.get_running_loop().create_future()
+            # a context of its own: the worker serves every caller, not the first one
+            self._worker = loop.create_task(self._run(), context=contextvars.Context())
+        future: asyncio.Future[Matrix] = loop.create_future()
         self._queued_texts += len(texts)
-        await self._queue.put(_Pending(texts, key, future))
-        return await future
+        with tracer.start_as_current_span("embedding.batch") as span:
+            span.set_attribute("ragmesh.embedding.texts", len(texts))
+            await self._queue.put(_Pending(texts, key, future, span))
+            return await future
 
     async def close(self) -> None:
         """Stop the worker and fail whatever is still queued."""
@@ -130,8 +140,12 @@ class MicroBatcher(Generic[K]):
                         if not p.future.done():
                             p.future.set_exception(e)
                     continue
-                ENCODE_SECONDS.observe(time.perf_counter() - started)
+                seconds = time.perf_counter() - started
+                ENCODE_SECONDS.observe(seconds)
                 BATCH_TEXTS.observe(len(texts))
+                for p in group:  # each caller's span tells what its texts rode in
+                    p.span.set_attribute("ragmesh.embedding.batch_texts", len(texts))
+                    p.span.set_attribute("ragmesh.embedding.encode_ms", round(seconds * 1000, 3))
                 TEXTS.inc(len(texts))
                 self.stats.batches += 1
                 self.stats.texts += len(texts)

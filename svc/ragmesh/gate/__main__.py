@@ -14,12 +14,12 @@ from ragmesh.gate.engine import load_golden
 from ragmesh.gate.servicer import GateServer, Retrievers
 from ragmesh.kit import config
 from ragmesh.kit.errors import ConfigError
-from ragmesh.kit.server import configure_logging
+from ragmesh.kit.server import configure_telemetry
 
 
 def main() -> None:
     settings = config.load()
-    configure_logging(settings.server.log_level, "gate")
+    configure_telemetry(settings.server, "gate")
     if settings.gate.golden is None:
         raise ConfigError("RAGMESH_GATE_GOLDEN is required")
     golden = load_golden(settings.gate.golden)

@@ -8,7 +8,7 @@ from ragmesh.generation.engine import create_engine
 from ragmesh.generation.service import GenerationService
 from ragmesh.generation.servicer import SERVICE_NAME, register
 from ragmesh.kit import config
-from ragmesh.kit.server import ServiceSpec, configure_logging, run
+from ragmesh.kit.server import ServiceSpec, configure_telemetry, run
 
 
 def build(service: GenerationService) -> ServiceSpec:
@@ -24,7 +24,7 @@ def build(service: GenerationService) -> ServiceSpec:
 
 def main() -> None:
     settings = config.load()
-    configure_logging(settings.server.log_level, "generation")
+    configure_telemetry(settings.server, "generation")
     engine = create_engine(settings.generation, settings.embedding)
     service = GenerationService(
         settings.generation, engine, first_token_delay=settings.server.fault_delay

@@ -22,8 +22,10 @@ from prometheus_client import Counter, Histogram
 from ragmesh.generation.engine import Engine, EngineRequest, Source
 from ragmesh.generation.params import Params, validate_params
 from ragmesh.generation.prompt import fit
+from ragmesh.kit import callcontext
 from ragmesh.kit.config import GenerationSettings
 from ragmesh.kit.errors import InvalidArgument, Overloaded
+from ragmesh.kit.tracing import tracer
 
 TTFT = Histogram(
     "ragmesh_generation_time_to_first_token_seconds",
@@ -66,6 +68,14 @@ class Done:
     prompt_tokens: int
     completion_tokens: int
     model: str
+
+
+def engine_request_id() -> str:
+    """The engine's id of one generation: the mesh's x-request-id, made unique per call
+    (a caller may reuse a request id; engines such as vLLM refuse duplicates in flight)."""
+    suffix = uuid.uuid4().hex[:8]
+    ctx = callcontext.current()
+    return f"{ctx.request_id}-{suffix}" if ctx is not None else uuid.uuid4().hex
 
 
 class SafetyFilter:
@@ -172,15 +182,23 @@ class GenerationService:
             yield Done(Finish.CONTENT_FILTER, 0, 0, model)
             return
         budget = min(self.engine.context_tokens, self.settings.context_tokens) - max_tokens
-        rendered = fit(
-            question,
-            [Source(i + 1, p.text) for i, p in enumerate(passages)],
-            budget,
-            self.engine.count_tokens,
-            self.engine.truncate,
-        )
+        with tracer.start_as_current_span("generation.prompt") as span:
+            rendered = fit(
+                question,
+                [Source(i + 1, p.text) for i, p in enumerate(passages)],
+                budget,
+                self.engine.count_tokens,
+                self.engine.truncate,
+            )
+            span.set_attributes(
+                {
+                    "ragmesh.prompt.tokens": rendered.tokens,
+                    "ragmesh.prompt.sources": len(rendered.sources),
+                    "ragmesh.prompt.budget_tokens": budget,
+                }
+            )
         request = EngineRequest(
-            request_id=uuid.uuid4().hex,
+            request_id=engine_request_id(),
             prompt=rendered.prompt,
             question=question,
             sources=rendered.sources,
@@ -193,6 +211,15 @@ class GenerationService:
         started, first = time.perf_counter(), True
         gate = _Gate(params.stop, self.safety)
         tokens, finish, engine_done = 0, None, False
+        # not made current: the stream may be closed from another context
+        span = tracer.start_span(
+            "generation.generate",
+            attributes={
+                "gen_ai.request.model": model,
+                "gen_ai.request.max_tokens": max_tokens,
+                "ragmesh.engine.request_id": request.request_id,
+            },
+        )
         try:
             async with contextlib.aclosing(self.engine.generate(request)) as pieces:
                 async for piece in pieces:
@@ -203,6 +230,7 @@ class GenerationService:
                             if self.first_token_delay:  # RAGMESH_FAULT_DELAY_MS
                                 await asyncio.sleep(self.first_token_delay)
                             TTFT.observe(time.perf_counter() - started)
+                            span.add_event("first_token")
                             first = False
                         yield Delta(out)
                     if finish is None and tokens >= max_tokens:
@@ -222,5 +250,13 @@ class GenerationService:
             yield Done(finish, rendered.tokens, tokens, model)
         finally:
             self.active -= 1
+            span.set_attributes(
+                {
+                    "gen_ai.usage.input_tokens": rendered.tokens,
+                    "gen_ai.usage.output_tokens": tokens,
+                    "gen_ai.response.finish_reasons": [finish.name if finish else "ABORTED"],
+                }
+            )
+            span.end()
             if not engine_done:
                 await self.engine.abort(request.request_id)

@@ -15,7 +15,7 @@ from ragmesh.ingest.worker import IngestWorker
 from ragmesh.kit import config
 from ragmesh.kit.channels import open_channel
 from ragmesh.kit.clients import EmbeddingClient, RetrievalClient
-from ragmesh.kit.server import ServiceSpec, configure_logging, run
+from ragmesh.kit.server import ServiceSpec, configure_telemetry, run
 
 
 def build(worker: IngestWorker) -> ServiceSpec:
@@ -40,7 +40,7 @@ def build(worker: IngestWorker) -> ServiceSpec:
 def main() -> None:
     settings = config.load()
     settings.peers.require("embedding_addr", "retrieval_addr", "redis_url")
-    configure_logging(settings.server.log_level, "ingest")
+    configure_telemetry(settings.server, "ingest")
     consumer = settings.ingest.consumer or f"{socket.gethostname()}-{os.getpid()}"
 
     async def serve() -> None:

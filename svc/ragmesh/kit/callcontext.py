@@ -42,6 +42,7 @@ class CallContext:
     headers: tuple[tuple[str, str], ...]
     deadline: float | None  # time.monotonic() instant, or None when the caller set none
     trace_id: str = ""  # from traceparent, else B3; empty when the call came untraced
+    span_id: str = ""  # the caller's span (the sidecar's), from the same header
 
     def remaining(self) -> float | None:
         """Seconds left before the caller's deadline, or None without one."""
@@ -72,16 +73,20 @@ def from_metadata(
         request_id = uuid.uuid4().hex
     headers.append((REQUEST_ID_KEY, request_id))
     deadline = None if remaining is None else time.monotonic() + remaining
-    return CallContext(request_id, tuple(headers), deadline, _trace_id(dict(headers)))
+    return CallContext(request_id, tuple(headers), deadline, *_trace_ids(dict(headers)))
 
 
-def _trace_id(headers: dict[str, str]) -> str:
-    """The trace id the call arrived with: W3C traceparent first, then B3."""
+def _trace_ids(headers: dict[str, str]) -> tuple[str, str]:
+    """(trace id, span id) the call arrived with: W3C traceparent first, then B3."""
     parts = headers.get("traceparent", "").split("-")
-    if len(parts) == 4 and len(parts[1]) == 32:
-        return parts[1]
-    single = headers.get("b3", "").split("-")[0]
-    return headers.get("x-b3-traceid", "") or (single if len(single) in (16, 32) else "")
+    if len(parts) == 4 and len(parts[1]) == 32 and len(parts[2]) == 16:
+        return parts[1], parts[2]
+    if "x-b3-traceid" in headers:
+        return headers["x-b3-traceid"], headers.get("x-b3-spanid", "")
+    single = headers.get("b3", "").split("-")
+    if len(single) >= 2 and len(single[0]) in (16, 32):
+        return single[0], single[1]
+    return "", ""
 
 
 def current() -> CallContext | None:

@@ -2,7 +2,8 @@
 
 Every outbound call gets a deadline (the call's own timeout or the channel default, capped
 by what is left of the inbound caller's deadline) and carries the request id and tracing
-headers of the inbound call. Retries are configured through the gRPC service config for the
+headers of the inbound call (with tracing on, a client span's context in their place).
+Retries are configured through the gRPC service config for the
 methods the protos mark idempotent (``idempotency_level``) only: ``Generate``, ``Ask`` and
 ``Ingest`` are never retried.
 """
@@ -17,7 +18,7 @@ import grpc
 from google.protobuf import descriptor_pb2
 from google.protobuf.descriptor import FileDescriptor
 
-from ragmesh.kit import callcontext
+from ragmesh.kit import callcontext, tracing
 from ragmesh.v1 import (
     embedding_service_pb2,
     generation_service_pb2,
@@ -84,15 +85,14 @@ def _outbound_metadata(metadata: Any) -> tuple[tuple[str, str | bytes], ...]:
     base: list[tuple[str, str | bytes]] = list(metadata or ())
     ctx = callcontext.current()
     if ctx is not None:
-        present = {k for k, _ in base}
-        base.extend((k, v) for k, v in ctx.headers if k not in present)
+        # With tracing on, the client span's context replaces the inbound one (injected by
+        # the OpenTelemetry interceptor); off, the inbound headers go on as they came.
+        skip = {k for k, _ in base} | (tracing.TRACE_HEADERS if tracing.enabled() else set())
+        base.extend((k, v) for k, v in ctx.headers if k not in skip)
     return tuple(base)
 
 
-class _Outbound(
-    grpc.aio.UnaryUnaryClientInterceptor,  # type: ignore[type-arg]
-    grpc.aio.UnaryStreamClientInterceptor,  # type: ignore[type-arg]
-):
+class _Outbound:
     def __init__(self, default_timeout: float) -> None:
         self.default_timeout = default_timeout
 
@@ -105,11 +105,17 @@ class _Outbound(
             wait_for_ready=details.wait_for_ready,
         )
 
+
+# Two classes: a grpc.aio channel files an interceptor under the first kind it matches only,
+# so one class implementing both would never see a server-streaming call (Generate).
+class _OutboundUnary(_Outbound, grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[type-arg]
     async def intercept_unary_unary(
         self, continuation: Any, client_call_details: Any, request: Any
     ) -> Any:
         return await continuation(self._details(client_call_details), request)
 
+
+class _OutboundStream(_Outbound, grpc.aio.UnaryStreamClientInterceptor):  # type: ignore[type-arg]
     async def intercept_unary_stream(
         self, continuation: Any, client_call_details: Any, request: Any
     ) -> Any:
@@ -128,8 +134,9 @@ def open_channel(
         ("grpc.enable_retries", 1),
         ("grpc.service_config", retry_service_config()),
     ]
+    outbound = [_OutboundUnary(default_timeout), _OutboundStream(default_timeout)]
     return grpc.aio.insecure_channel(
         target,
         options=options,
-        interceptors=[_Outbound(default_timeout)],  # type: ignore[list-item]
+        interceptors=[*outbound, *tracing.client_interceptors()],  # type: ignore[list-item]
     )

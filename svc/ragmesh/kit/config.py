@@ -38,6 +38,18 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("RAGMESH_GRACE_SECONDS", "25", "After draining: seconds in-flight calls may finish."),
     Variable("RAGMESH_LOG_LEVEL", "INFO", "Python log level."),
     Variable(
+        "RAGMESH_OTLP_ENDPOINT",
+        "",
+        "OTLP/gRPC collector (host:port or http(s)://host:port) the spans go to; empty: "
+        "tracing off (the tracing headers are still forwarded).",
+    ),
+    Variable(
+        "RAGMESH_TRACE_SAMPLE_RATIO",
+        "1.0",
+        "Share of the traces a service starts itself that are sampled; calls arriving with "
+        "a trace (from the sidecar) follow its decision.",
+    ),
+    Variable(
         "RAGMESH_FAULT_ERROR_PERCENT",
         "0",
         "Fault injection for canary-analysis tests: percent of API calls failed with "
@@ -280,6 +292,8 @@ class ServerSettings:
     grace_seconds: float
     log_level: str
     fault_error_percent: float = 0.0
+    otlp_endpoint: str = ""
+    trace_sample_ratio: float = 1.0
     fault_delay: float = 0.0  # seconds
 
 
@@ -452,7 +466,11 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         log_level=r.choice("RAGMESH_LOG_LEVEL", ("debug", "info", "warning", "error")).upper(),
         fault_error_percent=r.number("RAGMESH_FAULT_ERROR_PERCENT"),
         fault_delay=r.integer("RAGMESH_FAULT_DELAY_MS") / 1000.0,
+        otlp_endpoint=r.text("RAGMESH_OTLP_ENDPOINT"),
+        trace_sample_ratio=r.number("RAGMESH_TRACE_SAMPLE_RATIO"),
     )
+    if server.trace_sample_ratio > 1:
+        raise ConfigError("RAGMESH_TRACE_SAMPLE_RATIO must be at most 1")
     if server.fault_error_percent > 100:
         raise ConfigError("RAGMESH_FAULT_ERROR_PERCENT must be at most 100")
     embedding = EmbeddingSettings(

@@ -3,7 +3,11 @@
 They wrap unary-unary and unary-stream ``grpc.aio`` handlers (the only kinds the API has).
 Installed outermost first by :mod:`ragmesh.kit.server`::
 
-    MetricsInterceptor → CallContextInterceptor → ErrorInterceptor → ConcurrencyLimit → handler
+    [tracing] → CallContextInterceptor → MetricsInterceptor → ErrorInterceptor
+        → ConcurrencyLimit → [FaultInterceptor] → handler
+
+The OpenTelemetry server interceptor (:mod:`ragmesh.kit.tracing`, when tracing is on) is
+outermost, so the call's span is current in everything below, the access log included.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, cast
 
 import grpc
+from opentelemetry import trace
 
 from ragmesh.kit import callcontext, metrics
 from ragmesh.kit.errors import (
@@ -195,16 +200,21 @@ class MetricsInterceptor(_Interceptor):
         return wrapped
 
 
+def _bind(context: Context) -> Any:
+    ctx = callcontext.from_metadata(context.invocation_metadata() or (), context.time_remaining())
+    # the request id on the call's span (OpenTelemetry's name for captured gRPC metadata)
+    trace.get_current_span().set_attribute(
+        "rpc.grpc.request.metadata.x-request-id", [ctx.request_id]
+    )
+    return callcontext.bind(ctx)
+
+
 class CallContextInterceptor(_Interceptor):
     """Binds the request id, tracing headers and deadline of the call for outbound calls."""
 
     def unary(self, method: str, behavior: Unary) -> Unary:
         async def wrapped(request: Any, context: Context) -> Any:
-            token = callcontext.bind(
-                callcontext.from_metadata(
-                    context.invocation_metadata() or (), context.time_remaining()
-                )
-            )
+            token = _bind(context)
             try:
                 return await behavior(request, context)
             finally:
@@ -214,11 +224,7 @@ class CallContextInterceptor(_Interceptor):
 
     def stream(self, method: str, behavior: Stream) -> Stream:
         async def wrapped(request: Any, context: Context) -> AsyncIterator[Any]:
-            token = callcontext.bind(
-                callcontext.from_metadata(
-                    context.invocation_metadata() or (), context.time_remaining()
-                )
-            )
+            token = _bind(context)
             try:
                 async for message in _iterate(behavior, request, context):
                     yield message

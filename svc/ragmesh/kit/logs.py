@@ -1,8 +1,9 @@
 """JSON log lines: one object per line with the call's correlation ids.
 
 Every line carries ``timestamp`` (UTC, RFC 3339), ``level``, ``service``, ``logger`` and
-``message``; inside an RPC also ``request_id`` (Envoy's ``x-request-id``) and ``trace_id``
-(from the W3C ``traceparent`` or B3 headers the call arrived with). The access log adds
+``message``; inside an RPC also ``request_id`` (Envoy's ``x-request-id``), ``trace_id`` and,
+with tracing on, ``span_id`` of the current span (off: the trace id from the W3C
+``traceparent`` or B3 headers the call arrived with, and the caller's span id). The access log adds
 ``method``, ``grpc_code`` and ``duration_ms``. Messages never carry request bodies: the
 access log names the method, not what was asked.
 """
@@ -16,7 +17,7 @@ import traceback
 from datetime import UTC, datetime
 from typing import Any
 
-from ragmesh.kit import callcontext
+from ragmesh.kit import callcontext, tracing
 
 #: fields a log call may add with ``extra=``
 EXTRA_FIELDS = ("method", "grpc_code", "duration_ms", "peer")
@@ -41,8 +42,13 @@ class JsonFormatter(logging.Formatter):
         ctx = callcontext.current()
         if ctx is not None:
             line["request_id"] = ctx.request_id
-            if ctx.trace_id:
-                line["trace_id"] = ctx.trace_id
+        trace_id, span_id = tracing.current_ids()
+        if trace_id:  # the span this process is in (tracing on)
+            line["trace_id"], line["span_id"] = trace_id, span_id
+        elif ctx is not None and ctx.trace_id:  # tracing off: the sidecar's span
+            line["trace_id"] = ctx.trace_id
+            if ctx.span_id:
+                line["span_id"] = ctx.span_id
         for name in EXTRA_FIELDS:
             if hasattr(record, name):
                 line[name] = getattr(record, name)

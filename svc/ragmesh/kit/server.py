@@ -14,6 +14,7 @@ import logging
 import signal
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from importlib import metadata
 from typing import Any
 
 import grpc
@@ -21,7 +22,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
-from ragmesh.kit import logs
+from ragmesh.kit import logs, tracing
 from ragmesh.kit.config import ServerSettings
 from ragmesh.kit.interceptors import (
     CallContextInterceptor,
@@ -85,6 +86,7 @@ class ServiceHost:
         self.limiter = ConcurrencyLimit(settings.max_concurrent_rpcs)
         self.server = grpc.aio.server(
             interceptors=[
+                *tracing.server_interceptors(),
                 CallContextInterceptor(),
                 MetricsInterceptor(),
                 ErrorInterceptor(),
@@ -139,6 +141,7 @@ class ServiceHost:
         if self._metrics_httpd is not None:
             self._metrics_httpd.shutdown()
             self._metrics_httpd.server_close()
+        tracing.flush()
         log.info("%s stopped", self.spec.name)
 
     async def wait(self) -> None:
@@ -177,6 +180,14 @@ async def run(settings: ServerSettings, spec: ServiceSpec) -> None:
         await stopping[0]
 
 
-def configure_logging(level: str, service: str) -> None:
-    """JSON log lines on stderr (see :mod:`ragmesh.kit.logs`)."""
-    logs.configure(level, service)
+def configure_telemetry(settings: ServerSettings, service: str) -> None:
+    """JSON log lines on stderr (:mod:`ragmesh.kit.logs`) and tracing (:mod:`ragmesh.kit.tracing`).
+
+    Call before any channel or server is created: they pick up the tracing interceptors.
+    """
+    logs.configure(settings.log_level, service)
+    try:
+        version = metadata.version("ragmesh")
+    except metadata.PackageNotFoundError:
+        version = ""
+    tracing.configure(settings, service, version)

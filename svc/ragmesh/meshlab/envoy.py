@@ -49,6 +49,35 @@ ACCESS_LOG_FORMAT = (
 )
 
 
+COLLECTOR_CLUSTER = "opentelemetry_collector"
+
+
+@dataclass(frozen=True)
+class Tracing:
+    """Envoy's OpenTelemetry tracer, as Istio configures it with an OpenTelemetry provider."""
+
+    collector_port: int  # OTLP/gRPC on loopback
+    service_name: str  # Istio names sidecar spans' service ``<workload>.<namespace>``
+    sampling_percent: float = 100.0
+
+    def hcm(self) -> Json:
+        """The ``tracing`` block of an HTTP connection manager."""
+        return {
+            "random_sampling": {"value": self.sampling_percent},
+            "provider": {
+                "name": "envoy.tracers.opentelemetry",
+                "typed_config": _typed(
+                    "envoy.config.trace.v3.OpenTelemetryConfig",
+                    grpc_service={
+                        "envoy_grpc": {"cluster_name": COLLECTOR_CLUSTER},
+                        "timeout": "1s",
+                    },
+                    service_name=self.service_name,
+                ),
+            },
+        }
+
+
 @dataclass(frozen=True)
 class Inbound:
     """An inbound listener: ``port`` is the Kubernetes port the policies name."""
@@ -57,6 +86,7 @@ class Inbound:
     port: int
     listen: int
     app: int
+    host: str = ""  # the Service's FQDN: names the spans, as Istio does
 
 
 @dataclass(frozen=True)
@@ -196,13 +226,21 @@ def _access_log(direction: str) -> list[Json]:
     ]
 
 
-def _hcm(stat_prefix: str, routes: list[Json], http_filters: list[Json], direction: str) -> Json:
+def _hcm(
+    stat_prefix: str,
+    routes: list[Json],
+    http_filters: list[Json],
+    direction: str,
+    tracing: Tracing | None,
+) -> Json:
     extra: Json = {}
     if direction == "inbound":  # the verified caller identity, for the app (as Istio does)
         extra = {
             "forward_client_cert_details": "SANITIZE_SET",
             "set_current_client_cert_details": {"uri": True},
         }
+    if tracing is not None:
+        extra["tracing"] = tracing.hcm()
     return {
         "name": "envoy.filters.network.http_connection_manager",
         "typed_config": _typed(
@@ -248,7 +286,7 @@ def _local_cluster(name: str, port: int, protocol: Protocol) -> Json:
 
 
 def _inbound(
-    identity: Identity, inbound: Inbound, rules: Sequence[Rule] | None
+    identity: Identity, inbound: Inbound, rules: Sequence[Rule] | None, tracing: Tracing | None
 ) -> tuple[Json, Json]:
     cluster_name = f"inbound|{inbound.port}||"
     name = f"inbound_{inbound.port}"
@@ -296,12 +334,17 @@ def _inbound(
                 }
             )
         # The application's own deadline governs; the inbound side never cuts a stream.
-        routes = [{"match": {"prefix": "/"}, "route": {"cluster": cluster_name, "timeout": "0s"}}]
-        filters = [_hcm(name, routes, http_filters, "inbound")]
+        routes: list[Json] = [
+            {"match": {"prefix": "/"}, "route": {"cluster": cluster_name, "timeout": "0s"}}
+        ]
+        if inbound.host:  # Istio's span name for a sidecar: "<host>:<port>/*"
+            routes[0]["decorator"] = {"operation": f"{inbound.host}:{inbound.port}/*"}
+        filters = [_hcm(name, routes, http_filters, "inbound", tracing)]
         alpn = ["h2", "http/1.1"]
     listener = {
         "name": name,
         "address": _address(inbound.listen),
+        "traffic_direction": "INBOUND",  # server spans
         "filter_chains": [
             {"filters": filters, "transport_socket": _downstream_tls(identity, alpn)}
         ],
@@ -361,7 +404,7 @@ def outlier_detection(service: ServicePolicy) -> Json | None:
     return out
 
 
-def _outbound(identity: Identity, out: Outbound) -> tuple[Json, Json]:
+def _outbound(identity: Identity, out: Outbound, tracing: Tracing | None) -> tuple[Json, Json]:
     service = out.service
     alpn = [] if out.protocol == "tcp" else ["h2"]
     cluster: Json = {
@@ -435,11 +478,13 @@ def _outbound(identity: Identity, out: Outbound) -> tuple[Json, Json]:
     if retry:
         action["retry_policy"] = retry
     prefixes = service.match_prefixes or ("/",)
-    routes = [{"match": {"prefix": p}, "route": action} for p in prefixes]
+    decorator = {"operation": f"{out.host}:{out.port}/*"}
+    routes = [{"match": {"prefix": p}, "route": action, "decorator": decorator} for p in prefixes]
     return {
         "name": name,
         "address": _address(out.listen),
-        "filter_chains": [{"filters": [_hcm(name, routes, [], "outbound")]}],
+        "traffic_direction": "OUTBOUND",  # client spans
+        "filter_chains": [{"filters": [_hcm(name, routes, [], "outbound", tracing)]}],
     }, cluster
 
 
@@ -449,23 +494,40 @@ def sidecar_config(
     inbound: Sequence[Inbound] = (),
     rules: Sequence[Rule] | None = None,
     outbound: Sequence[Outbound] = (),
+    tracing: Tracing | None = None,
 ) -> Json:
     """A complete static Envoy bootstrap for one sidecar.
 
     ``rules`` are the workload's ALLOW rules: None means no policy applies (allow), an empty
-    list means deny everything (the namespace's deny-all baseline and nothing else).
+    list means deny everything (the namespace's deny-all baseline and nothing else). With
+    ``tracing``, every HTTP listener reports spans to the collector.
     """
     listeners, clusters = [], []
     for item in inbound:
-        listener, cluster = _inbound(identity, item, rules)
+        listener, cluster = _inbound(identity, item, rules, tracing)
         listeners.append(listener)
         clusters.append(cluster)
     for out in outbound:
-        listener, cluster = _outbound(identity, out)
+        listener, cluster = _outbound(identity, out, tracing)
         listeners.append(listener)
         clusters.append(cluster)
-    return {
+    config: Json = {
         "node": {"id": identity.spiffe_id, "cluster": identity.spiffe_id.rsplit("/", 1)[-1]},
         "admin": {"address": _address(admin_port)},
         "static_resources": {"listeners": listeners, "clusters": clusters},
     }
+    if tracing is not None:
+        clusters.append(_local_cluster(COLLECTOR_CLUSTER, tracing.collector_port, "grpc"))
+        # export each span promptly (defaults: every 5 s or 5 spans), for a local mesh
+        config["layered_runtime"] = {
+            "layers": [
+                {
+                    "name": "tracing",
+                    "static_layer": {
+                        "tracing.opentelemetry.flush_interval_ms": 200,
+                        "tracing.opentelemetry.min_flush_spans": 1,
+                    },
+                }
+            ]
+        }
+    return config

@@ -10,6 +10,7 @@ ingress gateway) is the way in. Redis sits behind a sidecar too (TCP, mTLS, RBAC
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
 import time
@@ -22,7 +23,7 @@ from pathlib import Path
 from ragmesh.cli.supervisor import Proc, Stack, StackError, free_port
 from ragmesh.meshlab import manifests
 from ragmesh.meshlab.ca import Identity, LocalCA
-from ragmesh.meshlab.envoy import Inbound, Outbound, sidecar_config
+from ragmesh.meshlab.envoy import Inbound, Outbound, Tracing, sidecar_config
 from ragmesh.meshlab.manifests import GRPC_PORT, METRICS_PORT, MeshPolicy, Rule, ServicePolicy
 
 REDIS_PORT = 6379
@@ -73,15 +74,50 @@ class Sidecar:
 class MeshLab:
     """The manifests under ``root`` enforced by Envoy sidecars around processes in ``workdir``."""
 
-    def __init__(self, root: Path, workdir: Path, policy: MeshPolicy | None = None) -> None:
+    def __init__(
+        self, root: Path, workdir: Path, policy: MeshPolicy | None = None, otlp_port: int = 0
+    ) -> None:
         self.root = root
         self.policy = policy or manifests.load(root)
         self.stack = Stack(workdir)
+        self.otlp_port = 0
+        if otlp_port:
+            self.enable_tracing(otlp_port)
         self.ca = LocalCA(workdir / "pki")
         self.sidecars: dict[str, Sidecar] = {}
         self._identities: dict[str, Identity] = {}
         #: workload → inbound listener port of each replica's sidecar (Kubernetes port → port)
         self.endpoints: dict[str, list[dict[int, int]]] = {}
+
+    # tracing ---------------------------------------------------------------------------------
+
+    def enable_tracing(self, otlp_port: int) -> None:
+        """Send every Envoy's and every service's spans to the OTLP receiver on ``otlp_port``."""
+        self.otlp_port = otlp_port
+        self.stack.env = {
+            **self.stack.env,
+            "RAGMESH_OTLP_ENDPOINT": f"127.0.0.1:{otlp_port}",
+            "OTEL_BSP_SCHEDULE_DELAY": "200",  # the SDK's export interval (default 5 s)
+        }
+
+    @property
+    def traces_file(self) -> Path:
+        return self.stack.workdir / "traces.jsonl"
+
+    def start_trace_receiver(self, timeout: float = 20.0) -> None:
+        """Run the local OTLP receiver, appending spans to :attr:`traces_file`, and trace."""
+        port = free_port()
+        argv = [sys.executable, "-m", "ragmesh.meshlab.traces", "--port", str(port)]
+        proc = self.stack.spawn(
+            "otlp-receiver", [*argv, "--out", str(self.traces_file)], os.environ
+        )
+        deadline = time.monotonic() + timeout
+        while "otlp receiver on" not in proc.output():
+            if proc.popen.poll() is not None or time.monotonic() > deadline:
+                raise StackError(f"the OTLP receiver did not start; see {proc.log}")
+            time.sleep(0.05)
+        proc.grpc_port = port
+        self.enable_tracing(port)
 
     # identities and policy ------------------------------------------------------------------
 
@@ -149,12 +185,25 @@ class MeshLab:
         rules: Sequence[Rule] | None = None,
         outbound: Mapping[str, Outbound] | None = None,
         identity: Identity | None = None,
+        service: str = "",
     ) -> Sidecar:
-        """Start an Envoy for ``principal`` and wait until it is live."""
+        """Start an Envoy for ``principal`` and wait until it is live.
+
+        ``service`` names its spans (Istio: ``<app>.<namespace>``; default: from the name).
+        """
         outbound = dict(outbound or {})
         admin = free_port()
+        tracing = None
+        if self.otlp_port:
+            namespace = principal.split("/ns/", 1)[-1].split("/", 1)[0]
+            tracing = Tracing(self.otlp_port, service or f"{name}.{namespace}")
         config = sidecar_config(
-            identity or self.identity(principal), admin, inbound, rules, list(outbound.values())
+            identity or self.identity(principal),
+            admin,
+            inbound,
+            rules,
+            list(outbound.values()),
+            tracing,
         )
         path = self.stack.workdir / "envoy" / f"{name}.json"
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -216,9 +265,10 @@ class MeshLab:
         """
         name = workload if REPLICAS.get(workload, 1) == 1 else f"{workload}-{replica}"
         listens = self.endpoints[workload][replica]
+        host = self.host(workload)
         inbound = [
-            Inbound("grpc", GRPC_PORT, listens[GRPC_PORT], app_grpc),
-            Inbound("http", METRICS_PORT, listens[METRICS_PORT], app_metrics),
+            Inbound("grpc", GRPC_PORT, listens[GRPC_PORT], app_grpc, host),
+            Inbound("http", METRICS_PORT, listens[METRICS_PORT], app_metrics, host),
         ]
         outbound = {up: self.outbound(up) for up in self.egress(workload)}
         sidecar = self.start_sidecar(
@@ -227,6 +277,7 @@ class MeshLab:
             inbound=inbound,
             rules=self.rules(workload),
             outbound=outbound,
+            service=f"{workload}.{self.namespace(workload)}",
         )
         env: dict[str, str] = {}
         for up, out in outbound.items():

@@ -8,7 +8,7 @@ from ragmesh.ingest.queue import JobQueue, connect
 from ragmesh.kit import config
 from ragmesh.kit.channels import open_channel
 from ragmesh.kit.clients import EmbeddingClient, GenerationClient, RetrievalClient
-from ragmesh.kit.server import ServiceSpec, configure_logging, run
+from ragmesh.kit.server import ServiceSpec, configure_telemetry, run
 from ragmesh.query.cache import RedisCache
 from ragmesh.query.pipeline import AskPipeline
 from ragmesh.query.servicer import SERVICE_NAME, register
@@ -32,7 +32,7 @@ def main() -> None:
     settings = config.load()
     p = settings.peers
     p.require("embedding_addr", "retrieval_addr", "generation_addr", "redis_url")
-    configure_logging(settings.server.log_level, "query")
+    configure_telemetry(settings.server, "query")
 
     async def serve() -> None:
         channels = [

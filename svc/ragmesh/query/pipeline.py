@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
+from opentelemetry import trace
 from prometheus_client import Histogram
 
 from ragmesh.embedding.batcher import Matrix
@@ -22,6 +23,7 @@ from ragmesh.generation.service import Delta, Done, Finish
 from ragmesh.kit.config import QuerySettings
 from ragmesh.kit.errors import InvalidArgument
 from ragmesh.kit.peers import Embedder, Generator, Retriever
+from ragmesh.kit.tracing import tracer
 from ragmesh.query.cache import LOOKUPS, Cache
 
 SNIPPET_CHARS = 240
@@ -133,12 +135,20 @@ class AskPipeline:
         validate_params(request.params)
         return request.top_k or self.settings.default_top_k
 
+    async def _lookup(self, cache: str, key: str) -> bytes | None:
+        """One cache read, counted and traced as a ``cache.lookup`` span."""
+        with tracer.start_as_current_span("cache.lookup") as span:
+            value = await self.cache.get(key)
+            result = "hit" if value is not None else "miss"
+            span.set_attributes({"ragmesh.cache": cache, "ragmesh.cache.result": result})
+        LOOKUPS.labels(cache, result).inc()
+        return value
+
     async def _embed(self, question: str) -> Matrix:
         digest = hashlib.sha256(question.encode()).hexdigest()
         cached_too = self.settings.embed_cache_ttl > 0
         if cached_too and self.embed_model:  # the model is known after the first reply
-            cached = await self.cache.get(f"ragmesh:emb:{self.embed_model}:{digest}")
-            LOOKUPS.labels("embedding", "hit" if cached else "miss").inc()
+            cached = await self._lookup("embedding", f"ragmesh:emb:{self.embed_model}:{digest}")
             if cached is not None:
                 return np.frombuffer(cached, dtype="<f4")
         embedded = await self.embedder.embed([question], Purpose.QUERY)
@@ -178,8 +188,7 @@ class AskPipeline:
         key = ""
         if use_cache and self.generation_model:
             key = self._answer_key(request, top_k, result.index_version)
-            stored = await self.cache.get(key)
-            LOOKUPS.labels("answer", "hit" if stored else "miss").inc()
+            stored = await self._lookup("answer", key)
             if stored is not None:
                 async for replayed in self._replay(stored, started, embed_ms, search_ms):
                     yield replayed
@@ -205,6 +214,7 @@ class AskPipeline:
                 if not deltas:
                     first_ms = _ms(started)
                     TTFT.labels("false").observe(first_ms / 1000.0)
+                    trace.get_current_span().add_event("first_token")
                 deltas.append(generated.text)
                 yield generated
             else:
@@ -242,6 +252,7 @@ class AskPipeline:
             if i == 0:
                 first_ms = _ms(started)
                 TTFT.labels("true").observe(first_ms / 1000.0)
+                trace.get_current_span().add_event("first_token", {"ragmesh.cache_hit": True})
             yield Delta(text)
         prompt_tokens, completion_tokens = value["usage"]
         yield AskDone(

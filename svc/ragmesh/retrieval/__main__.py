@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from ragmesh.kit import config
-from ragmesh.kit.server import ServiceSpec, configure_logging, run
+from ragmesh.kit.server import ServiceSpec, configure_telemetry, run
 from ragmesh.retrieval.engine import RetrievalEngine
 from ragmesh.retrieval.servicer import SERVICE_NAME, register
 
@@ -23,7 +23,7 @@ def build(engine: RetrievalEngine) -> ServiceSpec:
 
 def main() -> None:
     settings = config.load()
-    configure_logging(settings.server.log_level, "retrieval")
+    configure_telemetry(settings.server, "retrieval")
     asyncio.run(run(settings.server, build(RetrievalEngine(settings.retrieval))))
 
 

@@ -21,6 +21,7 @@ from prometheus_client import Gauge, Histogram
 
 from ragmesh.kit.config import RetrievalSettings
 from ragmesh.kit.errors import NotReady, ReadOnlyReplica
+from ragmesh.kit.tracing import tracer
 from ragmesh.retrieval.index import IndexParams
 from ragmesh.retrieval.store import ChunkIn, ChunkStore, Hit, Limits
 
@@ -152,7 +153,19 @@ class RetrievalEngine:
                 RESULTS.observe(len(found))
             return hits, self.store.version
 
-        return await self._run(work)
+        with tracer.start_as_current_span("faiss.search") as span:
+            span.set_attributes(
+                {
+                    "ragmesh.search.queries": count,
+                    "ragmesh.search.top_k": top_k,
+                    "ragmesh.index.kind": self.store.params.kind,
+                    "ragmesh.index.device": self.store.index.device,
+                }
+            )
+            hits, version = await self._run(work)
+            span.set_attribute("ragmesh.search.results", sum(len(h) for h in hits))
+            span.set_attribute("ragmesh.index.version", version)
+            return hits, version
 
     async def info(self) -> IndexInfo:
         self._check()
