@@ -212,6 +212,47 @@ def test_references_resolve_within_the_render(environment: str) -> None:
 
 
 @env
+def test_services_and_sidecars_trace_to_one_reachable_collector(environment: str) -> None:
+    """Every ragmesh service exports spans to the collector of the Telemetry's provider, at
+    a host its Sidecar's REGISTRY_ONLY egress lets it reach."""
+    docs = render(environment)
+    telemetry = [d for d in docs if d["kind"] == "Telemetry"]
+    assert telemetry and all(
+        [p["name"] for p in t["spec"]["tracing"][0]["providers"]] == ["otel-tracing"]
+        for t in telemetry
+    )
+    configs = {
+        (d["metadata"]["namespace"], d["metadata"]["name"]): d["data"]
+        for d in docs
+        if d["kind"] == "ConfigMap"
+    }
+    sidecars = {
+        (d["metadata"]["namespace"], d["spec"]["workloadSelector"]["labels"]["app"]): d
+        for d in docs
+        if d["kind"] == "Sidecar"
+    }
+    endpoints = set()
+    for doc in docs:
+        if doc["kind"] != "Deployment" or not doc["metadata"]["name"].startswith(
+            ("embedding", "retrieval", "generation", "query", "ingest")
+        ):
+            continue
+        ns, pod = doc["metadata"]["namespace"], doc["spec"]["template"]["spec"]
+        data: dict[str, str] = {}
+        for source in pod["containers"][0].get("envFrom", []):
+            data.update(configs[(ns, source["configMapRef"]["name"])])
+        endpoint = data.get("RAGMESH_OTLP_ENDPOINT", "")
+        assert endpoint, f"{ident(doc)} exports no spans"
+        endpoints.add(endpoint)
+        host = endpoint.split("://")[-1].rsplit(":", 1)[0]
+        host_ns = host.split(".")[1]
+        app = doc["spec"]["template"]["metadata"]["labels"]["app"]
+        allowed = [h for e in sidecars[(ns, app)]["spec"]["egress"] for h in e["hosts"]]
+        assert f"{host_ns}/*" in allowed or f"{host_ns}/{host}" in allowed, (ident(doc), host)
+    assert len(endpoints) == 1, endpoints
+
+
+@env
 def test_canaried_services_have_no_hand_written_routes(environment: str) -> None:
     canaried = {c["metadata"]["name"] for c in objects(environment, "Canary")}
     for doc in render(environment):
