@@ -161,6 +161,58 @@ def test_one_ask_is_one_trace_through_every_sidecar_and_service(
     assert "generation internal generation.generate" in tree
 
 
+def test_an_ingest_job_continues_the_trace_of_its_ingest_call(mesh: MeshLab) -> None:
+    """The queued document carries the call's trace and request id to the ingest worker."""
+    since = time.time_ns()
+    doc = q.Document(document_id="traced-doc", title="Traced", text="A traced document. " * 5)
+    with grpc.insecure_channel(mesh.ingress_address) as channel:
+        stub = query_service_pb2_grpc.QueryServiceStub(channel)
+        job = stub.Ingest(q.IngestRequest(documents=[doc]), timeout=10).job_id
+        deadline = time.monotonic() + 60
+        while stub.GetIngestJob(q.GetIngestJobRequest(job_id=job), timeout=5).state in (
+            q.INGEST_JOB_STATE_QUEUED,
+            q.INGEST_JOB_STATE_RUNNING,
+        ):
+            assert time.monotonic() < deadline, "the job did not finish"
+            time.sleep(0.1)
+    # ingress, query (sidecar, server); ingest.document, its Embed and Upsert (client, ingest's
+    # sidecar, the callee's sidecar, server) and the embedding batch
+    deadline = time.monotonic() + 20
+    while True:
+        spans = traces.read(mesh.traces_file)
+        calls = {
+            s.trace_id
+            for s in spans
+            if s.name == "/ragmesh.v1.QueryService/Ingest" and s.start_ns >= since
+        }
+        spans = [s for s in spans if s.trace_id in calls]
+        if len(spans) >= 13 or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert len(calls) == 1 and len(spans) == 13, sorted(f"{s.service} {s.name}" for s in spans)
+    by_id = {s.span_id: s for s in spans}
+    (ingest_call,) = [s for s in spans if s.name == "/ragmesh.v1.QueryService/Ingest"]
+    (document,) = [s for s in spans if s.name == "ingest.document"]
+    assert document.kind == "consumer" and document.service == "ingest"
+    assert document.parent_span_id == ingest_call.span_id
+    assert document.attributes["ragmesh.document_id"] == "traced-doc"
+    request_id = ingest_call.attributes["rpc.grpc.request.metadata.x-request-id"]
+    for method in ("EmbeddingService/Embed", "RetrievalService/Upsert"):
+        (server,) = [s for s in spans if s.name == f"/ragmesh.v1.{method}" and s.kind == "server"]
+        assert server.attributes["rpc.grpc.request.metadata.x-request-id"] == request_id
+        chain = []
+        span = server
+        while span.parent_span_id:
+            span = by_id[span.parent_span_id]
+            chain.append(f"{span.service}/{span.kind}")
+        assert chain[1:5] == [  # after the callee's own sidecar
+            "ingest.rag-prod/client",
+            "ingest/client",
+            "ingest/consumer",
+            "query/server",
+        ]
+
+
 def test_retrieval_replica_killed_during_asks(mesh: MeshLab) -> None:
     """Two callers ask continuously; one retrieval replica (app and sidecar) is killed."""
     stats_before = mesh.sidecars["query"].stats()

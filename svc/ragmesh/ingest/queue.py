@@ -21,6 +21,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError, ResponseError
 
+from ragmesh.kit import tracing
 from ragmesh.kit.errors import DependencyUnavailable, InvalidArgument, NotFound
 
 GROUP = "ingest-workers"
@@ -71,6 +72,8 @@ class Entry:
     seq: int
     document: DocumentIn
     deliveries: int = 1
+    #: request id and trace context of the Ingest call (:func:`ragmesh.kit.tracing.carrier`)
+    trace: dict[str, str] = field(default_factory=dict)
 
 
 def validate_documents(docs: Sequence[DocumentIn], max_documents: int, max_chars: int) -> None:
@@ -186,6 +189,7 @@ class JobQueue:
         """Record a job and queue its documents atomically; returns the job id."""
         job_id = uuid.uuid4().hex
         key = self._job_key(job_id)
+        carried = json.dumps(tracing.carrier())
         async with redis_errors("Ingest"):
             async with self.redis.pipeline(transaction=True) as pipe:
                 pipe.hset(
@@ -210,7 +214,8 @@ class JobQueue:
                         "metadata": dict(d.metadata),
                         "source": d.source,
                     }
-                    pipe.xadd(self.stream, {"job": job_id, "seq": seq, "doc": json.dumps(body)})
+                    fields = {"job": job_id, "seq": seq, "doc": json.dumps(body), "trace": carried}
+                    pipe.xadd(self.stream, fields)  # type: ignore[arg-type]
                 await pipe.execute()
         return job_id
 
@@ -271,6 +276,7 @@ class JobQueue:
                         metadata=body["metadata"],
                         source=body["source"],
                     ),
+                    trace=json.loads(fields.get(b"trace", b"{}")),
                 )
             )
         return out

@@ -16,6 +16,7 @@ from prometheus_client import Counter, Gauge
 from ragmesh.embedding.model import Purpose
 from ragmesh.ingest.chunking import chunk, chunk_id
 from ragmesh.ingest.queue import Entry, JobQueue
+from ragmesh.kit import tracing
 from ragmesh.kit.config import IngestSettings
 from ragmesh.kit.errors import InvalidArgument, RagmeshError
 from ragmesh.kit.peers import ChunkRecord, Embedder, Retriever
@@ -86,7 +87,19 @@ class IngestWorker:
         return len(entries)
 
     async def process(self, entry: Entry) -> None:
-        """Ingest one document; raises RagmeshError (not InvalidArgument) to retry later."""
+        """Ingest one document; raises RagmeshError (not InvalidArgument) to retry later.
+
+        It runs under the Ingest call's request id, in its trace (``ingest.document`` span).
+        """
+        attributes: dict[str, str | int] = {
+            "ragmesh.job_id": entry.job_id,
+            "ragmesh.document_id": entry.document.document_id,
+            "ragmesh.deliveries": entry.deliveries,
+        }
+        with tracing.resume(entry.trace, "ingest.document", attributes):
+            await self._process(entry)
+
+    async def _process(self, entry: Entry) -> None:
         doc = entry.document
         if entry.deliveries > self.settings.max_deliveries:
             DOCUMENTS.labels("failed").inc()

@@ -11,7 +11,8 @@ the inbound tracing headers are forwarded untouched, so the sidecars' spans stil
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import contextlib
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from opentelemetry import propagate, trace
@@ -20,6 +21,7 @@ from opentelemetry.propagators.b3 import B3MultiFormat
 from opentelemetry.propagators.composite import CompositePropagator
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
+from ragmesh.kit import callcontext
 from ragmesh.kit.config import ServerSettings
 
 #: spans of the services' own work (batching, search, cache, prompt, generation)
@@ -109,12 +111,31 @@ def current_ids() -> tuple[str, str]:
     return format(ctx.trace_id, "032x"), format(ctx.span_id, "016x")
 
 
-def inject(carrier: dict[str, str]) -> dict[str, str]:
-    """Write the current trace context into ``carrier`` (e.g. a queued message)."""
-    propagate.inject(carrier)
-    return carrier
+def carrier() -> dict[str, str]:
+    """The current call's request id and trace context, for work that continues later in
+    another process (a queued document): pass it to :func:`resume` there."""
+    ctx = callcontext.current()
+    out: dict[str, str] = {}
+    if ctx is not None:
+        keep = {callcontext.REQUEST_ID_KEY} | (set() if enabled() else TRACE_HEADERS)
+        out = {k: v for k, v in ctx.headers if k in keep}
+    if enabled():
+        propagate.inject(out)  # the current span's context
+    return out
 
 
-def extract(carrier: Mapping[str, str]) -> Any:
-    """The context written by :func:`inject`, to start a span under it."""
-    return propagate.extract(carrier)
+@contextlib.contextmanager
+def resume(
+    carried: Mapping[str, str], name: str, attributes: Mapping[str, str | int]
+) -> Iterator[None]:
+    """Continue what :func:`carrier` handed over: its request id bound for logs and outbound
+    calls, and a CONSUMER span ``name`` in its trace."""
+    token = callcontext.bind(callcontext.from_metadata(carried.items(), None))
+    parent = propagate.extract(carried) if enabled() else None
+    try:
+        with tracer.start_as_current_span(
+            name, context=parent, kind=trace.SpanKind.CONSUMER, attributes=attributes
+        ):
+            yield
+    finally:
+        callcontext.unbind(token)
