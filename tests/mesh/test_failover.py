@@ -63,21 +63,28 @@ def test_cli_ingests_and_asks_through_the_ingress(
     assert all("grpc=Unavailable" in line for line in upserts)
 
 
-def spans_of_ask(mesh: MeshLab, since_ns: int, want: int, timeout: float = 20.0) -> list[Span]:
-    """Every received span of the traces holding an Ask that started after ``since_ns``, once
-    at least ``want`` arrived."""
+def spans_of_call(
+    mesh: MeshLab, method: str, since_ns: int, want: int, timeout: float = 20.0
+) -> list[Span]:
+    """Every received span of the traces holding a call of ``method`` (the service's server
+    span) that started after ``since_ns``, once at least ``want`` arrived."""
     deadline = time.monotonic() + timeout
     while True:
         spans = traces.read(mesh.traces_file)
-        asks = {
-            s.trace_id
-            for s in spans
-            if s.name == "/ragmesh.v1.QueryService/Ask" and s.start_ns >= since_ns
-        }
-        found = [s for s in spans if s.trace_id in asks]
+        calls = {s.trace_id for s in spans if s.name == method and s.start_ns >= since_ns}
+        found = [s for s in spans if s.trace_id in calls]
         if len(found) >= want or time.monotonic() > deadline:
             return found
         time.sleep(0.2)
+
+
+def ancestors(span: Span, by_id: dict[str, Span]) -> list[str]:
+    """``service/kind`` of each span above ``span``, nearest first."""
+    out = []
+    while span.parent_span_id:
+        span = by_id[span.parent_span_id]
+        out.append(f"{span.service}/{span.kind}")
+    return out
 
 
 def test_one_ask_is_one_trace_through_every_sidecar_and_service(
@@ -92,7 +99,7 @@ def test_one_ask_is_one_trace_through_every_sidecar_and_service(
     assert events[-1].WhichOneof("event") == "done"
     # ingress 1, query 11 (sidecar in + out ×3, server, 3 clients, 2 cache lookups), embedding 3,
     # retrieval 3, generation 4 (sidecar, server, own spans)
-    spans = spans_of_ask(mesh, since, want=21)
+    spans = spans_of_call(mesh, "/ragmesh.v1.QueryService/Ask", since, want=21)
     assert len({s.trace_id for s in spans}) == 1, "the Ask left more than one trace"
     assert len(spans) == 21, sorted(f"{s.service} {s.name}" for s in spans)
     # the ingress made up the request id; every sidecar and service carried it on
@@ -104,20 +111,13 @@ def test_one_ask_is_one_trace_through_every_sidecar_and_service(
     assert [(r.service, r.kind) for r in roots] == [("istio-ingressgateway.istio-system", "client")]
     assert all(s.parent_span_id in by_id for s in spans if s is not roots[0]), "dangling parent"
 
-    def path(span: Span) -> list[str]:
-        out = []
-        while span.parent_span_id:
-            span = by_id[span.parent_span_id]
-            out.append(f"{span.service}/{span.kind}")
-        return out
-
     def one(service: str, name: str) -> Span:
         matching = [s for s in spans if s.service == service and s.name == name]
         assert len(matching) == 1, f"{service} {name}: {len(matching)} spans"
         return matching[0]
 
     ask_span = one("query", "/ragmesh.v1.QueryService/Ask")
-    assert path(ask_span) == [
+    assert ancestors(ask_span, by_id) == [
         "query.rag-prod/server",
         "istio-ingressgateway.istio-system/client",
     ]
@@ -131,7 +131,7 @@ def test_one_ask_is_one_trace_through_every_sidecar_and_service(
         assert server.kind == "server"
         assert server.attributes["rpc.grpc.request.metadata.x-request-id"] == [request_id]
         # app ← its sidecar ← query's sidecar ← query's client span ← the Ask ← ...
-        assert path(server) == [
+        assert ancestors(server, by_id) == [
             f"{workload}.rag-prod/server",
             "query.rag-prod/client",
             "query/client",
@@ -177,19 +177,10 @@ def test_an_ingest_job_continues_the_trace_of_its_ingest_call(mesh: MeshLab) -> 
             time.sleep(0.1)
     # ingress, query (sidecar, server); ingest.document, its Embed and Upsert (client, ingest's
     # sidecar, the callee's sidecar, server) and the embedding batch
-    deadline = time.monotonic() + 20
-    while True:
-        spans = traces.read(mesh.traces_file)
-        calls = {
-            s.trace_id
-            for s in spans
-            if s.name == "/ragmesh.v1.QueryService/Ingest" and s.start_ns >= since
-        }
-        spans = [s for s in spans if s.trace_id in calls]
-        if len(spans) >= 13 or time.monotonic() > deadline:
-            break
-        time.sleep(0.2)
-    assert len(calls) == 1 and len(spans) == 13, sorted(f"{s.service} {s.name}" for s in spans)
+    spans = spans_of_call(mesh, "/ragmesh.v1.QueryService/Ingest", since, want=13)
+    assert len({s.trace_id for s in spans}) == 1 and len(spans) == 13, sorted(
+        f"{s.service} {s.name}" for s in spans
+    )
     by_id = {s.span_id: s for s in spans}
     (ingest_call,) = [s for s in spans if s.name == "/ragmesh.v1.QueryService/Ingest"]
     (document,) = [s for s in spans if s.name == "ingest.document"]
@@ -200,12 +191,7 @@ def test_an_ingest_job_continues_the_trace_of_its_ingest_call(mesh: MeshLab) -> 
     for method in ("EmbeddingService/Embed", "RetrievalService/Upsert"):
         (server,) = [s for s in spans if s.name == f"/ragmesh.v1.{method}" and s.kind == "server"]
         assert server.attributes["rpc.grpc.request.metadata.x-request-id"] == request_id
-        chain = []
-        span = server
-        while span.parent_span_id:
-            span = by_id[span.parent_span_id]
-            chain.append(f"{span.service}/{span.kind}")
-        assert chain[1:5] == [  # after the callee's own sidecar
+        assert ancestors(server, by_id)[1:5] == [  # after the callee's own sidecar
             "ingest.rag-prod/client",
             "ingest/client",
             "ingest/consumer",
