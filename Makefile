@@ -11,7 +11,7 @@ KUBECTL := $(TOOLS)/bin/kubectl
 BUF_VERSION := 1.75.0
 STAMP := .build/stamps
 
-.PHONY: images images-cuda image-locks render bench-mesh demo help venv tools proto check-proto buf-deps buf-lint buf-breaking buf-format lint typecheck test test-unit system-deps clean
+.PHONY: rest-bridge images images-cuda image-locks render bench-mesh demo help venv tools proto check-proto buf-deps buf-lint buf-breaking buf-format lint typecheck test test-unit system-deps clean
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -56,6 +56,9 @@ image-locks: venv ## rewrite images/requirements-*.txt from pyproject.toml + req
 
 render: $(KUBECTL) ## print the whole install for ENV=prod|staging|dev
 	$(KUBECTL) kustomize deploy/$(or $(ENV),prod)
+
+rest-bridge: venv ## rewrite mesh/rest-bridge.yaml (the ingress gateway's REST transcoder) from the protos
+	$(PY) -m ragmesh.meshlab.rest > mesh/rest-bridge.yaml
 
 proto: venv ## regenerate svc/ragmesh/v1 from proto/
 	PY=$(PY) scripts/genproto.sh svc

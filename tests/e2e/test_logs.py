@@ -1,7 +1,7 @@
 """Structured logs read from a running service: every line is one JSON object; each API call
 gets one access line with the request id Envoy sent, the trace and span ids of its
 traceparent, the method, the status and the duration (with tracing on, the ids of the
-service's own span: tests/mesh/test_failover.py); document texts never reach the log at INFO."""
+service's own span: tests/mesh/test_system.py); document texts never reach the log at INFO."""
 
 from __future__ import annotations
 

@@ -4,6 +4,7 @@ translate."""
 
 from __future__ import annotations
 
+import base64
 import shutil
 from pathlib import Path
 from typing import Any
@@ -15,8 +16,10 @@ from cloudcoil.models.istio.networking import v1 as networking
 from cloudcoil.models.istio.security import v1 as security
 from cloudcoil.models.istio.telemetry import v1 as telemetry
 from cloudcoil.resources import get_model
+from google.api import annotations_pb2
+from google.protobuf import descriptor_pb2
 
-from ragmesh.meshlab import manifests
+from ragmesh.meshlab import manifests, rest
 from ragmesh.meshlab.manifests import TranslationError
 from tests.support.contract import (
     CLUSTER_ONLY,
@@ -34,6 +37,8 @@ ISTIO_APIS = {
     "telemetry.istio.io/v1": telemetry,
 }
 K8S_VERSION = "1.35.0"
+#: kinds Istio serves only at an older version (EnvoyFilter has no v1)
+ONLY_VERSION = {("networking.istio.io/v1alpha3", "EnvoyFilter")}
 
 
 def documents() -> list[tuple[str, dict[str, Any]]]:
@@ -44,7 +49,7 @@ def test_every_istio_object_validates_with_extra_forbid() -> None:
     kinds = set()
     for source, doc in documents():
         api = doc["apiVersion"]
-        if api not in ISTIO_APIS:
+        if api not in ISTIO_APIS and (api, doc["kind"]) not in ONLY_VERSION:
             continue
         model = get_model(doc["kind"], api_version=api)
         try:
@@ -52,7 +57,14 @@ def test_every_istio_object_validates_with_extra_forbid() -> None:
         except ValueError as e:
             raise AssertionError(f"{source}: {e}") from e
         kinds.add(doc["kind"])
-    assert kinds == {"AuthorizationPolicy", "PeerAuthentication", "Sidecar", "Gateway", "Telemetry"}
+    assert kinds == {
+        "AuthorizationPolicy",
+        "PeerAuthentication",
+        "Sidecar",
+        "Gateway",
+        "Telemetry",
+        "EnvoyFilter",
+    }
 
 
 def test_the_forbid_check_catches_a_misspelled_principal() -> None:
@@ -91,7 +103,39 @@ def test_every_core_object_validates_strictly() -> None:
 
 def test_only_current_api_versions() -> None:
     allowed = {*ISTIO_APIS, "v1", "flagger.app/v1beta1"}
-    assert {d["apiVersion"] for _, d in documents()} <= allowed
+    current = [d for _, d in documents() if (d["apiVersion"], d["kind"]) not in ONLY_VERSION]
+    assert {d["apiVersion"] for d in current} <= allowed
+
+
+def test_the_rest_bridge_filter_is_generated_from_the_protos() -> None:
+    """mesh/rest-bridge.yaml is what `make rest-bridge` writes from the current protos, and
+    the local mesh's ingress runs exactly its filter."""
+    assert (ROOT / "mesh/rest-bridge.yaml").read_text() == rest.envoy_filter_yaml(), (
+        "stale: run make rest-bridge"
+    )
+    assert manifests.load(ROOT).gateway_filters == [rest.transcoder()]
+    config = rest.transcoder()["typed_config"]
+    files = descriptor_pb2.FileDescriptorSet.FromString(
+        base64.b64decode(config["proto_descriptor_bin"])
+    )
+    (query,) = [f for f in files.file if f.name == "ragmesh/v1/query_service.proto"]
+    routes = {
+        m.name: str(m.options.Extensions[annotations_pb2.http]).split()
+        for m in query.service[0].method
+    }
+    assert routes == {
+        "Ask": ["post:", '"/v1/ask"', "body:", '"*"'],
+        "Ingest": ["post:", '"/v1/documents:ingest"', "body:", '"*"'],
+        "GetIngestJob": ["get:", '"/v1/ingest-jobs/{job_id}"'],
+    }
+    assert config["services"] == ["ragmesh.v1.QueryService"]
+
+
+def test_the_local_mesh_refuses_other_envoy_filters() -> None:
+    doc = rest.envoy_filter()
+    doc["spec"]["configPatches"][0]["applyTo"] = "CLUSTER"
+    with pytest.raises(TranslationError, match="only HTTP filters"):
+        manifests._envoy_filter(manifests.MeshPolicy(), doc, "x")
 
 
 def test_peer_authentication_is_strict_mesh_wide_and_per_namespace() -> None:

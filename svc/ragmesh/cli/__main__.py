@@ -232,7 +232,9 @@ def cmd_mesh(args: argparse.Namespace) -> int:
             ports = [f"in:{k}->{v}" for k, v in sc.inbound.items()]
             ports += [f"out:{k}->{v}" for k, v in sc.outbound.items()]
             print(f"{sc.name:<22} {sc.principal:<58} {' '.join(ports)}")
-        print(f"ingress gateway (QueryService only): {lab.ingress_address}")
+        print(
+            f"ingress gateway (QueryService only): gRPC {lab.ingress_address}, REST {lab.rest_url}"
+        )
         print(
             "ready: ragmesh ingest PATH... / ragmesh ask QUESTION go through the ingress; "
             "Ctrl-C stops",

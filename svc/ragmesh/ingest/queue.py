@@ -76,6 +76,17 @@ class Entry:
     trace: dict[str, str] = field(default_factory=dict)
 
 
+_JOB_ID = re.compile(r"[0-9a-f]{32}")
+
+
+def validate_job_id(job_id: str) -> None:
+    """Raise InvalidArgument unless ``job_id`` has the form Ingest hands out."""
+    if not job_id:
+        raise InvalidArgument("job_id", "must not be empty")
+    if not _JOB_ID.fullmatch(job_id):
+        raise InvalidArgument("job_id", "must be the 32 lowercase hex digits Ingest returned")
+
+
 def validate_documents(docs: Sequence[DocumentIn], max_documents: int, max_chars: int) -> None:
     """Raise InvalidArgument naming the first bad field of an Ingest request."""
     if not docs:

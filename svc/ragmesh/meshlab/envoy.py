@@ -90,6 +90,14 @@ class Inbound:
 
 
 @dataclass(frozen=True)
+class RestBridge:
+    """A second listener to an upstream: HTTP/JSON through ``filter`` (the transcoder)."""
+
+    listen: int
+    filter: Json
+
+
+@dataclass(frozen=True)
 class Outbound:
     """An outbound listener to one upstream service (all its replicas)."""
 
@@ -100,6 +108,7 @@ class Outbound:
     endpoints: tuple[int, ...]  # the upstream sidecars' inbound listener ports
     peer: str  # SPIFFE id the upstream must present
     service: ServicePolicy | None = None
+    rest: RestBridge | None = None
 
     @property
     def cluster(self) -> str:
@@ -404,7 +413,9 @@ def outlier_detection(service: ServicePolicy) -> Json | None:
     return out
 
 
-def _outbound(identity: Identity, out: Outbound, tracing: Tracing | None) -> tuple[Json, Json]:
+def _outbound(
+    identity: Identity, out: Outbound, tracing: Tracing | None
+) -> tuple[list[Json], Json]:
     service = out.service
     alpn = [] if out.protocol == "tcp" else ["h2"]
     cluster: Json = {
@@ -433,11 +444,13 @@ def _outbound(identity: Identity, out: Outbound, tracing: Tracing | None) -> tup
                 ),
             }
         ]
-        return {
-            "name": name,
-            "address": _address(out.listen),
-            "filter_chains": [{"filters": filters}],
-        }, cluster
+        return [
+            {
+                "name": name,
+                "address": _address(out.listen),
+                "filter_chains": [{"filters": filters}],
+            }
+        ], cluster
     if service is None:
         raise TranslationError(f"no Canary service block for {out.host}: rollouts/*/canary.yaml")
     options: Json = {"explicit_http_config": {"http2_protocol_options": {}}}
@@ -480,12 +493,26 @@ def _outbound(identity: Identity, out: Outbound, tracing: Tracing | None) -> tup
     prefixes = service.match_prefixes or ("/",)
     decorator = {"operation": f"{out.host}:{out.port}/*"}
     routes = [{"match": {"prefix": p}, "route": action, "decorator": decorator} for p in prefixes]
-    return {
-        "name": name,
-        "address": _address(out.listen),
-        "traffic_direction": "OUTBOUND",  # client spans
-        "filter_chains": [{"filters": [_hcm(name, routes, [], "outbound", tracing)]}],
-    }, cluster
+    listeners = [
+        {
+            "name": name,
+            "address": _address(out.listen),
+            "traffic_direction": "OUTBOUND",  # client spans
+            "filter_chains": [{"filters": [_hcm(name, routes, [], "outbound", tracing)]}],
+        }
+    ]
+    if out.rest is not None:  # JSON in, transcoded to gRPC, then the same routes
+        rest_name = f"{name}_rest"
+        hcm = _hcm(rest_name, routes, [out.rest.filter], "outbound", tracing)
+        listeners.append(
+            {
+                "name": rest_name,
+                "address": _address(out.rest.listen),
+                "traffic_direction": "OUTBOUND",
+                "filter_chains": [{"filters": [hcm]}],
+            }
+        )
+    return listeners, cluster
 
 
 def sidecar_config(
@@ -508,8 +535,8 @@ def sidecar_config(
         listeners.append(listener)
         clusters.append(cluster)
     for out in outbound:
-        listener, cluster = _outbound(identity, out, tracing)
-        listeners.append(listener)
+        more, cluster = _outbound(identity, out, tracing)
+        listeners.extend(more)
         clusters.append(cluster)
     config: Json = {
         "node": {"id": identity.spiffe_id, "cluster": identity.spiffe_id.rsplit("/", 1)[-1]},

@@ -17,13 +17,13 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from ragmesh.cli.supervisor import Proc, Stack, StackError, free_port
 from ragmesh.meshlab import manifests
 from ragmesh.meshlab.ca import Identity, LocalCA
-from ragmesh.meshlab.envoy import Inbound, Outbound, Tracing, sidecar_config
+from ragmesh.meshlab.envoy import Inbound, Outbound, RestBridge, Tracing, sidecar_config
 from ragmesh.meshlab.manifests import GRPC_PORT, METRICS_PORT, MeshPolicy, Rule, ServicePolicy
 
 REDIS_PORT = 6379
@@ -58,6 +58,7 @@ class Sidecar:
     admin: int
     inbound: dict[int, int] = field(default_factory=dict)  # Kubernetes port → listen port
     outbound: dict[str, int] = field(default_factory=dict)  # upstream workload → listen port
+    rest: int = 0  # the REST bridge's port (the ingress gateway)
 
     def stats(self) -> dict[str, int]:
         """Envoy's counters and gauges (``/stats``), by name."""
@@ -307,14 +308,26 @@ class MeshLab:
         )
 
     def start_ingress(self) -> Sidecar:
-        """Istio's ingress gateway: routes the query Canary's matches to query, nothing else."""
-        return self.start_sidecar(
-            INGRESS, INGRESS_PRINCIPAL, outbound={"query": self.outbound("query")}
-        )
+        """Istio's ingress gateway: routes the query Canary's matches to query, nothing else.
+        gRPC on one port; REST on another when mesh/ adds the transcoder (its EnvoyFilter:
+        mesh/rest-bridge.yaml). In a cluster both share port 443."""
+        query = self.outbound("query")
+        port = 0
+        for gateway_filter in self.policy.gateway_filters:
+            port = free_port()
+            query = replace(query, rest=RestBridge(port, gateway_filter))
+        sidecar = self.start_sidecar(INGRESS, INGRESS_PRINCIPAL, outbound={"query": query})
+        sidecar.rest = port
+        return sidecar
 
     @property
     def ingress_address(self) -> str:
         return f"127.0.0.1:{self.sidecars[INGRESS].outbound['query']}"
+
+    @property
+    def rest_url(self) -> str:
+        """The REST bridge's base URL."""
+        return f"http://127.0.0.1:{self.sidecars[INGRESS].rest}"
 
     def up(self) -> None:
         """Redis, every workload behind its sidecar, then the ingress gateway."""
@@ -339,6 +352,7 @@ class MeshLab:
         ingress = self.sidecars[INGRESS].proc
         extra["ingress"] = {
             "grpc": self.ingress_address,
+            "rest": self.rest_url,
             "pid": ingress.popen.pid,
             "metrics": "",
             "log": str(ingress.log),

@@ -116,6 +116,8 @@ class MeshPolicy:
     egress: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
     services: dict[str, ServicePolicy] = field(default_factory=dict)
     strict_namespaces: set[str] = field(default_factory=set)
+    #: the HTTP filter the ingress gateway's EnvoyFilter adds (the REST bridge), if any
+    gateway_filters: list[dict[str, Any]] = field(default_factory=list)
 
     def allows(
         self, workload: str, caller: str, path: str, port: int = GRPC_PORT, method: str = "POST"
@@ -339,7 +341,30 @@ def _no_traffic_effect(policy: MeshPolicy, doc: dict[str, Any], where: str) -> N
     """Namespaces, the edge Gateway and Telemetry: nothing to enforce between local sidecars."""
 
 
+def _envoy_filter(policy: MeshPolicy, doc: dict[str, Any], where: str) -> None:
+    """Only what the REST bridge does: insert an HTTP filter before the ingress gateway's
+    router. Anything else an EnvoyFilter could patch is refused."""
+    spec = doc.get("spec", {})
+    _check(spec, f"{where} spec", {"workloadSelector", "configPatches"})
+    if spec.get("workloadSelector") != {"labels": {"istio": "ingressgateway"}}:
+        raise TranslationError(f"{where} spec.workloadSelector must be istio: ingressgateway")
+    for i, patch in enumerate(spec.get("configPatches", [])):
+        at = f"{where} spec.configPatches[{i}]"
+        _check(patch, at, {"applyTo", "match", "patch"})
+        match = patch.get("match", {})
+        sub = match.get("listener", {}).get("filterChain", {}).get("filter", {}).get("subFilter")
+        if (
+            patch.get("applyTo") != "HTTP_FILTER"
+            or match.get("context") != "GATEWAY"
+            or sub != {"name": "envoy.filters.http.router"}
+            or patch["patch"].get("operation") != "INSERT_BEFORE"
+        ):
+            raise TranslationError(f"{at}: only HTTP filters inserted before the gateway router")
+        policy.gateway_filters.append(patch["patch"]["value"])
+
+
 _HANDLERS = {
+    "EnvoyFilter": _envoy_filter,
     "AuthorizationPolicy": _authorization,
     "Sidecar": _sidecar,
     "Canary": _canary,

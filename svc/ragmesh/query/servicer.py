@@ -9,9 +9,8 @@ import grpc
 
 from ragmesh.generation.service import Delta
 from ragmesh.generation.servicer import FINISH_REASONS, params_from_proto
-from ragmesh.ingest.queue import DocumentIn, JobQueue, validate_documents
+from ragmesh.ingest.queue import DocumentIn, JobQueue, validate_documents, validate_job_id
 from ragmesh.kit.config import QuerySettings
-from ragmesh.kit.errors import InvalidArgument
 from ragmesh.query.pipeline import AskDone, AskInput, AskPipeline, Citations
 from ragmesh.v1 import common_pb2, query_service_pb2, query_service_pb2_grpc
 
@@ -104,8 +103,7 @@ class QueryServicer(query_service_pb2_grpc.QueryServiceServicer):
         request: query_service_pb2.GetIngestJobRequest,
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> query_service_pb2.GetIngestJobResponse:
-        if not request.job_id:
-            raise InvalidArgument("job_id", "must not be empty")
+        validate_job_id(request.job_id)
         job = await self.queue.job(request.job_id)
         return query_service_pb2.GetIngestJobResponse(
             job_id=job.job_id,

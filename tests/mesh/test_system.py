@@ -1,6 +1,6 @@
 """The whole system behind real sidecars (``ragmesh mesh up --trace``): ingestion and cited
-answers through the ingress gateway, one trace per Ask across every sidecar and service, and
-failover when a retrieval replica dies."""
+answers through the ingress gateway over gRPC and over REST (Envoy's transcoder), one trace
+per Ask across every sidecar and service, and failover when a retrieval replica dies."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import json
 import threading
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import grpc
 import pytest
@@ -18,6 +19,7 @@ from ragmesh.meshlab.lab import MeshLab
 from ragmesh.meshlab.traces import Span
 from ragmesh.v1 import query_service_pb2 as q
 from ragmesh.v1 import query_service_pb2_grpc
+from tests.support import rest
 from tests.support.contract import ROOT
 
 pytestmark = pytest.mark.slow
@@ -197,6 +199,74 @@ def test_an_ingest_job_continues_the_trace_of_its_ingest_call(mesh: MeshLab) -> 
             "ingest/consumer",
             "query/server",
         ]
+
+
+def test_rest_ask_streams_ndjson_as_it_is_generated(mesh: MeshLab) -> None:
+    """POST /v1/ask through the ingress's transcoder: one JSON message per line, citations
+    first, and the lines arrive while the answer is still being generated."""
+    body = {"question": QUESTION, "topK": 2, "skipCache": True}
+    status, lines = rest.stream(f"{mesh.rest_url}/v1/ask", body)
+    assert status == 200
+    kinds = [next(iter(message)) for _, message in lines]
+    assert kinds[0] == "citations" and kinds[-1] == "done"
+    assert set(kinds[1:-1]) == {"delta"} and len(kinds) > 5
+    citations = lines[0][1]["citations"]["citations"]
+    assert citations[0]["documentId"].endswith("lighthouse.md") and citations[0]["marker"] == 1
+    assert FACT in "".join(m["delta"] for _, m in lines[1:-1])
+    done = lines[-1][1]["done"]
+    assert done["finishReason"] == "FINISH_REASON_STOP" and done["cacheHit"] is False
+    # A bridge that buffered the stream could deliver nothing before the server finished;
+    # the server's clock starts after the client's, so this holds only if lines stream.
+    citations_at, total_ms = lines[0][0], done["timings"]["totalMs"]
+    assert citations_at < total_ms, (citations_at, total_ms)
+
+
+def test_rest_ingest_and_job_round_trip(mesh: MeshLab) -> None:
+    url = mesh.rest_url
+    doc = {"documentId": "rest-note", "title": "Tide gauge", "text": "The Selby tide gauge "
+           "was installed in 1903. It records the water level every ten minutes."}  # fmt: skip
+    # an unknown field is dropped by the transcoder, not an error
+    status, _, queued = rest.call(f"{url}/v1/documents:ingest", {"documents": [doc], "x": 1})
+    assert status == 200 and queued["documentCount"] == 1
+    deadline = time.monotonic() + 60
+    while True:
+        status, _, job = rest.call(f"{url}/v1/ingest-jobs/{queued['jobId']}")
+        assert status == 200 and job["jobId"] == queued["jobId"]
+        if job["state"] not in ("INGEST_JOB_STATE_QUEUED", "INGEST_JOB_STATE_RUNNING"):
+            break
+        assert time.monotonic() < deadline, job
+        time.sleep(0.1)
+    assert job["state"] == "INGEST_JOB_STATE_SUCCEEDED" and job["chunksDone"] == 1
+    status, lines = rest.stream(f"{url}/v1/ask", {"question": "When was the tide gauge installed?"})
+    assert status == 200 and lines[0][1]["citations"]["citations"][0]["documentId"] == "rest-note"
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "status", "grpc_code", "field"),
+    [
+        ("/v1/ask", {"question": ""}, 400, 3, "question"),
+        # a misspelled field is dropped by the transcoder: the service sees no question
+        ("/v1/ask", {"questoin": "How often does the light flash?"}, 400, 3, "question"),
+        ("/v1/ask", {"question": "x", "topK": 1000}, 400, 3, "top_k"),
+        ("/v1/documents:ingest", {"docs": [{"documentId": "a", "text": "b"}]}, 400, 3, "documents"),
+        ("/v1/documents:ingest", {"documents": [{"documentId": "a b", "text": "c"}]}, 400, 3,
+         "documents[0].document_id"),
+        ("/v1/ingest-jobs/not-a-job", None, 400, 3, "job_id"),
+        ("/v1/ingest-jobs/" + "0" * 32, None, 404, 5, "job_id"),
+    ],
+)  # fmt: skip
+def test_rest_rejects_bad_input_with_a_status_and_a_json_error(
+    mesh: MeshLab, path: str, body: Any, status: int, grpc_code: int, field: str
+) -> None:
+    got, headers, error = rest.call(mesh.rest_url + path, body)
+    assert got == status and headers["content-type"] == "application/json", error
+    assert error["code"] == grpc_code and error["message"].startswith(f"{field}:"), error
+
+
+def test_rest_paths_outside_the_api_are_not_found(mesh: MeshLab) -> None:
+    for path in ("/v1/nothing", "/ragmesh.v1.RetrievalService/Search", "/v1/ask/extra"):
+        status, _, _ = rest.call(mesh.rest_url + path, {})
+        assert status == 404, path
 
 
 def test_retrieval_replica_killed_during_asks(mesh: MeshLab) -> None:
