@@ -11,7 +11,7 @@ KUBECTL := $(TOOLS)/bin/kubectl
 BUF_VERSION := 1.75.0
 STAMP := .build/stamps
 
-.PHONY: rest-bridge images images-cuda image-locks render bench-mesh demo help venv tools proto check-proto buf-deps buf-lint buf-breaking buf-format lint typecheck test test-unit system-deps clean
+.PHONY: openapi rest-bridge images images-cuda image-locks render bench-mesh demo help venv tools proto check-proto buf-deps buf-lint buf-breaking buf-format lint typecheck test test-unit system-deps clean
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -60,6 +60,9 @@ render: $(KUBECTL) ## print the whole install for ENV=prod|staging|dev
 rest-bridge: venv ## rewrite mesh/rest-bridge.yaml (the ingress gateway's REST transcoder) from the protos
 	$(PY) -m ragmesh.meshlab.rest > mesh/rest-bridge.yaml
 
+openapi: venv system-deps ## rewrite docs/api/ragmesh.swagger.json with grpc-gateway's generator
+	PY=$(PY) bash scripts/openapi.sh docs/api
+
 proto: venv ## regenerate svc/ragmesh/v1 from proto/
 	PY=$(PY) scripts/genproto.sh svc
 
@@ -97,7 +100,7 @@ typecheck: venv ## mypy --strict on svc/
 demo: venv system-deps ## start everything locally, ingest samples/corpus, ask a cited question
 	bash scripts/demo.sh
 
-test-unit: venv system-deps tools ## pytest only
+test-unit: venv system-deps tools buf-deps ## pytest only
 	bash scripts/pytest.sh
 
 test: venv system-deps tools check-proto buf-lint lint typecheck ## everything CI runs

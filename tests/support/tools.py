@@ -21,6 +21,14 @@ def kubectl() -> Path:
     return path
 
 
+def buf() -> Path:
+    """buf from npm (``make tools``)."""
+    path = ROOT / ".tools" / "node_modules" / ".bin" / "buf"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing: run `make tools`")
+    return path
+
+
 @functools.cache
 def kustomize(directory: str) -> tuple[dict[str, Any], ...]:
     """The objects ``kubectl kustomize ROOT/<directory>`` renders (e.g. ``deploy/prod``)."""
