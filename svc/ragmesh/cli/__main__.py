@@ -221,7 +221,7 @@ def cmd_ask(args: argparse.Namespace) -> int:
 def cmd_mesh(args: argparse.Namespace) -> int:
     from ragmesh.meshlab.lab import MeshLab
 
-    lab = MeshLab(args.manifests, args.data_dir)
+    lab = MeshLab(args.manifests, args.data_dir, rest_port=args.rest_port)
     print(f"starting the local mesh from {args.manifests}/mesh and rollouts/ ...", flush=True)
     try:
         if args.trace:
@@ -322,6 +322,12 @@ def parser() -> argparse.ArgumentParser:
     mesh_up = mesh_sub.add_parser("up", help="start the stack behind sidecars; Ctrl-C stops")
     mesh_up.add_argument(
         "--manifests", type=Path, default=Path("."), help="directory holding mesh/ and rollouts/"
+    )
+    mesh_up.add_argument(
+        "--rest-port",
+        type=int,
+        default=8080,
+        help="the ingress gateway's REST port on 127.0.0.1 (0: any free port)",
     )
     mesh_up.add_argument(
         "--trace",

@@ -76,9 +76,15 @@ class MeshLab:
     """The manifests under ``root`` enforced by Envoy sidecars around processes in ``workdir``."""
 
     def __init__(
-        self, root: Path, workdir: Path, policy: MeshPolicy | None = None, otlp_port: int = 0
+        self,
+        root: Path,
+        workdir: Path,
+        policy: MeshPolicy | None = None,
+        otlp_port: int = 0,
+        rest_port: int = 0,
     ) -> None:
         self.root = root
+        self.rest_port = rest_port  # the ingress's REST port; 0: a free one
         self.policy = policy or manifests.load(root)
         self.stack = Stack(workdir)
         self.otlp_port = 0
@@ -314,7 +320,7 @@ class MeshLab:
         query = self.outbound("query")
         port = 0
         for gateway_filter in self.policy.gateway_filters:
-            port = free_port()
+            port = self.rest_port or free_port()
             query = replace(query, rest=RestBridge(port, gateway_filter))
         sidecar = self.start_sidecar(INGRESS, INGRESS_PRINCIPAL, outbound={"query": query})
         sidecar.rest = port
