@@ -267,6 +267,9 @@ def test_rest_paths_outside_the_api_are_not_found(mesh: MeshLab) -> None:
     for path in ("/v1/nothing", "/ragmesh.v1.RetrievalService/Search", "/v1/ask/extra"):
         status, _, _ = rest.call(mesh.rest_url + path, {})
         assert status == 404, path
+    # a route with a query parameter it does not know is no route either
+    status, _, _ = rest.call(f"{mesh.rest_url}/v1/ingest-jobs/{'0' * 32}?bogus=1")
+    assert status == 404
 
 
 def test_retrieval_replica_killed_during_asks(mesh: MeshLab) -> None:

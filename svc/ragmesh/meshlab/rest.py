@@ -59,11 +59,10 @@ def transcoder() -> Json:
             },
             # gRPC errors → HTTP status + google.rpc.Status JSON body
             "convert_grpc_status": True,
-            # a path that is no REST route is a 404, never passed on as if it were gRPC
-            "request_validation_options": {
-                "reject_unknown_method": True,
-                "reject_unknown_query_parameters": True,
-            },
+            # Requests that are no REST route pass on untouched, so other hosts sharing the
+            # gateway keep working; for ragmesh's host the routes (QueryService gRPC paths
+            # only) answer them 404, as they do a route with a query parameter it lacks.
+            "request_validation_options": {"reject_unknown_query_parameters": True},
         },
     }
 
