@@ -91,10 +91,10 @@ class Inbound:
 
 @dataclass(frozen=True)
 class RestBridge:
-    """A second listener to an upstream: HTTP/JSON through ``filter`` (the transcoder)."""
+    """A second listener to an upstream: HTTP/JSON through ``filters`` (the transcoder)."""
 
     listen: int
-    filter: Json
+    filters: tuple[Json, ...]
 
 
 @dataclass(frozen=True)
@@ -503,7 +503,7 @@ def _outbound(
     ]
     if out.rest is not None:  # JSON in, transcoded to gRPC, then the same routes
         rest_name = f"{name}_rest"
-        hcm = _hcm(rest_name, routes, [out.rest.filter], "outbound", tracing)
+        hcm = _hcm(rest_name, routes, list(out.rest.filters), "outbound", tracing)
         listeners.append(
             {
                 "name": rest_name,

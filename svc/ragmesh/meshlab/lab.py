@@ -319,9 +319,9 @@ class MeshLab:
         mesh/rest-bridge.yaml). In a cluster both share port 443."""
         query = self.outbound("query")
         port = 0
-        for gateway_filter in self.policy.gateway_filters:
+        if self.policy.gateway_filters:
             port = self.rest_port or free_port()
-            query = replace(query, rest=RestBridge(port, gateway_filter))
+            query = replace(query, rest=RestBridge(port, tuple(self.policy.gateway_filters)))
         sidecar = self.start_sidecar(INGRESS, INGRESS_PRINCIPAL, outbound={"query": query})
         sidecar.rest = port
         return sidecar

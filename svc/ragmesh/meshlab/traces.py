@@ -126,10 +126,6 @@ class Receiver(trace_service_pb2_grpc.TraceServiceServicer):
                 self._sink(batch)
         return trace_service_pb2.ExportTraceServiceResponse()
 
-    def trace(self, trace_id: str) -> list[Span]:
-        with self._lock:
-            return [s for s in self.spans if s.trace_id == trace_id]
-
 
 def serve(receiver: Receiver, port: int = 0, host: str = "127.0.0.1") -> tuple[grpc.Server, int]:
     """Start a gRPC server for ``receiver``; returns it and its port."""
