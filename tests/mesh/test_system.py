@@ -52,8 +52,15 @@ def test_cli_ingests_and_asks_through_the_ingress(
 ) -> None:
     data_dir = str(mesh.stack.workdir)
     assert cli(["--data-dir", data_dir, "ingest", str(ROOT / "samples/corpus")]) == 0
-    assert cli(["--data-dir", data_dir, "ask", QUESTION]) == 0
-    out = capsys.readouterr().out
+    capsys.readouterr()
+    # the reader replica applies the writer's log within RAGMESH_INDEX_REFRESH_MS
+    deadline = time.monotonic() + 5
+    while True:
+        assert cli(["--data-dir", data_dir, "ask", QUESTION]) == 0
+        out = capsys.readouterr().out
+        if FACT in out or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
     assert FACT in out and "Sources:" in out
     assert cli(["--data-dir", data_dir, "status"]) == 0
     status = capsys.readouterr().out
