@@ -11,7 +11,7 @@ KUBECTL := $(TOOLS)/bin/kubectl
 BUF_VERSION := 1.75.0
 STAMP := .build/stamps
 
-.PHONY: openapi rest-bridge images images-cuda image-locks render bench-mesh demo help venv tools proto check-proto buf-deps buf-lint buf-breaking buf-format lint typecheck test test-unit system-deps clean
+.PHONY: openapi rest-bridge images images-cuda image-locks render bench bench-quick bench-mesh bench-peers bench-profile demo help venv tools proto check-proto buf-deps buf-lint buf-breaking buf-format lint typecheck test test-unit system-deps clean
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -106,8 +106,25 @@ test-unit: venv system-deps tools buf-deps ## pytest only
 test: venv system-deps tools check-proto buf-lint lint typecheck ## everything CI runs
 	bash scripts/pytest.sh
 
-bench-mesh: venv ## added latency of one sidecar pair with mTLS (Search on loopback)
-	$(PY) bench/mesh_latency.py
+$(STAMP)/bench: bench/requirements.lock $(STAMP)/venv
+	$(PIP) install --quiet -r bench/requirements.lock
+	@touch $@
+
+bench-peers: venv system-deps $(STAMP)/bench ## the peers' own venvs (infinity-emb, Milvus Lite) from bench/peers/*.lock
+	bash scripts/bench-peers.sh
+
+bench: bench-peers ## every benchmark side by side with its peers, 3 repeats: bench/results/full and docs/benchmarks.md
+	$(PY) -m bench.run
+
+bench-quick: bench-peers ## the same table in under 5 minutes (shorter runs, 2 repeats): bench/results/quick
+	$(PY) -m bench.run --quick
+
+bench-mesh: venv system-deps $(STAMP)/bench ## added latency of one sidecar pair with mTLS (Search on loopback)
+	$(PY) -m bench.run --only mesh
+
+SERVICE ?= embedding
+bench-profile: venv $(STAMP)/bench ## py-spy profile of SERVICE=embedding|retrieval under benchmark load
+	$(PY) -m bench.profile $(SERVICE)
 
 clean:
 	rm -rf .build $(VENV) $(TOOLS)

@@ -1,9 +1,12 @@
 """Dynamic micro-batching: concurrent requests are coalesced into one encode call.
 
-Requests queue up; a single worker takes the first one, waits at most ``max_wait`` for
-more (up to ``max_batch`` texts), runs the encode in a worker thread so the event loop
-stays free, and routes each slice of the result back to its caller. While one encode runs,
-new requests accumulate, so batches grow with load. Each caller waits in an
+Requests queue up; a single worker takes the first one and whatever else is queued, waits
+at most ``max_wait`` for more (up to ``max_batch`` texts), runs the encode in a worker
+thread so the event loop stays free, and routes each slice of the result back to its
+caller. While one encode runs, new requests accumulate, so batches grow with load. The
+worker lingers for more only after a batch of several callers: a lone caller (the usual
+question embedding) is not made to wait for company that is not coming, while callers
+of a large batch, answered together, are gathered again into one batch. Each caller waits in an
 ``embedding.batch`` span that records the size and encode time of the batch it joined.
 No grpc here.
 """
@@ -75,6 +78,7 @@ class MicroBatcher(Generic[K]):
         self._queued_texts = 0
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="encode")
         self._worker: asyncio.Task[None] | None = None
+        self._linger = True  # the last batch had several callers
         self.stats = BatchStats()
 
     async def embed(self, texts: Sequence[str], key: K) -> Matrix:
@@ -107,7 +111,7 @@ class MicroBatcher(Generic[K]):
         first = await self._queue.get()
         batch = [first]
         size = len(first.texts)
-        deadline = time.monotonic() + self.max_wait_s
+        deadline = time.monotonic() + (self.max_wait_s if self._linger else 0.0)
         while size < self.max_batch:
             try:
                 item = self._queue.get_nowait()
@@ -127,6 +131,7 @@ class MicroBatcher(Generic[K]):
         loop = asyncio.get_running_loop()
         while True:
             batch = await self._collect()
+            self._linger = len(batch) > 1
             self._queued_texts -= sum(len(p.texts) for p in batch)
             live = [p for p in batch if not p.future.done()]  # callers that gave up are dropped
             for key in dict.fromkeys(p.key for p in live):

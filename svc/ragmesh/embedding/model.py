@@ -17,6 +17,7 @@ from ragmesh.kit.errors import ConfigError
 log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
+CPU_PASS_TEXTS = 8  # on CPU, padding costs more than smaller passes (docs/benchmarks.md)
 
 Matrix = npt.NDArray[np.float32]
 
@@ -68,6 +69,10 @@ class EmbeddingModel:
         if dim is None:
             raise ConfigError(f"RAGMESH_EMBED_MODEL: {path} reports no embedding dimension")
         self.dimension = int(dim)
+        if settings.pass_texts:
+            self.pass_texts: int | None = settings.pass_texts
+        else:
+            self.pass_texts = CPU_PASS_TEXTS if self.device == "cpu" else None
         prompts = getattr(self._model, "prompts", {}) or {}
         self._prompts = {
             Purpose.QUERY: "query" if "query" in prompts else None,
@@ -77,10 +82,14 @@ class EmbeddingModel:
         log.info("loaded embedding model %s (dim %d) on %s", path, self.dimension, self.device)
 
     def encode(self, texts: Sequence[str], purpose: Purpose = Purpose.UNSPECIFIED) -> Matrix:
-        """Embed ``texts`` into a (len(texts), dimension) float32 matrix of unit vectors."""
+        """Embed ``texts`` into a (len(texts), dimension) float32 matrix of unit vectors.
+
+        sentence-transformers sorts the texts by length and runs them ``pass_texts`` at a
+        time, then restores their order.
+        """
         vectors = self._model.encode(
             list(texts),
-            batch_size=max(1, len(texts)),
+            batch_size=self.pass_texts or max(1, len(texts)),
             convert_to_numpy=True,
             normalize_embeddings=True,
             show_progress_bar=False,

@@ -76,6 +76,14 @@ VARIABLES: tuple[Variable, ...] = (
     ),
     Variable("RAGMESH_EMBED_MAX_BATCH", "64", "Most texts coalesced into one encode.", "embedding"),
     Variable("RAGMESH_EMBED_MAX_WAIT_MS", "2", "Longest wait for a batch to fill.", "embedding"),
+    Variable(
+        "RAGMESH_EMBED_PASS_TEXTS",
+        "0",
+        "Texts per forward pass: a micro-batch is sorted by length and run in passes of this "
+        "size, so short texts are not padded to the longest; 0: 8 on CPU, the whole "
+        "micro-batch on CUDA.",
+        "embedding",
+    ),
     Variable("RAGMESH_EMBED_MAX_TEXTS", "256", "Most texts in one Embed request.", "embedding"),
     Variable("RAGMESH_EMBED_MAX_CHARS", "8192", "Most characters in one text.", "embedding"),
     Variable(
@@ -308,6 +316,7 @@ class EmbeddingSettings:
     max_texts: int
     max_chars: int
     max_queued: int
+    pass_texts: int = 0  # 0: chosen by the device
 
 
 @dataclass(frozen=True)
@@ -478,6 +487,7 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         device=r.choice("RAGMESH_EMBED_DEVICE", ("auto", "cpu", "cuda")),
         max_batch=r.integer("RAGMESH_EMBED_MAX_BATCH", 1),
         max_wait_ms=r.number("RAGMESH_EMBED_MAX_WAIT_MS"),
+        pass_texts=r.integer("RAGMESH_EMBED_PASS_TEXTS"),
         max_texts=r.integer("RAGMESH_EMBED_MAX_TEXTS", 1),
         max_chars=r.integer("RAGMESH_EMBED_MAX_CHARS", 1),
         max_queued=r.integer("RAGMESH_EMBED_MAX_QUEUED", 1),

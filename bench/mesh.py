@@ -1,16 +1,7 @@
-"""Added latency of one sidecar pair with mTLS, for Search on loopback.
-
-A real retrieval service (1,000 chunks, flat index) is called with one 384-d query and
-top_k 10: directly on its loopback port, and through query's sidecar (outbound listener,
-mTLS origination, retry policy) and retrieval's sidecar (mTLS termination, RBAC). The two
-paths alternate in rounds on the same connection pattern; the added time is mesh - direct
-per round. Usage: python bench/mesh_latency.py [--rounds 5] [--calls 400]
-"""
+"""Mesh: the added latency of one sidecar pair with mTLS, for Search on loopback."""
 
 from __future__ import annotations
 
-import argparse
-import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -18,17 +9,12 @@ from pathlib import Path
 import grpc
 import numpy as np
 
+from bench.common import ROOT, Section, Spread, Target, percentile
 from ragmesh.cli.supervisor import free_port
 from ragmesh.meshlab.lab import MeshLab
 from ragmesh.v1 import common_pb2, retrieval_service_pb2, retrieval_service_pb2_grpc
 
-ROOT = Path(__file__).resolve().parents[1]
 DIM = 384
-
-
-def percentile(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))]
 
 
 def timed_calls(stub: retrieval_service_pb2_grpc.RetrievalServiceStub, n: int) -> list[float]:
@@ -45,12 +31,21 @@ def timed_calls(stub: retrieval_service_pb2_grpc.RetrievalServiceStub, n: int) -
     return out
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--calls", type=int, default=400)
-    args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
+def run(quick: bool, repeats: int) -> Section:
+    calls = 200 if quick else 400
+    rounds = max(repeats, 3)
+    section = Section(
+        "mesh",
+        "Mesh: Search direct vs through a sidecar pair with mTLS",
+        "A retrieval service with 1,000 chunks (flat index), one 384-d query, top_k 10, one "
+        "call at a time from a sync client: straight to its port, and through query's "
+        "sidecar (outbound listener, mTLS origination, retry policy) and retrieval's "
+        "sidecar (mTLS termination, RBAC), both real Envoys configured from mesh/ and "
+        f"rollouts/. The two paths alternate in {rounds} rounds of {calls} calls; added = "
+        "mesh − direct per round. Not pinned: the Envoys need both cores.",
+        ["round", "direct p50", "direct p99", "mesh p50", "mesh p99", "added p50", "added p99"],
+    )
+    with tempfile.TemporaryDirectory(prefix="ragmesh-bench-") as tmp:
         lab = MeshLab(ROOT, Path(tmp))
         try:
             for workload in ("redis", "embedding", "retrieval", "generation", "query"):
@@ -83,36 +78,30 @@ def main() -> None:
             for stub in stubs.values():
                 timed_calls(stub, 100)  # warm up connections and caches
             rows = []
-            for _ in range(args.rounds):
-                d = timed_calls(stubs["direct"], args.calls)
-                m = timed_calls(stubs["mesh"], args.calls)
+            for _ in range(rounds):
+                d = timed_calls(stubs["direct"], calls)
+                m = timed_calls(stubs["mesh"], calls)
                 rows.append(
-                    (
-                        statistics.median(d),
-                        percentile(d, 99),
-                        statistics.median(m),
-                        percentile(m, 99),
-                    )
+                    (percentile(d, 50), percentile(d, 99), percentile(m, 50), percentile(m, 99))
                 )
             direct.close()
             mesh.close()
         finally:
             lab.down()
-    header = ("round", "direct p50", "direct p99", "mesh p50", "mesh p99", "added p50", "added p99")
-    print("| " + " | ".join(header) + " |  (ms)")
-    print("|---|---|---|---|---|---|---|")
     for i, (dp50, dp99, mp50, mp99) in enumerate(rows, 1):
-        print(
-            f"| {i} | {dp50:.3f} | {dp99:.3f} | {mp50:.3f} | {mp99:.3f} | "
-            f"{mp50 - dp50:.3f} | {mp99 - dp99:.3f} |"
+        section.rows.append(
+            [str(i)] + [f"{v:.3f}" for v in (dp50, dp99, mp50, mp99, mp50 - dp50, mp99 - dp99)]
         )
-    added50 = [r[2] - r[0] for r in rows]
-    added99 = [r[3] - r[1] for r in rows]
-    print(
-        f"added by one sidecar pair: p50 {min(added50):.3f}–{max(added50):.3f} ms, "
-        f"p99 {min(added99):.3f}–{max(added99):.3f} ms"
+    section.targets.append(
+        Target(
+            "mesh",
+            "added p50 of one sidecar pair with mTLS (Search)",
+            Spread([r[2] - r[0] for r in rows]),
+            "<=",
+            1.0,
+            "ms",
+            detail="added p99: " + Spread([r[3] - r[1] for r in rows]).text(3) + " ms",
+        )
     )
-
-
-if __name__ == "__main__":
-    main()
+    section.series = {"direct_p50": [r[0] for r in rows], "mesh_p50": [r[2] for r in rows]}
+    return section

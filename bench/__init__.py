@@ -1,0 +1,1 @@
+"""ragmesh benchmarks: each service against the engine inside it and against a peer."""

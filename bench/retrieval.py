@@ -1,0 +1,275 @@
+"""Retrieval: Search over gRPC vs the same FAISS index in process vs Milvus Lite, on
+clustered 384-d unit vectors, one query per call and 64 per call, at measured recall@10."""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import grpc
+import numpy as np
+
+from bench.common import (
+    ROOT,
+    Section,
+    Spread,
+    Target,
+    peer_python,
+    run_json,
+    server_cpus,
+    start_pinned,
+)
+from bench.vectors import Dataset, K, clustered, recall
+from ragmesh.cli.supervisor import Stack
+from ragmesh.v1 import common_pb2, retrieval_service_pb2, retrieval_service_pb2_grpc
+
+TEXT = "A passage of about two hundred characters stands in for each chunk's text, as a " * 3
+BATCH = 64
+MILVUS_INDEX = {"flat": "FLAT", "ivf": "IVF_FLAT", "hnsw": "HNSW"}
+
+
+def _vectors(rows: np.ndarray) -> common_pb2.VectorBatch:
+    return common_pb2.VectorBatch(
+        count=len(rows), dimension=rows.shape[1], data=rows.astype("<f4").tobytes()
+    )
+
+
+def load(stub: retrieval_service_pb2_grpc.RetrievalServiceStub, base: np.ndarray) -> float:
+    """Upsert every vector (1,000 chunks a call); returns the seconds it took."""
+    started = time.perf_counter()
+    for start in range(0, len(base), 1000):
+        stub.Upsert(
+            retrieval_service_pb2.UpsertRequest(
+                chunks=[
+                    retrieval_service_pb2.Chunk(
+                        chunk_id=str(i),
+                        document_id=f"d{i // 10}",
+                        text=TEXT[:200],
+                        vector=base[i].astype("<f4").tobytes(),
+                    )
+                    for i in range(start, min(start + 1000, len(base)))
+                ]
+            ),
+            timeout=600,
+        )
+    return time.perf_counter() - started
+
+
+def measure(
+    stub: retrieval_service_pb2_grpc.RetrievalServiceStub, data: Dataset, single: int, batches: int
+) -> dict[str, float]:
+    """The same protocol as bench.inprocess.search, through the service."""
+    found: list[list[int]] = []
+    latencies = []
+    for q in data.queries[:single]:
+        request = retrieval_service_pb2.SearchRequest(queries=_vectors(q[None, :]), top_k=K)
+        t = time.perf_counter()
+        reply = stub.Search(request, timeout=10)
+        latencies.append((time.perf_counter() - t) * 1000)
+        found.append([int(p.chunk_id) for p in reply.results[0].passages])
+    requests = [
+        retrieval_service_pb2.SearchRequest(
+            queries=_vectors(data.queries[(b * BATCH) % len(data.queries) :][:BATCH]), top_k=K
+        )
+        for b in range(batches)
+    ]
+    t = time.perf_counter()
+    done = 0
+    for request in requests:
+        reply = stub.Search(request, timeout=60)
+        done += len(reply.results)
+    batched_s = time.perf_counter() - t
+    latencies.sort()
+    return {
+        "single_qps": len(latencies) / (sum(latencies) / 1000),
+        "single_p50_ms": latencies[len(latencies) // 2],
+        "single_p99_ms": latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))],
+        "batched_qps": done / batched_s,
+        "recall": recall(found, data.truth[: len(found)]),
+    }
+
+
+def run(quick: bool, repeats: int, kinds: tuple[str, ...] = ("flat", "hnsw", "ivf")) -> Section:
+    """Quick mode measures Milvus Lite on the flat index only (its HNSW build alone takes
+    minutes here)."""
+    n = 100_000
+    milvus_kinds = ("flat",) if quick else kinds
+    single = (
+        {"flat": 300, "hnsw": 2000, "ivf": 1000}
+        if quick
+        else {"flat": 1000, "hnsw": 5000, "ivf": 3000}
+    )
+    batches = {"flat": 5, "hnsw": 30, "ivf": 15} if quick else {"flat": 15, "hnsw": 100, "ivf": 50}
+    section = Section(
+        "retrieval",
+        "Retrieval: Search over gRPC vs FAISS in process vs Milvus Lite",
+        f"{n:,} clustered 384-d unit vectors (1,000 clusters), held-out queries, top_k 10, "
+        f"200-character chunk texts; one query per call (sequential) and {BATCH} per call. "
+        "Indexes at ragmesh's defaults: flat; HNSW M 32, efSearch 64; IVF 256 lists, "
+        "nprobe 16. Milvus Lite uses the same index types and parameters. Server and "
+        "in-process runs on the server cores, clients on the client core.",
+        [
+            "index",
+            "system",
+            "recall@10",
+            "single QPS",
+            "single p50 ms",
+            "single p99 ms",
+            f"batched QPS ({BATCH}/call)",
+        ],
+    )
+    with tempfile.TemporaryDirectory(prefix="ragmesh-bench-") as tmp:
+        folder = Path(tmp) / "vectors"
+        clustered(n, 5000).save(folder)
+        data = Dataset.load(folder)
+        results: dict[tuple[str, str], list[dict[str, float]]] = {}
+        for kind in kinds:
+            stack = Stack(Path(tmp) / f"stack-{kind}")
+            try:
+                proc = start_pinned(
+                    stack,
+                    "retrieval",
+                    "retrieval",
+                    {"RAGMESH_INDEX_KIND": kind, "RAGMESH_INDEX_DIR": str(Path(tmp) / kind)},
+                )
+                with grpc.insecure_channel(
+                    proc.address, options=[("grpc.max_receive_message_length", 1 << 26)]
+                ) as channel:
+                    stub = retrieval_service_pb2_grpc.RetrievalServiceStub(channel)
+                    section.notes.append(
+                        f"{kind}: loading {n:,} chunks took {load(stub, data.base):.0f} s"
+                    )
+                    measure(stub, data, 200, 2)  # warm up
+                    for _ in range(repeats):
+                        results.setdefault((kind, "ragmesh"), []).append(
+                            measure(stub, data, single[kind], batches[kind])
+                        )
+                        results.setdefault((kind, "faiss"), []).append(
+                            _inprocess(folder, kind, single[kind], batches[kind])
+                        )
+            finally:
+                stack.down()
+            if kind in milvus_kinds:
+                results[(kind, "milvus")] = [
+                    _milvus(
+                        folder,
+                        kind,
+                        30 if quick else 100,
+                        3 if quick else 10,
+                        Path(tmp) / f"milvus-{kind}-{r}",
+                    )
+                    for r in range(1 if quick else repeats)
+                ]
+    _tabulate(section, results, kinds)
+    return section
+
+
+def _inprocess(folder: Path, kind: str, single: int, batches: int) -> dict[str, float]:
+    argv = [sys.executable, "-m", "bench.inprocess", "faiss", "--data", str(folder), "--kind", kind]
+    argv += ["--single", str(single), "--batches", str(batches), "--batch", str(BATCH)]
+    result = run_json(argv, cpus=server_cpus(), env={"PYTHONPATH": str(ROOT)})
+    assert isinstance(result, dict)
+    return result
+
+
+def _milvus(folder: Path, kind: str, single: int, batches: int, db: Path) -> dict[str, float]:
+    argv = [str(peer_python("milvus")), str(ROOT / "bench" / "peers" / "milvus_search.py")]
+    argv += ["--data", str(folder), "--index", MILVUS_INDEX[kind], "--db", str(db)]
+    argv += ["--single", str(single), "--batches", str(batches), "--batch", str(BATCH)]
+    result = run_json(argv, cpus=server_cpus())  # Milvus Lite runs inside its client
+    assert isinstance(result, dict)
+    return result
+
+
+def _tabulate(
+    section: Section, results: dict[tuple[str, str], list[dict[str, float]]], kinds: tuple[str, ...]
+) -> None:
+    def spread(kind: str, system: str, key: str) -> Spread:
+        return Spread([r[key] for r in results[(kind, system)]])
+
+    names = {
+        "ragmesh": "ragmesh Search (gRPC)",
+        "faiss": "FAISS in process",
+        "milvus": "Milvus Lite",
+    }
+    for kind in kinds:
+        for system in ("ragmesh", "faiss", "milvus"):
+            if (kind, system) not in results:
+                continue
+            section.rows.append(
+                [
+                    kind,
+                    names[system],
+                    spread(kind, system, "recall").text(3),
+                    spread(kind, system, "single_qps").text(0),
+                    spread(kind, system, "single_p50_ms").text(3),
+                    spread(kind, system, "single_p99_ms").text(3),
+                    spread(kind, system, "batched_qps").text(0),
+                ]
+            )
+        ours, base = results[(kind, "ragmesh")], results[(kind, "faiss")]
+        for mode in ("single", "batched"):
+            section.targets.append(
+                Target(
+                    "retrieval",
+                    f"{kind} {mode}: ragmesh QPS / in-process FAISS QPS",
+                    Spread(
+                        [
+                            o[f"{mode}_qps"] / b[f"{mode}_qps"]
+                            for o, b in zip(ours, base, strict=True)
+                        ]
+                    ),
+                    ">=",
+                    0.9,
+                )
+            )
+        section.targets.append(
+            Target(
+                "retrieval",
+                f"{kind} single: added p50 (ragmesh − in-process)",
+                Spread(
+                    [
+                        o["single_p50_ms"] - b["single_p50_ms"]
+                        for o, b in zip(ours, base, strict=True)
+                    ]
+                ),
+                "<=",
+                0.5,
+                "ms",
+            )
+        )
+        if (kind, "milvus") in results:
+            milvus = results[(kind, "milvus")]
+            for mode in ("single", "batched"):
+                section.targets.append(
+                    Target(
+                        "retrieval",
+                        f"{kind} {mode}: ragmesh QPS / Milvus Lite QPS",
+                        Spread([o[f"{mode}_qps"] / m[f"{mode}_qps"] for o in ours for m in milvus]),
+                        ">=",
+                        2.0,
+                        detail="recall@10 {:.3f} vs {:.3f}".format(
+                            Spread([o["recall"] for o in ours]).median,
+                            Spread([m["recall"] for m in milvus]).median,
+                        ),
+                    )
+                )
+    section.series = {
+        f"{kind}/{system}": {
+            k: Spread([r[k] for r in rs]).median for k in ("single_qps", "batched_qps", "recall")
+        }
+        for (kind, system), rs in results.items()
+    }
+
+
+def profile_load(address: str, seconds: float) -> None:
+    """Load an index of 20,000 clustered vectors, then search it one query per call."""
+    data = clustered(20_000, 1000)
+    with grpc.insecure_channel(address) as channel:
+        stub = retrieval_service_pb2_grpc.RetrievalServiceStub(channel)
+        load(stub, data.base)
+        end = time.perf_counter() + seconds
+        while time.perf_counter() < end:
+            measure(stub, data, 200, 1)
