@@ -79,10 +79,12 @@ def main() -> None:
                 run = asyncio.run(drive_grpc(proc.address, texts, args.callers, args.seconds + 1))
                 print(f"{run.rate:.0f} texts/s while profiling")
             else:
-                from bench.retrieval import profile_load
+                from bench.retrieval import profile_data, profile_load
 
+                data = profile_data(proc.address)
+                profile_load(proc.address, data, 1)
                 spy = record(proc.popen.pid, args.seconds, name)
-                profile_load(proc.address, args.seconds + 1)
+                profile_load(proc.address, data, args.seconds + 1)
             spy.wait()
         finally:
             stack.down()

@@ -264,12 +264,18 @@ def _tabulate(
     }
 
 
-def profile_load(address: str, seconds: float) -> None:
-    """Load an index of 20,000 clustered vectors, then search it one query per call."""
+def profile_data(address: str) -> Dataset:
+    """Load an index of 20,000 clustered vectors for a profile."""
     data = clustered(20_000, 1000)
     with grpc.insecure_channel(address) as channel:
+        load(retrieval_service_pb2_grpc.RetrievalServiceStub(channel), data.base)
+    return data
+
+
+def profile_load(address: str, data: Dataset, seconds: float) -> None:
+    """Search one query per call for ``seconds``."""
+    with grpc.insecure_channel(address) as channel:
         stub = retrieval_service_pb2_grpc.RetrievalServiceStub(channel)
-        load(stub, data.base)
         end = time.perf_counter() + seconds
         while time.perf_counter() < end:
             measure(stub, data, 200, 1)

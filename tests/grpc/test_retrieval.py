@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import pytest
 
 from ragmesh.retrieval.__main__ import build
 from ragmesh.retrieval.engine import RetrievalEngine
+from ragmesh.retrieval.store import ChunkIn
 from ragmesh.v1 import (
     common_pb2,
 )
@@ -200,3 +202,41 @@ async def test_empty_delete_is_invalid_argument_and_writes_nothing(
         await stub.Delete(pb.DeleteRequest(), timeout=5)
     assert e.value.code() is grpc.StatusCode.INVALID_ARGUMENT
     assert (await info(stub)).index_version == before.index_version
+
+
+async def test_quick_searches_run_on_the_loop_slow_ones_and_writes_on_the_index_thread(
+    tmp_path: Path,
+) -> None:
+    import threading
+
+    settings = settings_for(tmp_path, RAGMESH_INDEX_DIM=str(DIM))
+    engine = RetrievalEngine(settings.retrieval)
+    await engine.open()
+    try:
+        seen: list[str] = []
+        search = engine.store.search
+
+        def spy(*args: object, **kwargs: object) -> object:
+            seen.append(threading.current_thread().name)
+            return search(*args, **kwargs)  # type: ignore[arg-type]
+
+        engine.store.search = spy  # type: ignore[method-assign]
+        data = np.stack([vec(1)]).astype("<f4").tobytes()
+        await engine.upsert([ChunkIn("c1", "d", "text", {}, vec(1).astype("<f4").tobytes())])
+        hits, _ = await engine.search(1, DIM, data, 1, {})
+        assert seen[-1] == threading.main_thread().name  # a tiny index: inline
+        assert hits[0][0].payload.chunk_id == "c1"
+        engine._per_query_s = 1.0  # as if the last searches took a second each
+        hits, _ = await engine.search(1, DIM, data, 1, {})
+        assert seen[-1].startswith("index")
+        assert hits[0][0].payload.chunk_id == "c1"
+        # a write in progress holds the lock: a quick search waits for it on the index thread
+        engine._per_query_s = 0.0
+        with engine._lock:
+            pending = asyncio.ensure_future(engine.search(1, DIM, data, 1, {}))
+            await asyncio.sleep(0.1)
+            assert not pending.done()
+        hits, _ = await asyncio.wait_for(pending, 5)
+        assert seen[-1].startswith("index")
+    finally:
+        await engine.close()

@@ -87,3 +87,20 @@ async def test_encode_failure_reaches_every_caller_and_worker_survives() -> None
     fail["on"] = False
     assert (await b.embed(["a", "b"], 0)).shape == (2, 2)
     await b.close()
+
+
+async def test_a_lone_caller_is_not_held_for_company_but_a_crowd_is_gathered_again() -> None:
+    enc = Recorder()
+    # max_wait is far longer than the test: only the linger rule lets the calls through
+    b: MicroBatcher[int] = MicroBatcher(enc, max_batch=2, max_wait_s=60, max_queued=1000)
+    await asyncio.wait_for(b.embed(["alone"], 0), 5)  # the first call does not linger
+    await asyncio.wait_for(b.embed(["alone again"], 0), 5)  # nor after a lone caller
+    await asyncio.wait_for(asyncio.gather(b.embed(["x"], 0), b.embed(["y"], 0)), 5)
+    assert enc.calls[-1] == ["x", "y"]
+    # after a batch of several callers the worker waits for the next one to fill
+    first = asyncio.create_task(b.embed(["p"], 0))
+    await asyncio.sleep(0.2)
+    assert not first.done()
+    await asyncio.wait_for(asyncio.gather(first, b.embed(["q"], 0)), 5)
+    assert enc.calls[-1] == ["p", "q"]
+    await b.close()

@@ -58,6 +58,8 @@ def test_config_defaults_and_overrides() -> None:
     assert s.server.grpc_port == 50051 and s.retrieval.kind == "flat"
     s = config.load({"RAGMESH_INDEX_KIND": "HNSW", "RAGMESH_EMBED_MAX_WAIT_MS": "1.5"})
     assert s.retrieval.kind == "hnsw" and s.embedding.max_wait_ms == 1.5
+    assert s.embedding.pass_texts == 0  # chosen by the device
+    assert config.load({"RAGMESH_EMBED_PASS_TEXTS": "16"}).embedding.pass_texts == 16
     with pytest.raises(dataclasses.FrozenInstanceError):
         s.server.grpc_port = 1  # type: ignore[misc]
 

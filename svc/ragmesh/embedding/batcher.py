@@ -78,7 +78,7 @@ class MicroBatcher(Generic[K]):
         self._queued_texts = 0
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="encode")
         self._worker: asyncio.Task[None] | None = None
-        self._linger = True  # the last batch had several callers
+        self._linger = False  # the last batch had several callers
         self.stats = BatchStats()
 
     async def embed(self, texts: Sequence[str], key: K) -> Matrix:
