@@ -114,7 +114,7 @@ def run(quick: bool, repeats: int) -> Section:
     inproc: list[float] = []
     with tempfile.TemporaryDirectory(prefix="ragmesh-bench-") as tmp:
         stack = Stack(Path(tmp))
-        infinity = None
+        ours, infinity = None, None
         try:
             ours = start_pinned(stack, "embedding", "embedding", {})
             infinity, url = start_infinity(Path(tmp))
@@ -148,6 +148,8 @@ def run(quick: bool, repeats: int) -> Section:
                 for proc in servers.values():
                     resume(proc)
         finally:
+            for proc in (p for p in (ours, infinity) if p is not None):
+                resume(proc)  # a paused server would not hear SIGTERM
             if infinity is not None:
                 infinity.terminate()
                 infinity.wait(30)

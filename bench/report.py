@@ -171,3 +171,50 @@ def _mesh(ax, series) -> None:  # type: ignore[no-untyped-def]
     ax.set_ylabel("ms")
     ax.set_ylim(bottom=0)
     ax.legend(fontsize=8)
+
+
+def load(folder: Path) -> tuple[list[Section], dict[str, object]]:
+    """The sections and metadata a run wrote to ``folder``/results.json."""
+    from bench.common import Spread, Target
+
+    data = json.loads((folder / "results.json").read_text())
+    sections = []
+    for s in data["sections"]:
+        targets = [
+            Target(
+                t["section"],
+                t["name"],
+                Spread(t["measured"]["values"]),
+                t["op"],
+                t["limit"],
+                t["unit"],
+                t["detail"],
+            )
+            for t in s["targets"]
+        ]
+        sections.append(
+            Section(
+                s["key"],
+                s["title"],
+                s["setup"],
+                s["columns"],
+                s["rows"],
+                targets,
+                s["series"],
+                s["notes"],
+            )
+        )
+    return sections, data["meta"]
+
+
+def main() -> None:
+    """``python -m bench.report bench/results/quick``: put that run into docs/benchmarks.md."""
+    import sys
+
+    folder = Path(sys.argv[1]).resolve()
+    sections, meta = load(folder)
+    update_docs(folder, sections, meta)
+
+
+if __name__ == "__main__":
+    main()

@@ -96,5 +96,6 @@ async def test_hung_search_hits_the_callers_deadline(fake_mesh: FakeMesh) -> Non
     finally:
         await channel.close()
     assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-    assert timeout <= elapsed < timeout + 0.5
+    # grpc's timer may fire a fraction of a millisecond before time.monotonic() agrees
+    assert timeout - 0.01 <= elapsed < timeout + 0.5
     assert app.count(SEARCH) == 1  # the per-try timeout (2 s) is longer than the deadline
