@@ -6,9 +6,9 @@ thread so the event loop stays free, and routes each slice of the result back to
 caller. While one encode runs, new requests accumulate, so batches grow with load. The
 worker lingers for more only after a batch of several callers: a lone caller (the usual
 question embedding) is not made to wait for company that is not coming, while callers
-of a large batch, answered together, are gathered again into one batch. Each caller waits in an
-``embedding.batch`` span that records the size and encode time of the batch it joined.
-No grpc here.
+of a large batch, answered together, are gathered again into one batch. Each caller
+waits in an ``embedding.batch`` span that records the size and encode time of the batch
+it joined. No grpc here.
 """
 
 from __future__ import annotations

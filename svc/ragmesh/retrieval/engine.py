@@ -99,23 +99,14 @@ class RetrievalEngine:
         return await asyncio.get_running_loop().run_in_executor(self._executor, locked)
 
     async def _run_search(self, fn: Callable[[], T], count: int) -> T:
-        """Run a search inline when it should be quicker than a thread hop, else on the
-        index thread. Learns one query's search time as it goes."""
-
-        def timed() -> T:
-            started = time.perf_counter()
+        """Run a search inline when it should be quicker than a thread hop (by the running
+        mean of one query's search time), else on the index thread."""
+        if self._per_query_s * count < INLINE_SEARCH_S and self._lock.acquire(blocking=False):
             try:
                 return fn()
             finally:
-                seconds = (time.perf_counter() - started) / count
-                self._per_query_s = 0.9 * self._per_query_s + 0.1 * seconds
-
-        if self._per_query_s * count < INLINE_SEARCH_S and self._lock.acquire(blocking=False):
-            try:
-                return timed()
-            finally:
                 self._lock.release()
-        return await self._run(timed)
+        return await self._run(fn)
 
     async def open(self) -> None:
         """Load the snapshot and replay the log."""
@@ -179,7 +170,9 @@ class RetrievalEngine:
         def work() -> tuple[list[list[Hit]], int]:
             started = time.perf_counter()
             hits = self.store.search(queries, top_k, where)
-            SEARCH_SECONDS.observe(time.perf_counter() - started)
+            seconds = time.perf_counter() - started
+            SEARCH_SECONDS.observe(seconds)
+            self._per_query_s = 0.9 * self._per_query_s + 0.1 * seconds / count
             for found in hits:
                 RESULTS.observe(len(found))
             return hits, self.store.version
