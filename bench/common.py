@@ -15,7 +15,10 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from bench.stats import percentile
 from ragmesh.cli.supervisor import Proc, Stack
+
+__all__ = ["percentile"]  # re-exported for the sections
 
 ROOT = Path(__file__).resolve().parents[1]
 PEERS = ROOT / ".bench"  # the peers' own venvs (scripts/bench-peers.sh)
@@ -68,15 +71,6 @@ def on_cpus(cpus: str) -> Iterator[None]:
 
 
 # -- statistics -----------------------------------------------------------------------------
-
-
-def percentile(values: Sequence[float], p: float) -> float:
-    """The nearest-rank percentile (p in 0..100)."""
-    ordered = sorted(values)
-    if not ordered:
-        raise ValueError("no values")
-    rank = max(1, int(round(p / 100 * len(ordered) + 0.5 - 1e-9)))
-    return ordered[min(len(ordered), rank) - 1]
 
 
 @dataclass

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.load import chunked, sentence_pool
-from bench.vectors import Dataset, K, recall
+from bench.vectors import Dataset, K, search_result
 
 
 def embed(seconds: float) -> dict[str, float]:
@@ -75,14 +75,9 @@ def search(folder: Path, kind: str, single: int, batch: int, batches: int) -> di
         index.search(rows, K)  # type: ignore[attr-defined]
         done += len(rows)
     batched_s = time.perf_counter() - t
-    latencies.sort()
     return {
         "build_s": build_s,
-        "single_qps": len(latencies) / (sum(latencies) / 1000),
-        "single_p50_ms": latencies[len(latencies) // 2],
-        "single_p99_ms": latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))],
-        "batched_qps": done / batched_s,
-        "recall": recall(found, data.truth[: len(found)]),
+        **search_result(latencies, found, data.truth, done, batched_s),
     }
 
 

@@ -61,7 +61,7 @@ def markdown(
 def write(folder: Path, sections: Sequence[Section], meta: dict[str, object]) -> Path:
     """Write results.md, results.json and the plots into ``folder``; returns results.md."""
     folder.mkdir(parents=True, exist_ok=True)
-    plots = {key: name for key, name in plot(folder, sections).items()}
+    plots = plot(folder, sections)
     (folder / "results.md").write_text(markdown(sections, meta, plots))
     data = {
         "meta": meta,

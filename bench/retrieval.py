@@ -21,7 +21,7 @@ from bench.common import (
     server_cpus,
     start_pinned,
 )
-from bench.vectors import Dataset, K, clustered, recall
+from bench.vectors import Dataset, K, clustered, search_result
 from ragmesh.cli.supervisor import Stack
 from ragmesh.v1 import common_pb2, retrieval_service_pb2, retrieval_service_pb2_grpc
 
@@ -80,15 +80,7 @@ def measure(
     for request in requests:
         reply = stub.Search(request, timeout=60)
         done += len(reply.results)
-    batched_s = time.perf_counter() - t
-    latencies.sort()
-    return {
-        "single_qps": len(latencies) / (sum(latencies) / 1000),
-        "single_p50_ms": latencies[len(latencies) // 2],
-        "single_p99_ms": latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))],
-        "batched_qps": done / batched_s,
-        "recall": recall(found, data.truth[: len(found)]),
-    }
+    return search_result(latencies, found, data.truth, done, time.perf_counter() - t)
 
 
 def run(quick: bool, repeats: int, kinds: tuple[str, ...] = ("flat", "hnsw", "ivf")) -> Section:
@@ -178,7 +170,8 @@ def _milvus(folder: Path, kind: str, single: int, batches: int, db: Path) -> dic
     argv = [str(peer_python("milvus")), str(ROOT / "bench" / "peers" / "milvus_search.py")]
     argv += ["--data", str(folder), "--index", MILVUS_INDEX[kind], "--db", str(db)]
     argv += ["--single", str(single), "--batches", str(batches), "--batch", str(BATCH)]
-    result = run_json(argv, cpus=server_cpus())  # Milvus Lite runs inside its client
+    # Milvus Lite runs inside its client; the client imports bench.vectors from here
+    result = run_json(argv, cpus=server_cpus(), env={"PYTHONPATH": str(ROOT)})
     assert isinstance(result, dict)
     return result
 

@@ -11,6 +11,8 @@ import faiss
 import numpy as np
 import numpy.typing as npt
 
+from bench.stats import percentile
+
 K = 10
 
 
@@ -62,3 +64,20 @@ def recall(found: list[list[int]], truth: npt.NDArray[np.int64]) -> float:
     """Mean recall@K of ``found`` ids against the exact top-K."""
     hits = sum(len(set(f[:K]) & set(t.tolist())) for f, t in zip(found, truth, strict=True))
     return hits / (K * len(found))
+
+
+def search_result(
+    latencies_ms: list[float],
+    found: list[list[int]],
+    truth: npt.NDArray[np.int64],
+    batched_queries: int,
+    batched_s: float,
+) -> dict[str, float]:
+    """What every system reports: one-query-per-call QPS and latency, batched QPS, recall."""
+    return {
+        "single_qps": len(latencies_ms) / (sum(latencies_ms) / 1000),
+        "single_p50_ms": percentile(latencies_ms, 50),
+        "single_p99_ms": percentile(latencies_ms, 99),
+        "batched_qps": batched_queries / batched_s,
+        "recall": recall(found, truth[: len(found)]),
+    }

@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 from pymilvus import DataType, MilvusClient
 
-K = 10
+from bench.vectors import K, search_result
+
 PARAMS = {  # ragmesh's defaults, in Milvus's terms
     "FLAT": ({}, {}),
     "HNSW": ({"M": 32, "efConstruction": 40}, {"ef": 64}),
@@ -53,7 +54,8 @@ def main() -> None:
     client.search("bench", data=[queries[0].tolist()], limit=K)  # the index is ready
     build_s = time.perf_counter() - started
     sp = {"metric_type": "IP", "params": search}
-    found, latencies = [], []
+    found: list[list[int]] = []
+    latencies: list[float] = []
     for q in queries[: args.single]:
         vector = [q.tolist()]
         t = time.perf_counter()
@@ -70,19 +72,8 @@ def main() -> None:
         done += len(client.search("bench", data=rows, limit=K, search_params=sp))
     batched_s = time.perf_counter() - t
     client.close()
-    hit = sum(len(set(f) & set(t.tolist())) for f, t in zip(found, truth, strict=False))
-    latencies.sort()
     print(
-        json.dumps(
-            {
-                "build_s": build_s,
-                "single_qps": len(latencies) / (sum(latencies) / 1000),
-                "single_p50_ms": latencies[len(latencies) // 2],
-                "single_p99_ms": latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))],
-                "batched_qps": done / batched_s,
-                "recall": hit / (K * len(found)),
-            }
-        )
+        json.dumps({"build_s": build_s, **search_result(latencies, found, truth, done, batched_s)})
     )
 
 
