@@ -22,7 +22,7 @@ from ragmesh.kit.errors import (
     Overloaded,
     RagmeshError,
 )
-from ragmesh.kit.interceptors import status_for
+from ragmesh.kit.interceptors import ConcurrencyLimit, status_for
 
 
 @pytest.mark.parametrize(
@@ -91,3 +91,27 @@ def test_retries_only_for_idempotent_methods() -> None:
     cfg = json.loads(retry_service_config())["methodConfig"][0]
     assert cfg["retryPolicy"]["retryableStatusCodes"] == ["UNAVAILABLE"]
     assert {"service": "ragmesh.v1.GenerationService", "method": "Generate"} not in cfg["name"]
+
+
+async def test_interceptors_wrap_a_methods_handler_once() -> None:
+    async def behavior(request: object, context: object) -> object:
+        return request
+
+    first = grpc.unary_unary_rpc_method_handler(behavior)
+    second = grpc.unary_unary_rpc_method_handler(behavior)
+    current = [first]
+
+    async def continuation(details: object) -> object:
+        return current[0]
+
+    class Details(grpc.HandlerCallDetails):
+        method = "/ragmesh.v1.RetrievalService/Search"
+
+    details = Details()
+    limit = ConcurrencyLimit(4)
+    a = await limit.intercept_service(continuation, details)  # type: ignore[arg-type]
+    b = await limit.intercept_service(continuation, details)  # type: ignore[arg-type]
+    assert a is b and a is not first
+    current[0] = second  # a new handler for the method is wrapped anew
+    c = await limit.intercept_service(continuation, details)  # type: ignore[arg-type]
+    assert c is not a and c.unary_unary is not None

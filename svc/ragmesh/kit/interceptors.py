@@ -104,7 +104,13 @@ async def _iterate(behavior: Stream, request: Any, context: Context) -> AsyncIte
 
 
 class _Interceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
+    """Wraps each method's handler once: grpc asks for the handler on every call, and the
+    server's handlers (hence the wrapped ones of inner interceptors) never change."""
+
     only_api = False  # wrap only /ragmesh.* methods
+
+    def __init__(self) -> None:
+        self._wrapped: dict[str, tuple[Any, Any]] = {}  # method → (handler, wrapped handler)
 
     async def intercept_service(
         self,
@@ -117,7 +123,12 @@ class _Interceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         method = handler_call_details.method
         if self.only_api and not method.startswith("/ragmesh."):
             return handler
-        return _wrap(handler, method, self.unary, self.stream)  # type: ignore[return-value]
+        cached = self._wrapped.get(method)
+        if cached is not None and cached[0] is handler:
+            return cached[1]  # type: ignore[no-any-return]
+        wrapped = _wrap(handler, method, self.unary, self.stream)
+        self._wrapped[method] = (handler, wrapped)
+        return wrapped  # type: ignore[return-value]
 
     @abc.abstractmethod
     def unary(self, method: str, behavior: Unary) -> Unary:
@@ -156,11 +167,11 @@ class MetricsInterceptor(_Interceptor):
     Runs inside :class:`CallContextInterceptor`, so the line carries the call's ids."""
 
     def unary(self, method: str, behavior: Unary) -> Unary:
-        labels = metrics.method_labels(method, "unary")
+        series = metrics.MethodMetrics(method, "unary")
         logged = method.startswith("/ragmesh.")
 
         async def wrapped(request: Any, context: Context) -> Any:
-            metrics.STARTED.labels(*labels).inc()
+            series.started.inc()
             start = time.perf_counter()
             error: BaseException | None = None
             try:
@@ -170,30 +181,30 @@ class MetricsInterceptor(_Interceptor):
                 raise
             finally:
                 code = _code_name(context, error)
-                metrics.observe_handled(labels, code, start)
+                series.handled(code, start)
                 if logged:
                     _log_call(method, code, start)
 
         return wrapped
 
     def stream(self, method: str, behavior: Stream) -> Stream:
-        labels = metrics.method_labels(method, "server_stream")
+        series = metrics.MethodMetrics(method, "server_stream")
         logged = method.startswith("/ragmesh.")
 
         async def wrapped(request: Any, context: Context) -> AsyncIterator[Any]:
-            metrics.STARTED.labels(*labels).inc()
+            series.started.inc()
             start = time.perf_counter()
             error: BaseException | None = None
             try:
                 async for message in _iterate(behavior, request, context):
-                    metrics.MSG_SENT.labels(*labels).inc()
+                    series.sent.inc()
                     yield message
             except BaseException as e:
                 error = e
                 raise
             finally:
                 code = _code_name(context, error)
-                metrics.observe_handled(labels, code, start)
+                series.handled(code, start)
                 if logged:
                     _log_call(method, code, start)
 
@@ -244,6 +255,7 @@ class FaultInterceptor(_Interceptor):
     only_api = True
 
     def __init__(self, error_percent: float, delay: float) -> None:
+        super().__init__()
         self.error_ratio = error_percent / 100.0
         self.delay = delay
         self._random = random.Random()
@@ -312,6 +324,7 @@ class ConcurrencyLimit(_Interceptor):
     only_api = True
 
     def __init__(self, limit: int) -> None:
+        super().__init__()
         self.limit = limit
         self.in_flight = 0
 

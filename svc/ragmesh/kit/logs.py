@@ -6,12 +6,21 @@ with tracing on, ``span_id`` of the current span (off: the trace id from the W3C
 ``traceparent`` or B3 headers the call arrived with, and the caller's span id). The access log adds
 ``method``, ``grpc_code`` and ``duration_ms``. Messages never carry request bodies: the
 access log names the method, not what was asked.
+
+Lines are formatted and written on a writer thread (:class:`logging.handlers.QueueListener`),
+not on the event loop: a call's access line is no longer on its path to the response. The
+ids, the message and the traceback are taken in the calling thread, where the call's context
+is current; the queue is flushed at exit.
 """
 
 from __future__ import annotations
 
+import atexit
+import copy
 import json
 import logging
+import logging.handlers
+import queue
 import sys
 import traceback
 from datetime import UTC, datetime
@@ -21,6 +30,22 @@ from ragmesh.kit import callcontext, tracing
 
 #: fields a log call may add with ``extra=``
 EXTRA_FIELDS = ("method", "grpc_code", "duration_ms", "peer")
+
+
+def _ids() -> dict[str, str]:
+    """The correlation ids of the current call: request id, trace id and span id."""
+    ids: dict[str, str] = {}
+    ctx = callcontext.current()
+    if ctx is not None:
+        ids["request_id"] = ctx.request_id
+    trace_id, span_id = tracing.current_ids()
+    if trace_id:  # the span this process is in (tracing on)
+        ids["trace_id"], ids["span_id"] = trace_id, span_id
+    elif ctx is not None and ctx.trace_id:  # tracing off: the sidecar's span
+        ids["trace_id"] = ctx.trace_id
+        if ctx.span_id:
+            ids["span_id"] = ctx.span_id
+    return ids
 
 
 class JsonFormatter(logging.Formatter):
@@ -39,28 +64,61 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
-        ctx = callcontext.current()
-        if ctx is not None:
-            line["request_id"] = ctx.request_id
-        trace_id, span_id = tracing.current_ids()
-        if trace_id:  # the span this process is in (tracing on)
-            line["trace_id"], line["span_id"] = trace_id, span_id
-        elif ctx is not None and ctx.trace_id:  # tracing off: the sidecar's span
-            line["trace_id"] = ctx.trace_id
-            if ctx.span_id:
-                line["span_id"] = ctx.span_id
+        ids = getattr(record, "ragmesh_ids", None)  # taken by _Handoff in the caller's thread
+        line.update(_ids() if ids is None else ids)
         for name in EXTRA_FIELDS:
             if hasattr(record, name):
                 line[name] = getattr(record, name)
         if record.exc_info:
             line["exception"] = "".join(traceback.format_exception(*record.exc_info)).rstrip()
+        elif record.exc_text:
+            line["exception"] = record.exc_text
         return json.dumps(line, ensure_ascii=False)
+
+
+class _Handoff(logging.handlers.QueueHandler):
+    """Queues a copy of the record holding what only the calling thread knows."""
+
+    def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
+        record = copy.copy(record)  # other handlers (pytest's) see the original
+        record.ragmesh_ids = _ids()
+        record.msg, record.args = record.getMessage(), None
+        if record.exc_info:
+            record.exc_text = "".join(traceback.format_exception(*record.exc_info)).rstrip()
+            record.exc_info = None
+        return record
+
+
+_listener: logging.handlers.QueueListener | None = None
+
+
+def flush() -> None:
+    """Write every queued line and stop the writer thread (at exit, or before reconfiguring)."""
+    global _listener
+    if _listener is not None:
+        _listener.stop()
+        _listener = None
 
 
 def configure(level: str, service: str) -> None:
     """Send every logger's records to stderr as JSON lines at ``level``."""
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter(service))
+    flush()
+    # The logging HOWTO's "Optimization" switches for what a JSON line never shows: the
+    # caller's file and line (a stack walk per record), thread and process names.
+    logging._srcfile = None
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
+    writer = logging.StreamHandler(sys.stderr)
+    writer.setFormatter(JsonFormatter(service))
+    records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
+    listener = logging.handlers.QueueListener(records, writer)
     root = logging.getLogger()
-    root.handlers[:] = [handler]
+    root.handlers[:] = [_Handoff(records)]
     root.setLevel(level)
+    listener.start()
+    global _listener
+    _listener = listener
+
+
+atexit.register(flush)

@@ -24,14 +24,23 @@ HANDLING_SECONDS = Histogram(
 MSG_SENT = Counter("grpc_server_msg_sent", "Stream messages sent by the server.", _LABELS)
 
 
-def method_labels(full_method: str, grpc_type: str) -> tuple[str, str, str]:
-    """Split ``/pkg.Service/Method`` into the label values (type, service, method)."""
-    _, _, rest = full_method.partition("/")
-    service, _, method = rest.partition("/")
-    return grpc_type, service, method
+class MethodMetrics:
+    """The series of one method, looked up once when its handler is wrapped rather than on
+    every call (a label lookup costs more than the increment)."""
 
+    def __init__(self, full_method: str, grpc_type: str) -> None:
+        _, _, rest = full_method.partition("/")
+        service, _, method = rest.partition("/")
+        self.labels = (grpc_type, service, method)
+        self.started = STARTED.labels(*self.labels)
+        self.sent = MSG_SENT.labels(*self.labels)
+        self.seconds = HANDLING_SECONDS.labels(*self.labels)
+        self._handled: dict[str, Counter] = {}
 
-def observe_handled(labels: tuple[str, str, str], code: str, start: float) -> None:
-    """Count a finished RPC under its status code and observe its duration."""
-    HANDLED.labels(*labels, code).inc()
-    HANDLING_SECONDS.labels(*labels).observe(time.perf_counter() - start)
+    def handled(self, code: str, start: float) -> None:
+        """Count a finished call under its status code and observe its duration."""
+        counter = self._handled.get(code)
+        if counter is None:
+            counter = self._handled[code] = HANDLED.labels(*self.labels, code)
+        counter.inc()
+        self.seconds.observe(time.perf_counter() - start)

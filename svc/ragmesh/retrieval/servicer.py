@@ -9,7 +9,6 @@ import grpc
 
 from ragmesh.retrieval.engine import RetrievalEngine
 from ragmesh.retrieval.store import ChunkIn
-from ragmesh.v1 import common_pb2
 from ragmesh.v1 import retrieval_service_pb2 as pb
 from ragmesh.v1 import retrieval_service_pb2_grpc as pb_grpc
 
@@ -29,24 +28,21 @@ class RetrievalServicer(pb_grpc.RetrievalServiceServicer):
         results, version = await self.engine.search(
             q.count, q.dimension, q.data, request.top_k, request.filter
         )
-        return pb.SearchResponse(
-            results=[
-                pb.QueryHits(
-                    passages=[
-                        common_pb2.Passage(
-                            chunk_id=h.payload.chunk_id,
-                            document_id=h.payload.document_id,
-                            text=h.payload.text,
-                            score=h.score,
-                            metadata=h.payload.metadata,
-                        )
-                        for h in hits
-                    ]
+        response = pb.SearchResponse(index_version=version)
+        for hits in results:
+            passages = response.results.add().passages
+            for h in hits:
+                p = h.payload
+                # add() with keywords is the cheapest way to build a message; an empty map
+                # is left out (passing {} costs a merge per passage)
+                passages.add(
+                    chunk_id=p.chunk_id,
+                    document_id=p.document_id,
+                    text=p.text,
+                    score=h.score,
+                    metadata=p.metadata or None,
                 )
-                for hits in results
-            ],
-            index_version=version,
-        )
+        return response
 
     async def Upsert(self, request: pb.UpsertRequest, context: Context) -> pb.UpsertResponse:
         chunks = [
