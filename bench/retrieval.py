@@ -11,11 +11,14 @@ from pathlib import Path
 import grpc
 import numpy as np
 
+from bench import floor
 from bench.common import (
     ROOT,
     Section,
     Spread,
     Target,
+    client_cpus,
+    on_cpus,
     peer_python,
     run_json,
     server_cpus,
@@ -126,9 +129,12 @@ def run(quick: bool, repeats: int, kinds: tuple[str, ...] = ("flat", "hnsw", "iv
                     "retrieval",
                     {"RAGMESH_INDEX_KIND": kind, "RAGMESH_INDEX_DIR": str(Path(tmp) / kind)},
                 )
-                with grpc.insecure_channel(
-                    proc.address, options=[("grpc.max_receive_message_length", 1 << 26)]
-                ) as channel:
+                with (
+                    on_cpus(client_cpus()),
+                    grpc.insecure_channel(
+                        proc.address, options=[("grpc.max_receive_message_length", 1 << 26)]
+                    ) as channel,
+                ):
                     stub = retrieval_service_pb2_grpc.RetrievalServiceStub(channel)
                     section.notes.append(
                         f"{kind}: loading {n:,} chunks took {load(stub, data.base):.0f} s"
@@ -154,6 +160,7 @@ def run(quick: bool, repeats: int, kinds: tuple[str, ...] = ("flat", "hnsw", "iv
                     )
                     for r in range(1 if quick else repeats)
                 ]
+        results[("-", "floor")] = [floor.measure(2000 if quick else 5000) for _ in range(repeats)]
     _tabulate(section, results, kinds)
     return section
 
@@ -182,6 +189,7 @@ def _tabulate(
     def spread(kind: str, system: str, key: str) -> Spread:
         return Spread([r[key] for r in results[(kind, system)]])
 
+    floors = Spread([r["p50_ms"] for r in results[("-", "floor")]])
     names = {
         "ragmesh": "ragmesh Search (gRPC)",
         "faiss": "FAISS in process",
@@ -231,6 +239,7 @@ def _tabulate(
                 "<=",
                 0.5,
                 "ms",
+                detail=f"a bare grpc.aio round trip is {floors.median:.3f} ms p50",
             )
         )
         if (kind, "milvus") in results:
@@ -249,11 +258,23 @@ def _tabulate(
                         ),
                     )
                 )
+    section.rows.append(
+        [
+            "—",
+            "bare grpc.aio Health.Check (the floor, no ragmesh)",
+            "",
+            "",
+            floors.text(3),
+            Spread([r["p99_ms"] for r in results[("-", "floor")]]).text(3),
+            "",
+        ]
+    )
     section.series = {
         f"{kind}/{system}": {
             k: Spread([r[k] for r in rs]).median for k in ("single_qps", "batched_qps", "recall")
         }
         for (kind, system), rs in results.items()
+        if system != "floor"
     }
 
 

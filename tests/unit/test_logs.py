@@ -1,5 +1,5 @@
 """JSON log lines written by the writer thread still carry the ids of the call that logged
-them, its traceback, and nothing is lost at flush."""
+them, its traceback, and nothing is lost at close."""
 
 from __future__ import annotations
 
@@ -24,13 +24,13 @@ def stderr(monkeypatch: pytest.MonkeyPatch) -> Iterator[io.StringIO]:
     try:
         yield out
     finally:
-        logs.flush()
+        logs.close()
         root.handlers[:], level = saved
         root.setLevel(level)
 
 
 def written(out: io.StringIO) -> list[dict[str, Any]]:
-    logs.flush()
+    logs.close()
     return [json.loads(line) for line in out.getvalue().splitlines()]
 
 
@@ -64,7 +64,7 @@ def test_an_exception_keeps_its_traceback(stderr: io.StringIO) -> None:
     assert "ZeroDivisionError: division by zero" in line["exception"]
 
 
-def test_every_queued_line_is_written_by_flush(stderr: io.StringIO) -> None:
+def test_every_queued_line_is_written_by_close(stderr: io.StringIO) -> None:
     log = logging.getLogger("ragmesh.burst")
     for i in range(2000):
         log.info("line %d", i)

@@ -92,7 +92,7 @@ class _Handoff(logging.handlers.QueueHandler):
 _listener: logging.handlers.QueueListener | None = None
 
 
-def flush() -> None:
+def close() -> None:
     """Write every queued line and stop the writer thread (at exit, or before reconfiguring)."""
     global _listener
     if _listener is not None:
@@ -102,7 +102,7 @@ def flush() -> None:
 
 def configure(level: str, service: str) -> None:
     """Send every logger's records to stderr as JSON lines at ``level``."""
-    flush()
+    close()
     # The logging HOWTO's "Optimization" switches for what a JSON line never shows: the
     # caller's file and line (a stack walk per record), thread and process names.
     logging._srcfile = None
@@ -121,4 +121,4 @@ def configure(level: str, service: str) -> None:
     _listener = listener
 
 
-atexit.register(flush)
+atexit.register(close)
