@@ -8,7 +8,7 @@ with tracing on, ``span_id`` of the current span (off: the trace id from the W3C
 access log names the method, not what was asked.
 
 Lines are formatted and written on a writer thread (:class:`logging.handlers.QueueListener`),
-not on the event loop: a call's access line is no longer on its path to the response. The
+not on the event loop, so a call's access line is not on its path to the response. The
 ids, the message and the traceback are taken in the calling thread, where the call's context
 is current; the queue is flushed at exit.
 """
