@@ -178,17 +178,20 @@ class RetrievalEngine:
             return hits, self.store.version
 
         with tracer.start_as_current_span("faiss.search") as span:
-            span.set_attributes(
-                {
-                    "ragmesh.search.queries": count,
-                    "ragmesh.search.top_k": top_k,
-                    "ragmesh.index.kind": self.store.params.kind,
-                    "ragmesh.index.device": self.store.index.device,
-                }
-            )
+            recording = span.is_recording()  # no attribute work when tracing is off
+            if recording:
+                span.set_attributes(
+                    {
+                        "ragmesh.search.queries": count,
+                        "ragmesh.search.top_k": top_k,
+                        "ragmesh.index.kind": self.store.params.kind,
+                        "ragmesh.index.device": self.store.index.device,
+                    }
+                )
             hits, version = await self._run_search(work, count)
-            span.set_attribute("ragmesh.search.results", sum(len(h) for h in hits))
-            span.set_attribute("ragmesh.index.version", version)
+            if recording:
+                span.set_attribute("ragmesh.search.results", sum(len(h) for h in hits))
+                span.set_attribute("ragmesh.index.version", version)
             return hits, version
 
     async def info(self) -> IndexInfo:
