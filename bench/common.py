@@ -173,6 +173,8 @@ def start_pinned(
 ) -> Proc:
     """Start ragmesh service ``module`` as ``name`` on the server cores and wait for SERVING."""
     environment = stack.service_env(module)
+    # pools sized to the server cores (the affinity mask), as the in-process baselines' are
+    environment["RAGMESH_COMPUTE_THREADS"] = "0"
     environment.update(env)
     argv = pinned([sys.executable, "-m", f"ragmesh.{module}"], server_cpus())
     stack.spawn(name, argv, environment)

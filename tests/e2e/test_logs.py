@@ -6,6 +6,7 @@ service's own span: tests/mesh/test_system.py); document texts never reach the l
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -14,7 +15,8 @@ import grpc
 import numpy as np
 import pytest
 
-from ragmesh.cli.supervisor import Stack
+from ragmesh.cli.supervisor import COMPUTE_SERVICES, Stack
+from ragmesh.kit import cpus
 from ragmesh.v1 import retrieval_service_pb2, retrieval_service_pb2_grpc
 
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -74,6 +76,17 @@ def test_every_line_is_json_and_startup_names_the_service(retrieval: Stack) -> N
     ready = [p for p in parsed if "listening: grpc" in p["message"]]
     assert ready and ready[0]["service"] == "retrieval" and ready[0]["level"] == "INFO"
     assert ready[0]["timestamp"].endswith("Z")
+
+
+def test_startup_logs_the_compute_pool_it_sized(retrieval: Stack) -> None:
+    """The local stack gives each compute service its share of the machine's CPUs."""
+    share = max(1, cpus.available() // COMPUTE_SERVICES)
+    parsed = [json.loads(ln) for ln in retrieval.procs["retrieval"].output().splitlines() if ln]
+    pools = [p["message"] for p in parsed if p["logger"] == "ragmesh.kit.cpus"]
+    assert pools == [
+        f"compute threads: {share} (RAGMESH_COMPUTE_THREADS; "
+        f"{len(os.sched_getaffinity(0))} CPUs in the affinity mask)"
+    ]
 
 
 def test_a_call_logs_one_access_line_with_its_correlation_ids(retrieval: Stack) -> None:

@@ -23,8 +23,11 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from ragmesh.kit import cpus
+
 LISTENING = re.compile(r"listening: grpc [\d.]+:(\d+), metrics [\d.]+:(\d+)")
 SERVICES = ("embedding", "retrieval", "generation", "query", "ingest")
+COMPUTE_SERVICES = 3  # embedding, retrieval and generation run torch or FAISS pools
 STATE_FILE = "stack.json"
 
 
@@ -151,6 +154,9 @@ class Stack:
                 "TOKENIZERS_PARALLELISM": "false",
             }
         )
+        # the compute services share this machine: a share of its CPUs each, so their OpenMP
+        # pools do not spin against each other on the same cores (kit/cpus.py)
+        env.setdefault("RAGMESH_COMPUTE_THREADS", str(max(1, cpus.available() // COMPUTE_SERVICES)))
         for peer in ("embedding", "retrieval", "generation"):
             if peer in self.procs and self.procs[peer].grpc_port:
                 env[f"RAGMESH_{peer.upper()}_ADDR"] = self.procs[peer].address

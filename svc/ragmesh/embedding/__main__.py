@@ -6,7 +6,7 @@ import asyncio
 
 from ragmesh.embedding.engine import EmbeddingEngine
 from ragmesh.embedding.servicer import SERVICE_NAME, register
-from ragmesh.kit import config
+from ragmesh.kit import config, cpus
 from ragmesh.kit.server import ServiceSpec, configure_telemetry, run
 
 
@@ -29,6 +29,7 @@ def build(engine: EmbeddingEngine) -> ServiceSpec:
 def main() -> None:
     settings = config.load()
     configure_telemetry(settings.server, "embedding")
+    cpus.size_pools(settings.server.compute_threads, "torch")
     asyncio.run(run(settings.server, build(EmbeddingEngine(settings.embedding))))
 
 

@@ -7,7 +7,7 @@ import asyncio
 from ragmesh.generation.engine import create_engine
 from ragmesh.generation.service import GenerationService
 from ragmesh.generation.servicer import SERVICE_NAME, register
-from ragmesh.kit import config
+from ragmesh.kit import config, cpus
 from ragmesh.kit.server import ServiceSpec, configure_telemetry, run
 
 
@@ -25,6 +25,7 @@ def build(service: GenerationService) -> ServiceSpec:
 def main() -> None:
     settings = config.load()
     configure_telemetry(settings.server, "generation")
+    cpus.size_pools(settings.server.compute_threads, "torch")
     engine = create_engine(settings.generation, settings.embedding)
     service = GenerationService(
         settings.generation, engine, first_token_delay=settings.server.fault_delay

@@ -38,6 +38,13 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("RAGMESH_GRACE_SECONDS", "25", "After draining: seconds in-flight calls may finish."),
     Variable("RAGMESH_LOG_LEVEL", "INFO", "Python log level."),
     Variable(
+        "RAGMESH_COMPUTE_THREADS",
+        "0",
+        "Threads of the torch and FAISS pools; 0: the CPUs the process may use (its affinity "
+        "mask capped by its cgroup CPU limit, i.e. the pod's resources.limits.cpu, rounded down).",
+        "embedding, retrieval, generation",
+    ),
+    Variable(
         "RAGMESH_OTLP_ENDPOINT",
         "",
         "OTLP/gRPC collector (host:port or http(s)://host:port) the spans go to; empty: "
@@ -303,6 +310,7 @@ class ServerSettings:
     otlp_endpoint: str = ""
     trace_sample_ratio: float = 1.0
     fault_delay: float = 0.0  # seconds
+    compute_threads: int = 0  # 0: kit.cpus.available()
 
 
 @dataclass(frozen=True)
@@ -477,6 +485,7 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         fault_delay=r.integer("RAGMESH_FAULT_DELAY_MS") / 1000.0,
         otlp_endpoint=r.text("RAGMESH_OTLP_ENDPOINT"),
         trace_sample_ratio=r.number("RAGMESH_TRACE_SAMPLE_RATIO"),
+        compute_threads=r.integer("RAGMESH_COMPUTE_THREADS"),
     )
     if server.trace_sample_ratio > 1:
         raise ConfigError("RAGMESH_TRACE_SAMPLE_RATIO must be at most 1")

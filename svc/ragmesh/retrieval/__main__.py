@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from ragmesh.kit import config
+from ragmesh.kit import config, cpus
 from ragmesh.kit.server import ServiceSpec, configure_telemetry, run
 from ragmesh.retrieval.engine import RetrievalEngine
 from ragmesh.retrieval.servicer import SERVICE_NAME, register
@@ -24,6 +24,7 @@ def build(engine: RetrievalEngine) -> ServiceSpec:
 def main() -> None:
     settings = config.load()
     configure_telemetry(settings.server, "retrieval")
+    cpus.size_pools(settings.server.compute_threads, "faiss")
     asyncio.run(run(settings.server, build(RetrievalEngine(settings.retrieval))))
 
 
