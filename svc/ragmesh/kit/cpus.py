@@ -1,12 +1,13 @@
 """The CPUs a process may use, and the compute thread pools (torch, FAISS) sized to them.
 
 torch and FAISS size their OpenMP pools by the cores they see, never by a container's CPU
-limit: a pod limited to 2 CPUs on a 64-core node runs 64 threads, the CFS quota throttles
-them, and a 10 ms encode takes seconds. Processes sharing cores fare the same: OpenMP
-threads spin while they wait for each other, so two services with a pool per core each
-stall one another (a first token took 1–2.5 s instead of 30 ms with two generation
-processes on two cores). The pools are therefore sized once at start, to
-``RAGMESH_COMPUTE_THREADS`` or, when it is 0, to :func:`available`.
+limit: a pod limited to 2 CPUs on a 64-core node would run 64 threads, and the CFS quota
+stops all of them for the rest of each period once 2 CPUs' worth is spent. Processes
+sharing cores fare no better: OpenMP threads spin while they wait for each other, so
+services with a pool per core each stall one another (measured: two generation processes
+on two cores, first-token p95 of 0.2–1.7 s; with one thread each, 66–85 ms). The pools
+are therefore sized once at start, to ``RAGMESH_COMPUTE_THREADS`` or, when it is 0, to
+:func:`available`.
 """
 
 from __future__ import annotations
