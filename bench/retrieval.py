@@ -25,7 +25,7 @@ from bench.common import (
     start_pinned,
 )
 from bench.vectors import Dataset, K, clustered, search_result
-from ragmesh.cli.supervisor import Stack
+from ragmesh.cli.supervisor import PROCESS_ENV, Stack
 from ragmesh.v1 import common_pb2, retrieval_service_pb2, retrieval_service_pb2_grpc
 
 TEXT = "A passage of about two hundred characters stands in for each chunk's text, as a " * 3
@@ -168,7 +168,9 @@ def run(quick: bool, repeats: int, kinds: tuple[str, ...] = ("flat", "hnsw", "iv
 def _inprocess(folder: Path, kind: str, single: int, batches: int) -> dict[str, float]:
     argv = [sys.executable, "-m", "bench.inprocess", "faiss", "--data", str(folder), "--kind", kind]
     argv += ["--single", str(single), "--batches", str(batches), "--batch", str(BATCH)]
-    result = run_json(argv, cpus=server_cpus(), env={"PYTHONPATH": str(ROOT)})
+    # the service's process environment (huge pages for malloc): the same FAISS on both sides
+    env = {"PYTHONPATH": str(ROOT), **PROCESS_ENV["retrieval"]}
+    result = run_json(argv, cpus=server_cpus(), env=env)
     assert isinstance(result, dict)
     return result
 

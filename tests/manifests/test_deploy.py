@@ -20,6 +20,7 @@ import yaml
 from cloudcoil.resources import get_model
 from google.protobuf import json_format
 
+from ragmesh.cli.supervisor import PROCESS_ENV
 from ragmesh.kit.channels import API_FILES
 from tests.support.tools import kustomize, promtool
 
@@ -176,6 +177,19 @@ def test_ragmesh_deployments_are_hardened_probed_and_drain(environment: str) -> 
         proxy = yaml.safe_load(annotations["proxy.istio.io/config"])
         assert float(proxy["terminationDrainDuration"].rstrip("s")) >= needed - 5, ident(doc)
         assert proxy["proxyMetadata"]["EXIT_ON_ZERO_ACTIVE_CONNECTIONS"] == "true"
+
+
+@env
+def test_retrieval_pods_get_the_local_stacks_process_environment(environment: str) -> None:
+    """What the local stack gives the retrieval process (huge pages for malloc), the pods get."""
+    configs = [
+        d["data"]
+        for d in objects(environment, "ConfigMap")
+        if d["metadata"]["name"] in ("retrieval-config", "retrieval-writer-config")
+    ]
+    assert len(configs) == 2
+    for data in configs:
+        assert PROCESS_ENV["retrieval"].items() <= data.items()
 
 
 @env
