@@ -1,6 +1,7 @@
 """The retrieval service the local stack starts keeps its FAISS index in transparent huge
-pages (malloc's hugetlb tunable, PROCESS_ENV): the same load without the tunable leaves the
-index in 4 KiB pages. Read from the process's own /proc/PID/smaps_rollup."""
+pages (malloc's hugetlb tunable, PROCESS_ENV): in the kernel's THP mode "madvise" the same
+load without the tunable leaves the index in 4 KiB pages. Read from the process's own
+/proc/PID/smaps_rollup."""
 
 from __future__ import annotations
 
@@ -9,7 +10,6 @@ from pathlib import Path
 
 import grpc
 import numpy as np
-import pytest
 
 from ragmesh.cli.supervisor import Stack
 from ragmesh.v1 import common_pb2, retrieval_service_pb2, retrieval_service_pb2_grpc
@@ -54,10 +54,6 @@ def loaded_huge_kib(stack: Stack, name: str, env: dict[str, str]) -> int:
     return huge_kib(proc.popen.pid) - before
 
 
-@pytest.mark.skipif(
-    not THP.exists() or "[never]" in THP.read_text(),
-    reason="the kernel has transparent huge pages off",
-)
 def test_the_index_lives_in_huge_pages(tmp_path: Path) -> None:
     stack = Stack(tmp_path)
     try:
@@ -70,4 +66,8 @@ def test_the_index_lives_in_huge_pages(tmp_path: Path) -> None:
     finally:
         stack.down()
     index_kib = ROWS * DIM * 4 // 1024
-    assert tuned - plain >= 0.8 * index_kib, (tuned, plain, index_kib)
+    mode = THP.read_text().split("[")[1].split("]")[0]
+    if mode == "always":  # every large allocation gets huge pages, asked for or not
+        assert tuned >= 0.8 * index_kib, (mode, tuned, index_kib)
+    else:  # madvise: only what asks; never: the index cannot get them, and this fails
+        assert tuned - plain >= 0.8 * index_kib, (mode, tuned, plain, index_kib)
