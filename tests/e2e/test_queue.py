@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from pathlib import Path
 
+import grpc
 import numpy as np
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from ragmesh.cli.supervisor import Stack
 from ragmesh.embedding.model import Purpose
+from ragmesh.ingest.__main__ import build
 from ragmesh.ingest.queue import DocumentIn, JobQueue, JobState, connect
 from ragmesh.ingest.worker import IngestWorker
 from ragmesh.kit.errors import InvalidArgument
 from ragmesh.kit.peers import ChunkRecord, Embedded, SearchResult
-from tests.conftest import settings_for
+from ragmesh.kit.server import ServiceHost
+from tests.conftest import settings_for, start
 
 
 @pytest.fixture(scope="module")
@@ -128,3 +133,52 @@ async def test_reingesting_a_shorter_document_drops_its_old_tail(queue: JobQueue
     while await w.step():
         pass
     assert len(long_ids) > 1 and set(store.chunks) == {"doc#0"}
+
+
+class Exploding(Store):
+    """An embedder with a bug: raises something no dependency outage raises."""
+
+    async def embed(self, texts: Sequence[str], purpose: Purpose) -> Embedded:
+        if any("EXPLODE" in t for t in texts):
+            raise RuntimeError("a bug")
+        return await super().embed(texts, purpose)
+
+
+async def test_an_unexpected_error_fails_only_that_document(
+    queue: JobQueue, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = Exploding()
+    job = await queue.enqueue([DocumentIn("boom", "", "EXPLODE now."), DocumentIn("ok", "", TEXT)])
+    w = worker(queue, store, "w")
+    while await w.step():
+        pass
+    status = await queue.job(job)
+    assert (status.documents_done, status.documents_failed) == (1, 1)
+    assert status.last_error == "boom: internal error (RuntimeError)"
+    assert await queue.backlog() == (0, 0)
+    assert any(r.exc_info and "a bug" in str(r.exc_info[1]) for r in caplog.records)
+
+
+async def test_a_failing_worker_loop_turns_health_not_serving(
+    queue: JobQueue, stop_hosts: list[ServiceHost], caplog: pytest.LogCaptureFixture
+) -> None:
+    w = worker(queue, Store(), "w")
+
+    async def broken() -> tuple[int, int]:
+        raise ValueError("backlog reply not understood")
+
+    w.queue.backlog = broken  # type: ignore[method-assign]
+    host = await start(settings_for(), build(w))
+    stop_hosts.append(host)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{host.port}") as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        for _ in range(200):
+            reply = await stub.Check(health_pb2.HealthCheckRequest(), timeout=5)
+            if reply.status == health_pb2.HealthCheckResponse.NOT_SERVING:
+                break
+            await asyncio.sleep(0.02)
+    assert reply.status == health_pb2.HealthCheckResponse.NOT_SERVING
+    failure = [
+        r for r in caplog.records if r.getMessage() == "ingest failed: reporting NOT_SERVING"
+    ]
+    assert failure and failure[0].exc_info and "not understood" in str(failure[0].exc_info[1])

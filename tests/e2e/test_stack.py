@@ -11,10 +11,13 @@ from pathlib import Path
 
 import grpc
 import pytest
+import redis
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from ragmesh.cli.documents import read_document
 from ragmesh.cli.supervisor import Stack
 from ragmesh.ingest.chunking import chunk
+from ragmesh.kit import config
 from ragmesh.v1 import (
     query_service_pb2 as q,
 )
@@ -24,6 +27,7 @@ from ragmesh.v1 import (
     retrieval_service_pb2_grpc,
 )
 from tests.conftest import sample
+from tests.support import rawh2
 
 CORPUS = Path(__file__).resolve().parents[2] / "samples" / "corpus"
 CHUNK_CHARS, OVERLAP = 400, 80
@@ -173,6 +177,72 @@ def test_bad_ingest_is_invalid_argument_and_writes_nothing(
         query.Ingest(q.IngestRequest(), timeout=10)
     assert empty.value.details().startswith("documents:")  # type: ignore[attr-defined]
     assert index_count(stack) == before
+
+
+HOSTILE = [(b"x-request-id", b"id-\x80\xff"), (b"baggage", b"k=\xc3\x28\x01")]
+
+
+def ingest_health(stack: Stack) -> int:
+    with grpc.insecure_channel(stack.procs["ingest"].address) as channel:
+        reply = health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(), timeout=5
+        )
+    return int(reply.status)
+
+
+def test_hostile_header_bytes_neither_stop_ingestion_nor_break_ask(
+    stack: Stack, query: query_service_pb2_grpc.QueryServiceStub
+) -> None:
+    doc = q.Document(document_id="hostile-header", text="Queued with hostile headers.")
+    body = rawh2.frame(q.IngestRequest(documents=[doc]).SerializeToString())
+    port = stack.procs["query"].grpc_port
+    reply = rawh2.call(port, "/ragmesh.v1.QueryService/Ingest", body, HOSTILE)
+    assert reply.code == 0, reply.message
+    job_id = q.IngestResponse.FromString(reply.messages[0]).job_id
+    assert wait_job(query, job_id, timeout=30).state == q.INGEST_JOB_STATE_SUCCEEDED
+    later = query.Ingest(q.IngestRequest(documents=[doc]), timeout=10).job_id
+    assert wait_job(query, later, timeout=30).state == q.INGEST_JOB_STATE_SUCCEEDED
+    assert ingest_health(stack) == health_pb2.HealthCheckResponse.SERVING
+    asked = rawh2.call(
+        port,
+        "/ragmesh.v1.QueryService/Ask",
+        rawh2.frame(q.AskRequest(question=QUESTION).SerializeToString()),
+        HOSTILE,
+    )
+    assert asked.code == 0, asked.message
+    events = [q.AskResponse.FromString(m) for m in asked.messages]
+    assert events[0].citations.citations[0].document_id == "lighthouse.md"
+
+
+def test_a_malformed_queue_entry_is_failed_and_acknowledged(
+    stack: Stack, query: query_service_pb2_grpc.QueryServiceStub
+) -> None:
+    client = redis.Redis.from_url(stack.redis_url)
+    stream = config.load({}).ingest.stream
+    job = "f" * 32
+    client.hset(
+        f"{stream}:job:{job}",
+        mapping={
+            "state": "QUEUED",
+            "documents_total": 2,
+            "documents_done": 0,
+            "documents_failed": 0,
+            "chunks_done": 0,
+            "chunks_failed": 0,
+        },
+    )
+    client.xadd(stream, {"job": job, "seq": 0, "doc": "{not json"})
+    client.xadd(stream, {"job": job, "seq": 1, "doc": '{"document_id": 7, "text": []}'})
+    client.xadd(stream, {"garbage": "\xff"})
+    failed = wait_job(query, job, timeout=30)
+    assert failed.state == q.INGEST_JOB_STATE_FAILED and failed.documents_failed == 2
+    assert "malformed queue entry" in failed.last_error
+    doc = q.Document(document_id="after-poison", text="Ingested after malformed entries.")
+    job_id = query.Ingest(q.IngestRequest(documents=[doc]), timeout=10).job_id
+    assert wait_job(query, job_id, timeout=30).state == q.INGEST_JOB_STATE_SUCCEEDED
+    assert ingest_health(stack) == health_pb2.HealthCheckResponse.SERVING
+    assert client.xlen(stream) == 0  # every entry acknowledged and deleted
+    client.close()
 
 
 def test_worker_killed_mid_ingest_resumes_with_exact_chunk_count(

@@ -115,3 +115,17 @@ async def test_interceptors_wrap_a_methods_handler_once() -> None:
     current[0] = second  # a new handler for the method is wrapped anew
     c = await limit.intercept_service(continuation, details)  # type: ignore[arg-type]
     assert c is not a and c.unary_unary is not None
+
+
+@pytest.mark.parametrize("bad_id", ["id-\x80\xff", "a\x01b", "with space", "x" * 129, "line\n", ""])
+def test_a_malformed_request_id_is_replaced_and_bad_trace_headers_dropped(bad_id: str) -> None:
+    from ragmesh.kit import callcontext
+
+    ctx = callcontext.from_metadata(
+        [("x-request-id", bad_id), ("baggage", "k=\xc3\x28"), ("b3", "a" * 16 + "-" + "b" * 16)],
+        None,
+    )
+    assert re.fullmatch(r"[0-9a-f]{32}", ctx.request_id)
+    assert dict(ctx.headers) == {"b3": "a" * 16 + "-" + "b" * 16, "x-request-id": ctx.request_id}
+    kept = callcontext.from_metadata([("x-request-id", "req-1:a/b=c")], None)
+    assert kept.request_id == "req-1:a/b=c"

@@ -19,21 +19,34 @@ from ragmesh.kit.server import ServiceSpec, configure_telemetry, run
 
 
 def build(worker: IngestWorker) -> ServiceSpec:
-    """The worker as a host plug-in: health reports SERVING once consuming."""
+    """The worker as a host plug-in: health reports SERVING once consuming, and
+    NOT_SERVING if the worker's loop ever ends on its own (an unexpected error)."""
     stop = asyncio.Event()
     task: list[asyncio.Task[None]] = []
 
     async def load() -> None:
         task.append(asyncio.get_running_loop().create_task(worker.run(stop)))
-        await worker.ready.wait()
+        ready = asyncio.ensure_future(worker.ready.wait())
+        await asyncio.wait((task[0], ready), return_when=asyncio.FIRST_COMPLETED)
+        if not worker.ready.is_set():  # the loop failed before joining the group
+            ready.cancel()
+            task[0].result()
 
     async def close() -> None:
         stop.set()
-        if task:
-            await task[0]
+        if task:  # a loop that already failed was logged by the host's watch
+            await asyncio.gather(task[0], return_exceptions=True)
+
+    async def watch() -> None:
+        await task[0]
 
     return ServiceSpec(
-        name="ingest", service_names=(), register=lambda s: None, load=load, close=close
+        name="ingest",
+        service_names=(),
+        register=lambda s: None,
+        load=load,
+        close=close,
+        watch=watch,
     )
 
 

@@ -74,6 +74,8 @@ class Entry:
     deliveries: int = 1
     #: request id and trace context of the Ingest call (:func:`ragmesh.kit.tracing.carrier`)
     trace: dict[str, str] = field(default_factory=dict)
+    #: why the entry could not be read (a malformed entry: failed and acknowledged, not run)
+    problem: str = ""
 
 
 _JOB_ID = re.compile(r"[0-9a-f]{32}")
@@ -120,6 +122,47 @@ def validate_documents(docs: Sequence[DocumentIn], max_documents: int, max_chars
                 raise InvalidArgument(
                     f"{f}.metadata[{k!r}]", "keys need 1-128 characters, values at most 1024"
                 )
+
+
+def _text(value: object) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"expected a string, got {type(value).__name__}")
+    return value
+
+
+def parse_entry(entry_id: str, fields: Mapping[bytes, bytes]) -> Entry:
+    """The entry as :meth:`JobQueue.enqueue` wrote it; one that is not comes back with
+    ``problem`` set (and the job it names, when that much is readable), never raises."""
+    job_id = fields.get(b"job", b"").decode("utf-8", "replace")
+    if not _JOB_ID.fullmatch(job_id):
+        job_id = ""
+    try:
+        seq = int(fields.get(b"seq", b"-1"))
+    except ValueError:
+        seq = -1
+    try:
+        body = json.loads(fields[b"doc"])
+        metadata = body.get("metadata", {})
+        if not isinstance(metadata, dict):
+            raise ValueError("metadata is not a map")
+        doc = DocumentIn(
+            document_id=_text(body["document_id"]),
+            title=_text(body.get("title", "")),
+            text=_text(body["text"]),
+            metadata={_text(k): _text(v) for k, v in metadata.items()},
+            source=_text(body.get("source", "")),
+        )
+        validate_documents([doc], 1, len(doc.text) or 1)
+        trace = json.loads(fields.get(b"trace", b"{}"))
+        if not isinstance(trace, dict):
+            trace = {}
+        carried = {k: v for k, v in trace.items() if isinstance(k, str) and isinstance(v, str)}
+    except (KeyError, ValueError, TypeError, AttributeError, InvalidArgument) as e:
+        problem = f"malformed queue entry {entry_id}: {type(e).__name__}: {str(e)[:200]}"
+        return Entry(entry_id, job_id, seq, DocumentIn("", "", ""), problem=problem)
+    if not job_id:
+        return Entry(entry_id, "", seq, doc, problem=f"malformed queue entry {entry_id}: no job id")
+    return Entry(entry_id, job_id, seq, doc, trace=carried)
 
 
 # Counts a document once (SADD), updates the job, and acknowledges + deletes the entry.
@@ -274,22 +317,7 @@ class JobQueue:
         for entry_id, fields in rows or ():
             if not fields:  # deleted while pending
                 continue
-            body = json.loads(fields[b"doc"])
-            out.append(
-                Entry(
-                    entry_id=entry_id.decode(),
-                    job_id=fields[b"job"].decode(),
-                    seq=int(fields[b"seq"]),
-                    document=DocumentIn(
-                        document_id=body["document_id"],
-                        title=body["title"],
-                        text=body["text"],
-                        metadata=body["metadata"],
-                        source=body["source"],
-                    ),
-                    trace=json.loads(fields.get(b"trace", b"{}")),
-                )
-            )
+            out.append(parse_entry(entry_id.decode(), fields))
         return out
 
     async def read(self, consumer: str, count: int, block_ms: int, pending: bool) -> list[Entry]:
@@ -347,6 +375,14 @@ class JobQueue:
         async with redis_errors("chunk count"):
             await self.redis.set(self._doc_key(document_id), count)
 
+    async def discard(self, entry: Entry) -> None:
+        """Acknowledge and delete an entry that names no job it could be counted in."""
+        async with redis_errors("discard"):
+            async with self.redis.pipeline(transaction=True) as pipe:
+                pipe.xack(self.stream, GROUP, entry.entry_id)
+                pipe.xdel(self.stream, entry.entry_id)
+                await pipe.execute()
+
     async def finish(self, entry: Entry, ok: bool, chunks: int, error: str = "") -> None:
         """Count the document once in its job and acknowledge the entry, atomically."""
         key = self._job_key(entry.job_id)
@@ -354,7 +390,7 @@ class JobQueue:
             await self._finish(
                 keys=[key, f"{key}:finished", self.stream],
                 args=[
-                    entry.seq,
+                    entry.seq if entry.seq >= 0 else entry.entry_id,  # counted once either way
                     "1" if ok else "0",
                     chunks,
                     error[:500],

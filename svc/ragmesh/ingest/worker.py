@@ -4,6 +4,11 @@ At-least-once: an entry is acknowledged only after its chunks were upserted; ent
 worker left pending are claimed after ``claim_idle_ms``; chunk ids are stable, so work done
 twice overwrites itself. A dependency outage leaves the entry pending and is retried with
 backoff; a document that is invalid (or keeps killing workers) is counted failed.
+
+No single entry can stop the worker: a malformed entry, or one whose processing raises
+something unexpected, is failed with ``last_error`` and acknowledged (logged with its
+traceback). An unexpected error outside one entry ends :meth:`IngestWorker.run` with that
+error, so the host reports NOT_SERVING and Kubernetes restarts the pod.
 """
 
 from __future__ import annotations
@@ -80,11 +85,30 @@ class IngestWorker:
         if not entries:
             entries = await self.queue.read(self.consumer, 1, self.block_ms, pending=False)
         for entry in entries:
-            await self.process(entry)
+            await self._guarded(entry)
         pending, lag = await self.queue.backlog()
         PENDING.set(pending)
         LAG.set(lag)
         return len(entries)
+
+    async def _guarded(self, entry: Entry) -> None:
+        """Process one entry; only a dependency outage (RagmeshError) propagates."""
+        try:
+            await self.process(entry)
+        except RagmeshError:
+            raise
+        except Exception as e:
+            log.exception("document %s failed unexpectedly", entry.document.document_id)
+            DOCUMENTS.labels("failed").inc()
+            await self._fail(
+                entry, f"{entry.document.document_id}: internal error ({type(e).__name__})"
+            )
+
+    async def _fail(self, entry: Entry, error: str) -> None:
+        if entry.job_id:
+            await self.queue.finish(entry, False, 0, error)
+        else:
+            await self.queue.discard(entry)
 
     async def process(self, entry: Entry) -> None:
         """Ingest one document; raises RagmeshError (not InvalidArgument) to retry later.
@@ -101,6 +125,11 @@ class IngestWorker:
 
     async def _process(self, entry: Entry) -> None:
         doc = entry.document
+        if entry.problem:
+            DOCUMENTS.labels("failed").inc()
+            log.warning("%s: failed and acknowledged", entry.problem)
+            await self._fail(entry, entry.problem)
+            return
         if entry.deliveries > self.settings.max_deliveries:
             DOCUMENTS.labels("failed").inc()
             await self.queue.finish(

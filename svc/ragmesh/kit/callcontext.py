@@ -8,6 +8,7 @@ propagated, and the caller's deadline; the client interceptor in
 from __future__ import annotations
 
 import contextvars
+import re
 import time
 import uuid
 from collections.abc import Iterable
@@ -32,6 +33,18 @@ PROPAGATED_KEYS = frozenset(
         "baggage",
     }
 )
+
+
+# What a forwarded header may hold. gRPC (and HTTP/2) only allow visible ASCII and spaces
+# in text metadata; Envoy passes other bytes through, and forwarding them would make every
+# outbound call (and a queued document's, later) fail. A request id is also a log field.
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:@/+=-]{1,128}")
+_HEADER_VALUE = re.compile(r"[\x20-\x7e]{0,8192}")
+
+
+def _safe(key: str, value: str) -> bool:
+    pattern = _REQUEST_ID if key == REQUEST_ID_KEY else _HEADER_VALUE
+    return pattern.fullmatch(value) is not None
 
 
 @dataclass(frozen=True)
@@ -59,12 +72,16 @@ _current: contextvars.ContextVar[CallContext | None] = contextvars.ContextVar(
 def from_metadata(
     metadata: Iterable[tuple[str, str | bytes]], remaining: float | None
 ) -> CallContext:
-    """Build the context of an inbound call from its metadata and time remaining."""
+    """Build the context of an inbound call from its metadata and time remaining.
+
+    Only well-formed values are kept: a request id outside ``[A-Za-z0-9._:@/+=-]{1,128}`` is
+    replaced by a fresh one, and a tracing header that is not printable ASCII is dropped.
+    """
     headers: list[tuple[str, str]] = []
     request_id = ""
     for key, value in metadata:
         k = key.lower()
-        if k in PROPAGATED_KEYS and isinstance(value, str):
+        if k in PROPAGATED_KEYS and isinstance(value, str) and _safe(k, value):
             if k == REQUEST_ID_KEY:
                 request_id = value
             else:

@@ -10,6 +10,7 @@ NOT_SERVING → wait ``drain_seconds`` → ``server.stop(grace_seconds)``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 from collections.abc import Awaitable, Callable, Sequence
@@ -67,6 +68,10 @@ class ServiceSpec:
     load: Callable[[], Awaitable[None]]
     close: Callable[[], Awaitable[None]] | None = None
     extra_reflection: Sequence[str] = field(default_factory=tuple)
+    #: background work the service lives by (the ingest worker's loop), awaited after load:
+    #: when it ends or raises, the error is logged with its traceback and health turns
+    #: NOT_SERVING, so the liveness probe restarts the process
+    watch: Callable[[], Awaitable[None]] | None = None
 
 
 def faults(settings: ServerSettings) -> list[FaultInterceptor]:
@@ -99,6 +104,7 @@ class ServiceHost:
         self.metrics_port = 0
         self._metrics_httpd: Any = None
         self._stopped = asyncio.Event()
+        self._watcher: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         """Bind and start serving; every service reports NOT_SERVING until :meth:`load`."""
@@ -126,6 +132,20 @@ class ServiceHost:
         await self.spec.load()
         await self._set_all(SERVING)
         log.info("%s ready", self.spec.name)
+        if self.spec.watch is not None:
+            self._watcher = asyncio.get_running_loop().create_task(self._watch(self.spec.watch))
+
+    async def _watch(self, work: Callable[[], Awaitable[None]]) -> None:
+        try:
+            await work()
+        except Exception:
+            log.exception("%s failed: reporting NOT_SERVING", self.spec.name)
+        else:
+            if self._stopped.is_set():
+                return
+            log.error("%s stopped working: reporting NOT_SERVING", self.spec.name)
+        if not self._stopped.is_set():
+            await self._set_all(NOT_SERVING)
 
     async def drain_and_stop(self) -> None:
         """NOT_SERVING, let load balancers notice, then stop with a grace period."""
@@ -138,6 +158,10 @@ class ServiceHost:
         await self.server.stop(self.settings.grace_seconds)
         if self.spec.close is not None:
             await self.spec.close()
+        if self._watcher is not None:
+            self._watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watcher
         if self._metrics_httpd is not None:
             self._metrics_httpd.shutdown()
             self._metrics_httpd.server_close()

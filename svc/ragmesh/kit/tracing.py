@@ -130,8 +130,9 @@ def resume(
 ) -> Iterator[None]:
     """Continue what :func:`carrier` handed over: its request id bound for logs and outbound
     calls, and a CONSUMER span ``name`` in its trace."""
-    token = callcontext.bind(callcontext.from_metadata(carried.items(), None))
-    parent = propagate.extract(carried) if enabled() else None
+    ctx = callcontext.from_metadata(carried.items(), None)  # keeps well-formed values only
+    token = callcontext.bind(ctx)
+    parent = propagate.extract(dict(ctx.headers)) if enabled() else None
     try:
         with tracer.start_as_current_span(
             name, context=parent, kind=trace.SpanKind.CONSUMER, attributes=attributes
