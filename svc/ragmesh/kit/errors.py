@@ -7,7 +7,9 @@ Engines raise these; they never import grpc. One table in
     ├── InvalidArgument      → INVALID_ARGUMENT   (names the offending field)
     ├── NotFound             → NOT_FOUND
     ├── Overloaded           → RESOURCE_EXHAUSTED
+    │   └── StorageFull      → RESOURCE_EXHAUSTED (the index disk is full; writes resume with space)
     ├── DependencyUnavailable→ UNAVAILABLE
+    │   └── StorageFailure   → UNAVAILABLE        (the index disk failed a write, rolled back)
     ├── ReadOnlyReplica      → UNAVAILABLE        (a write reached a reader: retry elsewhere)
     ├── DeadlineExceeded     → DEADLINE_EXCEEDED  (a downstream call ran out of the caller's time)
     ├── NotReady             → FAILED_PRECONDITION (model or index not loaded)
@@ -41,6 +43,14 @@ class Overloaded(RagmeshError):
 
 class DependencyUnavailable(RagmeshError):
     """A downstream dependency cannot be reached."""
+
+
+class StorageFull(Overloaded):
+    """The disk under the index has no space left; nothing of the write was kept."""
+
+
+class StorageFailure(DependencyUnavailable):
+    """The disk under the index failed a write (I/O error); nothing of it was kept."""
 
 
 class InjectedFault(RagmeshError):

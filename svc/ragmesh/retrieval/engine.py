@@ -60,29 +60,34 @@ class IndexInfo:
     version: int
 
 
+def store_for(settings: RetrievalSettings) -> ChunkStore:
+    """The chunk store the settings describe (not opened)."""
+    return ChunkStore(
+        settings.index_dir,
+        IndexParams(
+            kind=settings.kind,
+            dim=settings.dim,
+            device=settings.device,
+            hnsw_m=settings.hnsw_m,
+            hnsw_ef_search=settings.hnsw_ef_search,
+            ivf_nlist=settings.ivf_nlist,
+            ivf_nprobe=settings.ivf_nprobe,
+        ),
+        Limits(
+            max_top_k=settings.max_top_k,
+            max_queries=settings.max_queries,
+            max_chunks=settings.max_chunks,
+            max_chunk_chars=settings.max_chunk_chars,
+        ),
+        settings.snapshot_every,
+    )
+
+
 class RetrievalEngine:
     """Async front of a :class:`ChunkStore`."""
 
     def __init__(self, settings: RetrievalSettings) -> None:
-        self.store = ChunkStore(
-            settings.index_dir,
-            IndexParams(
-                kind=settings.kind,
-                dim=settings.dim,
-                device=settings.device,
-                hnsw_m=settings.hnsw_m,
-                hnsw_ef_search=settings.hnsw_ef_search,
-                ivf_nlist=settings.ivf_nlist,
-                ivf_nprobe=settings.ivf_nprobe,
-            ),
-            Limits(
-                max_top_k=settings.max_top_k,
-                max_queries=settings.max_queries,
-                max_chunks=settings.max_chunks,
-                max_chunk_chars=settings.max_chunk_chars,
-            ),
-            settings.snapshot_every,
-        )
+        self.store = store_for(settings)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="index")
         self._lock = threading.Lock()
         self._per_query_s = 0.0  # running mean of one query's search time

@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import struct
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,9 +23,16 @@ from typing import TypeVar
 
 import numpy as np
 
-from ragmesh.kit.errors import InvalidArgument
+from ragmesh.kit.errors import DataCorruption, InvalidArgument
 from ragmesh.retrieval.index import Bitmap, FaissIndex, IndexParams, Matrix
-from ragmesh.retrieval.wal import WriteAheadLog, frames, fsync_dir, replay
+from ragmesh.retrieval.wal import (
+    RECOVER_HINT,
+    WriteAheadLog,
+    frames,
+    fsync_dir,
+    replay,
+    salvage,
+)
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +70,20 @@ class Hit:
 
     payload: Payload
     score: float
+
+
+@dataclass
+class Recovery:
+    """What :meth:`ChunkStore.recover` kept and dropped."""
+
+    snapshot_version: int
+    frames: int
+    dropped: list[tuple[int, int]]  # (offset, bytes) of the log that held no intact frame
+    gaps: list[tuple[int, int]] = field(default_factory=list)  # versions not found
+    applied: int = 0
+    version: int = 0
+    chunks: int = 0
+    kept_as: str = ""
 
 
 @dataclass(frozen=True)
@@ -112,6 +134,7 @@ class ChunkStore:
         self._dead = 0
         self._since_snapshot = 0
         self._log_offset = 0  # readers: how far into the log they have applied
+        self._salvaging = False  # recovery: apply intact records across gaps
         self._snapshot_id: tuple[int, int] | None = None
 
     # -- lifecycle --------------------------------------------------------------------------
@@ -124,12 +147,23 @@ class ChunkStore:
         """
         self.dir.mkdir(parents=True, exist_ok=True)
         self._snapshot_id = self._stat_snapshot()
+        log_exists = (self.dir / LOG).exists()
+        found = replay(self.dir / LOG) if writable and log_exists else None
+        self._check_files(log_exists, found.base_version if found else 0)
         self._load_snapshot()
+        if found is not None and self.version < found.base_version:
+            raise DataCorruption(
+                f"{self.dir / SNAPSHOT} is at version {self.version} but {LOG} continues from "
+                f"version {found.base_version}: the snapshot is older than its log"
+            )
         replayed = 0
         if writable:
-            for payload in replay(self.dir / LOG):
+            for payload in found.payloads if found else ():
                 replayed += self._apply_record(payload)
-            self._log = WriteAheadLog(self.dir / LOG)
+            self._log = WriteAheadLog(self.dir / LOG, self.version)
+            if found is not None and found.legacy:
+                log.info("rewriting the write-ahead log in the current format")
+                self.snapshot()
         else:
             replayed = self._follow_log()
         self._index_tail()
@@ -142,6 +176,48 @@ class ChunkStore:
             self.params.kind,
             self.index.device,
         )
+
+    def _check_files(self, log_exists: bool, base_version: int) -> None:
+        """A snapshot without its log, or a log that continues a missing snapshot, means
+        files were lost: refuse to start rather than serve part of the index."""
+        has_snapshot = self._snapshot_id is not None
+        if has_snapshot and not log_exists:
+            raise DataCorruption(
+                f"{self.dir / LOG} is missing beside {SNAPSHOT}: writes acknowledged since the "
+                f"snapshot may be lost; see {RECOVER_HINT}"
+            )
+        if base_version > 0 and not has_snapshot:
+            raise DataCorruption(
+                f"{self.dir / SNAPSHOT} is missing: {LOG} continues from version "
+                f"{base_version}; restore the snapshot or see {RECOVER_HINT}"
+            )
+
+    def recover(self) -> Recovery:
+        """Rebuild from the snapshot (if any) and every intact frame of the log, across
+        damaged spans and version gaps, then take a fresh snapshot. The damaged log is kept
+        as ``wal.log.damaged-<unix time>``. For an operator, with the service stopped."""
+        self._snapshot_id = self._stat_snapshot()
+        self._load_snapshot()
+        path = self.dir / LOG
+        data = path.read_bytes() if path.exists() else b""
+        payloads, dropped = salvage(data)
+        report = Recovery(self.version, len(payloads), dropped)
+        self._salvaging = True
+        for payload in payloads:
+            version = _OP.unpack_from(payload)[1]
+            if version > self.version + 1:
+                report.gaps.append((self.version + 1, version - 1))
+            report.applied += self._apply_record(payload)
+        self._salvaging = False
+        if data:
+            keep = path.with_name(f"{LOG}.damaged-{int(time.time())}")
+            keep.write_bytes(data)
+            report.kept_as = keep.name
+        self._index_tail()
+        self._log = WriteAheadLog(path, self.version)
+        self.snapshot()
+        report.version, report.chunks = self.version, self.count
+        return report
 
     def _index_tail(self) -> None:
         if self.index.ntotal < self._n:  # replayed records are not in the stored index yet
@@ -162,7 +238,7 @@ class ChunkStore:
                 data = f.read()
         except FileNotFoundError:
             return 0
-        payloads, used = frames(data)
+        payloads, used = frames(data, self._log_offset)
         self._log_offset += used
         return sum(self._apply_record(p) for p in payloads)
 
@@ -188,7 +264,7 @@ class ChunkStore:
     def close(self) -> None:
         if self._log is not None:
             if self._since_snapshot:
-                self.snapshot()
+                self._try_snapshot()
             self._log.close()
             self._log = None
 
@@ -267,11 +343,21 @@ class ChunkStore:
         self.version = version
 
     def _after_write(self, chunks: int) -> None:
+        """Compaction and snapshots; the write is already durable, so a snapshot that fails
+        (disk full) is logged and tried again later, never failing the write."""
         self._since_snapshot += chunks
         if self._dead > max(1024, self._n // 3):
             self._compact()
         if self._since_snapshot >= self.snapshot_every:
+            self._try_snapshot()
+
+    def _try_snapshot(self) -> None:
+        try:
             self.snapshot()
+        except OSError as e:
+            (self.dir / (SNAPSHOT + ".tmp")).unlink(missing_ok=True)
+            self._since_snapshot = self.snapshot_every // 2  # try again half an interval on
+            log.warning("snapshot failed (%s); the log keeps every write, retrying later", e)
 
     # -- applying (shared by writes and replay) ---------------------------------------------
 
@@ -279,6 +365,11 @@ class ChunkStore:
         op, version, hlen = _OP.unpack_from(payload)
         if version <= self.version:
             return False  # already in the snapshot
+        if version != self.version + 1 and not self._salvaging:
+            raise DataCorruption(
+                f"{self.dir / LOG}: record of version {version} follows version {self.version}: "
+                f"writes in between are missing; see {RECOVER_HINT}"
+            )
         body = json.loads(payload[_OP.size : _OP.size + hlen])
         if op == _UPSERT:
             blob = payload[_OP.size + hlen :]
@@ -396,7 +487,7 @@ class ChunkStore:
             os.fsync(f.fileno())
         os.replace(tmp, self.dir / SNAPSHOT)
         fsync_dir(self.dir)
-        self._log.reset()
+        self._log.reset(self.version)
         self._since_snapshot = 0
         log.info("snapshot at version %d: %d chunks", self.version, self.count)
 
