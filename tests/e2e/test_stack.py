@@ -160,6 +160,7 @@ def test_bad_ask_is_invalid_argument_naming_the_field(
     [
         (q.Document(document_id="", text="t"), "documents[1].document_id"),
         (q.Document(document_id="a#b", text="t"), "documents[1].document_id"),
+        (q.Document(document_id="ends-in-newline\n", text="t"), "documents[1].document_id"),
         (q.Document(document_id="ok", text="  "), "documents[1].text"),
         (q.Document(document_id="ok", text="t", metadata={"": "v"}), "documents[1].metadata"),
     ],

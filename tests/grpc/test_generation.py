@@ -49,13 +49,16 @@ async def extractive() -> AsyncIterator[tuple[ServiceHost, GenerationService]]:
 
 
 async def ask(
-    port: int, question: str, **params: object
+    port: int,
+    question: str,
+    passages: list[common_pb2.Passage] = PASSAGES,
+    **params: object,
 ) -> tuple[list[str], generation_service_pb2.GenerateDone]:
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
         stub = generation_service_pb2_grpc.GenerationServiceStub(ch)
         req = generation_service_pb2.GenerateRequest(
             question=question,
-            passages=PASSAGES,
+            passages=passages,
             params=common_pb2.GenerationParams(**params),  # type: ignore[arg-type]
         )
         deltas, done = [], None
@@ -95,6 +98,19 @@ async def test_extractive_respects_max_tokens_and_the_filter(
         await filtered.drain_and_stop()
     assert done.finish_reason == common_pb2.FINISH_REASON_CONTENT_FILTER
     assert "".join(deltas) == "Fishing boats leave before "
+
+
+async def test_a_blank_passage_is_skipped_and_the_others_keep_their_numbers(
+    extractive: tuple[ServiceHost, GenerationService],
+) -> None:
+    host, _ = extractive
+    blank = common_pb2.Passage(chunk_id="blank#0", document_id="blank", text=" \t\n ")
+    deltas, done = await ask(
+        host.port, "When does the keeper record the wind speed?", [blank, *PASSAGES]
+    )
+    answer = "".join(deltas)
+    assert answer.startswith("The lighthouse keeper records the wind speed") and "[3]" in answer
+    assert done.finish_reason == common_pb2.FINISH_REASON_STOP
 
 
 @pytest.mark.parametrize(

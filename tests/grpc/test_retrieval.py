@@ -23,6 +23,7 @@ from ragmesh.v1 import (
     retrieval_service_pb2_grpc as pb_grpc,
 )
 from tests.conftest import settings_for, start
+from tests.support import rawh2
 
 DIM = 32
 
@@ -120,28 +121,107 @@ BAD_UPSERTS = [
     (pb.UpsertRequest(), "chunks"),
     (
         pb.UpsertRequest(
-            chunks=[chunk(1), pb.Chunk(chunk_id="x", document_id="d", vector=vec(1).tobytes()[:-4])]
+            chunks=[
+                chunk(1),
+                pb.Chunk(chunk_id="x", document_id="d", text="t", vector=vec(1).tobytes()[:-4]),
+            ]
         ),
         "chunks[1].vector",
     ),
     (
-        pb.UpsertRequest(chunks=[pb.Chunk(chunk_id="x", document_id="d", vector=bad_vector())]),
+        pb.UpsertRequest(
+            chunks=[pb.Chunk(chunk_id="x", document_id="d", text="t", vector=bad_vector())]
+        ),
         "chunks[0].vector",
     ),
     (
-        pb.UpsertRequest(chunks=[pb.Chunk(chunk_id="x", document_id="d", vector=inf_vector())]),
+        pb.UpsertRequest(
+            chunks=[pb.Chunk(chunk_id="x", document_id="d", text="t", vector=inf_vector())]
+        ),
         "chunks[0].vector",
     ),
     (
-        pb.UpsertRequest(chunks=[pb.Chunk(chunk_id="", document_id="d", vector=vec(1).tobytes())]),
+        pb.UpsertRequest(
+            chunks=[pb.Chunk(chunk_id="", document_id="d", text="t", vector=vec(1).tobytes())]
+        ),
         "chunks[0].chunk_id",
     ),
     (
-        pb.UpsertRequest(chunks=[pb.Chunk(chunk_id="x", document_id="", vector=vec(1).tobytes())]),
+        pb.UpsertRequest(
+            chunks=[pb.Chunk(chunk_id="x", document_id="", text="t", vector=vec(1).tobytes())]
+        ),
         "chunks[0].document_id",
     ),
     (pb.UpsertRequest(chunks=[chunk(1), chunk(1)]), "chunks[1].chunk_id"),
+    (
+        pb.UpsertRequest(chunks=[pb.Chunk(chunk_id="x", document_id="d", text=" \t\n ")]),
+        "chunks[0].text",
+    ),
+    (
+        pb.UpsertRequest(
+            chunks=[
+                pb.Chunk(
+                    chunk_id="x",
+                    document_id="d",
+                    text="t",
+                    vector=np.full(DIM, 1e20, np.float32).tobytes(),
+                )
+            ]
+        ),
+        "chunks[0].vector",
+    ),
+    (
+        pb.UpsertRequest(
+            chunks=[
+                pb.Chunk(
+                    chunk_id="x",
+                    document_id="d",
+                    text="t",
+                    metadata={f"k{i}": "v" for i in range(33)},
+                )
+            ]
+        ),
+        "chunks[0].metadata",
+    ),
 ]
+
+
+async def test_error_messages_echo_only_a_short_prefix_of_the_input(
+    stub: pb_grpc.RetrievalServiceStub,
+) -> None:
+    long_id = "x" * 500
+    twice = pb.UpsertRequest(chunks=[chunk(1), chunk(2)])
+    for c in twice.chunks:
+        c.chunk_id = long_id
+    with pytest.raises(grpc.aio.AioRpcError) as e:
+        await stub.Upsert(twice, timeout=5)
+    assert e.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert (e.value.details() or "").startswith("chunks[1].chunk_id: duplicate id 'xxx")
+    assert len(e.value.details() or "") < 120
+    bad_key = pb.UpsertRequest(chunks=[chunk(1)])
+    bad_key.chunks[0].metadata["k" * 10000] = "v"
+    with pytest.raises(grpc.aio.AioRpcError) as e:
+        await stub.Upsert(bad_key, timeout=5)
+    assert e.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert len(e.value.details() or "") < 200
+
+
+async def test_deleting_unknown_ids_writes_nothing_and_large_deletes_are_refused(
+    stub: pb_grpc.RetrievalServiceStub, tmp_path: Path
+) -> None:
+    await stub.Upsert(pb.UpsertRequest(chunks=[chunk(1)]), timeout=5)
+    before = await info(stub)
+    log_size = (tmp_path / "index" / "wal.log").stat().st_size
+    reply = await stub.Delete(
+        pb.DeleteRequest(chunk_ids=[f"nope{i}" for i in range(1000)]), timeout=5
+    )
+    assert reply.deleted_count == 0 and reply.index_version == before.index_version
+    assert (tmp_path / "index" / "wal.log").stat().st_size == log_size
+    with pytest.raises(grpc.aio.AioRpcError) as e:
+        await stub.Delete(pb.DeleteRequest(chunk_ids=[f"c{i}" for i in range(100_000)]), timeout=5)
+    assert e.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert (e.value.details() or "").startswith("chunk_ids:")
+    assert (await info(stub)).index_version == before.index_version
 
 
 @pytest.mark.parametrize(("request_", "field"), BAD_UPSERTS)
@@ -240,3 +320,20 @@ async def test_quick_searches_run_on_the_loop_slow_ones_and_writes_on_the_index_
         assert seen[-1].startswith("index")
     finally:
         await engine.close()
+
+
+@pytest.mark.parametrize("method", ["Upsert", "Search", "Delete", "GetIndexInfo"])
+async def test_an_undecodable_request_is_invalid_argument(tmp_path: Path, method: str) -> None:
+    settings = settings_for(tmp_path, RAGMESH_INDEX_DIM=str(DIM))
+    host = await start(settings, build(RetrievalEngine(settings.retrieval)))
+    try:
+        reply = await asyncio.to_thread(
+            rawh2.call,
+            host.port,
+            f"/ragmesh.v1.RetrievalService/{method}",
+            rawh2.frame(b"\xff\xff\xff"),
+        )
+    finally:
+        await host.drain_and_stop()
+    assert reply.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    assert reply.message.startswith(f"request: cannot be decoded as ragmesh.v1.{method}Request")

@@ -63,4 +63,40 @@ def test_read_document_ids_are_relative_paths(tmp_path: Path) -> None:
     f = tmp_path / "sub dir" / "note#1.md"
     f.write_text("# My note\n\nBody.")
     doc = read_document(f, tmp_path)
-    assert (doc.document_id, doc.title, doc.kind) == ("sub_dir/note_1.md", "My note", "markdown")
+    assert (doc.document_id, doc.title, doc.kind) == (
+        "sub%20dir/note%231.md",
+        "My note",
+        "markdown",
+    )
+    assert doc.source == "sub dir/note#1.md"  # relative: never the uploader's absolute path
+
+
+def test_document_ids_are_distinct_for_distinct_paths_and_stable(tmp_path: Path) -> None:
+    deep = "/".join(["d" * 100] * 3)  # a relative path over 256 characters
+    names = [
+        "a b.txt",
+        "a_b.txt",
+        "a#b.txt",
+        "a%20b.txt",
+        "a\tb.txt",
+        f"{deep}/1.txt",
+        f"{deep}/2.txt",
+    ]
+    for name in names:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text("Body.")
+    ids = [read_document(tmp_path / n, tmp_path).document_id for n in names]
+    assert len(set(ids)) == len(names)
+    assert all(len(i) <= 256 and not any(c.isspace() or c == "#" for c in i) for i in ids)
+    assert ids == [read_document(tmp_path / n, tmp_path).document_id for n in names]
+
+
+def test_escaped_markup_in_html_stays_text() -> None:
+    title, text = html_to_text(
+        "<html><head><title>&lt;b&gt;Bold&lt;/b&gt; &amp; co</title></head>"
+        "<body><p>Use &lt;script&gt;alert(1)&lt;/script&gt; &#60;img&#x3e; &copy; AT&amp;T</p>"
+        "<script>evil()</script></body></html>"
+    )
+    assert title == "&lt;b&gt;Bold&lt;/b&gt; & co"
+    assert text == "Use &lt;script&gt;alert(1)&lt;/script&gt; &lt;img&gt; © AT&T"
+    assert "<" not in text and "evil" not in text

@@ -127,9 +127,9 @@ def clustered(n: int, dim: int, seed: int = 0) -> np.ndarray:
 def test_ann_kinds_have_high_recall_and_persist(tmp_path: Path, kind: str) -> None:
     x = clustered(3000, DIM)
     s = open_store(tmp_path, kind=kind, ivf_nlist=16, ivf_nprobe=4)
-    s.upsert([ChunkIn(f"c{i}", "d", "", {}, x[i].tobytes()) for i in range(1000)])
-    s.upsert([ChunkIn(f"c{i}", "d", "", {}, x[i].tobytes()) for i in range(1000, 2000)])
-    s.upsert([ChunkIn(f"c{i}", "d", "", {}, x[i].tobytes()) for i in range(2000, 3000)])
+    s.upsert([ChunkIn(f"c{i}", "d", "t", {}, x[i].tobytes()) for i in range(1000)])
+    s.upsert([ChunkIn(f"c{i}", "d", "t", {}, x[i].tobytes()) for i in range(1000, 2000)])
+    s.upsert([ChunkIn(f"c{i}", "d", "t", {}, x[i].tobytes()) for i in range(2000, 3000)])
     assert s.index.trained_kind == kind
     queries = x[:100] + 0.05 * np.random.default_rng(1).standard_normal((100, DIM)).astype(
         np.float32

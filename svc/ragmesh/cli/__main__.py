@@ -19,7 +19,7 @@ from typing import Any
 
 import grpc
 
-from ragmesh.cli.documents import find_files, read_document
+from ragmesh.cli.documents import FileDocument, find_files, read_document
 from ragmesh.cli.supervisor import SERVICES, Stack, StackError, health, read_state
 from ragmesh.meshlab.manifests import TranslationError
 from ragmesh.v1 import (
@@ -105,14 +105,16 @@ def _progress(job: query_service_pb2.GetIngestJobResponse, width: int = 30) -> s
 
 def cmd_ingest(args: argparse.Namespace) -> int:
     address = query_address(args)
+    cwd = Path.cwd().resolve()
+    docs: list[FileDocument] = []
     try:
-        files = list(find_files(args.paths))
+        for path in args.paths:  # ids relative to the working directory, else to the argument
+            root = cwd if path.resolve().is_relative_to(cwd) else path.resolve().parent
+            docs.extend(read_document(f, root) for f in find_files([path]))
     except ValueError as e:
         raise CliError(str(e)) from None
-    if not files:
+    if not docs:
         raise CliError("no .txt, .md or .html files found")
-    root = Path.cwd()
-    docs = [read_document(f, root) for f in files]
     with grpc.insecure_channel(address) as channel:
         stub = query_service_pb2_grpc.QueryServiceStub(channel)
         jobs = []

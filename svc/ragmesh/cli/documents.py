@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import html
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -50,9 +52,19 @@ class FileDocument:
     kind: str
 
 
+# Characters that would turn back into markup: a reference to one stays a reference, so
+# "&lt;script&gt;" in a page is stored, cited and shown as that text, never as a tag.
+_MARKUP = {"<": "&lt;", ">": "&gt;"}
+
+
+def _reference(text: str) -> str:
+    char = html.unescape(text)
+    return _MARKUP.get(char, char)
+
+
 class _Text(HTMLParser):
     def __init__(self) -> None:
-        super().__init__(convert_charrefs=True)
+        super().__init__(convert_charrefs=False)
         self.parts: list[str] = []
         self.title = ""
         self._skip = 0
@@ -80,6 +92,12 @@ class _Text(HTMLParser):
         elif not self._skip:
             self.parts.append(data)
 
+    def handle_entityref(self, name: str) -> None:
+        self.handle_data(_reference(f"&{name};"))
+
+    def handle_charref(self, name: str) -> None:
+        self.handle_data(_reference(f"&#{name};"))
+
 
 def html_to_text(html: str) -> tuple[str, str]:
     """(title, text) of an HTML page: scripts and styles dropped, blocks as paragraphs."""
@@ -103,13 +121,22 @@ def _first_line(text: str) -> str:
     return line if len(line) <= 100 and line[-1:] not in ".!?" else ""
 
 
-def document_id_for(path: Path, root: Path) -> str:
-    """A stable id: the path relative to ``root``, with whitespace and '#' replaced."""
+def relative_source(path: Path, root: Path) -> str:
+    """``path`` relative to ``root`` (its name alone when outside it), POSIX style."""
     try:
-        rel = path.resolve().relative_to(root.resolve())
+        return path.resolve().relative_to(root.resolve()).as_posix()
     except ValueError:
-        rel = Path(path.name)
-    return re.sub(r"[\s#]", "_", rel.as_posix())[:256]
+        return path.name
+
+
+def document_id_for(path: Path, root: Path) -> str:
+    """A stable id, distinct for distinct paths: the path relative to ``root`` with '%',
+    whitespace and '#' percent-encoded; a longer one keeps 239 characters and a digest."""
+    encoded = re.sub(r"[%\s#]", lambda m: f"%{ord(m.group()):02X}", relative_source(path, root))
+    if len(encoded) <= 256:
+        return encoded
+    digest = hashlib.sha256(encoded.encode()).hexdigest()[:16]
+    return f"{encoded[:239]}~{digest}"
 
 
 def read_document(path: Path, root: Path) -> FileDocument:
@@ -122,7 +149,7 @@ def read_document(path: Path, root: Path) -> FileDocument:
         text = raw
         title = _markdown_title(raw) if kind == "markdown" else _first_line(raw)
     return FileDocument(
-        document_id_for(path, root), title or path.stem, text, path.resolve().as_uri(), kind
+        document_id_for(path, root), title or path.stem, text, relative_source(path, root), kind
     )
 
 

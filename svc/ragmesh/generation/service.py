@@ -163,9 +163,6 @@ class GenerationService:
             raise InvalidArgument(
                 "passages", f"{len(passages)} exceed the limit of {self.settings.max_passages}"
             )
-        for i, p in enumerate(passages):
-            if not p.text.strip():
-                raise InvalidArgument(f"passages[{i}].text", "must not be empty")
         validate_params(params, max_tokens=self.settings.max_tokens)
         return params.max_tokens or self.settings.default_max_tokens
 
@@ -185,7 +182,8 @@ class GenerationService:
         with tracer.start_as_current_span("generation.prompt") as span:
             rendered = fit(
                 question,
-                [Source(i + 1, p.text) for i, p in enumerate(passages)],
+                # a blank passage has nothing to quote: skipped, the others keep their numbers
+                [Source(i + 1, p.text) for i, p in enumerate(passages) if p.text.strip()],
                 budget,
                 self.engine.count_tokens,
                 self.engine.truncate,

@@ -22,10 +22,10 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError, ResponseError
 
 from ragmesh.kit import tracing
-from ragmesh.kit.errors import DependencyUnavailable, InvalidArgument, NotFound
+from ragmesh.kit.errors import DependencyUnavailable, InvalidArgument, NotFound, quoted
 
 GROUP = "ingest-workers"
-_DOCUMENT_ID = re.compile(r"^[^\s#]{1,256}$")
+_DOCUMENT_ID = re.compile(r"[^\s#]{1,256}")
 MAX_METADATA = 32
 
 
@@ -98,12 +98,12 @@ def validate_documents(docs: Sequence[DocumentIn], max_documents: int, max_chars
     seen: set[str] = set()
     for i, d in enumerate(docs):
         f = f"documents[{i}]"
-        if not _DOCUMENT_ID.match(d.document_id):
+        if not _DOCUMENT_ID.fullmatch(d.document_id):
             raise InvalidArgument(
                 f"{f}.document_id", "must be 1-256 characters without whitespace or '#'"
             )
         if d.document_id in seen:
-            raise InvalidArgument(f"{f}.document_id", f"duplicate id {d.document_id!r}")
+            raise InvalidArgument(f"{f}.document_id", f"duplicate id {quoted(d.document_id)}")
         seen.add(d.document_id)
         if len(d.title) > 1000:
             raise InvalidArgument(f"{f}.title", "longer than 1000 characters")
@@ -120,7 +120,7 @@ def validate_documents(docs: Sequence[DocumentIn], max_documents: int, max_chars
         for k, v in d.metadata.items():
             if not k or len(k) > 128 or len(v) > 1024:
                 raise InvalidArgument(
-                    f"{f}.metadata[{k!r}]", "keys need 1-128 characters, values at most 1024"
+                    f"{f}.metadata[{quoted(k)}]", "keys need 1-128 characters, values at most 1024"
                 )
 
 
@@ -278,7 +278,7 @@ class JobQueue:
         async with redis_errors("GetIngestJob"):
             raw: Any = await self.redis.hgetall(self._job_key(job_id))
         if not raw:
-            raise NotFound(f"job_id: no ingest job {job_id!r}")
+            raise NotFound(f"job_id: no ingest job {quoted(job_id)}")
         h = {k.decode(): v.decode() for k, v in raw.items()}
         return JobStatus(
             job_id=job_id,

@@ -20,6 +20,17 @@ Engines raise these; they never import grpc. One table in
 from __future__ import annotations
 
 
+def clip(text: str, limit: int = 64) -> str:
+    """``text`` cut to ``limit`` characters (marked with an ellipsis): what an error message
+    may echo of a caller's input."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def quoted(value: str, limit: int = 64) -> str:
+    """``value`` as an error message quotes it: repr'd and clipped."""
+    return repr(clip(value, limit))
+
+
 class RagmeshError(Exception):
     """Base class of the errors a request can end with."""
 

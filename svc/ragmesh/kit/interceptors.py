@@ -36,9 +36,12 @@ from ragmesh.kit.errors import (
     Overloaded,
     RagmeshError,
     ReadOnlyReplica,
+    clip,
 )
 
 log = logging.getLogger(__name__)
+
+MAX_MESSAGE = 1024  # characters of a status message: trailers stay far below 16 KiB
 
 # The one error table: domain error → gRPC status code. Handlers never set codes themselves.
 ERROR_TABLE: dict[type[RagmeshError], grpc.StatusCode] = {
@@ -59,7 +62,7 @@ def status_for(error: BaseException) -> tuple[grpc.StatusCode, str]:
     for cls in type(error).__mro__:
         code = ERROR_TABLE.get(cls)
         if code is not None:
-            return code, str(error)
+            return code, clip(str(error), MAX_MESSAGE)
     return grpc.StatusCode.INTERNAL, "internal error"
 
 
@@ -70,24 +73,56 @@ Around = Callable[[str, Unary], Unary]
 AroundStream = Callable[[str, Stream], Stream]
 
 
+class Undecodable:
+    """What a request body that is not the method's message decodes to (see
+    :class:`ErrorInterceptor`): answered INVALID_ARGUMENT, never reaching the handler."""
+
+    def __init__(self, message_type: str) -> None:
+        self.message_type = message_type
+
+    def error(self) -> InvalidArgument:
+        return InvalidArgument("request", f"cannot be decoded as {self.message_type}")
+
+
+def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    """``deserializer``, returning :class:`Undecodable` instead of raising."""
+    if deserializer is None:
+        return None
+    message_class = getattr(deserializer, "__self__", None)
+    descriptor = getattr(message_class, "DESCRIPTOR", None)
+    name = getattr(descriptor, "full_name", "the request message")
+
+    def decode(data: bytes) -> Any:
+        try:
+            return deserializer(data)
+        except Exception:  # DecodeError, or a RuntimeWarning turned error on bad UTF-8
+            return Undecodable(name)
+
+    return decode
+
+
 def _wrap(
     handler: grpc.RpcMethodHandler[Any, Any] | None,
     method: str,
     unary: Around,
     stream: AroundStream,
+    tolerant: bool = False,
 ) -> grpc.RpcMethodHandler[Any, Any] | None:
     if handler is None:
         return None
+    deserializer = handler.request_deserializer
+    if tolerant:
+        deserializer = _tolerant(deserializer)
     if handler.unary_unary is not None and not handler.request_streaming:
         return grpc.unary_unary_rpc_method_handler(
             unary(method, cast(Unary, handler.unary_unary)),
-            request_deserializer=handler.request_deserializer,
+            request_deserializer=deserializer,
             response_serializer=handler.response_serializer,
         )
     if handler.unary_stream is not None and not handler.request_streaming:
         return grpc.unary_stream_rpc_method_handler(
             stream(method, cast(Stream, handler.unary_stream)),
-            request_deserializer=handler.request_deserializer,
+            request_deserializer=deserializer,
             response_serializer=handler.response_serializer,
         )
     return handler
@@ -108,6 +143,7 @@ class _Interceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
     server's handlers (hence the wrapped ones of inner interceptors) never change."""
 
     only_api = False  # wrap only /ragmesh.* methods
+    tolerant = False  # decode requests with :func:`_tolerant`
 
     def __init__(self) -> None:
         self._wrapped: dict[str, tuple[Any, Any]] = {}  # method → (handler, wrapped handler)
@@ -126,7 +162,7 @@ class _Interceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         cached = self._wrapped.get(method)
         if cached is not None and cached[0] is handler:
             return cached[1]  # type: ignore[no-any-return]
-        wrapped = _wrap(handler, method, self.unary, self.stream)
+        wrapped = _wrap(handler, method, self.unary, self.stream, self.tolerant)
         self._wrapped[method] = (handler, wrapped)
         return wrapped  # type: ignore[return-value]
 
@@ -290,13 +326,17 @@ async def _abort(context: Context, method: str, error: Exception) -> None:
 
 
 class ErrorInterceptor(_Interceptor):
-    """Applies :data:`ERROR_TABLE` to every exception a handler raises."""
+    """Applies :data:`ERROR_TABLE` to every exception a handler raises, and answers a
+    request body that cannot be decoded with INVALID_ARGUMENT (gRPC's own answer is UNKNOWN)."""
 
     only_api = True
+    tolerant = True
 
     def unary(self, method: str, behavior: Unary) -> Unary:
         async def wrapped(request: Any, context: Context) -> Any:
             try:
+                if isinstance(request, Undecodable):
+                    raise request.error()
                 return await behavior(request, context)
             except grpc.aio.AbortError:
                 raise
@@ -308,6 +348,8 @@ class ErrorInterceptor(_Interceptor):
     def stream(self, method: str, behavior: Stream) -> Stream:
         async def wrapped(request: Any, context: Context) -> AsyncIterator[Any]:
             try:
+                if isinstance(request, Undecodable):
+                    raise request.error()
                 async for message in _iterate(behavior, request, context):
                     yield message
             except grpc.aio.AbortError:

@@ -23,7 +23,7 @@ from typing import TypeVar
 
 import numpy as np
 
-from ragmesh.kit.errors import DataCorruption, InvalidArgument
+from ragmesh.kit.errors import DataCorruption, InvalidArgument, quoted
 from ragmesh.retrieval.index import Bitmap, FaissIndex, IndexParams, Matrix
 from ragmesh.retrieval.wal import (
     RECOVER_HINT,
@@ -100,11 +100,29 @@ def _unit(vectors: Matrix, field_name: str) -> Matrix:
     if not np.isfinite(vectors).all():
         row = int(np.nonzero(~np.isfinite(vectors).all(axis=1))[0][0])
         raise InvalidArgument(field_name.format(row), "contains NaN or infinity")
-    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    with np.errstate(over="ignore"):
+        norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    if not np.isfinite(norms).all():  # components near 1e20: the norm overflows float32
+        row = int(np.nonzero(~np.isfinite(norms[:, 0]))[0][0])
+        raise InvalidArgument(field_name.format(row), "its norm overflows float32")
     if (norms == 0).any():
         row = int(np.nonzero(norms[:, 0] == 0)[0][0])
         raise InvalidArgument(field_name.format(row), "must not be the zero vector")
     return np.ascontiguousarray(vectors / norms, dtype=np.float32)
+
+
+MAX_ID_CHARS = 512  # chunk and document ids
+MAX_METADATA = 32  # entries per chunk
+
+
+def _check_metadata(metadata: Mapping[str, str], field_name: str) -> None:
+    if len(metadata) > MAX_METADATA:
+        raise InvalidArgument(field_name, f"more than {MAX_METADATA} entries")
+    for k, v in metadata.items():
+        if not k or len(k) > 128 or len(v) > 1024:
+            raise InvalidArgument(
+                f"{field_name}[{quoted(k)}]", "keys need 1-128 characters, values at most 1024"
+            )
 
 
 class ChunkStore:
@@ -284,15 +302,21 @@ class ChunkStore:
             )
         seen: set[str] = set()
         for i, c in enumerate(chunks):
-            if not c.chunk_id:
-                raise InvalidArgument(f"chunks[{i}].chunk_id", "must not be empty")
+            for name, value in (("chunk_id", c.chunk_id), ("document_id", c.document_id)):
+                if not value:
+                    raise InvalidArgument(f"chunks[{i}].{name}", "must not be empty")
+                if len(value) > MAX_ID_CHARS:
+                    raise InvalidArgument(
+                        f"chunks[{i}].{name}", f"longer than {MAX_ID_CHARS} characters"
+                    )
             if c.chunk_id in seen:
                 raise InvalidArgument(
-                    f"chunks[{i}].chunk_id", f"duplicate id {c.chunk_id!r} in the request"
+                    f"chunks[{i}].chunk_id", f"duplicate id {quoted(c.chunk_id)} in the request"
                 )
             seen.add(c.chunk_id)
-            if not c.document_id:
-                raise InvalidArgument(f"chunks[{i}].document_id", "must not be empty")
+            if not c.text.strip():  # generation has nothing to quote from a blank chunk
+                raise InvalidArgument(f"chunks[{i}].text", "must not be blank")
+            _check_metadata(c.metadata, f"chunks[{i}].metadata")
             if len(c.text) > self.limits.max_chunk_chars:
                 raise InvalidArgument(
                     f"chunks[{i}].text",
@@ -321,14 +345,28 @@ class ChunkStore:
         return len(chunks)
 
     def delete(self, chunk_ids: Sequence[str], document_ids: Sequence[str]) -> int:
-        """Delete by chunk id and/or document id; returns how many chunks existed."""
+        """Delete by chunk id and/or document id; returns how many chunks existed.
+
+        Only ids that exist are logged; a delete of nothing writes nothing (same version).
+        """
         if not chunk_ids and not document_ids:
             raise InvalidArgument("chunk_ids", "give chunk_ids or document_ids")
+        if len(chunk_ids) + len(document_ids) > self.limits.max_chunks:
+            raise InvalidArgument(
+                "chunk_ids",
+                f"{len(chunk_ids) + len(document_ids)} ids exceed the limit of "
+                f"{self.limits.max_chunks} per call",
+            )
         for name, ids in (("chunk_ids", chunk_ids), ("document_ids", document_ids)):
             for i, value in enumerate(ids):
                 if not value:
                     raise InvalidArgument(f"{name}[{i}]", "must not be empty")
-        item = {"c": list(chunk_ids), "d": list(document_ids)}
+        item = {
+            "c": sorted({c for c in chunk_ids if c in self._slot}),
+            "d": sorted({d for d in document_ids if d in self._by_doc}),
+        }
+        if not item["c"] and not item["d"]:
+            return 0
         self._write(_DELETE, item, None)
         removed = self._apply_delete(item["c"], item["d"])
         self._after_write(max(1, removed))
