@@ -9,6 +9,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
+import redis
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from ragmesh.cli.supervisor import Stack
@@ -182,3 +183,33 @@ async def test_a_failing_worker_loop_turns_health_not_serving(
         r for r in caplog.records if r.getMessage() == "ingest failed: reporting NOT_SERVING"
     ]
     assert failure and failure[0].exc_info and "not understood" in str(failure[0].exc_info[1])
+
+
+async def test_the_local_redis_needs_its_password_and_keeps_the_queue_across_a_restart(
+    tmp_path: Path,
+) -> None:
+    stack = Stack(tmp_path)
+    stack.start_redis()
+    try:
+        anonymous = redis.Redis(port=stack.redis_port)
+        with pytest.raises(redis.AuthenticationError):
+            anonymous.ping()
+        anonymous.close()
+        assert stack.redis_password not in " ".join(stack.procs["redis"].popen.args)
+        assert (tmp_path / "redis.conf").stat().st_mode & 0o077 == 0
+        client = connect(stack.redis_url, 1.0)
+        q = JobQueue(client, "persist", 60)
+        await q.ensure_group()
+        job = await q.enqueue([DocumentIn("kept", "", TEXT)])
+        await client.aclose()
+        await asyncio.sleep(1.5)  # appendfsync everysec, as in the cluster
+        stack.kill("redis")  # SIGKILL: only what reached the append-only file survives
+        stack.start_redis()
+        client = connect(stack.redis_url, 1.0)
+        q = JobQueue(client, "persist", 60)
+        assert (await q.job(job)).state is JobState.QUEUED
+        entries = await q.read("w", 8, 0, pending=False)
+        assert [e.document.document_id for e in entries] == ["kept"]
+        await client.aclose()
+    finally:
+        stack.down()

@@ -80,7 +80,8 @@ def cmd_up(args: argparse.Namespace) -> int:
     try:
         stack.up()
         print(f"{'service':<11} {'pid':>7}  {'grpc':<21} {'metrics':<21}")
-        print(f"{'redis':<11} {stack.procs['redis'].popen.pid:>7}  {stack.redis_url:<21}")
+        redis_address = f"127.0.0.1:{stack.redis_port}"  # the password stays in redis.conf
+        print(f"{'redis':<11} {stack.procs['redis'].popen.pid:>7}  {redis_address:<21}")
         for name in SERVICES:
             p = stack.procs[name]
             metrics = f"127.0.0.1:{p.metrics_port}"

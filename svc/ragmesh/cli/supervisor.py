@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import secrets
 import shutil
 import signal
 import socket
@@ -101,7 +102,18 @@ class Stack:
 
     @property
     def redis_url(self) -> str:
-        return f"redis://127.0.0.1:{self.redis_port}/0"
+        return f"redis://:{self.redis_password}@127.0.0.1:{self.redis_port}/0"
+
+    @property
+    def redis_password(self) -> str:
+        """The stack's Redis password: made once, kept in ``redis.password`` (mode 0600)."""
+        path = self.workdir / "redis.password"
+        if not path.exists():
+            self.workdir.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_hex(16))
+        return path.read_text().strip()
 
     def spawn(self, name: str, argv: list[str], env: Mapping[str, str]) -> Proc:
         """Start ``argv`` as ``name`` in its own session, appending to ``logs/<name>.log``."""
@@ -121,20 +133,19 @@ class Stack:
         if not Path(binary).exists():
             raise StackError("redis-server not found: run 'make system-deps' (apt redis-server)")
         self.redis_port = self.redis_port or free_port()
-        argv = [
-            binary,
-            "--port",
-            str(self.redis_port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            str(self.workdir),
-        ]
-        proc = self.spawn("redis", argv, os.environ)
+        data = self.workdir / "redis"
+        data.mkdir(parents=True, exist_ok=True)
+        # Like the cluster's: the queue persists in an append-only file, and a password is
+        # required. Both sit in a file only this user reads, never on a command line.
+        conf = self.workdir / "redis.conf"
+        fd = os.open(conf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(
+                f"port {self.redis_port}\nbind 127.0.0.1\nprotected-mode yes\n"
+                f'dir "{data}"\nsave ""\nappendonly yes\nappendfsync everysec\n'
+                f"requirepass {self.redis_password}\n"
+            )
+        proc = self.spawn("redis", [binary, str(conf)], os.environ)
         proc.grpc_port = self.redis_port
         deadline = time.monotonic() + 10
         while "Ready to accept connections" not in proc.output():

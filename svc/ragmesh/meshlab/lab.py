@@ -289,7 +289,8 @@ class MeshLab:
         env: dict[str, str] = {}
         for up, out in outbound.items():
             if up == "redis":
-                env["RAGMESH_REDIS_URL"] = f"redis://127.0.0.1:{out.listen}/0"
+                password = self.stack.redis_password
+                env["RAGMESH_REDIS_URL"] = f"redis://:{password}@127.0.0.1:{out.listen}/0"
             else:
                 env[f"RAGMESH_{up.upper().replace('-', '_')}_ADDR"] = f"127.0.0.1:{out.listen}"
         return sidecar, env
