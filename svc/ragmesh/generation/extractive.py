@@ -17,6 +17,7 @@ import numpy as np
 
 from ragmesh.embedding.model import EmbeddingModel, Purpose
 from ragmesh.generation.engine import EngineRequest, Piece, Source
+from ragmesh.generation.untrusted import is_instruction
 from ragmesh.ingest.chunking import sentences
 from ragmesh.kit.config import EmbeddingSettings
 from ragmesh.kit.errors import NotReady
@@ -28,12 +29,13 @@ NOTHING_FOUND = "The indexed documents do not contain an answer to this question
 
 
 def split_sentences(text: str) -> list[str]:
-    """Answer candidates: the sentences the ingest chunker sees, less headings."""
+    """Answer candidates: the sentences the ingest chunker sees, less headings and less
+    sentences that give orders to whoever answers (document content is data)."""
     out = []
     for raw in sentences(text, limit=len(text) + 1):
         sentence = raw.lstrip("#*- ").strip()
         words = len(_WORD.findall(sentence))
-        if words >= 6 or (words >= 3 and sentence[-1] in ".!?"):  # not a heading
+        if (words >= 6 or (words >= 3 and sentence[-1] in ".!?")) and not is_instruction(sentence):
             out.append(sentence)
     return out
 

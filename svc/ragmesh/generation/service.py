@@ -22,6 +22,7 @@ from prometheus_client import Counter, Histogram
 from ragmesh.generation.engine import Engine, EngineRequest, Source
 from ragmesh.generation.params import Params, validate_params
 from ragmesh.generation.prompt import fit
+from ragmesh.generation.untrusted import neutralize
 from ragmesh.kit import callcontext
 from ragmesh.kit.config import GenerationSettings
 from ragmesh.kit.errors import InvalidArgument, Overloaded
@@ -183,7 +184,11 @@ class GenerationService:
             rendered = fit(
                 question,
                 # a blank passage has nothing to quote: skipped, the others keep their numbers
-                [Source(i + 1, p.text) for i, p in enumerate(passages) if p.text.strip()],
+                [
+                    Source(i + 1, neutralize(p.text))
+                    for i, p in enumerate(passages)
+                    if p.text.strip()
+                ],
                 budget,
                 self.engine.count_tokens,
                 self.engine.truncate,
