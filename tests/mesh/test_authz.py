@@ -126,3 +126,20 @@ async def test_ingress_exposes_only_query_service(fake_mesh: FakeMesh) -> None:
     assert sorted(reached) == sorted(
         ("query", p) for p in api_paths() if p.startswith("/ragmesh.v1.QueryService/")
     )
+
+
+def test_sidecar_admin_is_a_private_unix_socket_not_a_port(fake_mesh: FakeMesh) -> None:
+    import json
+    import stat
+
+    from ragmesh.meshlab.lab import admin_get
+
+    sidecar = fake_mesh.sidecars["query"]
+    config = json.loads(
+        (fake_mesh.lab.stack.workdir / "envoy" / f"{sidecar.name}.json").read_text()
+    )
+    assert "socket_address" not in config["admin"]["address"]  # no TCP port to POST to
+    assert stat.S_IMODE(sidecar.admin.stat().st_mode) == 0o600
+    assert stat.S_IMODE(sidecar.admin.parent.stat().st_mode) == 0o700
+    assert admin_get(sidecar.admin, "/ready")[1].strip() == "LIVE"
+    assert sidecar.stats()  # the lab still reads counters through it

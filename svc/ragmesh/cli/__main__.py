@@ -13,7 +13,6 @@ import sys
 import textwrap
 import threading
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -253,9 +252,11 @@ def cmd_mesh(args: argparse.Namespace) -> int:
 
 
 def sidecar_state(admin: str) -> str:
+    """An Envoy's /ready answer from its admin socket (``unix:PATH``)."""
+    from ragmesh.meshlab.lab import admin_get
+
     try:
-        with urllib.request.urlopen(f"http://{admin}/ready", timeout=2) as r:
-            return str(r.read().decode().strip())
+        return admin_get(admin.removeprefix("unix:"), "/ready", 2.0)[1].strip()
     except OSError:
         return "UNREACHABLE"
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 from ragmesh.meshlab.ca import Identity
@@ -517,7 +518,7 @@ def _outbound(
 
 def sidecar_config(
     identity: Identity,
-    admin_port: int,
+    admin: Path,
     inbound: Sequence[Inbound] = (),
     rules: Sequence[Rule] | None = None,
     outbound: Sequence[Outbound] = (),
@@ -540,7 +541,8 @@ def sidecar_config(
         clusters.append(cluster)
     config: Json = {
         "node": {"id": identity.spiffe_id, "cluster": identity.spiffe_id.rsplit("/", 1)[-1]},
-        "admin": {"address": _address(admin_port)},
+        # admin (stats, /quitquitquit) on a Unix socket only this user may open, not on a port
+        "admin": {"address": {"pipe": {"path": str(admin), "mode": 0o600}}},
         "static_resources": {"listeners": listeners, "clusters": clusters},
     }
     if tracing is not None:

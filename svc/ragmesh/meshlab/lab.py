@@ -9,13 +9,14 @@ ingress gateway) is the way in. Redis sits behind a sidecar too (TCP, mTLS, RBAC
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import shutil
+import socket
 import sys
+import tempfile
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -48,22 +49,48 @@ def envoy_binary() -> str:
     return found
 
 
+def admin_get(socket_path: Path | str, path: str, timeout: float = 5.0) -> tuple[int, str]:
+    """GET ``path`` from an Envoy admin endpoint on the Unix socket ``socket_path``."""
+    connection = _UnixHTTPConnection(str(socket_path), timeout)
+    try:
+        connection.request("GET", path)
+        response = connection.getresponse()
+        return response.status, response.read().decode()
+    finally:
+        connection.close()
+
+
+class _UnixHTTPConnection(http.client.HTTPConnection):
+    def __init__(self, socket_path: str, timeout: float) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self.socket_path = socket_path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(self.timeout)
+            sock.connect(self.socket_path)
+        except OSError:
+            sock.close()
+            raise
+        self.sock = sock
+
+
 @dataclass
 class Sidecar:
-    """A running Envoy: its admin port and the loopback ports of its listeners."""
+    """A running Envoy: its admin socket and the loopback ports of its listeners."""
 
     name: str
     principal: str
     proc: Proc
-    admin: int
+    admin: Path  # a Unix socket only this user can open (mode 0600, in a 0700 directory)
     inbound: dict[int, int] = field(default_factory=dict)  # Kubernetes port → listen port
     outbound: dict[str, int] = field(default_factory=dict)  # upstream workload → listen port
     rest: int = 0  # the REST bridge's port (the ingress gateway)
 
     def stats(self) -> dict[str, int]:
         """Envoy's counters and gauges (``/stats``), by name."""
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.admin}/stats", timeout=5) as r:
-            text = r.read().decode()
+        _, text = admin_get(self.admin, "/stats")
         out: dict[str, int] = {}
         for line in text.splitlines():
             name, _, value = line.partition(": ")
@@ -91,6 +118,8 @@ class MeshLab:
         if otlp_port:
             self.enable_tracing(otlp_port)
         self.ca = LocalCA(workdir / "pki")
+        # Envoy admin sockets: a short path (Unix sockets allow 107 bytes), mode 0700
+        self.admin_dir = Path(tempfile.mkdtemp(prefix="ragmesh-admin-"))
         self.sidecars: dict[str, Sidecar] = {}
         self._identities: dict[str, Identity] = {}
         #: workload → inbound listener port of each replica's sidecar (Kubernetes port → port)
@@ -199,7 +228,7 @@ class MeshLab:
         ``service`` names its spans (Istio: ``<app>.<namespace>``; default: from the name).
         """
         outbound = dict(outbound or {})
-        admin = free_port()
+        admin = self.admin_dir / f"{name}.sock"
         tracing = None
         if self.otlp_port:
             namespace = principal.split("/ns/", 1)[-1].split("/", 1)[0]
@@ -242,16 +271,14 @@ class MeshLab:
 
     def _wait_live(self, sidecar: Sidecar, timeout: float = 20.0) -> None:
         deadline = time.monotonic() + timeout
-        url = f"http://127.0.0.1:{sidecar.admin}/ready"
         while True:
             if sidecar.proc.popen.poll() is not None:
                 tail = " | ".join(sidecar.proc.output().strip().splitlines()[-3:])
                 raise StackError(f"envoy {sidecar.name} exited: {tail}")
             try:
-                with urllib.request.urlopen(url, timeout=1) as r:
-                    if r.status == 200:
-                        return
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                if admin_get(sidecar.admin, "/ready", 1.0)[0] == 200:
+                    return
+            except OSError:
                 pass
             if time.monotonic() > deadline:
                 raise StackError(f"envoy {sidecar.name} not live after {timeout:.0f}s")
@@ -354,7 +381,7 @@ class MeshLab:
     def write_state(self) -> None:
         """stack.json with each sidecar's admin address and the ingress as the way in."""
         extra: dict[str, dict[str, object]] = {
-            s.proc.name: {"admin": f"127.0.0.1:{s.admin}"} for s in self.sidecars.values()
+            s.proc.name: {"admin": f"unix:{s.admin}"} for s in self.sidecars.values()
         }
         ingress = self.sidecars[INGRESS].proc
         extra["ingress"] = {
@@ -369,3 +396,4 @@ class MeshLab:
     def down(self) -> None:
         self.stack.down()
         self.sidecars.clear()
+        shutil.rmtree(self.admin_dir, ignore_errors=True)
