@@ -46,6 +46,11 @@ def build_tiny_lm(path: Path, min_new_tokens: int = 0) -> Path:
         eos_token_id=fast.eos_token_id,
         pad_token_id=fast.pad_token_id,
     )
+    import torch
+
+    # Fixed weights: greedy decoding of random weights may emit only byte pieces that never
+    # complete a character (no text to stream) for one draw and not for another.
+    torch.manual_seed(0)
     LlamaForCausalLM(config).save_pretrained(path)
     fast.save_pretrained(path)
     if min_new_tokens:  # random weights may emit EOS early; the model's own config forbids it

@@ -132,7 +132,12 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("RAGMESH_SNAPSHOT_EVERY", "10000", "Writes (chunks) between snapshots.", "retrieval"),
     Variable("RAGMESH_SEARCH_MAX_TOP_K", "100", "Largest top_k a Search may ask.", "retrieval"),
     Variable("RAGMESH_SEARCH_MAX_QUERIES", "256", "Most query vectors in one Search.", "retrieval"),
-    Variable("RAGMESH_UPSERT_MAX_CHUNKS", "1024", "Most chunks in one Upsert.", "retrieval"),
+    Variable(
+        "RAGMESH_UPSERT_MAX_CHUNKS",
+        "1024",
+        "Most chunks in one Upsert, and most ids in one Delete.",
+        "retrieval",
+    ),
     Variable("RAGMESH_CHUNK_MAX_CHARS", "16384", "Most characters in one chunk text.", "retrieval"),
     Variable(
         "RAGMESH_GEN_ENGINE",
