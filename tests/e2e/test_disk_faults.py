@@ -1,13 +1,19 @@
-"""A retrieval service whose index disk fills up: a tmpfs the test mounts (2 MiB) and
-unmounts. Writes are RESOURCE_EXHAUSTED naming the disk and leave nothing behind, a failed
-snapshot never fails the write it follows, writes resume when space returns, and a restart
-loads every acknowledged write."""
+"""Storage faults under a real retrieval service process.
+
+A full disk (a tmpfs the test mounts, 2 MiB, and unmounts): writes are RESOURCE_EXHAUSTED
+naming the disk and leave nothing behind, a failed snapshot never fails the write it
+follows, writes resume when space returns, and a restart loads every acknowledged write.
+A damaged log: the service refuses to start, and the recovery tool keeps every intact
+frame. (Every kind of damage, frame by frame: tests/unit/test_wal.py.)"""
 
 from __future__ import annotations
 
+import asyncio
 import errno
+import os
 import signal
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,6 +21,7 @@ import grpc
 import numpy as np
 import pytest
 
+from ragmesh.retrieval import wal
 from ragmesh.v1 import common_pb2
 from ragmesh.v1 import retrieval_service_pb2 as pb
 from tests.e2e.test_durability import DIM, Server, batch, vec
@@ -82,4 +89,44 @@ async def test_a_full_disk_is_survivable(tmp_path: Path, small_disk: Path) -> No
         timeout=10,
     )
     assert [r.passages[0].chunk_id for r in found.results] == ["c5", "c105", "c135"]
+    await restarted.stop(signal.SIGTERM)
+
+
+async def test_a_damaged_log_stops_the_service_until_the_recovery_tool_ran(
+    tmp_path: Path,
+) -> None:
+    index = tmp_path / "index"
+    server = Server(index, tmp_path / "server.log")
+    stub = await server.ready()
+    for i in range(20):
+        await stub.Upsert(batch(i, 1), timeout=10)
+    await server.stop(signal.SIGKILL)
+    log = index / "wal.log"
+    data = bytearray(log.read_bytes())
+    offset = wal._FILE.size
+    for _ in range(5):  # to the sixth frame: set the high byte of its length
+        offset += wal._FRAME.size + int.from_bytes(data[offset + 4 : offset + 8], "little")
+    data[offset + 7] = 0x40
+    log.write_bytes(bytes(data))
+
+    refused = Server(index, tmp_path / "refused.log")
+    assert await asyncio.to_thread(refused.proc.wait, 60) != 0
+    refused.out.close()
+    text = refused.log.read_text()
+    assert "DataCorruption" in text and "ragmesh.retrieval.recover" in text
+    assert log.read_bytes() == bytes(data)  # nothing truncated
+
+    env = {**os.environ, "RAGMESH_INDEX_DIM": str(DIM), "RAGMESH_INDEX_DIR": str(index)}
+    tool = subprocess.run(
+        [sys.executable, "-m", "ragmesh.retrieval.recover"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "missing: versions 6-6" in tool.stdout and "19 chunks" in tool.stdout
+
+    restarted = Server(index, tmp_path / "restarted.log")
+    stub = await restarted.ready()
+    assert (await stub.GetIndexInfo(pb.GetIndexInfoRequest(), timeout=10)).count == 19
     await restarted.stop(signal.SIGTERM)
