@@ -90,9 +90,10 @@ buf-breaking: tools buf-deps ## buf breaking: proto/ against the git ref BUF_AGA
 	$(BUF) breaking .build/current.binpb --against .build/against.binpb
 	@echo "no breaking change against $(BUF_AGAINST)"
 
-lint: venv ## ruff
+lint: venv ## ruff, and the import contracts of pyproject.toml (lint-imports)
 	$(VENV)/bin/ruff check svc tests bench scripts
 	$(VENV)/bin/ruff format --check svc tests bench scripts
+	$(VENV)/bin/lint-imports --no-cache
 
 typecheck: venv ## mypy --strict on svc/
 	$(VENV)/bin/mypy

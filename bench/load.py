@@ -11,7 +11,7 @@ from pathlib import Path
 
 from bench.common import ROOT, percentile
 from ragmesh.cli.documents import find_files, read_document
-from ragmesh.ingest.chunking import sentences
+from ragmesh.kit.text import sentences
 
 
 @dataclass

@@ -13,12 +13,11 @@ import redis
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from ragmesh.cli.supervisor import Stack
-from ragmesh.embedding.model import Purpose
 from ragmesh.ingest.__main__ import build
-from ragmesh.ingest.queue import DocumentIn, JobQueue, JobState, connect
 from ragmesh.ingest.worker import IngestWorker
+from ragmesh.kit.domain import ChunkRecord, Embedded, JobState, Purpose, SearchResult
 from ragmesh.kit.errors import InvalidArgument
-from ragmesh.kit.peers import ChunkRecord, Embedded, SearchResult
+from ragmesh.kit.jobqueue import DocumentIn, JobQueue, connect
 from ragmesh.kit.server import ServiceHost
 from tests.conftest import settings_for, start
 

@@ -16,8 +16,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from ragmesh.cli.documents import read_document
 from ragmesh.cli.supervisor import Stack
-from ragmesh.ingest.chunking import chunk
 from ragmesh.kit import config
+from ragmesh.kit.text import chunk
 from ragmesh.v1 import (
     query_service_pb2 as q,
 )

@@ -11,7 +11,7 @@ import grpc
 import pytest
 
 from ragmesh.generation.__main__ import build
-from ragmesh.generation.engine import create_engine
+from ragmesh.generation.factory import create_engine
 from ragmesh.generation.service import GenerationService
 from ragmesh.kit.server import ServiceHost
 from ragmesh.v1 import common_pb2, generation_service_pb2, generation_service_pb2_grpc
@@ -205,9 +205,9 @@ async def test_client_cancel_aborts_the_transformers_engine(tiny_lm: Path) -> No
 async def test_a_caller_leaving_the_query_side_client_aborts_generation(tiny_lm: Path) -> None:
     """What the query service does when its own client cancels Ask: it closes the
     GenerationClient stream, which cancels the Generate call, which aborts the engine."""
-    from ragmesh.generation.params import Params
     from ragmesh.kit.channels import open_channel
     from ragmesh.kit.clients import GenerationClient
+    from ragmesh.kit.domain import Params
     from ragmesh.kit.peers import Hit
 
     host, svc = await serve(

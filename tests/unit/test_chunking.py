@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ragmesh.cli.documents import html_to_text, read_document
-from ragmesh.ingest.chunking import chunk, sentences
+from ragmesh.kit.text import chunk, sentences
 
 TEXT = (
     "# Title\n\nFirst sentence is here. Second sentence\nwraps onto a new line. Third?\n\n"

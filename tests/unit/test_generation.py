@@ -8,8 +8,8 @@ from collections.abc import AsyncGenerator, Sequence
 import pytest
 
 from ragmesh.generation.engine import EngineRequest, Piece
-from ragmesh.generation.params import Params
-from ragmesh.generation.service import Delta, Done, Finish, GenerationService, Passage
+from ragmesh.generation.service import GenerationService
+from ragmesh.kit.domain import Delta, Done, Finish, Hit, Params
 from ragmesh.kit.errors import InvalidArgument, Overloaded
 from tests.conftest import settings_for
 
@@ -64,7 +64,7 @@ def service(engine: ScriptedEngine, **env: str) -> GenerationService:
 
 
 async def collect(svc: GenerationService, question: str = "why?", **kw: object) -> tuple[str, Done]:
-    passages = kw.pop("passages", [Passage("d#0", "d", "some passage text")])
+    passages = kw.pop("passages", [Hit("d#0", "d", "some passage text")])
     params = Params(**kw)  # type: ignore[arg-type]
     text, done = "", None
     async for event in svc.generate(question, passages, params):  # type: ignore[arg-type]
@@ -123,7 +123,7 @@ async def test_blocklisted_question_never_reaches_the_engine() -> None:
 async def test_token_budget_truncates_passages_never_the_question() -> None:
     engine = ScriptedEngine(["ok"], context=400)
     long = " ".join(f"w{i}" for i in range(300))
-    passages = [Passage("a#0", "a", long), Passage("b#0", "b", "second passage " * 50)]
+    passages = [Hit("a#0", "a", long), Hit("b#0", "b", "second passage " * 50)]
     svc = service(engine, RAGMESH_GEN_DEFAULT_MAX_TOKENS="100")
     question = "what is " + "really " * 20 + "asked?"
     _, done = await collect(svc, question, passages=passages)
@@ -157,14 +157,14 @@ async def test_an_empty_question_is_invalid_and_a_blank_passage_is_skipped() -> 
     svc = service(ScriptedEngine(["x"]))
     with pytest.raises(InvalidArgument, match="^question:"):
         await collect(svc, "  ")
-    await collect(svc, passages=[Passage("a", "a", " ")])  # answered, from no passage
+    await collect(svc, passages=[Hit("a", "a", " ")])  # answered, from no passage
 
 
 async def test_concurrency_cap_rejects_with_overloaded() -> None:
     engine = ScriptedEngine(None)
     engine.gate = asyncio.Event()
     svc = service(engine, RAGMESH_GEN_MAX_STREAMS="1")
-    first = svc.generate("q", [Passage("a", "a", "text here")], Params(max_tokens=3))
+    first = svc.generate("q", [Hit("a", "a", "text here")], Params(max_tokens=3))
     pending = asyncio.ensure_future(first.__anext__())
     await asyncio.sleep(0)
     assert svc.active == 1
@@ -179,7 +179,7 @@ async def test_concurrency_cap_rejects_with_overloaded() -> None:
 async def test_consumer_closing_the_stream_aborts_the_engine_and_stops_tokens() -> None:
     engine = ScriptedEngine(None)
     svc = service(engine)
-    stream = svc.generate("q", [Passage("a", "a", "text here")], Params(max_tokens=1000))
+    stream = svc.generate("q", [Hit("a", "a", "text here")], Params(max_tokens=1000))
     for _ in range(3):
         await stream.__anext__()
     await stream.aclose()  # what a cancelled RPC does to the handler's generator

@@ -129,3 +129,25 @@ def test_a_malformed_request_id_is_replaced_and_bad_trace_headers_dropped(bad_id
     assert dict(ctx.headers) == {"b3": "a" * 16 + "-" + "b" * 16, "x-request-id": ctx.request_id}
     kept = callcontext.from_metadata([("x-request-id", "req-1:a/b=c")], None)
     assert kept.request_id == "req-1:a/b=c"
+
+
+def test_domain_enums_carry_the_proto_numbers() -> None:
+    """The codec converts enums by value: each domain member's value must be the number of
+    the proto value with the same name (a reordered enum would mislabel every call)."""
+    from ragmesh.kit import codec
+    from ragmesh.kit.domain import Finish, JobState, Purpose
+    from ragmesh.v1 import common_pb2, embedding_service_pb2, query_service_pb2
+
+    pairs = [
+        (Purpose, embedding_service_pb2.EmbeddingPurpose, "EMBEDDING_PURPOSE_"),
+        (Finish, common_pb2.FinishReason, "FINISH_REASON_"),
+        (JobState, query_service_pb2.IngestJobState, "INGEST_JOB_STATE_"),
+    ]
+    for domain, proto, prefix in pairs:
+        for member in domain:
+            assert proto.Value(prefix + member.name) == member.value, member
+        named = {n.removeprefix(prefix) for n in proto.keys()} - {"UNSPECIFIED"}
+        assert named <= {m.name for m in domain}, named
+    assert codec.finish_from_proto(99) is Finish.STOP
+    with pytest.raises(InvalidArgument, match="^purpose:"):
+        codec.purpose_from_proto(7)

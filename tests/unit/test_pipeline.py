@@ -8,11 +8,18 @@ import numpy as np
 import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from ragmesh.embedding.model import Purpose
-from ragmesh.generation.params import Params
-from ragmesh.generation.service import Delta, Done, Finish
+from ragmesh.kit.domain import (
+    ChunkRecord,
+    Delta,
+    Done,
+    Embedded,
+    Finish,
+    Hit,
+    Params,
+    Purpose,
+    SearchResult,
+)
 from ragmesh.kit.errors import InvalidArgument
-from ragmesh.kit.peers import ChunkRecord, Embedded, Hit, SearchResult
 from ragmesh.query.cache import RedisCache
 from ragmesh.query.pipeline import AskDone, AskInput, AskPipeline, Citations
 from tests.conftest import settings_for

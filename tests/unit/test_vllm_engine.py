@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 
 from ragmesh.generation.engine import EngineRequest
-from ragmesh.generation.params import Params
-from ragmesh.generation.service import Delta, Done, Finish, GenerationService, Passage
+from ragmesh.generation.service import GenerationService
 from ragmesh.generation.vllm_engine import VllmEngine
+from ragmesh.kit.domain import Delta, Done, Finish, Hit, Params
 from ragmesh.kit.errors import DependencyUnavailable
 from tests.conftest import settings_for
 
@@ -102,7 +102,7 @@ async def test_service_stop_sequence_aborts_the_vllm_request() -> None:
     llm = FakeAsyncLLM(["one", "two", "STOP", "three", "four"])
     service = GenerationService(settings_for().generation, await loaded(llm))
     text, done = "", None
-    async for event in service.generate("q?", [Passage("a", "a", "ctx")], Params(stop=("STOP",))):
+    async for event in service.generate("q?", [Hit("a", "a", "ctx")], Params(stop=("STOP",))):
         if isinstance(event, Delta):
             text += event.text
         else:
@@ -123,7 +123,7 @@ async def test_health_raises_dependency_unavailable_when_the_engine_is_dead() ->
 
 
 def test_selecting_vllm_without_the_extra_fails_at_start_with_a_hint() -> None:
-    from ragmesh.generation.engine import create_engine
+    from ragmesh.generation.factory import create_engine
     from ragmesh.kit.errors import ConfigError
 
     settings = settings_for(RAGMESH_GEN_ENGINE="vllm", RAGMESH_GEN_MODEL="/models/x")

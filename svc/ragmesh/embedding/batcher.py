@@ -21,16 +21,14 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
-import numpy as np
-import numpy.typing as npt
 from opentelemetry import trace
 from prometheus_client import Counter, Histogram
 
+from ragmesh.kit.domain import Matrix
 from ragmesh.kit.errors import Overloaded
 from ragmesh.kit.tracing import tracer
 
 K = TypeVar("K")
-Matrix = npt.NDArray[np.float32]
 EncodeFn = Callable[[Sequence[str], K], Matrix]
 
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from ragmesh.embedding.batcher import Matrix, MicroBatcher
-from ragmesh.embedding.model import EmbeddingModel, Purpose
+from ragmesh.embedding.batcher import MicroBatcher
 from ragmesh.kit.config import EmbeddingSettings
+from ragmesh.kit.domain import Matrix, Purpose
+from ragmesh.kit.encoder import EmbeddingModel
 from ragmesh.kit.errors import InvalidArgument, NotReady
 
 
@@ -49,7 +50,7 @@ class EmbeddingEngine:
             raise NotReady("embedding model not loaded")
         return self.model.name
 
-    def validate(self, texts: Sequence[str], purpose: int) -> Purpose:
+    def validate(self, texts: Sequence[str]) -> None:
         """Check the request against the limits; raises InvalidArgument naming the field."""
         if not texts:
             raise InvalidArgument("texts", "at least one text is required")
@@ -65,17 +66,13 @@ class EmbeddingEngine:
                     f"texts[{i}]",
                     f"{len(text)} characters exceed the limit of {self.settings.max_chars}",
                 )
-        try:
-            return Purpose(purpose)
-        except ValueError:
-            raise InvalidArgument("purpose", f"unknown value {purpose}") from None
 
-    async def embed(self, texts: Sequence[str], purpose: int) -> Matrix:
+    async def embed(self, texts: Sequence[str], purpose: Purpose) -> Matrix:
         """Validate, then embed through the batcher."""
-        kind = self.validate(texts, purpose)
+        self.validate(texts)
         if self.batcher is None:
             raise NotReady("embedding model not loaded")
-        return await self.batcher.embed(texts, kind)
+        return await self.batcher.embed(texts, purpose)
 
     async def close(self) -> None:
         if self.batcher is not None:

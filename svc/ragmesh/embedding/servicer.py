@@ -8,7 +8,8 @@ from typing import Any
 import grpc
 
 from ragmesh.embedding.engine import EmbeddingEngine
-from ragmesh.v1 import common_pb2, embedding_service_pb2, embedding_service_pb2_grpc
+from ragmesh.kit import codec
+from ragmesh.v1 import embedding_service_pb2, embedding_service_pb2_grpc
 
 SERVICE_NAME = embedding_service_pb2.DESCRIPTOR.services_by_name["EmbeddingService"].full_name
 
@@ -24,14 +25,10 @@ class EmbeddingServicer(embedding_service_pb2_grpc.EmbeddingServiceServicer):
         request: embedding_service_pb2.EmbedRequest,
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> embedding_service_pb2.EmbedResponse:
-        vectors = await self.engine.embed(request.texts, request.purpose)
+        purpose = codec.purpose_from_proto(request.purpose)
+        vectors = await self.engine.embed(request.texts, purpose)
         return embedding_service_pb2.EmbedResponse(
-            embeddings=common_pb2.VectorBatch(
-                count=vectors.shape[0],
-                dimension=vectors.shape[1],
-                data=vectors.astype("<f4", copy=False).tobytes(),
-            ),
-            model=self.engine.model_name,
+            embeddings=codec.matrix_to_proto(vectors), model=self.engine.model_name
         )
 
 

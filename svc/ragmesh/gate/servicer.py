@@ -19,10 +19,10 @@ from typing import Any
 
 import grpc
 
-from ragmesh.embedding.model import Purpose
 from ragmesh.gate.engine import GoldenQuery, Probe, Retrieve, Verdict, measure, parse_probe
 from ragmesh.kit.channels import open_channel
 from ragmesh.kit.clients import EmbeddingClient, RetrievalClient
+from ragmesh.kit.domain import Purpose
 from ragmesh.kit.errors import DependencyUnavailable, InvalidArgument, RagmeshError
 from ragmesh.v1 import query_service_pb2, query_service_pb2_grpc
 

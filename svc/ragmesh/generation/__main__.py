@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from ragmesh.generation.engine import create_engine
+from ragmesh.generation.factory import create_engine
 from ragmesh.generation.service import GenerationService
 from ragmesh.generation.servicer import SERVICE_NAME, register
 from ragmesh.kit import config, cpus

@@ -1,9 +1,9 @@
-"""The one generation-engine protocol and the engine factory. No grpc here.
+"""The one generation-engine protocol. No grpc here.
 
 An engine turns an :class:`EngineRequest` into a stream of :class:`Piece` s (text plus the
 number of tokens it took to produce). Prompt templating, the token budget, stop sequences,
 ``max_tokens`` and the safety filter live in :mod:`ragmesh.generation.service`, above
-every engine. Engines are imported only when selected, so a CPU node never imports vLLM.
+every engine. The factory is :mod:`ragmesh.generation.factory`.
 """
 
 from __future__ import annotations
@@ -12,8 +12,7 @@ from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from ragmesh.kit.config import EmbeddingSettings, GenerationSettings
-from ragmesh.kit.errors import ConfigError, NotReady
+from ragmesh.kit.errors import NotReady
 
 
 @dataclass(frozen=True)
@@ -97,20 +96,3 @@ class HfTokenCounting:
         if len(ids) <= max_tokens:
             return text
         return str(self._tokenizer.decode(ids[: max(0, max_tokens)], skip_special_tokens=True))
-
-
-def create_engine(settings: GenerationSettings, embedding: EmbeddingSettings) -> Engine:
-    """The engine ``RAGMESH_GEN_ENGINE`` selects, constructed but not loaded."""
-    if settings.engine == "extractive":
-        from ragmesh.generation.extractive import ExtractiveEngine
-
-        return ExtractiveEngine(embedding, settings.context_tokens)
-    if not settings.model:
-        raise ConfigError(f"RAGMESH_GEN_MODEL: required by the {settings.engine} engine")
-    if settings.engine == "transformers":
-        from ragmesh.generation.hf_engine import TransformersEngine
-
-        return TransformersEngine(settings.model, settings.device, settings.context_tokens)
-    from ragmesh.generation.vllm_engine import VllmEngine
-
-    return VllmEngine(settings.model, settings.context_tokens)

@@ -15,12 +15,13 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from ragmesh.embedding.model import EmbeddingModel, Purpose
 from ragmesh.generation.engine import EngineRequest, Piece, Source
 from ragmesh.generation.untrusted import is_instruction
-from ragmesh.ingest.chunking import sentences
 from ragmesh.kit.config import EmbeddingSettings
+from ragmesh.kit.domain import Purpose
+from ragmesh.kit.encoder import EmbeddingModel
 from ragmesh.kit.errors import NotReady
+from ragmesh.kit.text import sentences
 
 _WORD = re.compile(r"\S+")
 MAX_SENTENCES = 3

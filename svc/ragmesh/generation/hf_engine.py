@@ -15,8 +15,8 @@ from collections.abc import AsyncGenerator
 from pathlib import Path
 from typing import Any
 
-from ragmesh.embedding.model import pick_device
 from ragmesh.generation.engine import EngineRequest, HfTokenCounting, Piece
+from ragmesh.kit.encoder import pick_device
 from ragmesh.kit.errors import ConfigError, NotReady
 
 log = logging.getLogger(__name__)

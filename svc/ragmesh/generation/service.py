@@ -10,21 +10,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
 import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
 
 from prometheus_client import Counter, Histogram
 
 from ragmesh.generation.engine import Engine, EngineRequest, Source
-from ragmesh.generation.params import Params, validate_params
 from ragmesh.generation.prompt import fit
 from ragmesh.generation.untrusted import neutralize
 from ragmesh.kit import callcontext
 from ragmesh.kit.config import GenerationSettings
+from ragmesh.kit.domain import Delta, Done, Finish, Hit, Params, validate_params
 from ragmesh.kit.errors import InvalidArgument, Overloaded
 from ragmesh.kit.tracing import tracer
 
@@ -35,40 +33,6 @@ TTFT = Histogram(
 )
 TOKENS = Counter("ragmesh_generation_tokens_total", "Tokens generated.", ["kind"])
 FINISHED = Counter("ragmesh_generation_finished_total", "Generations by finish reason.", ["reason"])
-
-
-class Finish(enum.Enum):
-    """Why a generation ended (values match the proto's FinishReason)."""
-
-    STOP = 1
-    LENGTH = 2
-    CONTENT_FILTER = 3
-
-
-@dataclass(frozen=True)
-class Passage:
-    """A context passage as the caller sent it."""
-
-    chunk_id: str
-    document_id: str
-    text: str
-
-
-@dataclass(frozen=True)
-class Delta:
-    """Text to send to the client."""
-
-    text: str
-
-
-@dataclass(frozen=True)
-class Done:
-    """The last event of every stream."""
-
-    finish: Finish
-    prompt_tokens: int
-    completion_tokens: int
-    model: str
 
 
 def engine_request_id() -> str:
@@ -150,7 +114,7 @@ class GenerationService:
         self.safety = SafetyFilter(settings.blocklist)
         self.active = 0
 
-    def validate(self, question: str, passages: Sequence[Passage], params: Params) -> int:
+    def validate(self, question: str, passages: Sequence[Hit], params: Params) -> int:
         """Check a request; returns the effective max_tokens."""
         if not question.strip():
             raise InvalidArgument("question", "must not be empty")
@@ -168,7 +132,7 @@ class GenerationService:
         return params.max_tokens or self.settings.default_max_tokens
 
     async def generate(
-        self, question: str, passages: Sequence[Passage], params: Params
+        self, question: str, passages: Sequence[Hit], params: Params
     ) -> AsyncIterator[Delta | Done]:
         """Stream deltas, then one :class:`Done`."""
         max_tokens = self.validate(question, passages, params)

@@ -7,32 +7,16 @@ from typing import Any
 
 import grpc
 
-from ragmesh.generation.params import Params
-from ragmesh.generation.service import Delta, Finish, GenerationService, Passage
+from ragmesh.generation.service import GenerationService
+from ragmesh.kit import codec
+from ragmesh.kit.domain import Delta
 from ragmesh.v1 import (
     common_pb2,
     generation_service_pb2,
     generation_service_pb2_grpc,
 )
 
-FINISH_REASONS = {
-    Finish.STOP: common_pb2.FINISH_REASON_STOP,
-    Finish.LENGTH: common_pb2.FINISH_REASON_LENGTH,
-    Finish.CONTENT_FILTER: common_pb2.FINISH_REASON_CONTENT_FILTER,
-}
-
 SERVICE_NAME = generation_service_pb2.DESCRIPTOR.services_by_name["GenerationService"].full_name
-
-
-def params_from_proto(p: common_pb2.GenerationParams) -> Params:
-    """The domain parameters of a GenerationParams message."""
-    return Params(
-        max_tokens=p.max_tokens,
-        temperature=p.temperature,
-        top_p=p.top_p,
-        stop=tuple(p.stop),
-        seed=p.seed if p.HasField("seed") else None,
-    )
 
 
 class GenerationServicer(generation_service_pb2_grpc.GenerationServiceServicer):
@@ -46,9 +30,9 @@ class GenerationServicer(generation_service_pb2_grpc.GenerationServiceServicer):
         request: generation_service_pb2.GenerateRequest,
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> AsyncIterator[generation_service_pb2.GenerateResponse]:
-        passages = [Passage(p.chunk_id, p.document_id, p.text) for p in request.passages]
+        passages = [codec.hit_from_proto(p) for p in request.passages]
         stream = self.service.generate(
-            request.question, passages, params_from_proto(request.params)
+            request.question, passages, codec.params_from_proto(request.params)
         )
         async for event in stream:
             if isinstance(event, Delta):
@@ -56,7 +40,7 @@ class GenerationServicer(generation_service_pb2_grpc.GenerationServiceServicer):
             else:
                 yield generation_service_pb2.GenerateResponse(
                     done=generation_service_pb2.GenerateDone(
-                        finish_reason=FINISH_REASONS[event.finish],
+                        finish_reason=codec.finish_to_proto(event.finish),
                         usage=common_pb2.Usage(
                             prompt_tokens=event.prompt_tokens,
                             completion_tokens=event.completion_tokens,

@@ -10,11 +10,11 @@ import asyncio
 import os
 import socket
 
-from ragmesh.ingest.queue import JobQueue, connect
 from ragmesh.ingest.worker import IngestWorker
 from ragmesh.kit import config
 from ragmesh.kit.channels import open_channel
 from ragmesh.kit.clients import EmbeddingClient, RetrievalClient
+from ragmesh.kit.jobqueue import JobQueue, connect
 from ragmesh.kit.server import ServiceSpec, configure_telemetry, run
 
 

@@ -18,13 +18,13 @@ import logging
 
 from prometheus_client import Counter, Gauge
 
-from ragmesh.embedding.model import Purpose
-from ragmesh.ingest.chunking import chunk, chunk_id
-from ragmesh.ingest.queue import Entry, JobQueue
 from ragmesh.kit import tracing
 from ragmesh.kit.config import IngestSettings
+from ragmesh.kit.domain import ChunkRecord, Purpose
 from ragmesh.kit.errors import InvalidArgument, RagmeshError
-from ragmesh.kit.peers import ChunkRecord, Embedder, Retriever
+from ragmesh.kit.jobqueue import Entry, JobQueue
+from ragmesh.kit.peers import Embedder, Retriever
+from ragmesh.kit.text import chunk, chunk_id
 
 log = logging.getLogger(__name__)
 

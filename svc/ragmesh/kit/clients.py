@@ -12,10 +12,18 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 import grpc
 import numpy as np
 
-from ragmesh.embedding.batcher import Matrix
-from ragmesh.embedding.model import Purpose
-from ragmesh.generation.params import Params
-from ragmesh.generation.service import Delta, Done, Finish
+from ragmesh.kit import codec
+from ragmesh.kit.domain import (
+    ChunkRecord,
+    Delta,
+    Done,
+    Embedded,
+    Hit,
+    Matrix,
+    Params,
+    Purpose,
+    SearchResult,
+)
 from ragmesh.kit.errors import (
     DeadlineExceeded,
     DependencyUnavailable,
@@ -24,9 +32,7 @@ from ragmesh.kit.errors import (
     Overloaded,
     RagmeshError,
 )
-from ragmesh.kit.peers import ChunkRecord, Embedded, Hit, SearchResult
 from ragmesh.v1 import (
-    common_pb2,
     embedding_service_pb2,
     embedding_service_pb2_grpc,
     generation_service_pb2,
@@ -51,10 +57,6 @@ def translate(error: grpc.aio.AioRpcError, peer: str) -> RagmeshError:
     return DependencyUnavailable(f"{peer} {code.name.lower()}: {details}")
 
 
-def _matrix(batch: common_pb2.VectorBatch) -> Matrix:
-    return np.frombuffer(batch.data, dtype="<f4").reshape(batch.count, batch.dimension)
-
-
 class EmbeddingClient:
     """Embedder over EmbeddingService."""
 
@@ -64,13 +66,13 @@ class EmbeddingClient:
     async def embed(self, texts: Sequence[str], purpose: Purpose) -> Embedded:
         request = embedding_service_pb2.EmbedRequest(
             texts=list(texts),
-            purpose=embedding_service_pb2.EmbeddingPurpose.Name(purpose.value),
+            purpose=codec.purpose_to_proto(purpose),
         )
         try:
             reply = await self._stub.Embed(request)
         except grpc.aio.AioRpcError as e:
             raise translate(e, "embedding") from None
-        return Embedded(_matrix(reply.embeddings), reply.model)
+        return Embedded(codec.matrix_from_proto(reply.embeddings), reply.model)
 
 
 class RetrievalClient:
@@ -85,9 +87,8 @@ class RetrievalClient:
         top_k: int,
         filter: Mapping[str, str],
     ) -> SearchResult:
-        v = np.ascontiguousarray(vector, dtype="<f4").reshape(1, -1)
         request = retrieval_service_pb2.SearchRequest(
-            queries=common_pb2.VectorBatch(count=1, dimension=v.shape[1], data=v.tobytes()),
+            queries=codec.matrix_to_proto(np.asarray(vector).reshape(1, -1)),
             top_k=top_k,
             filter=dict(filter),
         )
@@ -95,10 +96,7 @@ class RetrievalClient:
             reply = await self._stub.Search(request)
         except grpc.aio.AioRpcError as e:
             raise translate(e, "retrieval") from None
-        hits = tuple(
-            Hit(p.chunk_id, p.document_id, p.text, p.score, dict(p.metadata))
-            for p in reply.results[0].passages
-        )
+        hits = tuple(codec.hit_from_proto(p) for p in reply.results[0].passages)
         return SearchResult(hits, reply.index_version)
 
     async def upsert(self, chunks: Sequence[ChunkRecord]) -> int:
@@ -130,26 +128,6 @@ class RetrievalClient:
         return reply.index_version
 
 
-_FINISH = {
-    common_pb2.FINISH_REASON_STOP: Finish.STOP,
-    common_pb2.FINISH_REASON_LENGTH: Finish.LENGTH,
-    common_pb2.FINISH_REASON_CONTENT_FILTER: Finish.CONTENT_FILTER,
-}
-
-
-def params_to_proto(params: Params) -> common_pb2.GenerationParams:
-    """The GenerationParams message of domain parameters."""
-    message = common_pb2.GenerationParams(
-        max_tokens=params.max_tokens,
-        temperature=params.temperature,
-        top_p=params.top_p,
-        stop=list(params.stop),
-    )
-    if params.seed is not None:
-        message.seed = params.seed
-    return message
-
-
 class GenerationClient:
     """Generator over GenerationService; its stream deadline is ``stream_timeout``."""
 
@@ -162,17 +140,8 @@ class GenerationClient:
     ) -> AsyncIterator[Delta | Done]:
         request = generation_service_pb2.GenerateRequest(
             question=question,
-            passages=[
-                common_pb2.Passage(
-                    chunk_id=h.chunk_id,
-                    document_id=h.document_id,
-                    text=h.text,
-                    score=h.score,
-                    metadata=dict(h.metadata),
-                )
-                for h in passages
-            ],
-            params=params_to_proto(params),
+            passages=codec.hits_to_proto(passages),
+            params=codec.params_to_proto(params),
         )
         call = self._stub.Generate(request, timeout=self._timeout)
         try:
@@ -180,7 +149,7 @@ class GenerationClient:
                 if reply.HasField("done"):
                     d = reply.done
                     yield Done(
-                        _FINISH.get(d.finish_reason, Finish.STOP),
+                        codec.finish_from_proto(d.finish_reason),
                         d.usage.prompt_tokens,
                         d.usage.completion_tokens,
                         d.model,

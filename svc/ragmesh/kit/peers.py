@@ -7,51 +7,19 @@ here.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Protocol
 
-from ragmesh.embedding.batcher import Matrix
-from ragmesh.embedding.model import Purpose
-from ragmesh.generation.params import Params
-from ragmesh.generation.service import Delta, Done
-
-
-@dataclass(frozen=True)
-class Embedded:
-    """Vectors (one row per text) and the model that made them."""
-
-    vectors: Matrix
-    model: str
-
-
-@dataclass(frozen=True)
-class Hit:
-    """A retrieved chunk."""
-
-    chunk_id: str
-    document_id: str
-    text: str
-    score: float
-    metadata: Mapping[str, str] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class SearchResult:
-    """Hits for one query vector and the index version they came from."""
-
-    hits: tuple[Hit, ...]
-    index_version: int
-
-
-@dataclass(frozen=True)
-class ChunkRecord:
-    """A chunk to upsert, with its vector."""
-
-    chunk_id: str
-    document_id: str
-    text: str
-    metadata: Mapping[str, str]
-    vector: Matrix
+from ragmesh.kit.domain import (
+    ChunkRecord,
+    Delta,
+    Done,
+    Embedded,
+    Hit,
+    Matrix,
+    Params,
+    Purpose,
+    SearchResult,
+)
 
 
 class Embedder(Protocol):

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import asyncio
 
-from ragmesh.ingest.queue import JobQueue, connect
 from ragmesh.kit import config
 from ragmesh.kit.channels import open_channel
 from ragmesh.kit.clients import EmbeddingClient, GenerationClient, RetrievalClient
+from ragmesh.kit.jobqueue import JobQueue, connect
 from ragmesh.kit.server import ServiceSpec, configure_telemetry, run
 from ragmesh.query.cache import RedisCache
 from ragmesh.query.pipeline import AskPipeline

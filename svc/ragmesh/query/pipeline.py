@@ -16,11 +16,8 @@ import numpy as np
 from opentelemetry import trace
 from prometheus_client import Histogram
 
-from ragmesh.embedding.batcher import Matrix
-from ragmesh.embedding.model import Purpose
-from ragmesh.generation.params import Params, validate_params
-from ragmesh.generation.service import Delta, Done, Finish
 from ragmesh.kit.config import QuerySettings
+from ragmesh.kit.domain import Delta, Done, Finish, Matrix, Params, Purpose, validate_params
 from ragmesh.kit.errors import InvalidArgument
 from ragmesh.kit.peers import Embedder, Generator, Retriever
 from ragmesh.kit.tracing import tracer

@@ -7,21 +7,14 @@ from typing import Any
 
 import grpc
 
-from ragmesh.generation.service import Delta
-from ragmesh.generation.servicer import FINISH_REASONS, params_from_proto
-from ragmesh.ingest.queue import DocumentIn, JobQueue, validate_documents, validate_job_id
+from ragmesh.kit import codec
 from ragmesh.kit.config import QuerySettings
+from ragmesh.kit.domain import Delta
+from ragmesh.kit.jobqueue import DocumentIn, JobQueue, validate_documents, validate_job_id
 from ragmesh.query.pipeline import AskDone, AskInput, AskPipeline, Citations
 from ragmesh.v1 import common_pb2, query_service_pb2, query_service_pb2_grpc
 
 SERVICE_NAME = query_service_pb2.DESCRIPTOR.services_by_name["QueryService"].full_name
-
-JOB_STATES = {
-    1: query_service_pb2.INGEST_JOB_STATE_QUEUED,
-    2: query_service_pb2.INGEST_JOB_STATE_RUNNING,
-    3: query_service_pb2.INGEST_JOB_STATE_SUCCEEDED,
-    4: query_service_pb2.INGEST_JOB_STATE_FAILED,
-}
 
 
 def _event(event: Citations | Delta | AskDone) -> query_service_pb2.AskResponse:
@@ -46,7 +39,7 @@ def _event(event: Citations | Delta | AskDone) -> query_service_pb2.AskResponse:
     t = event.timings
     return query_service_pb2.AskResponse(
         done=query_service_pb2.AskDone(
-            finish_reason=FINISH_REASONS[event.finish],
+            finish_reason=codec.finish_to_proto(event.finish),
             usage=common_pb2.Usage(
                 prompt_tokens=event.prompt_tokens, completion_tokens=event.completion_tokens
             ),
@@ -79,7 +72,7 @@ class QueryServicer(query_service_pb2_grpc.QueryServiceServicer):
             question=request.question,
             top_k=request.top_k,
             filter=dict(request.filter),
-            params=params_from_proto(request.params),
+            params=codec.params_from_proto(request.params),
             skip_cache=request.skip_cache,
         )
         async for event in self.pipeline.ask(ask):
@@ -107,7 +100,7 @@ class QueryServicer(query_service_pb2_grpc.QueryServiceServicer):
         job = await self.queue.job(request.job_id)
         return query_service_pb2.GetIngestJobResponse(
             job_id=job.job_id,
-            state=JOB_STATES[job.state.value],
+            state=codec.job_state_to_proto(job.state),
             documents_total=job.documents_total,
             documents_done=job.documents_done,
             documents_failed=job.documents_failed,

@@ -16,12 +16,13 @@ import faiss as _faiss
 import numpy as np
 import numpy.typing as npt
 
+from ragmesh.kit.domain import Matrix
+
 log = logging.getLogger(__name__)
 
 # faiss's bundled stubs miss the SWIG search-parameter classes; treat the module as untyped.
 faiss: Any = _faiss
 
-Matrix = npt.NDArray[np.float32]
 IdMatrix = npt.NDArray[np.int64]
 Bitmap = npt.NDArray[np.bool_]
 

@@ -23,8 +23,9 @@ from typing import TypeVar
 
 import numpy as np
 
+from ragmesh.kit.domain import Matrix
 from ragmesh.kit.errors import DataCorruption, InvalidArgument, quoted
-from ragmesh.retrieval.index import Bitmap, FaissIndex, IndexParams, Matrix
+from ragmesh.retrieval.index import Bitmap, FaissIndex, IndexParams
 from ragmesh.retrieval.wal import (
     RECOVER_HINT,
     WriteAheadLog,

@@ -1,33 +1,23 @@
-"""The embedding engine: a sentence-transformers model, loaded once. No grpc here."""
+"""A sentence-transformers model, loaded once: the embedding service's engine, and the
+extractive generation engine's sentence scorer. No grpc here."""
 
 from __future__ import annotations
 
 import logging
 import os
 from collections.abc import Sequence
-from enum import Enum
 from pathlib import Path
 
 import numpy as np
-import numpy.typing as npt
 
 from ragmesh.kit.config import EmbeddingSettings
+from ragmesh.kit.domain import Matrix, Purpose
 from ragmesh.kit.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
 CPU_PASS_TEXTS = 8  # on CPU, padding costs more than smaller passes (docs/benchmarks.md)
-
-Matrix = npt.NDArray[np.float32]
-
-
-class Purpose(Enum):
-    """What the texts are; models with query/document prompts use the matching prompt."""
-
-    UNSPECIFIED = 0
-    QUERY = 1
-    DOCUMENT = 2
 
 
 def resolve_model_path(model: str) -> Path:

@@ -9,7 +9,6 @@ it is delivered again. No grpc here; Redis failures become DependencyUnavailable
 from __future__ import annotations
 
 import contextlib
-import enum
 import json
 import re
 import time
@@ -22,20 +21,12 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError, ResponseError
 
 from ragmesh.kit import tracing
+from ragmesh.kit.domain import JobState
 from ragmesh.kit.errors import DependencyUnavailable, InvalidArgument, NotFound, quoted
 
 GROUP = "ingest-workers"
 _DOCUMENT_ID = re.compile(r"[^\s#]{1,256}")
 MAX_METADATA = 32
-
-
-class JobState(enum.Enum):
-    """Values match the proto's IngestJobState."""
-
-    QUEUED = 1
-    RUNNING = 2
-    SUCCEEDED = 3
-    FAILED = 4
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,135 @@
+"""The vocabulary that crosses a wire, as the services see it. No grpc here.
+
+One type per concept: what to embed (:class:`Purpose`, :data:`Matrix`), a retrieved or
+given chunk (:class:`Hit`), a chunk to write (:class:`ChunkRecord`), sampling parameters
+(:class:`Params`, validated here) and a generation stream (:class:`Delta`, then one
+:class:`Done` with its :class:`Finish`). :mod:`ragmesh.kit.codec` converts each to and from
+its proto message, both directions, in one place.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+
+from ragmesh.kit.errors import InvalidArgument
+
+Matrix = npt.NDArray[np.float32]
+
+
+class Purpose(enum.Enum):
+    """What texts are embedded for; models with query/document prompts use the matching one
+    (values match the proto's EmbeddingPurpose)."""
+
+    UNSPECIFIED = 0
+    QUERY = 1
+    DOCUMENT = 2
+
+
+@dataclass(frozen=True)
+class Hit:
+    """A chunk as retrieval returns it and generation quotes it."""
+
+    chunk_id: str
+    document_id: str
+    text: str
+    score: float = 0.0
+    metadata: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    """Hits for one query vector and the index version they came from."""
+
+    hits: tuple[Hit, ...]
+    index_version: int
+
+
+@dataclass(frozen=True)
+class ChunkRecord:
+    """A chunk to upsert, with its vector."""
+
+    chunk_id: str
+    document_id: str
+    text: str
+    metadata: Mapping[str, str]
+    vector: Matrix
+
+
+@dataclass(frozen=True)
+class Embedded:
+    """Vectors (one row per text) and the model that made them."""
+
+    vectors: Matrix
+    model: str
+
+
+class JobState(enum.Enum):
+    """Where an ingest job is (values match the proto's IngestJobState)."""
+
+    QUEUED = 1
+    RUNNING = 2
+    SUCCEEDED = 3
+    FAILED = 4
+
+
+class Finish(enum.Enum):
+    """Why a generation ended (values match the proto's FinishReason)."""
+
+    STOP = 1
+    LENGTH = 2
+    CONTENT_FILTER = 3
+
+
+@dataclass(frozen=True)
+class Delta:
+    """Text to send to the client."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class Done:
+    """The last event of every generation stream."""
+
+    finish: Finish
+    prompt_tokens: int
+    completion_tokens: int
+    model: str
+
+
+MAX_STOP_SEQUENCES = 4
+MAX_STOP_CHARS = 64
+
+
+@dataclass(frozen=True)
+class Params:
+    """Sampling parameters of one request; 0 means "the service default" where noted."""
+
+    max_tokens: int = 0  # 0: RAGMESH_GEN_DEFAULT_MAX_TOKENS
+    temperature: float = 0.0  # 0: greedy
+    top_p: float = 0.0  # 0: 1.0 (no nucleus cut)
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+
+
+def validate_params(params: Params, field: str = "params", max_tokens: int | None = None) -> None:
+    """Raise InvalidArgument naming the first bad field; ``max_tokens`` is the upper limit."""
+    if max_tokens is not None and params.max_tokens > max_tokens:
+        raise InvalidArgument(
+            f"{field}.max_tokens", f"{params.max_tokens} exceeds the limit of {max_tokens}"
+        )
+    if not math.isfinite(params.temperature) or not 0.0 <= params.temperature <= 2.0:
+        raise InvalidArgument(f"{field}.temperature", "must be between 0 and 2")
+    if not math.isfinite(params.top_p) or not 0.0 <= params.top_p <= 1.0:
+        raise InvalidArgument(f"{field}.top_p", "must be between 0 and 1")
+    if len(params.stop) > MAX_STOP_SEQUENCES:
+        raise InvalidArgument(f"{field}.stop", f"at most {MAX_STOP_SEQUENCES} stop sequences")
+    for i, stop in enumerate(params.stop):
+        if not stop or len(stop) > MAX_STOP_CHARS:
+            raise InvalidArgument(f"{field}.stop[{i}]", f"must be 1 to {MAX_STOP_CHARS} characters")
