@@ -95,7 +95,7 @@ lint: venv ## ruff, and the import contracts of pyproject.toml (lint-imports)
 	$(VENV)/bin/ruff format --check svc tests bench scripts
 	$(VENV)/bin/lint-imports --no-cache
 
-typecheck: venv ## mypy --strict on svc/
+typecheck: venv ## mypy --strict on svc/, bench/ and scripts/
 	$(VENV)/bin/mypy
 
 demo: venv system-deps ## start everything locally, ingest samples/corpus, ask a cited question

@@ -55,7 +55,7 @@ def questions(n: int, salt: str) -> list[str]:
 
 
 async def ask_once(
-    stub: query_service_pb2_grpc.QueryServiceStub, question: str
+    stub: query_service_pb2_grpc.QueryServiceAsyncStub, question: str
 ) -> tuple[float, float, bool]:
     """(ms to the first answer delta, ms to done, cache hit) as the client sees them."""
     start = time.perf_counter()

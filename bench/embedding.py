@@ -31,7 +31,7 @@ from bench.common import (
     start_pinned,
 )
 from bench.load import Run, closed_loop, sentence_pool
-from ragmesh.cli.supervisor import Stack, free_port
+from ragmesh.cli.supervisor import Proc, Stack, free_port
 from ragmesh.v1 import embedding_service_pb2, embedding_service_pb2_grpc
 
 CALLERS = (1, 8, 32, 64)
@@ -114,12 +114,16 @@ def run(quick: bool, repeats: int) -> Section:
     inproc: list[float] = []
     with tempfile.TemporaryDirectory(prefix="ragmesh-bench-") as tmp:
         stack = Stack(Path(tmp))
-        ours, infinity = None, None
+        ours: Proc | None = None
+        infinity: subprocess.Popen[bytes] | None = None
         try:
             ours = start_pinned(stack, "embedding", "embedding", {})
             infinity, url = start_infinity(Path(tmp))
             pin_self(client_cpus())
-            servers = {"ragmesh": ours, "infinity": infinity}
+            servers: dict[str, Proc | subprocess.Popen[bytes]] = {
+                "ragmesh": ours,
+                "infinity": infinity,
+            }
             drivers = {
                 "ragmesh": lambda n, s: drive_grpc(ours.address, texts, n, s),
                 "infinity": lambda n, s: drive_http(url, texts, n, s),

@@ -42,15 +42,18 @@ def build(kind: str, base: np.ndarray) -> object:
     import faiss
 
     dim = base.shape[1]
+    index: faiss.Index
     if kind == "flat":
         index = faiss.IndexFlatIP(dim)
     elif kind == "hnsw":
-        index = faiss.IndexHNSWFlat(dim, 32, faiss.METRIC_INNER_PRODUCT)
-        index.hnsw.efSearch = 64
+        hnsw = faiss.IndexHNSWFlat(dim, 32, faiss.METRIC_INNER_PRODUCT)
+        hnsw.hnsw.efSearch = 64
+        index = hnsw
     else:
-        index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, 256, faiss.METRIC_INNER_PRODUCT)
-        index.train(base)
-        index.nprobe = 16
+        ivf = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, 256, faiss.METRIC_INNER_PRODUCT)
+        ivf.train(base)
+        ivf.nprobe = 16
+        index = ivf
     index.add(base)
     return index
 

@@ -38,7 +38,10 @@ class Dataset:
 
 
 def _unit(x: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
-    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+    unit: npt.NDArray[np.float32] = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(
+        np.float32
+    )
+    return unit
 
 
 def clustered(
