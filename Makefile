@@ -16,13 +16,15 @@ STAMP := .build/stamps
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
 
-$(STAMP)/venv: requirements.lock pyproject.toml
+$(STAMP)/venv: requirements.lock pyproject.toml lab/pyproject.toml
 	@mkdir -p $(STAMP)
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
 	# torch==2.13.0 is pinned in the lock so pip takes the CPU wheel in the same resolve.
 	$(PIP) install --quiet -r requirements.lock
+	# ragmesh (what ships in images) and ragmesh-lab (the ragmesh command, local stack and mesh)
 	$(PIP) install --quiet --no-deps --no-build-isolation -e .
+	$(PIP) install --quiet --no-deps --no-build-isolation --force-reinstall -e lab
 	@touch $@
 
 venv: $(STAMP)/venv ## create .venv from the pinned lock
@@ -58,7 +60,7 @@ render: $(KUBECTL) ## print the whole install for ENV=prod|staging|dev
 	$(KUBECTL) kustomize deploy/$(or $(ENV),prod)
 
 rest-bridge: venv ## rewrite mesh/rest-bridge.yaml (the ingress gateway's REST transcoder) from the protos
-	$(PY) -m ragmesh.meshlab.rest > mesh/rest-bridge.yaml
+	$(PY) scripts/rest_bridge.py > mesh/rest-bridge.yaml
 
 openapi: venv system-deps ## rewrite docs/api/ragmesh.swagger.json with grpc-gateway's generator
 	PY=$(PY) bash scripts/openapi.sh docs/api
@@ -91,8 +93,8 @@ buf-breaking: tools buf-deps ## buf breaking: proto/ against the git ref BUF_AGA
 	@echo "no breaking change against $(BUF_AGAINST)"
 
 lint: venv ## ruff, and the import contracts of pyproject.toml (lint-imports)
-	$(VENV)/bin/ruff check svc tests bench scripts
-	$(VENV)/bin/ruff format --check svc tests bench scripts
+	$(VENV)/bin/ruff check svc lab tests bench scripts
+	$(VENV)/bin/ruff format --check svc lab tests bench scripts
 	$(VENV)/bin/lint-imports --no-cache
 
 typecheck: venv ## mypy --strict on svc/, bench/ and scripts/

@@ -26,13 +26,13 @@ from bench.common import (
     server_cpus,
     start_pinned,
 )
-from ragmesh.cli.supervisor import Proc, Stack
 from ragmesh.v1 import (
     generation_service_pb2,
     generation_service_pb2_grpc,
     query_service_pb2,
     query_service_pb2_grpc,
 )
+from ragmesh_lab.cli.supervisor import Proc, Stack
 
 QUESTIONS = (
     "How tall is the Keelhaven lighthouse?",
@@ -164,7 +164,7 @@ def run(quick: bool, repeats: int) -> Section:
                 start_pinned(stack, name, name, {})
             query = start_pinned(stack, "query", "query", {})
             start_pinned(stack, "ingest", "ingest", {})
-            ingest = [sys.executable, "-m", "ragmesh.cli", "--addr", query.address, "ingest"]
+            ingest = [sys.executable, "-m", "ragmesh_lab.cli", "--addr", query.address, "ingest"]
             subprocess.run(
                 pinned([*ingest, str(ROOT / "samples" / "corpus")], client_cpus()),
                 check=True,

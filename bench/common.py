@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from bench.stats import percentile
-from ragmesh.cli.supervisor import Proc, Stack
+from ragmesh_lab.cli.supervisor import Proc, Stack
 
 __all__ = ["percentile"]  # re-exported for the sections
 

@@ -31,8 +31,8 @@ from bench.common import (
     start_pinned,
 )
 from bench.load import Run, closed_loop, sentence_pool
-from ragmesh.cli.supervisor import Proc, Stack, free_port
 from ragmesh.v1 import embedding_service_pb2, embedding_service_pb2_grpc
+from ragmesh_lab.cli.supervisor import Proc, Stack, free_port
 
 CALLERS = (1, 8, 32, 64)
 

@@ -10,8 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.common import ROOT, percentile
-from ragmesh.cli.documents import find_files, read_document
 from ragmesh.kit.text import sentences
+from ragmesh_lab.cli.documents import find_files, read_document
 
 
 @dataclass

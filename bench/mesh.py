@@ -10,9 +10,9 @@ import grpc
 import numpy as np
 
 from bench.common import ROOT, Section, Spread, Target, percentile
-from ragmesh.cli.supervisor import free_port
-from ragmesh.meshlab.lab import MeshLab
 from ragmesh.v1 import common_pb2, retrieval_service_pb2, retrieval_service_pb2_grpc
+from ragmesh_lab.cli.supervisor import free_port
+from ragmesh_lab.meshlab.lab import MeshLab
 
 DIM = 384
 

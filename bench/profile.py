@@ -20,7 +20,7 @@ from pathlib import Path
 from bench.common import ROOT, client_cpus, pin_self, pinned, start_pinned
 from bench.embedding import drive_grpc
 from bench.load import sentence_pool
-from ragmesh.cli.supervisor import Stack
+from ragmesh_lab.cli.supervisor import Stack
 
 OUT = ROOT / "bench" / "results" / "profiles"
 

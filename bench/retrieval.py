@@ -25,8 +25,8 @@ from bench.common import (
     start_pinned,
 )
 from bench.vectors import Dataset, K, clustered, search_result
-from ragmesh.cli.supervisor import PROCESS_ENV, Stack
 from ragmesh.v1 import common_pb2, retrieval_service_pb2, retrieval_service_pb2_grpc
+from ragmesh_lab.cli.supervisor import PROCESS_ENV, Stack
 
 TEXT = "A passage of about two hundred characters stands in for each chunk's text, as a " * 3
 BATCH = 64

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # make images: build every CPU image with buildah (vfs storage, chroot isolation) on a local
-# Debian base made with debootstrap, then start each one and use it (scripts/image_smoke.py).
+# Debian base made with debootstrap, then start each one and use it (tests/images/image_smoke.py).
 # make images-cuda (FLAVOR=cuda): build retrieval-cuda and generation-cuda the same way and
 # run the stack with them in place of the CPU retrieval and generation (no GPU needed).
 #
@@ -51,8 +51,8 @@ for target in "${TARGETS[@]}"; do
 done
 
 if [ "$FLAVOR" = cuda ]; then
-  "$PY" scripts/image_smoke.py --registry "$REGISTRY" --tag "$TAG" --suffix retrieval=-cuda \
+  "$PY" tests/images/image_smoke.py --registry "$REGISTRY" --tag "$TAG" --suffix retrieval=-cuda \
     --suffix generation=-cuda --budget-mb 0
 else
-  "$PY" scripts/image_smoke.py --registry "$REGISTRY" --tag "$TAG"
+  "$PY" tests/images/image_smoke.py --registry "$REGISTRY" --tag "$TAG"
 fi

@@ -15,8 +15,8 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from ragmesh.cli.__main__ import main as cli
-from ragmesh.cli.supervisor import SERVICES, Stack
+from ragmesh_lab.cli.__main__ import main as cli
+from ragmesh_lab.cli.supervisor import SERVICES, Stack
 from tests.support.contract import ROOT
 from tests.support.tools import promtool
 

@@ -18,12 +18,12 @@ import grpc
 import pytest
 from google.protobuf.message import Message
 
-from ragmesh.cli.supervisor import SERVICES, Stack, health
 from ragmesh.v1 import common_pb2
 from ragmesh.v1 import embedding_service_pb2 as e
 from ragmesh.v1 import generation_service_pb2 as g
 from ragmesh.v1 import query_service_pb2 as q
 from ragmesh.v1 import retrieval_service_pb2 as r
+from ragmesh_lab.cli.supervisor import SERVICES, Stack, health
 from tests.support import fuzz, rawh2
 
 DIM = 384

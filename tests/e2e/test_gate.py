@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from ragmesh.cli.__main__ import main as cli
-from ragmesh.cli.supervisor import Stack, free_port
+from ragmesh_lab.cli.__main__ import main as cli
+from ragmesh_lab.cli.supervisor import Stack, free_port
 from tests.support.contract import ROOT
 
 

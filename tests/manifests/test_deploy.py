@@ -20,8 +20,8 @@ import yaml
 from cloudcoil.resources import get_model
 from google.protobuf import json_format
 
-from ragmesh.cli.supervisor import PROCESS_ENV
 from ragmesh.kit.channels import API_FILES
+from ragmesh_lab.cli.supervisor import PROCESS_ENV
 from tests.support.tools import kustomize, promtool
 
 K8S_VERSION = "1.35.0"

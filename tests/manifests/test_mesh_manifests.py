@@ -19,8 +19,9 @@ from cloudcoil.resources import get_model
 from google.api import annotations_pb2
 from google.protobuf import descriptor_pb2
 
-from ragmesh.meshlab import manifests, rest
-from ragmesh.meshlab.manifests import TranslationError
+from ragmesh_lab.meshlab import manifests
+from ragmesh_lab.meshlab.manifests import TranslationError
+from scripts import rest_bridge as rest
 from tests.support.contract import (
     CLUSTER_ONLY,
     GATE_PORT,

@@ -11,9 +11,9 @@ from dataclasses import dataclass, field, replace
 import grpc
 import pytest
 
-from ragmesh.cli.supervisor import free_port
-from ragmesh.meshlab.envoy import Outbound
-from ragmesh.meshlab.lab import START_ORDER, MeshLab, Sidecar
+from ragmesh_lab.cli.supervisor import free_port
+from ragmesh_lab.meshlab.envoy import Outbound
+from ragmesh_lab.meshlab.lab import START_ORDER, MeshLab, Sidecar
 from tests.support.contract import ROOT
 from tests.support.fakeapp import FakeApp
 

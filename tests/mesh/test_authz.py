@@ -8,8 +8,8 @@ import contextlib
 import grpc
 import pytest
 
-from ragmesh.meshlab.ca import LocalCA
-from ragmesh.meshlab.manifests import GRPC_PORT, spiffe
+from ragmesh_lab.meshlab.ca import LocalCA
+from ragmesh_lab.meshlab.manifests import GRPC_PORT, spiffe
 from tests.mesh.conftest import FakeMesh
 from tests.support.contract import api_paths, grpc_pairs, readme_contract
 from tests.support.fakeapp import STREAMING
@@ -132,7 +132,7 @@ def test_sidecar_admin_is_a_private_unix_socket_not_a_port(fake_mesh: FakeMesh) 
     import json
     import stat
 
-    from ragmesh.meshlab.lab import admin_get
+    from ragmesh_lab.meshlab.lab import admin_get
 
     sidecar = fake_mesh.sidecars["query"]
     config = json.loads(

@@ -9,7 +9,7 @@ import asyncio
 import grpc
 import pytest
 
-from ragmesh.meshlab.lab import INGRESS
+from ragmesh_lab.meshlab.lab import INGRESS
 from tests.mesh.conftest import FakeMesh
 from tests.support import rest
 from tests.support.fakeapp import fail

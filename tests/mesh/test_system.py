@@ -13,12 +13,12 @@ from typing import Any
 import grpc
 import pytest
 
-from ragmesh.cli.__main__ import main as cli
-from ragmesh.meshlab import traces
-from ragmesh.meshlab.lab import MeshLab
-from ragmesh.meshlab.traces import Span
 from ragmesh.v1 import query_service_pb2 as q
 from ragmesh.v1 import query_service_pb2_grpc
+from ragmesh_lab.cli.__main__ import main as cli
+from ragmesh_lab.meshlab import traces
+from ragmesh_lab.meshlab.lab import MeshLab
+from ragmesh_lab.meshlab.traces import Span
 from tests.support import rest
 from tests.support.contract import ROOT
 

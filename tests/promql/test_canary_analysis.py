@@ -24,7 +24,6 @@ import numpy as np
 import pytest
 import yaml
 
-from ragmesh.cli.supervisor import Stack, free_port
 from ragmesh.v1 import (
     common_pb2,
     generation_service_pb2,
@@ -32,6 +31,7 @@ from ragmesh.v1 import (
     retrieval_service_pb2,
     retrieval_service_pb2_grpc,
 )
+from ragmesh_lab.cli.supervisor import Stack, free_port
 from tests.support.flagger import canary_metrics, passes, render, templates
 from tests.support.tools import prometheus
 

@@ -10,8 +10,8 @@ import re
 from pathlib import Path
 
 from ragmesh.kit.channels import API_FILES
-from ragmesh.meshlab.lab import START_ORDER
-from ragmesh.meshlab.manifests import GRPC_PORT, MeshPolicy
+from ragmesh_lab.meshlab.lab import START_ORDER
+from ragmesh_lab.meshlab.manifests import GRPC_PORT, MeshPolicy
 
 ROOT = Path(__file__).resolve().parents[2]
 HEALTH = ("/grpc.health.v1.Health/Check", "/grpc.health.v1.Health/Watch")

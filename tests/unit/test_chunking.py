@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ragmesh.cli.documents import html_to_text, read_document
 from ragmesh.kit.text import chunk, sentences
+from ragmesh_lab.cli.documents import html_to_text, read_document
 
 TEXT = (
     "# Title\n\nFirst sentence is here. Second sentence\nwraps onto a new line. Third?\n\n"

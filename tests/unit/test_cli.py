@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from ragmesh.cli.__main__ import main
-from ragmesh.cli.supervisor import free_port
+from ragmesh_lab.cli.__main__ import main
+from ragmesh_lab.cli.supervisor import free_port
 
 
 def test_ask_against_a_dead_query_service_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:

@@ -12,7 +12,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from ragmesh.meshlab import traces
+from ragmesh_lab.meshlab import traces
 
 
 def test_sdk_spans_arrive_with_their_parents_and_render_as_a_tree(tmp_path: Path) -> None:

@@ -11,7 +11,8 @@ environment a Deployment gives it. The checks go through the containers' ports o
 - retrieval: GetIndexInfo counts the chunks the ingest container wrote;
 - gate: POST /recall over the golden set answers 200 with recall 1.0.
 
-    python scripts/image_smoke.py --registry ghcr.io/ragmesh --tag 0.1.0 [--suffix retrieval=-cuda]
+    python tests/images/image_smoke.py --registry ghcr.io/ragmesh --tag 0.1.0 \
+        [--suffix retrieval=-cuda]
 
 buildah's global flags (storage driver, root) come from $BUILDAH_FLAGS. Exit status 1 when
 any check fails; the containers' output is kept in .build/images/<service>.log.
@@ -38,17 +39,17 @@ from typing import Any
 import grpc
 import numpy as np
 
-from ragmesh.cli.supervisor import free_port, health
 from ragmesh.v1 import (
     embedding_service_pb2,
     embedding_service_pb2_grpc,
     retrieval_service_pb2,
     retrieval_service_pb2_grpc,
 )
+from ragmesh_lab.cli.supervisor import free_port, health
 
 ROOT = Path(__file__).resolve().parent.parent
 LOGS = ROOT / ".build" / "images"
-RAGMESH = [sys.executable, "-m", "ragmesh.cli"]
+RAGMESH = [sys.executable, "-m", "ragmesh_lab.cli"]
 QUESTION = "How often does the Keelhaven lighthouse flash, and how far can it be seen?"
 ALL = ("embedding", "retrieval", "generation", "query", "ingest", "gate")
 BUDGET_MB = 1500  # the CPU images' budget, torch included

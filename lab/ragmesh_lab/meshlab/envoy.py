@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from ragmesh.meshlab.ca import Identity
-from ragmesh.meshlab.manifests import Operation, Rule, ServicePolicy, TranslationError, spiffe
+from ragmesh_lab.meshlab.ca import Identity
+from ragmesh_lab.meshlab.manifests import Operation, Rule, ServicePolicy, TranslationError, spiffe
 
 Json = dict[str, Any]
 Protocol = Literal["grpc", "http", "tcp"]

@@ -21,11 +21,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from ragmesh.cli.supervisor import Proc, Stack, StackError, free_port
-from ragmesh.meshlab import manifests
-from ragmesh.meshlab.ca import Identity, LocalCA
-from ragmesh.meshlab.envoy import Inbound, Outbound, RestBridge, Tracing, sidecar_config
-from ragmesh.meshlab.manifests import GRPC_PORT, METRICS_PORT, MeshPolicy, Rule, ServicePolicy
+from ragmesh_lab.cli.supervisor import Proc, Stack, StackError, free_port
+from ragmesh_lab.meshlab import manifests
+from ragmesh_lab.meshlab.ca import Identity, LocalCA
+from ragmesh_lab.meshlab.envoy import Inbound, Outbound, RestBridge, Tracing, sidecar_config
+from ragmesh_lab.meshlab.manifests import GRPC_PORT, METRICS_PORT, MeshPolicy, Rule, ServicePolicy
 
 REDIS_PORT = 6379
 INGRESS = "istio-ingressgateway"
@@ -143,7 +143,7 @@ class MeshLab:
     def start_trace_receiver(self, timeout: float = 20.0) -> None:
         """Run the local OTLP receiver, appending spans to :attr:`traces_file`, and trace."""
         port = free_port()
-        argv = [sys.executable, "-m", "ragmesh.meshlab.traces", "--port", str(port)]
+        argv = [sys.executable, "-m", "ragmesh_lab.meshlab.traces", "--port", str(port)]
         proc = self.stack.spawn(
             "otlp-receiver", [*argv, "--out", str(self.traces_file)], os.environ
         )

@@ -18,9 +18,6 @@ from typing import Any
 
 import grpc
 
-from ragmesh.cli.documents import FileDocument, find_files, read_document
-from ragmesh.cli.supervisor import SERVICES, Stack, StackError, health, read_state
-from ragmesh.meshlab.manifests import TranslationError
 from ragmesh.v1 import (
     common_pb2,
     query_service_pb2,
@@ -28,6 +25,9 @@ from ragmesh.v1 import (
     retrieval_service_pb2,
     retrieval_service_pb2_grpc,
 )
+from ragmesh_lab.cli.documents import FileDocument, find_files, read_document
+from ragmesh_lab.cli.supervisor import SERVICES, Stack, StackError, health, read_state
+from ragmesh_lab.meshlab.manifests import TranslationError
 
 DEFAULT_DIR = Path("var/ragmesh")
 BATCH_DOCUMENTS = 64
@@ -221,7 +221,7 @@ def cmd_ask(args: argparse.Namespace) -> int:
 
 
 def cmd_mesh(args: argparse.Namespace) -> int:
-    from ragmesh.meshlab.lab import MeshLab
+    from ragmesh_lab.meshlab.lab import MeshLab
 
     lab = MeshLab(args.manifests, args.data_dir, rest_port=args.rest_port)
     print(f"starting the local mesh from {args.manifests}/mesh and rollouts/ ...", flush=True)
@@ -253,7 +253,7 @@ def cmd_mesh(args: argparse.Namespace) -> int:
 
 def sidecar_state(admin: str) -> str:
     """An Envoy's /ready answer from its admin socket (``unix:PATH``)."""
-    from ragmesh.meshlab.lab import admin_get
+    from ragmesh_lab.meshlab.lab import admin_get
 
     try:
         return admin_get(admin.removeprefix("unix:"), "/ready", 2.0)[1].strip()
@@ -287,7 +287,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_traces(args: argparse.Namespace) -> int:
-    from ragmesh.meshlab import traces
+    from ragmesh_lab.meshlab import traces
 
     path = args.data_dir / "traces.jsonl"
     spans = traces.read(path)

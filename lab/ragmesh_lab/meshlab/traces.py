@@ -1,7 +1,7 @@
 """A small OTLP/gRPC trace receiver for the local mesh, and a reader that prints trace trees.
 
 No Jaeger or collector runs locally: ``ragmesh mesh up --trace`` starts this receiver
-(``python -m ragmesh.meshlab.traces``); the Envoys' OpenTelemetry tracer and the services'
+(``python -m ragmesh_lab.meshlab.traces``); the Envoys' OpenTelemetry tracer and the services'
 OTLP exporters send their spans to it, and it appends one JSON object per span to a file.
 ``ragmesh traces`` reads that file and prints each trace as a tree of spans.
 """
