@@ -10,23 +10,23 @@ import numpy as np
 import pytest
 
 from ragmesh.embedding.__main__ import build
-from ragmesh.embedding.engine import EmbeddingEngine
+from ragmesh.embedding.service import EmbeddingService
 from ragmesh.kit.server import ServiceHost
 from ragmesh.v1 import embedding_service_pb2 as pb
 from ragmesh.v1 import embedding_service_pb2_grpc as pb_grpc
 from tests.conftest import sample, scrape, settings_for, start
 
-Fixture = tuple[ServiceHost, pb_grpc.EmbeddingServiceStub, EmbeddingEngine]
+Fixture = tuple[ServiceHost, pb_grpc.EmbeddingServiceStub, EmbeddingService]
 
 
 @pytest.fixture(scope="module")
 async def embedding() -> AsyncIterator[
-    tuple[ServiceHost, pb_grpc.EmbeddingServiceStub, EmbeddingEngine]
+    tuple[ServiceHost, pb_grpc.EmbeddingServiceStub, EmbeddingService]
 ]:
     settings = settings_for(
         RAGMESH_EMBED_MAX_TEXTS="8", RAGMESH_EMBED_MAX_CHARS="200", RAGMESH_EMBED_MAX_WAIT_MS="5"
     )
-    engine = EmbeddingEngine(settings.embedding)
+    engine = EmbeddingService(settings.embedding)
     host = await start(settings, build(engine))
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{host.port}")
     yield host, pb_grpc.EmbeddingServiceStub(channel), engine

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from ragmesh.retrieval.__main__ import build
-from ragmesh.retrieval.engine import RetrievalEngine
+from ragmesh.retrieval.service import RetrievalService
 from ragmesh.retrieval.store import ChunkIn
 from ragmesh.v1 import (
     common_pb2,
@@ -46,7 +46,7 @@ def queries(*seeds: int) -> common_pb2.VectorBatch:
 @pytest.fixture
 async def stub(tmp_path: Path) -> AsyncIterator[pb_grpc.RetrievalServiceStub]:
     settings = settings_for(tmp_path, RAGMESH_INDEX_DIM=str(DIM), RAGMESH_SEARCH_MAX_TOP_K="20")
-    host = await start(settings, build(RetrievalEngine(settings.retrieval)))
+    host = await start(settings, build(RetrievalService(settings.retrieval)))
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{host.port}")
     yield pb_grpc.RetrievalServiceStub(channel)
     await channel.close()
@@ -290,7 +290,7 @@ async def test_quick_searches_run_on_the_loop_slow_ones_and_writes_on_the_index_
     import threading
 
     settings = settings_for(tmp_path, RAGMESH_INDEX_DIM=str(DIM))
-    engine = RetrievalEngine(settings.retrieval)
+    engine = RetrievalService(settings.retrieval)
     await engine.open()
     try:
         seen: list[str] = []
@@ -325,7 +325,7 @@ async def test_quick_searches_run_on_the_loop_slow_ones_and_writes_on_the_index_
 @pytest.mark.parametrize("method", ["Upsert", "Search", "Delete", "GetIndexInfo"])
 async def test_an_undecodable_request_is_invalid_argument(tmp_path: Path, method: str) -> None:
     settings = settings_for(tmp_path, RAGMESH_INDEX_DIM=str(DIM))
-    host = await start(settings, build(RetrievalEngine(settings.retrieval)))
+    host = await start(settings, build(RetrievalService(settings.retrieval)))
     try:
         reply = await asyncio.to_thread(
             rawh2.call,

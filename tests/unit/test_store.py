@@ -8,8 +8,10 @@ import numpy as np
 import pytest
 
 from ragmesh.kit.errors import InvalidArgument
+from ragmesh.retrieval import requests
 from ragmesh.retrieval.index import IndexParams
-from ragmesh.retrieval.store import ChunkIn, ChunkStore, Limits
+from ragmesh.retrieval.requests import Limits
+from ragmesh.retrieval.store import ChunkIn, ChunkStore
 
 DIM = 16
 
@@ -23,26 +25,35 @@ def chunk(i: int, doc: str = "d", **meta: str) -> ChunkIn:
 
 
 def open_store(path: Path, kind: str = "flat", every: int = 1000, **kw: int) -> ChunkStore:
-    s = ChunkStore(path, IndexParams(kind=kind, dim=DIM, device="cpu", **kw), Limits(), every)
+    s = ChunkStore(path, IndexParams(kind=kind, dim=DIM, device="cpu", **kw), every)
     s.open()
     return s
 
 
+def put(store: ChunkStore, chunks: list[ChunkIn]) -> int:
+    """Upsert as the service does: checked first, then written."""
+    return store.upsert(chunks, requests.upsert(chunks, Limits(), DIM))
+
+
+def query(count: int, dimension: int, data: bytes, top_k: int) -> np.ndarray:
+    return requests.queries(count, dimension, data, top_k, Limits(), DIM)
+
+
 def top(store: ChunkStore, seed: int, k: int = 1, **where: str) -> list[str]:
-    q = store.validate_queries(1, DIM, vec(seed).tobytes(), k)
+    q = query(1, DIM, vec(seed).tobytes(), k)
     return [h.payload.chunk_id for h in store.search(q, k, where)[0]]
 
 
 def test_upsert_search_replace_delete_and_versions(tmp_path: Path) -> None:
     s = open_store(tmp_path)
-    s.upsert([chunk(i, doc=f"doc{i % 3}", lang="en" if i % 2 else "fr") for i in range(30)])
+    put(s, [chunk(i, doc=f"doc{i % 3}", lang="en" if i % 2 else "fr") for i in range(30)])
     assert s.count == 30 and s.version == 1
     assert top(s, 7) == ["c7"]
     # re-upsert by chunk id replaces: same count, new text and vector
-    s.upsert([ChunkIn("c7", "doc1", "new text", {}, vec(1000).tobytes())])
+    put(s, [ChunkIn("c7", "doc1", "new text", {}, vec(1000).tobytes())])
     assert s.count == 30 and s.version == 2
     assert top(s, 1000) == ["c7"]
-    q = s.validate_queries(1, DIM, vec(1000).tobytes(), 1)
+    q = query(1, DIM, vec(1000).tobytes(), 1)
     assert s.search(q, 1, {})[0][0].payload.text == "new text"
     assert s.delete(["c3", "missing"], []) == 1 and s.count == 29 and s.version == 3
     assert "c3" not in top(s, 3, k=30)
@@ -59,7 +70,7 @@ def test_upsert_search_replace_delete_and_versions(tmp_path: Path) -> None:
 def test_state_survives_reopen_through_log_and_snapshot(tmp_path: Path) -> None:
     s = open_store(tmp_path, every=25)
     for i in range(0, 60, 10):  # 6 writes of 10 chunks: snapshots at 30 and 60
-        s.upsert([chunk(j) for j in range(i, i + 10)])
+        put(s, [chunk(j) for j in range(i, i + 10)])
     s.delete(["c5"], [])
     version, count = s.version, s.count
     s._log.close()  # simulate a crash: no final snapshot
@@ -74,7 +85,7 @@ def test_state_survives_reopen_through_log_and_snapshot(tmp_path: Path) -> None:
 
 def test_validation_writes_nothing(tmp_path: Path) -> None:
     s = open_store(tmp_path)
-    s.upsert([chunk(0)])
+    put(s, [chunk(0)])
     before = (s.version, s.count)
     nan = vec(1)
     nan[3] = np.nan
@@ -91,10 +102,10 @@ def test_validation_writes_nothing(tmp_path: Path) -> None:
     }
     for field, chunks in cases.items():
         with pytest.raises(InvalidArgument) as e:
-            s.upsert(chunks)
+            put(s, chunks)
         assert e.value.field == field.strip()
     with pytest.raises(InvalidArgument, match="chunk_ids"):
-        s.delete([], [])
+        requests.delete([], [], Limits())
     assert (s.version, s.count) == before
     s.close()
 
@@ -111,7 +122,7 @@ def test_query_validation(tmp_path: Path) -> None:
         ((1, DIM, np.full(DIM, np.nan, np.float32).tobytes(), 1), "queries.data[0]"),
     ]:
         with pytest.raises(InvalidArgument) as e:
-            s.validate_queries(*args)
+            query(*args)
         assert e.value.field == field
     s.close()
 
@@ -127,9 +138,9 @@ def clustered(n: int, dim: int, seed: int = 0) -> np.ndarray:
 def test_ann_kinds_have_high_recall_and_persist(tmp_path: Path, kind: str) -> None:
     x = clustered(3000, DIM)
     s = open_store(tmp_path, kind=kind, ivf_nlist=16, ivf_nprobe=4)
-    s.upsert([ChunkIn(f"c{i}", "d", "t", {}, x[i].tobytes()) for i in range(1000)])
-    s.upsert([ChunkIn(f"c{i}", "d", "t", {}, x[i].tobytes()) for i in range(1000, 2000)])
-    s.upsert([ChunkIn(f"c{i}", "d", "t", {}, x[i].tobytes()) for i in range(2000, 3000)])
+    put(s, [ChunkIn(f"c{i}", "d", "t", {}, x[i].tobytes()) for i in range(1000)])
+    put(s, [ChunkIn(f"c{i}", "d", "t", {}, x[i].tobytes()) for i in range(1000, 2000)])
+    put(s, [ChunkIn(f"c{i}", "d", "t", {}, x[i].tobytes()) for i in range(2000, 3000)])
     assert s.index.trained_kind == kind
     queries = x[:100] + 0.05 * np.random.default_rng(1).standard_normal((100, DIM)).astype(
         np.float32
@@ -156,13 +167,13 @@ def test_reader_follows_the_writer_through_appends_torn_frames_and_snapshots(
     tmp_path: Path,
 ) -> None:
     writer = open_store(tmp_path, every=25)
-    writer.upsert([chunk(i) for i in range(10)])
-    reader = ChunkStore(tmp_path, IndexParams(kind="flat", dim=DIM, device="cpu"), Limits(), 25)
+    put(writer, [chunk(i) for i in range(10)])
+    reader = ChunkStore(tmp_path, IndexParams(kind="flat", dim=DIM, device="cpu"), 25)
     reader.open(writable=False)
     assert reader.count == 10 and reader.version == 1 and top(reader, 4) == ["c4"]
     assert reader.refresh() == 0  # nothing new
 
-    writer.upsert([chunk(i) for i in range(10, 20)])
+    put(writer, [chunk(i) for i in range(10, 20)])
     writer.delete(["c4"], [])
     assert reader.refresh() == 2
     assert reader.count == 19 and reader.version == 3 and top(reader, 15) == ["c15"]
@@ -180,7 +191,7 @@ def test_reader_follows_the_writer_through_appends_torn_frames_and_snapshots(
 
     # 25 written chunks since the last snapshot: the writer snapshots and empties its log;
     # the reader notices the new snapshot and reloads from it
-    writer.upsert([chunk(i) for i in range(20, 30)])
+    put(writer, [chunk(i) for i in range(20, 30)])
     assert (tmp_path / "snapshot.npz").exists() and log_path.stat().st_size == 20  # header
     assert reader.refresh() == 1
     assert reader.count == writer.count == 29 and reader.version == writer.version

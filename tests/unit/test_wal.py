@@ -12,14 +12,14 @@ import pytest
 from ragmesh.kit.errors import DataCorruption
 from ragmesh.retrieval import recover, wal
 from ragmesh.retrieval.wal import WriteAheadLog, replay
-from tests.unit.test_store import DIM, chunk, open_store, top
+from tests.unit.test_store import DIM, chunk, open_store, put, top
 
 
 def written(tmp_path: Path, n: int = 40, every: int = 1000) -> Path:
     """A store with ``n`` acknowledged single-chunk upserts, closed as by kill -9."""
     s = open_store(tmp_path, every=every)
     for i in range(n):
-        s.upsert([chunk(i)])
+        put(s, [chunk(i)])
     assert s._log is not None
     s._log.close()
     return tmp_path / "wal.log"
@@ -70,7 +70,7 @@ def test_a_torn_tail_is_truncated_with_a_log_line(
         s = open_store(tmp_path)
     assert s.count == 40 and path.stat().st_size == intact
     assert "torn tail" in caplog.text
-    s.upsert([chunk(40)])  # appends continue after the good frames
+    put(s, [chunk(40)])  # appends continue after the good frames
     s.close()
     assert open_store(tmp_path).count == 41
 
@@ -134,8 +134,8 @@ def test_a_missing_snapshot_under_a_log_that_continues_it_refuses_to_load(
 
 def test_a_log_in_the_old_format_is_read_and_rewritten(tmp_path: Path) -> None:
     s = open_store(tmp_path)
-    s.upsert([chunk(0)])
-    s.upsert([chunk(1)])
+    put(s, [chunk(0)])
+    put(s, [chunk(1)])
     assert s._log is not None
     s._log.close()
     new = (tmp_path / "wal.log").read_bytes()

@@ -4,25 +4,25 @@ from __future__ import annotations
 
 import asyncio
 
-from ragmesh.embedding.engine import EmbeddingEngine
+from ragmesh.embedding.service import EmbeddingService
 from ragmesh.embedding.servicer import SERVICE_NAME, register
 from ragmesh.kit import config, cpus
 from ragmesh.kit.server import ServiceSpec, configure_telemetry, run
 
 
-def build(engine: EmbeddingEngine) -> ServiceSpec:
+def build(service: EmbeddingService) -> ServiceSpec:
     """The embedding service as a host plug-in (used by ``__main__`` and by tests)."""
 
     async def load() -> None:
-        await asyncio.to_thread(engine.load)
-        engine.start()
+        await asyncio.to_thread(service.load)
+        service.start()
 
     return ServiceSpec(
         name="embedding",
         service_names=(SERVICE_NAME,),
-        register=register(engine),
+        register=register(service),
         load=load,
-        close=engine.close,
+        close=service.close,
     )
 
 
@@ -30,7 +30,7 @@ def main() -> None:
     settings = config.load()
     configure_telemetry(settings.server, "embedding")
     cpus.size_pools(settings.server.compute_threads, "torch")
-    asyncio.run(run(settings.server, build(EmbeddingEngine(settings.embedding))))
+    asyncio.run(run(settings.server, build(EmbeddingService(settings.embedding))))
 
 
 if __name__ == "__main__":

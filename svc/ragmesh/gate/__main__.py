@@ -10,7 +10,7 @@ import asyncio
 import signal
 import threading
 
-from ragmesh.gate.engine import load_golden
+from ragmesh.gate.service import load_golden
 from ragmesh.gate.servicer import GateServer, Retrievers
 from ragmesh.kit import config
 from ragmesh.kit.errors import ConfigError

@@ -1,4 +1,4 @@
-"""The gate's HTTP face: Flagger's webhook protocol over the recall engine.
+"""The gate's HTTP face: Flagger's webhook protocol over the recall measurement (service.py).
 
 ``POST /recall`` takes a Flagger webhook payload (``{"name", "namespace", "phase",
 "metadata": {...}}``; only ``metadata`` is read) and answers 200 with the verdict when recall
@@ -19,7 +19,7 @@ from typing import Any
 
 import grpc
 
-from ragmesh.gate.engine import GoldenQuery, Probe, Retrieve, Verdict, measure, parse_probe
+from ragmesh.gate.service import GoldenQuery, Probe, Retrieve, Verdict, measure, parse_probe
 from ragmesh.kit.channels import open_channel
 from ragmesh.kit.clients import EmbeddingClient, RetrievalClient
 from ragmesh.kit.domain import Purpose

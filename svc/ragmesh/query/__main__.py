@@ -10,7 +10,7 @@ from ragmesh.kit.clients import EmbeddingClient, GenerationClient, RetrievalClie
 from ragmesh.kit.jobqueue import JobQueue, connect
 from ragmesh.kit.server import ServiceSpec, configure_telemetry, run
 from ragmesh.query.cache import RedisCache
-from ragmesh.query.pipeline import AskPipeline
+from ragmesh.query.service import AskPipeline
 from ragmesh.query.servicer import SERVICE_NAME, register
 
 

@@ -11,7 +11,7 @@ from ragmesh.kit import codec
 from ragmesh.kit.config import QuerySettings
 from ragmesh.kit.domain import Delta
 from ragmesh.kit.jobqueue import DocumentIn, JobQueue, validate_documents, validate_job_id
-from ragmesh.query.pipeline import AskDone, AskInput, AskPipeline, Citations
+from ragmesh.query.service import AskDone, AskInput, AskPipeline, Citations
 from ragmesh.v1 import common_pb2, query_service_pb2, query_service_pb2_grpc
 
 SERVICE_NAME = query_service_pb2.DESCRIPTOR.services_by_name["QueryService"].full_name

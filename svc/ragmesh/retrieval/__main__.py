@@ -6,18 +6,18 @@ import asyncio
 
 from ragmesh.kit import config, cpus
 from ragmesh.kit.server import ServiceSpec, configure_telemetry, run
-from ragmesh.retrieval.engine import RetrievalEngine
+from ragmesh.retrieval.service import RetrievalService
 from ragmesh.retrieval.servicer import SERVICE_NAME, register
 
 
-def build(engine: RetrievalEngine) -> ServiceSpec:
+def build(service: RetrievalService) -> ServiceSpec:
     """The retrieval service as a host plug-in (used by ``__main__`` and by tests)."""
     return ServiceSpec(
         name="retrieval",
         service_names=(SERVICE_NAME,),
-        register=register(engine),
-        load=engine.open,
-        close=engine.close,
+        register=register(service),
+        load=service.open,
+        close=service.close,
     )
 
 
@@ -25,7 +25,7 @@ def main() -> None:
     settings = config.load()
     configure_telemetry(settings.server, "retrieval")
     cpus.size_pools(settings.server.compute_threads, "faiss")
-    asyncio.run(run(settings.server, build(RetrievalEngine(settings.retrieval))))
+    asyncio.run(run(settings.server, build(RetrievalService(settings.retrieval))))
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from ragmesh.kit import config
-from ragmesh.retrieval.engine import store_for
+from ragmesh.retrieval.service import store_for
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,4 +1,4 @@
-"""RetrievalService: protos in, engine call, protos out. Errors go through the kit's table."""
+"""RetrievalService: protos in, service call, protos out. Errors go through the kit's table."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any
 
 import grpc
 
-from ragmesh.retrieval.engine import RetrievalEngine
+from ragmesh.retrieval.service import RetrievalService
 from ragmesh.retrieval.store import ChunkIn
 from ragmesh.v1 import retrieval_service_pb2 as pb
 from ragmesh.v1 import retrieval_service_pb2_grpc as pb_grpc
@@ -18,14 +18,14 @@ Context = grpc.aio.ServicerContext[Any, Any]
 
 
 class RetrievalServicer(pb_grpc.RetrievalServiceServicer):
-    """Serves the RetrievalService RPCs from a :class:`RetrievalEngine`."""
+    """Serves the RetrievalService RPCs from a :class:`RetrievalService`."""
 
-    def __init__(self, engine: RetrievalEngine) -> None:
-        self.engine = engine
+    def __init__(self, service: RetrievalService) -> None:
+        self.service = service
 
     async def Search(self, request: pb.SearchRequest, context: Context) -> pb.SearchResponse:
         q = request.queries
-        results, version = await self.engine.search(
+        results, version = await self.service.search(
             q.count, q.dimension, q.data, request.top_k, request.filter
         )
         response = pb.SearchResponse(index_version=version)
@@ -49,11 +49,11 @@ class RetrievalServicer(pb_grpc.RetrievalServiceServicer):
             ChunkIn(c.chunk_id, c.document_id, c.text, dict(c.metadata), c.vector)
             for c in request.chunks
         ]
-        count, version = await self.engine.upsert(chunks)
+        count, version = await self.service.upsert(chunks)
         return pb.UpsertResponse(upserted_count=count, index_version=version)
 
     async def Delete(self, request: pb.DeleteRequest, context: Context) -> pb.DeleteResponse:
-        count, version = await self.engine.delete(
+        count, version = await self.service.delete(
             list(request.chunk_ids), list(request.document_ids)
         )
         return pb.DeleteResponse(deleted_count=count, index_version=version)
@@ -61,7 +61,7 @@ class RetrievalServicer(pb_grpc.RetrievalServiceServicer):
     async def GetIndexInfo(
         self, request: pb.GetIndexInfoRequest, context: Context
     ) -> pb.GetIndexInfoResponse:
-        info = await self.engine.info()
+        info = await self.service.info()
         return pb.GetIndexInfoResponse(
             count=info.count,
             dimension=info.dimension,
@@ -71,10 +71,10 @@ class RetrievalServicer(pb_grpc.RetrievalServiceServicer):
         )
 
 
-def register(engine: RetrievalEngine) -> Callable[[grpc.aio.Server], None]:
+def register(service: RetrievalService) -> Callable[[grpc.aio.Server], None]:
     """A ServiceSpec.register callback adding the servicer to a server."""
 
     def add(server: grpc.aio.Server) -> None:
-        pb_grpc.add_RetrievalServiceServicer_to_server(RetrievalServicer(engine), server)
+        pb_grpc.add_RetrievalServiceServicer_to_server(RetrievalServicer(service), server)
 
     return add

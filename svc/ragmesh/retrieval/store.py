@@ -1,11 +1,12 @@
 """The durable chunk store: payloads, vectors, the FAISS index, the log and snapshots.
 
-Every write is validated first (nothing is written for a bad request), then appended to
-the write-ahead log and fsynced, then applied in memory; only then is it acknowledged.
+Every write was validated by :mod:`ragmesh.retrieval.requests` (nothing is written for a
+bad request); it is appended to the write-ahead log and fsynced, then applied in memory;
+only then is it acknowledged.
 Every ``snapshot_every`` written chunks the whole state is saved to ``snapshot.npz`` via a
 temporary file, fsync and atomic rename, and the log is emptied. On start the snapshot is
 loaded and the log replayed over it (records at or below the snapshot's version are
-skipped). The store is not thread-safe: :mod:`ragmesh.retrieval.engine` serializes calls.
+skipped). The store is not thread-safe: :mod:`ragmesh.retrieval.service` serializes calls.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from typing import TypeVar
 import numpy as np
 
 from ragmesh.kit.domain import Matrix
-from ragmesh.kit.errors import DataCorruption, InvalidArgument, quoted
+from ragmesh.kit.errors import DataCorruption, InvalidArgument
 from ragmesh.retrieval.index import Bitmap, FaissIndex, IndexParams
 from ragmesh.retrieval.wal import (
     RECOVER_HINT,
@@ -87,54 +88,12 @@ class Recovery:
     kept_as: str = ""
 
 
-@dataclass(frozen=True)
-class Limits:
-    """Request limits enforced before anything is written."""
-
-    max_top_k: int = 100
-    max_queries: int = 256
-    max_chunks: int = 1024
-    max_chunk_chars: int = 16384
-
-
-def _unit(vectors: Matrix, field_name: str) -> Matrix:
-    if not np.isfinite(vectors).all():
-        row = int(np.nonzero(~np.isfinite(vectors).all(axis=1))[0][0])
-        raise InvalidArgument(field_name.format(row), "contains NaN or infinity")
-    with np.errstate(over="ignore"):
-        norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-    if not np.isfinite(norms).all():  # components near 1e20: the norm overflows float32
-        row = int(np.nonzero(~np.isfinite(norms[:, 0]))[0][0])
-        raise InvalidArgument(field_name.format(row), "its norm overflows float32")
-    if (norms == 0).any():
-        row = int(np.nonzero(norms[:, 0] == 0)[0][0])
-        raise InvalidArgument(field_name.format(row), "must not be the zero vector")
-    return np.ascontiguousarray(vectors / norms, dtype=np.float32)
-
-
-MAX_ID_CHARS = 512  # chunk and document ids
-MAX_METADATA = 32  # entries per chunk
-
-
-def _check_metadata(metadata: Mapping[str, str], field_name: str) -> None:
-    if len(metadata) > MAX_METADATA:
-        raise InvalidArgument(field_name, f"more than {MAX_METADATA} entries")
-    for k, v in metadata.items():
-        if not k or len(k) > 128 or len(v) > 1024:
-            raise InvalidArgument(
-                f"{field_name}[{quoted(k)}]", "keys need 1-128 characters, values at most 1024"
-            )
-
-
 class ChunkStore:
     """Chunks by id, their vectors in a FAISS index, durable through a log and snapshots."""
 
-    def __init__(
-        self, directory: Path, params: IndexParams, limits: Limits, snapshot_every: int
-    ) -> None:
+    def __init__(self, directory: Path, params: IndexParams, snapshot_every: int) -> None:
         self.dir = directory
         self.params = params
-        self.limits = limits
         self.snapshot_every = snapshot_every
         self.dim = params.dim
         self._log: WriteAheadLog | None = None
@@ -293,49 +252,9 @@ class ChunkStore:
 
     # -- writes -----------------------------------------------------------------------------
 
-    def validate_upsert(self, chunks: Sequence[ChunkIn]) -> Matrix:
-        """Check a batch and return its unit vectors; raises InvalidArgument naming the field."""
-        if not chunks:
-            raise InvalidArgument("chunks", "at least one chunk is required")
-        if len(chunks) > self.limits.max_chunks:
-            raise InvalidArgument(
-                "chunks", f"{len(chunks)} chunks exceed the limit of {self.limits.max_chunks}"
-            )
-        seen: set[str] = set()
-        for i, c in enumerate(chunks):
-            for name, value in (("chunk_id", c.chunk_id), ("document_id", c.document_id)):
-                if not value:
-                    raise InvalidArgument(f"chunks[{i}].{name}", "must not be empty")
-                if len(value) > MAX_ID_CHARS:
-                    raise InvalidArgument(
-                        f"chunks[{i}].{name}", f"longer than {MAX_ID_CHARS} characters"
-                    )
-            if c.chunk_id in seen:
-                raise InvalidArgument(
-                    f"chunks[{i}].chunk_id", f"duplicate id {quoted(c.chunk_id)} in the request"
-                )
-            seen.add(c.chunk_id)
-            if not c.text.strip():  # generation has nothing to quote from a blank chunk
-                raise InvalidArgument(f"chunks[{i}].text", "must not be blank")
-            _check_metadata(c.metadata, f"chunks[{i}].metadata")
-            if len(c.text) > self.limits.max_chunk_chars:
-                raise InvalidArgument(
-                    f"chunks[{i}].text",
-                    f"{len(c.text)} characters exceed the limit of {self.limits.max_chunk_chars}",
-                )
-            if len(c.vector) != 4 * self.dim:
-                raise InvalidArgument(
-                    f"chunks[{i}].vector",
-                    f"expected {self.dim} float32 values, got {len(c.vector) / 4:g}",
-                )
-        raw = np.frombuffer(b"".join(c.vector for c in chunks), dtype="<f4").reshape(
-            len(chunks), self.dim
-        )
-        return _unit(raw, "chunks[{}].vector")
-
-    def upsert(self, chunks: Sequence[ChunkIn]) -> int:
-        """Validate, log durably, apply; returns the number of chunks written."""
-        vectors = self.validate_upsert(chunks)
+    def upsert(self, chunks: Sequence[ChunkIn], vectors: Matrix) -> int:
+        """Log durably, apply; returns the number of chunks written. ``chunks`` were checked
+        and ``vectors`` are their unit vectors (:func:`ragmesh.retrieval.requests.upsert`)."""
         items: list[dict[str, object]] = [
             {"c": c.chunk_id, "d": c.document_id, "t": c.text, "m": dict(c.metadata)}
             for c in chunks
@@ -350,18 +269,6 @@ class ChunkStore:
 
         Only ids that exist are logged; a delete of nothing writes nothing (same version).
         """
-        if not chunk_ids and not document_ids:
-            raise InvalidArgument("chunk_ids", "give chunk_ids or document_ids")
-        if len(chunk_ids) + len(document_ids) > self.limits.max_chunks:
-            raise InvalidArgument(
-                "chunk_ids",
-                f"{len(chunk_ids) + len(document_ids)} ids exceed the limit of "
-                f"{self.limits.max_chunks} per call",
-            )
-        for name, ids in (("chunk_ids", chunk_ids), ("document_ids", document_ids)):
-            for i, value in enumerate(ids):
-                if not value:
-                    raise InvalidArgument(f"{name}[{i}]", "must not be empty")
         item = {
             "c": sorted({c for c in chunk_ids if c in self._slot}),
             "d": sorted({d for d in document_ids if d in self._by_doc}),
@@ -562,26 +469,6 @@ class ChunkStore:
         self.index.load(blob, self._vectors[: self._n])
 
     # -- reads ------------------------------------------------------------------------------
-
-    def validate_queries(self, count: int, dimension: int, data: bytes, top_k: int) -> Matrix:
-        if count == 0:
-            raise InvalidArgument("queries", "at least one query vector is required")
-        if count > self.limits.max_queries:
-            raise InvalidArgument(
-                "queries.count", f"{count} queries exceed the limit of {self.limits.max_queries}"
-            )
-        if dimension != self.dim:
-            raise InvalidArgument("queries.dimension", f"expected {self.dim}, got {dimension}")
-        if len(data) != 4 * count * dimension:
-            raise InvalidArgument(
-                "queries.data", f"expected {4 * count * dimension} bytes, got {len(data)}"
-            )
-        if not 1 <= top_k <= self.limits.max_top_k:
-            raise InvalidArgument(
-                "top_k", f"must be between 1 and {self.limits.max_top_k}, got {top_k}"
-            )
-        raw = np.frombuffer(data, dtype="<f4").reshape(count, dimension)
-        return _unit(raw, "queries.data[{}]")
 
     def search(self, queries: Matrix, top_k: int, where: Mapping[str, str]) -> list[list[Hit]]:
         """Top-k hits per query (already validated), optionally filtered on metadata."""

@@ -1,4 +1,4 @@
-"""The retrieval engine as the servicer sees it: the chunk store behind one worker thread.
+"""The retrieval service layer: the chunk store (the index engine) behind one worker thread.
 
 FAISS and the store are not safe for concurrent writes and reads, so every operation runs
 under one lock, on one dedicated thread (searches still use FAISS's own OpenMP threads):
@@ -26,8 +26,9 @@ from prometheus_client import Gauge, Histogram
 from ragmesh.kit.config import RetrievalSettings
 from ragmesh.kit.errors import NotReady, ReadOnlyReplica
 from ragmesh.kit.tracing import tracer
+from ragmesh.retrieval import requests
 from ragmesh.retrieval.index import IndexParams
-from ragmesh.retrieval.store import ChunkIn, ChunkStore, Hit, Limits
+from ragmesh.retrieval.store import ChunkIn, ChunkStore, Hit
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -73,21 +74,21 @@ def store_for(settings: RetrievalSettings) -> ChunkStore:
             ivf_nlist=settings.ivf_nlist,
             ivf_nprobe=settings.ivf_nprobe,
         ),
-        Limits(
-            max_top_k=settings.max_top_k,
-            max_queries=settings.max_queries,
-            max_chunks=settings.max_chunks,
-            max_chunk_chars=settings.max_chunk_chars,
-        ),
         settings.snapshot_every,
     )
 
 
-class RetrievalEngine:
+class RetrievalService:
     """Async front of a :class:`ChunkStore`."""
 
     def __init__(self, settings: RetrievalSettings) -> None:
         self.store = store_for(settings)
+        self.limits = requests.Limits(
+            max_top_k=settings.max_top_k,
+            max_queries=settings.max_queries,
+            max_chunks=settings.max_chunks,
+            max_chunk_chars=settings.max_chunk_chars,
+        )
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="index")
         self._lock = threading.Lock()
         self._per_query_s = 0.0  # running mean of one query's search time
@@ -154,7 +155,8 @@ class RetrievalEngine:
     async def upsert(self, chunks: Sequence[ChunkIn]) -> tuple[int, int]:
         """Durably write ``chunks``; returns (count, index version)."""
         self._check_writable()
-        n = await self._run(lambda: self.store.upsert(chunks))
+        vectors = requests.upsert(chunks, self.limits, self.store.dim)
+        n = await self._run(lambda: self.store.upsert(chunks, vectors))
         return n, self.store.version
 
     async def delete(
@@ -162,6 +164,7 @@ class RetrievalEngine:
     ) -> tuple[int, int]:
         """Durably delete; returns (deleted count, index version)."""
         self._check_writable()
+        requests.delete(chunk_ids, document_ids, self.limits)
         n = await self._run(lambda: self.store.delete(chunk_ids, document_ids))
         return n, self.store.version
 
@@ -170,7 +173,7 @@ class RetrievalEngine:
     ) -> tuple[list[list[Hit]], int]:
         """Validate and run a batched search; returns (hits per query, index version)."""
         self._check()
-        queries = self.store.validate_queries(count, dimension, data, top_k)
+        queries = requests.queries(count, dimension, data, top_k, self.limits, self.store.dim)
 
         def work() -> tuple[list[list[Hit]], int]:
             started = time.perf_counter()

@@ -21,7 +21,7 @@ from ragmesh.kit.domain import (
 )
 from ragmesh.kit.errors import InvalidArgument
 from ragmesh.query.cache import RedisCache
-from ragmesh.query.pipeline import AskDone, AskInput, AskPipeline, Citations
+from ragmesh.query.service import AskDone, AskInput, AskPipeline, Citations
 from tests.conftest import settings_for
 
 

@@ -1,4 +1,4 @@
-"""The embedding engine as the servicer sees it: limits, then the micro-batched model."""
+"""The embedding service layer: limits, then the micro-batched model (the engine)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from ragmesh.kit.encoder import EmbeddingModel
 from ragmesh.kit.errors import InvalidArgument, NotReady
 
 
-class EmbeddingEngine:
+class EmbeddingService:
     """Validates requests and embeds them through one shared :class:`MicroBatcher`."""
 
     def __init__(
