@@ -305,11 +305,11 @@ async def test_quick_searches_run_on_the_loop_slow_ones_and_writes_on_the_index_
         await engine.upsert([ChunkIn("c1", "d", "text", {}, vec(1).astype("<f4").tobytes())])
         hits, _ = await engine.search(1, DIM, data, 1, {})
         assert seen[-1] == threading.main_thread().name  # a tiny index: inline
-        assert hits[0][0].payload.chunk_id == "c1"
+        assert hits[0][0].chunk_id == "c1"
         engine._per_query_s = 1.0  # as if the last searches took a second each
         hits, _ = await engine.search(1, DIM, data, 1, {})
         assert seen[-1].startswith("index")
-        assert hits[0][0].payload.chunk_id == "c1"
+        assert hits[0][0].chunk_id == "c1"
         # a write in progress holds the lock: a quick search waits for it on the index thread
         engine._per_query_s = 0.0
         with engine._lock:

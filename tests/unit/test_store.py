@@ -41,7 +41,7 @@ def query(count: int, dimension: int, data: bytes, top_k: int) -> np.ndarray:
 
 def top(store: ChunkStore, seed: int, k: int = 1, **where: str) -> list[str]:
     q = query(1, DIM, vec(seed).tobytes(), k)
-    return [h.payload.chunk_id for h in store.search(q, k, where)[0]]
+    return [h.chunk_id for h in store.search(q, k, where)[0]]
 
 
 def test_upsert_search_replace_delete_and_versions(tmp_path: Path) -> None:
@@ -54,7 +54,7 @@ def test_upsert_search_replace_delete_and_versions(tmp_path: Path) -> None:
     assert s.count == 30 and s.version == 2
     assert top(s, 1000) == ["c7"]
     q = query(1, DIM, vec(1000).tobytes(), 1)
-    assert s.search(q, 1, {})[0][0].payload.text == "new text"
+    assert s.search(q, 1, {})[0][0].text == "new text"
     assert s.delete(["c3", "missing"], []) == 1 and s.count == 29 and s.version == 3
     assert "c3" not in top(s, 3, k=30)
     removed = s.delete([], ["doc0"])
@@ -150,13 +150,13 @@ def test_ann_kinds_have_high_recall_and_persist(tmp_path: Path, kind: str) -> No
     hits = s.search(queries, 10, {})
     recall = np.mean(
         [
-            len({f"c{j}" for j in e} & {h.payload.chunk_id for h in r}) / 10
+            len({f"c{j}" for j in e} & {h.chunk_id for h in r}) / 10
             for e, r in zip(exact, hits, strict=False)
         ]
     )
     assert recall > 0.9
     s.delete([f"c{i}" for i in range(50)], [])
-    assert all(int(h.payload.chunk_id[1:]) >= 50 for r in s.search(queries[:50], 10, {}) for h in r)
+    assert all(int(h.chunk_id[1:]) >= 50 for r in s.search(queries[:50], 10, {}) for h in r)
     s.close()
     again = open_store(tmp_path, kind=kind, ivf_nlist=16, ivf_nprobe=4)
     assert again.count == 2950 and again.index.trained_kind == kind

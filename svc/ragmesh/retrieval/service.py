@@ -24,11 +24,12 @@ from typing import TypeVar
 from prometheus_client import Gauge, Histogram
 
 from ragmesh.kit.config import RetrievalSettings
+from ragmesh.kit.domain import Hit
 from ragmesh.kit.errors import NotReady, ReadOnlyReplica
 from ragmesh.kit.tracing import tracer
 from ragmesh.retrieval import requests
 from ragmesh.retrieval.index import IndexParams
-from ragmesh.retrieval.store import ChunkIn, ChunkStore, Hit
+from ragmesh.retrieval.store import ChunkIn, ChunkStore
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)

@@ -32,15 +32,14 @@ class RetrievalServicer(pb_grpc.RetrievalServiceServicer):
         for hits in results:
             passages = response.results.add().passages
             for h in hits:
-                p = h.payload
                 # add() with keywords is the cheapest way to build a message; an empty map
                 # is left out (passing {} costs a merge per passage)
                 passages.add(
-                    chunk_id=p.chunk_id,
-                    document_id=p.document_id,
-                    text=p.text,
+                    chunk_id=h.chunk_id,
+                    document_id=h.document_id,
+                    text=h.text,
                     score=h.score,
-                    metadata=p.metadata or None,
+                    metadata=h.metadata or None,
                 )
         return response
 

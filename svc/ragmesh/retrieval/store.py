@@ -24,7 +24,7 @@ from typing import TypeVar
 
 import numpy as np
 
-from ragmesh.kit.domain import Matrix
+from ragmesh.kit.domain import Hit, Matrix
 from ragmesh.kit.errors import DataCorruption, InvalidArgument
 from ragmesh.retrieval.index import Bitmap, FaissIndex, IndexParams
 from ragmesh.retrieval.wal import (
@@ -66,14 +66,6 @@ class Payload:
     metadata: dict[str, str] = field(default_factory=dict)
 
 
-@dataclass(frozen=True)
-class Hit:
-    """One search result."""
-
-    payload: Payload
-    score: float
-
-
 @dataclass
 class Recovery:
     """What :meth:`ChunkStore.recover` kept and dropped."""
@@ -86,6 +78,11 @@ class Recovery:
     version: int = 0
     chunks: int = 0
     kept_as: str = ""
+
+
+def _hit(p: Payload | None, score: float) -> Hit:
+    assert p is not None  # candidates are live slots
+    return Hit(p.chunk_id, p.document_id, p.text, score, p.metadata)
 
 
 class ChunkStore:
@@ -482,7 +479,7 @@ class ChunkStore:
         scores, ids = self.index.search(queries, top_k, allowed)
         return [
             [
-                Hit(p, float(s))
+                Hit(p.chunk_id, p.document_id, p.text, float(s), p.metadata)
                 for s, i in zip(srow, irow, strict=True)
                 if i >= 0 and (p := self._payloads[i])
             ]
@@ -503,5 +500,5 @@ class ChunkStore:
         for row in scores:
             top = np.argpartition(-row, k - 1)[:k]
             top = top[np.argsort(-row[top])]
-            results.append([Hit(self._payloads[candidates[j]], float(row[j])) for j in top])
+            results.append([_hit(self._payloads[candidates[j]], float(row[j])) for j in top])
         return results
