@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import grpc
@@ -78,10 +80,29 @@ def test_bad_config_fails_naming_the_variable(env: dict[str, str], name: str) ->
         config.load(env)
 
 
-def test_readme_documents_every_variable() -> None:
-    readme = (Path(__file__).parents[2] / "README.md").read_text()
-    documented = set(re.findall(r"`(RAGMESH_[A-Z0-9_]+)`", readme))
-    assert {v.name for v in config.VARIABLES} <= documented
+def test_the_configuration_reference_is_generated_from_the_declarations() -> None:
+    root = Path(__file__).parents[2]
+    done = subprocess.run(
+        [sys.executable, str(root / "scripts" / "config_reference.py"), "--check"],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr
+    page = (root / "docs" / "configuration.md").read_text()
+    assert set(re.findall(r"\| `(RAGMESH_[A-Z0-9_]+)` \|", page)) == {
+        v.name for v in config.VARIABLES
+    }
+    assert len(config.VARIABLES) == len({v.name for v in config.VARIABLES})  # each declared once
+    assert "docs/configuration.md" in (root / "README.md").read_text()
+
+
+def test_every_settings_field_is_read_from_its_variable() -> None:
+    env = {"RAGMESH_FAULT_DELAY_MS": "250", "RAGMESH_GEN_BLOCKLIST": "Foo, bar"}
+    s = config.load(env)
+    assert s.server.fault_delay == 0.25 and s.generation.blocklist == ("foo", "bar")
+    assert s.peers.retrieval_writer_addr == s.peers.retrieval_addr == ""
+    assert s.query.max_question_chars == s.generation.max_question_chars
+    assert s.gate.golden is None and s.retrieval.index_dir == Path("var/index")
 
 
 def test_retries_only_for_idempotent_methods() -> None:
