@@ -11,7 +11,7 @@ KUBECTL := $(TOOLS)/bin/kubectl
 BUF_VERSION := 1.75.0
 STAMP := .build/stamps
 
-.PHONY: openapi config-reference rest-bridge images images-cuda image-locks render bench bench-quick bench-mesh bench-peers bench-profile demo help venv tools proto check-proto buf-deps buf-lint buf-breaking buf-format lint typecheck test test-unit system-deps clean
+.PHONY: openapi authz-matrix config-reference rest-bridge images images-cuda image-locks render bench bench-quick bench-mesh bench-peers bench-profile demo help venv tools proto check-proto buf-deps buf-lint buf-breaking buf-format lint typecheck test test-unit system-deps clean
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -58,6 +58,9 @@ image-locks: venv ## rewrite images/requirements-*.txt from pyproject.toml + req
 
 render: $(KUBECTL) ## print the whole install for ENV=prod|staging|dev
 	$(KUBECTL) kustomize deploy/$(or $(ENV),prod)
+
+authz-matrix: venv ## rewrite docs/mesh.md's authorization table from mesh/authorization-matrix.yaml
+	$(PY) scripts/authz_matrix.py
 
 config-reference: venv ## rewrite docs/configuration.md from the settings' declarations
 	$(PY) scripts/config_reference.py

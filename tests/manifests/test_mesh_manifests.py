@@ -1,11 +1,13 @@
-"""mesh/ and the Canary service blocks: schema-valid, exactly the README's authorization
-matrix, the resilience the design asks for, and a translator that rejects what it cannot
-translate."""
+"""mesh/ and the Canary service blocks: schema-valid, exactly the authorization matrix
+(mesh/authorization-matrix.yaml), the resilience the design asks for, and a translator that
+rejects what it cannot translate."""
 
 from __future__ import annotations
 
 import base64
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +30,8 @@ from tests.support.contract import (
     GRPC_WORKLOADS,
     ROOT,
     api_paths,
+    matrix_contract,
     principals_in,
-    readme_contract,
 )
 
 ISTIO_APIS = {
@@ -163,7 +165,7 @@ def _grants(policy: manifests.MeshPolicy, principals: list[str]) -> set[tuple[st
 
 def test_manifests_grant_exactly_the_readme_matrix() -> None:
     policy = manifests.load(ROOT)
-    contract = readme_contract()
+    contract = matrix_contract()
     granted = _grants(policy, principals_in(policy, contract))
     assert granted - contract == set(), "granted by the manifests but not in the contract"
     assert contract - granted == set(), "in the contract but not granted by the manifests"
@@ -220,3 +222,12 @@ def test_translator_rejects_what_it_cannot_translate(
     file.write_text(text.replace(old, new, 1))
     with pytest.raises(TranslationError, match=named.replace(".", r"\.")):
         manifests.load(repo_copy)
+
+
+def test_the_docs_show_the_authorization_matrix_file() -> None:
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "authz_matrix.py"), "--check"],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr

@@ -11,7 +11,7 @@ import pytest
 from ragmesh_lab.meshlab.ca import LocalCA
 from ragmesh_lab.meshlab.manifests import GRPC_PORT, spiffe
 from tests.mesh.conftest import FakeMesh
-from tests.support.contract import api_paths, grpc_pairs, readme_contract
+from tests.support.contract import api_paths, grpc_pairs, matrix_contract
 from tests.support.fakeapp import STREAMING
 
 pytestmark = pytest.mark.slow
@@ -65,7 +65,7 @@ async def test_foreign_ca_is_rejected(fake_mesh: FakeMesh) -> None:
 
 async def test_every_identity_and_method(fake_mesh: FakeMesh) -> None:
     """Every caller identity × workload × method: allowed exactly where the contract says."""
-    pairs = grpc_pairs(fake_mesh.lab.policy, readme_contract())
+    pairs = grpc_pairs(fake_mesh.lab.policy, matrix_contract())
     callers = sorted({p[0] for p in pairs})
     assert len(callers) >= 10 and len(pairs) == len(callers) * 5 * 11
     channels: dict[tuple[str, str], grpc.aio.Channel] = {}

@@ -1,13 +1,15 @@
-"""The authorization contract as the README states it, and the call space the tests cover.
+"""The authorization contract, and the call space the tests cover.
 
-The README's "Authorization matrix" table is the contract (it restates the design's matrix);
-the manifests must implement exactly it, and the real Envoys must enforce exactly it.
+``mesh/authorization-matrix.yaml`` is the contract (it restates the design's matrix); the
+manifests must implement exactly it, the real Envoys must enforce exactly it, and
+docs/mesh.md shows it (scripts/authz_matrix.py).
 """
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
+
+import yaml
 
 from ragmesh.kit.channels import API_FILES
 from ragmesh_lab.meshlab.lab import START_ORDER
@@ -35,25 +37,17 @@ def api_paths() -> list[str]:
     return sorted(paths) + list(HEALTH)
 
 
-def readme_contract(readme: Path = ROOT / "README.md") -> set[Grant]:
-    """The grants of the README's authorization table."""
-    text = readme.read_text()
-    section = text.split("### Authorization matrix", 1)[1].split("\n#", 1)[0]
+def matrix_contract(path: Path = ROOT / "mesh" / "authorization-matrix.yaml") -> set[Grant]:
+    """The grants of the authorization matrix."""
     grants: set[Grant] = set()
-    for line in section.splitlines():
-        cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if len(cells) != 4 or not cells[1].isdigit():
-            continue
-        where, port, what, who = cells
-        workloads = GRPC_WORKLOADS if where == "every gRPC workload" else (where.strip("`"),)
-        paths = re.findall(r"`([^`]+)`", what) or [what]
-        principals = re.findall(r"`([^`]+)`", who)
-        for w in workloads:
-            for p in paths:
-                for principal in principals:
-                    grants.add((w, int(port), p.split(" ")[-1], principal))
+    for row in yaml.safe_load(path.read_text())["grants"]:
+        every = row["workload"] == "every gRPC workload"
+        for w in GRPC_WORKLOADS if every else (row["workload"],):
+            for p in row["methods"]:
+                for principal in row["callers"]:
+                    grants.add((w, int(row["port"]), p.split(" ")[-1], principal))
     if not grants:
-        raise AssertionError("README has no authorization matrix rows")
+        raise AssertionError("the authorization matrix has no grants")
     return grants
 
 
