@@ -26,11 +26,11 @@ from bench.common import (
     server_cpus,
     start_pinned,
 )
+from ragmesh.kit.clients import QueryClient
+from ragmesh.kit.domain import AskDone, AskInput, Delta
 from ragmesh.v1 import (
     generation_service_pb2,
     generation_service_pb2_grpc,
-    query_service_pb2,
-    query_service_pb2_grpc,
 )
 from ragmesh_lab.cli.supervisor import Proc, Stack
 
@@ -54,30 +54,27 @@ def questions(n: int, salt: str) -> list[str]:
     return [f"{QUESTIONS[i % len(QUESTIONS)]} ({salt} {i})" for i in range(n)]
 
 
-async def ask_once(
-    stub: query_service_pb2_grpc.QueryServiceAsyncStub, question: str
-) -> tuple[float, float, bool]:
+async def ask_once(client: QueryClient, question: str) -> tuple[float, float, bool]:
     """(ms to the first answer delta, ms to done, cache hit) as the client sees them."""
     start = time.perf_counter()
     first = 0.0
     hit = False
-    async for event in stub.Ask(query_service_pb2.AskRequest(question=question), timeout=60):
-        kind = event.WhichOneof("event")
-        if kind == "delta" and not first:
+    async for event in client.ask(AskInput(question=question)):
+        if isinstance(event, Delta) and not first:
             first = (time.perf_counter() - start) * 1000
-        elif kind == "done":
-            hit = event.done.cache_hit
+        elif isinstance(event, AskDone):
+            hit = event.cache_hit
     return first, (time.perf_counter() - start) * 1000, hit
 
 
 async def miss_and_hit(address: str, n: int, salt: str) -> dict[str, list[float]]:
     out: dict[str, list[float]] = {}
     async with grpc.aio.insecure_channel(address) as channel:
-        stub = query_service_pb2_grpc.QueryServiceStub(channel)
+        client = QueryClient(channel)
         batch = questions(n, salt)
         for label in ("miss", "hit"):
             for q in batch:
-                ttft, total, hit = await ask_once(stub, q)
+                ttft, total, hit = await ask_once(client, q)
                 if hit != (label == "hit"):
                     raise RuntimeError(f"expected a cache {label} for {q!r}")
                 out.setdefault(f"{label}_ttft", []).append(ttft)
@@ -103,14 +100,13 @@ async def relay_round(query_addr: str, ticker_addr: str, salt: str) -> dict[str,
         grpc.aio.insecure_channel(query_addr) as qc,
         grpc.aio.insecure_channel(ticker_addr) as tc,
     ):
-        query = query_service_pb2_grpc.QueryServiceStub(qc)
+        query = QueryClient(qc)
         ticker = generation_service_pb2_grpc.GenerationServiceStub(tc)
 
         async def via_query(i: int):  # type: ignore[no-untyped-def]
-            request = query_service_pb2.AskRequest(question=questions(STREAMS, salt)[i])
-            async for event in query.Ask(request, timeout=60):
-                if event.WhichOneof("event") == "delta":
-                    yield event.delta
+            async for event in query.ask(AskInput(question=questions(STREAMS, salt)[i])):
+                if isinstance(event, Delta):
+                    yield event.text
 
         async def direct(i: int):  # type: ignore[no-untyped-def]
             request = generation_service_pb2.GenerateRequest(question=f"q {salt} {i}")

@@ -8,18 +8,21 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import signal
 import sys
 import textwrap
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import grpc
 
+from ragmesh.kit.clients import QueryClient
+from ragmesh.kit.domain import AskDone, AskInput, Citation, Citations, Delta, Params
+from ragmesh.kit.errors import RagmeshError
 from ragmesh.v1 import (
-    common_pb2,
     query_service_pb2,
     query_service_pb2_grpc,
     retrieval_service_pb2,
@@ -168,7 +171,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     return 1 if total.documents_failed else 0
 
 
-def render_sources(citations: Any, answer: str) -> str:
+def render_sources(citations: Sequence[Citation], answer: str) -> str:
     lines = ["", "Sources:"]
     for c in citations:
         used = "*" if f"[{c.marker}]" in answer else " "
@@ -183,37 +186,40 @@ def render_sources(citations: Any, answer: str) -> str:
 def cmd_ask(args: argparse.Namespace) -> int:
     address = query_address(args)
     filters = dict(f.split("=", 1) for f in args.filter)
-    request = query_service_pb2.AskRequest(
+    request = AskInput(
         question=args.question,
         top_k=args.top_k,
         filter=filters,
-        params=common_pb2.GenerationParams(max_tokens=args.max_tokens),
+        params=Params(max_tokens=args.max_tokens),
         skip_cache=args.no_cache,
     )
-    citations: Any = []
-    answer = ""
-    with grpc.insecure_channel(address) as channel:
-        stub = query_service_pb2_grpc.QueryServiceStub(channel)
-        try:
-            for event in stub.Ask(request, timeout=args.timeout):
-                kind = event.WhichOneof("event")
-                if kind == "citations":
-                    citations = event.citations.citations
-                elif kind == "delta":
-                    answer += event.delta
-                    print(event.delta, end="", flush=True)
-                elif kind == "done":
-                    done = event.done
-        except grpc.RpcError as e:
-            print(file=sys.stderr)
-            raise rpc_error(e, "query service", address) from None
+
+    async def stream() -> tuple[tuple[Citation, ...], str, AskDone | None]:
+        citations: tuple[Citation, ...] = ()
+        answer, done = "", None
+        async with grpc.aio.insecure_channel(address) as channel:
+            async for event in QueryClient(channel, timeout=args.timeout).ask(request):
+                if isinstance(event, Citations):
+                    citations = event.citations
+                elif isinstance(event, Delta):
+                    answer += event.text
+                    print(event.text, end="", flush=True)
+                else:
+                    done = event
+        return citations, answer, done
+
+    try:
+        citations, answer, done = asyncio.run(stream())
+    except RagmeshError as e:
+        print(file=sys.stderr)
+        raise CliError(f"query service at {address}: {e}") from None
+    assert done is not None  # every Ask stream ends with one
     print("\n" + render_sources(citations, answer))
     t = done.timings
-    finish = common_pb2.FinishReason.Name(done.finish_reason).removeprefix("FINISH_REASON_")
     print(
         f"({'cache hit' if done.cache_hit else 'generated'}; "
         f"first token {t.first_token_ms:.1f} ms, "
-        f"total {t.total_ms:.1f} ms; {done.usage.completion_tokens} tokens, {finish.lower()}; "
+        f"total {t.total_ms:.1f} ms; {done.completion_tokens} tokens, {done.finish.name.lower()}; "
         f"index v{done.index_version})",
         file=sys.stderr,
     )

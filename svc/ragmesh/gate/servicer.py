@@ -21,10 +21,9 @@ import grpc
 
 from ragmesh.gate.service import GoldenQuery, Probe, Retrieve, Verdict, measure, parse_probe
 from ragmesh.kit.channels import open_channel
-from ragmesh.kit.clients import EmbeddingClient, RetrievalClient
-from ragmesh.kit.domain import Purpose
+from ragmesh.kit.clients import EmbeddingClient, QueryClient, RetrievalClient
+from ragmesh.kit.domain import AskInput, Citations, Purpose
 from ragmesh.kit.errors import DependencyUnavailable, InvalidArgument, RagmeshError
-from ragmesh.v1 import query_service_pb2, query_service_pb2_grpc
 
 log = logging.getLogger(__name__)
 MAX_BODY = 64 << 10
@@ -44,20 +43,18 @@ class Retrievers:
 
     def for_probe(self, probe: Probe) -> Retrieve:
         if probe.query:
-            stub = query_service_pb2_grpc.QueryServiceStub(self.channel(probe.query))
+            client = QueryClient(self.channel(probe.query), timeout=self.call_timeout * 6)
 
             async def ask(question: str, k: int) -> Sequence[str]:
-                request = query_service_pb2.AskRequest(question=question, top_k=k, skip_cache=True)
+                request = AskInput(question=question, top_k=k, skip_cache=True)
                 documents: list[str] = []
                 try:
-                    async for event in stub.Ask(request, timeout=self.call_timeout * 6):
-                        if event.WhichOneof("event") == "citations":
-                            documents += [c.document_id for c in event.citations.citations]
+                    async for event in client.ask(request):
+                        if isinstance(event, Citations):
+                            documents += [c.document_id for c in event.citations]
                             break  # citations come first; the answer is not needed
-                except grpc.aio.AioRpcError as e:
-                    raise DependencyUnavailable(
-                        f"query at {probe.query}: {e.code().name}"
-                    ) from None
+                except RagmeshError as e:
+                    raise DependencyUnavailable(f"query at {probe.query}: {e}") from None
                 return documents
 
             return ask

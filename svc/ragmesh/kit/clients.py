@@ -14,6 +14,7 @@ import numpy as np
 
 from ragmesh.kit import codec
 from ragmesh.kit.domain import (
+    AskInput,
     ChunkRecord,
     Delta,
     Done,
@@ -37,6 +38,7 @@ from ragmesh.v1 import (
     embedding_service_pb2_grpc,
     generation_service_pb2,
     generation_service_pb2_grpc,
+    query_service_pb2_grpc,
     retrieval_service_pb2,
     retrieval_service_pb2_grpc,
 )
@@ -160,3 +162,23 @@ class GenerationClient:
             raise translate(e, "generation") from None
         finally:
             call.cancel()  # no-op once finished; stops the generator when the caller left
+
+
+class QueryClient:
+    """The QueryService as a client uses it (the CLI, the quality gate, the benchmarks):
+    domain events in and out, errors translated into domain errors."""
+
+    def __init__(self, channel: grpc.aio.Channel, timeout: float = 60.0) -> None:
+        self._stub = query_service_pb2_grpc.QueryServiceStub(channel)
+        self._timeout = timeout
+
+    async def ask(self, request: AskInput) -> AsyncIterator[codec.AskEvent]:
+        """The Ask stream: Citations, deltas, then one AskDone."""
+        call = self._stub.Ask(codec.ask_to_proto(request), timeout=self._timeout)
+        try:
+            async for reply in call:
+                yield codec.ask_event_from_proto(reply)
+        except grpc.aio.AioRpcError as e:
+            raise translate(e, "query") from None
+        finally:
+            call.cancel()  # the caller may stop early (citations are enough for the gate)

@@ -10,7 +10,20 @@ from typing import cast
 
 import numpy as np
 
-from ragmesh.kit.domain import Finish, Hit, JobState, Matrix, Params, Purpose
+from ragmesh.kit.domain import (
+    AskDone,
+    AskInput,
+    Citation,
+    Citations,
+    Delta,
+    Finish,
+    Hit,
+    JobState,
+    Matrix,
+    Params,
+    Purpose,
+    Timings,
+)
 from ragmesh.kit.errors import InvalidArgument
 from ragmesh.v1 import common_pb2, embedding_service_pb2, query_service_pb2
 
@@ -92,3 +105,86 @@ def matrix_from_proto(batch: common_pb2.VectorBatch) -> Matrix:
 def matrix_to_proto(vectors: Matrix) -> common_pb2.VectorBatch:
     v = np.ascontiguousarray(vectors, dtype="<f4").reshape(len(vectors), -1)
     return common_pb2.VectorBatch(count=v.shape[0], dimension=v.shape[1], data=v.tobytes())
+
+
+AskEvent = Citations | Delta | AskDone
+
+
+def ask_from_proto(r: query_service_pb2.AskRequest) -> AskInput:
+    return AskInput(
+        question=r.question,
+        top_k=r.top_k,
+        filter=dict(r.filter),
+        params=params_from_proto(r.params),
+        skip_cache=r.skip_cache,
+    )
+
+
+def ask_to_proto(a: AskInput) -> query_service_pb2.AskRequest:
+    return query_service_pb2.AskRequest(
+        question=a.question,
+        top_k=a.top_k,
+        filter=dict(a.filter),
+        params=params_to_proto(a.params),
+        skip_cache=a.skip_cache,
+    )
+
+
+def ask_event_to_proto(event: AskEvent) -> query_service_pb2.AskResponse:
+    if isinstance(event, Delta):
+        return query_service_pb2.AskResponse(delta=event.text)
+    if isinstance(event, Citations):
+        return query_service_pb2.AskResponse(
+            citations=query_service_pb2.Citations(
+                citations=[
+                    query_service_pb2.Citation(
+                        marker=c.marker,
+                        chunk_id=c.chunk_id,
+                        document_id=c.document_id,
+                        score=c.score,
+                        snippet=c.snippet,
+                        metadata=c.metadata,
+                    )
+                    for c in event.citations
+                ]
+            )
+        )
+    t = event.timings
+    return query_service_pb2.AskResponse(
+        done=query_service_pb2.AskDone(
+            finish_reason=finish_to_proto(event.finish),
+            usage=common_pb2.Usage(
+                prompt_tokens=event.prompt_tokens, completion_tokens=event.completion_tokens
+            ),
+            timings=query_service_pb2.Timings(
+                embed_ms=t.embed_ms,
+                search_ms=t.search_ms,
+                first_token_ms=t.first_token_ms,
+                total_ms=t.total_ms,
+            ),
+            cache_hit=event.cache_hit,
+            index_version=event.index_version,
+        )
+    )
+
+
+def ask_event_from_proto(r: query_service_pb2.AskResponse) -> AskEvent:
+    kind = r.WhichOneof("event")
+    if kind == "citations":
+        return Citations(
+            tuple(
+                Citation(c.marker, c.chunk_id, c.document_id, c.score, c.snippet, dict(c.metadata))
+                for c in r.citations.citations
+            )
+        )
+    if kind == "delta":
+        return Delta(r.delta)
+    d, t = r.done, r.done.timings
+    return AskDone(
+        finish_from_proto(d.finish_reason),
+        d.usage.prompt_tokens,
+        d.usage.completion_tokens,
+        Timings(t.embed_ms, t.search_ms, t.first_token_ms, t.total_ms),
+        d.cache_hit,
+        d.index_version,
+    )

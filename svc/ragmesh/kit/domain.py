@@ -2,8 +2,9 @@
 
 One type per concept: what to embed (:class:`Purpose`, :data:`Matrix`), a retrieved or
 given chunk (:class:`Hit`), a chunk to write (:class:`ChunkRecord`), sampling parameters
-(:class:`Params`, validated here) and a generation stream (:class:`Delta`, then one
-:class:`Done` with its :class:`Finish`). :mod:`ragmesh.kit.codec` converts each to and from
+(:class:`Params`, validated here), a generation stream (:class:`Delta`, then one
+:class:`Done` with its :class:`Finish`) and an Ask (:class:`AskInput` in; :class:`Citations`,
+deltas, then one :class:`AskDone` out). :mod:`ragmesh.kit.codec` converts each to and from
 its proto message, both directions, in one place.
 """
 
@@ -133,3 +134,55 @@ def validate_params(params: Params, field: str = "params", max_tokens: int | Non
     for i, stop in enumerate(params.stop):
         if not stop or len(stop) > MAX_STOP_CHARS:
             raise InvalidArgument(f"{field}.stop[{i}]", f"must be 1 to {MAX_STOP_CHARS} characters")
+
+
+@dataclass(frozen=True)
+class AskInput:
+    """One question."""
+
+    question: str
+    top_k: int = 0
+    filter: Mapping[str, str] = field(default_factory=dict)
+    params: Params = Params()
+    skip_cache: bool = False
+
+
+@dataclass(frozen=True)
+class Citation:
+    """A retrieved passage as the client sees it; ``marker`` is the ``[n]`` in the answer."""
+
+    marker: int
+    chunk_id: str
+    document_id: str
+    score: float
+    snippet: str
+    metadata: dict[str, str]
+
+
+@dataclass(frozen=True)
+class Citations:
+    """The first event of every Ask stream."""
+
+    citations: tuple[Citation, ...]
+
+
+@dataclass(frozen=True)
+class Timings:
+    """Milliseconds spent per stage."""
+
+    embed_ms: float
+    search_ms: float
+    first_token_ms: float
+    total_ms: float
+
+
+@dataclass(frozen=True)
+class AskDone:
+    """The last event of every Ask stream."""
+
+    finish: Finish
+    prompt_tokens: int
+    completion_tokens: int
+    timings: Timings
+    cache_hit: bool
+    index_version: int

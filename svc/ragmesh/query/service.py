@@ -9,15 +9,27 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import AsyncIterator, Mapping
-from dataclasses import asdict, dataclass, field
+from collections.abc import AsyncIterator
+from dataclasses import asdict
 
 import numpy as np
 from opentelemetry import trace
 from prometheus_client import Histogram
 
 from ragmesh.kit.config import QuerySettings
-from ragmesh.kit.domain import Delta, Done, Finish, Matrix, Params, Purpose, validate_params
+from ragmesh.kit.domain import (
+    AskDone,
+    AskInput,
+    Citation,
+    Citations,
+    Delta,
+    Done,
+    Finish,
+    Matrix,
+    Purpose,
+    Timings,
+    validate_params,
+)
 from ragmesh.kit.errors import InvalidArgument
 from ragmesh.kit.peers import Embedder, Generator, Retriever
 from ragmesh.kit.tracing import tracer
@@ -30,58 +42,6 @@ TTFT = Histogram(
     ["cache_hit"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
-
-
-@dataclass(frozen=True)
-class AskInput:
-    """One question."""
-
-    question: str
-    top_k: int = 0
-    filter: Mapping[str, str] = field(default_factory=dict)
-    params: Params = Params()
-    skip_cache: bool = False
-
-
-@dataclass(frozen=True)
-class Citation:
-    """A retrieved passage as the client sees it; ``marker`` is the ``[n]`` in the answer."""
-
-    marker: int
-    chunk_id: str
-    document_id: str
-    score: float
-    snippet: str
-    metadata: dict[str, str]
-
-
-@dataclass(frozen=True)
-class Citations:
-    """The first event of every Ask stream."""
-
-    citations: tuple[Citation, ...]
-
-
-@dataclass(frozen=True)
-class Timings:
-    """Milliseconds spent per stage."""
-
-    embed_ms: float
-    search_ms: float
-    first_token_ms: float
-    total_ms: float
-
-
-@dataclass(frozen=True)
-class AskDone:
-    """The last event of every Ask stream."""
-
-    finish: Finish
-    prompt_tokens: int
-    completion_tokens: int
-    timings: Timings
-    cache_hit: bool
-    index_version: int
 
 
 def normalize(question: str) -> str:

@@ -9,50 +9,11 @@ import grpc
 
 from ragmesh.kit import codec
 from ragmesh.kit.config import QuerySettings
-from ragmesh.kit.domain import Delta
 from ragmesh.kit.jobqueue import DocumentIn, JobQueue, validate_documents, validate_job_id
-from ragmesh.query.service import AskDone, AskInput, AskPipeline, Citations
-from ragmesh.v1 import common_pb2, query_service_pb2, query_service_pb2_grpc
+from ragmesh.query.service import AskPipeline
+from ragmesh.v1 import query_service_pb2, query_service_pb2_grpc
 
 SERVICE_NAME = query_service_pb2.DESCRIPTOR.services_by_name["QueryService"].full_name
-
-
-def _event(event: Citations | Delta | AskDone) -> query_service_pb2.AskResponse:
-    if isinstance(event, Delta):
-        return query_service_pb2.AskResponse(delta=event.text)
-    if isinstance(event, Citations):
-        return query_service_pb2.AskResponse(
-            citations=query_service_pb2.Citations(
-                citations=[
-                    query_service_pb2.Citation(
-                        marker=c.marker,
-                        chunk_id=c.chunk_id,
-                        document_id=c.document_id,
-                        score=c.score,
-                        snippet=c.snippet,
-                        metadata=c.metadata,
-                    )
-                    for c in event.citations
-                ]
-            )
-        )
-    t = event.timings
-    return query_service_pb2.AskResponse(
-        done=query_service_pb2.AskDone(
-            finish_reason=codec.finish_to_proto(event.finish),
-            usage=common_pb2.Usage(
-                prompt_tokens=event.prompt_tokens, completion_tokens=event.completion_tokens
-            ),
-            timings=query_service_pb2.Timings(
-                embed_ms=t.embed_ms,
-                search_ms=t.search_ms,
-                first_token_ms=t.first_token_ms,
-                total_ms=t.total_ms,
-            ),
-            cache_hit=event.cache_hit,
-            index_version=event.index_version,
-        )
-    )
 
 
 class QueryServicer(query_service_pb2_grpc.QueryServiceServicer):
@@ -68,15 +29,8 @@ class QueryServicer(query_service_pb2_grpc.QueryServiceServicer):
         request: query_service_pb2.AskRequest,
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> AsyncIterator[query_service_pb2.AskResponse]:
-        ask = AskInput(
-            question=request.question,
-            top_k=request.top_k,
-            filter=dict(request.filter),
-            params=codec.params_from_proto(request.params),
-            skip_cache=request.skip_cache,
-        )
-        async for event in self.pipeline.ask(ask):
-            yield _event(event)
+        async for event in self.pipeline.ask(codec.ask_from_proto(request)):
+            yield codec.ask_event_to_proto(event)
 
     async def Ingest(
         self,
