@@ -14,9 +14,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from ragmesh.ingest.__main__ import build
 from ragmesh.ingest.worker import IngestWorker
-from ragmesh.kit.domain import ChunkRecord, Embedded, JobState, Purpose, SearchResult
+from ragmesh.kit.domain import ChunkRecord, DocumentIn, Embedded, JobState, Purpose, SearchResult
 from ragmesh.kit.errors import InvalidArgument
-from ragmesh.kit.jobqueue import DocumentIn, JobQueue, connect
+from ragmesh.kit.jobqueue import JobQueue, connect
 from ragmesh.kit.server import ServiceHost
 from ragmesh_lab.cli.supervisor import Stack
 from tests.conftest import settings_for, start

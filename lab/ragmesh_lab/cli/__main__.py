@@ -20,11 +20,19 @@ from pathlib import Path
 import grpc
 
 from ragmesh.kit.clients import QueryClient
-from ragmesh.kit.domain import AskDone, AskInput, Citation, Citations, Delta, Params
+from ragmesh.kit.domain import (
+    AskDone,
+    AskInput,
+    Citation,
+    Citations,
+    Delta,
+    DocumentIn,
+    JobState,
+    JobStatus,
+    Params,
+)
 from ragmesh.kit.errors import RagmeshError
 from ragmesh.v1 import (
-    query_service_pb2,
-    query_service_pb2_grpc,
     retrieval_service_pb2,
     retrieval_service_pb2_grpc,
 )
@@ -34,10 +42,7 @@ from ragmesh_lab.meshlab.manifests import TranslationError
 
 DEFAULT_DIR = Path("var/ragmesh")
 BATCH_DOCUMENTS = 64
-DONE_STATES = (
-    query_service_pb2.INGEST_JOB_STATE_SUCCEEDED,
-    query_service_pb2.INGEST_JOB_STATE_FAILED,
-)
+DONE_STATES = (JobState.SUCCEEDED, JobState.FAILED)
 
 
 class CliError(Exception):
@@ -53,15 +58,6 @@ def query_address(args: argparse.Namespace) -> str:
     if "query" not in state:
         raise CliError(f"no running stack in {args.data_dir} (start one: ragmesh up) and no --addr")
     return state["query"]["grpc"]
-
-
-def rpc_error(error: grpc.RpcError, what: str, address: str) -> CliError:
-    code = error.code() if isinstance(error, grpc.Call) else None
-    details = error.details() if isinstance(error, grpc.Call) else str(error)
-    name = code.name if code is not None else "ERROR"
-    if code == grpc.StatusCode.UNAVAILABLE:
-        return CliError(f"{what} at {address} is unavailable ({details})")
-    return CliError(f"{what} failed: {name}: {details}")
 
 
 def run_until_stopped(stack: Stack) -> None:
@@ -96,13 +92,12 @@ def cmd_up(args: argparse.Namespace) -> int:
         print("stopped", flush=True)
 
 
-def _progress(job: query_service_pb2.GetIngestJobResponse, width: int = 30) -> str:
+def _progress(job: JobStatus, width: int = 30) -> str:
     finished = job.documents_done + job.documents_failed
     filled = int(width * finished / max(1, job.documents_total))
-    state = query_service_pb2.IngestJobState.Name(job.state).removeprefix("INGEST_JOB_STATE_")
     return (
         f"[{'#' * filled}{'-' * (width - filled)}] {finished}/{job.documents_total} documents, "
-        f"{job.chunks_done} chunks  {state.lower()}"
+        f"{job.chunks_done} chunks  {job.state.name.lower()}"
     )
 
 
@@ -118,57 +113,56 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         raise CliError(str(e)) from None
     if not docs:
         raise CliError("no .txt, .md or .html files found")
-    with grpc.insecure_channel(address) as channel:
-        stub = query_service_pb2_grpc.QueryServiceStub(channel)
-        jobs = []
-        try:
+
+    async def run() -> list[JobStatus]:
+        async with grpc.aio.insecure_channel(address) as channel:
+            client = QueryClient(channel, timeout=30)
+            jobs = []
             for i in range(0, len(docs), BATCH_DOCUMENTS):
                 batch = docs[i : i + BATCH_DOCUMENTS]
-                reply = stub.Ingest(
-                    query_service_pb2.IngestRequest(
-                        documents=[
-                            query_service_pb2.Document(
-                                document_id=d.document_id,
-                                title=d.title,
-                                text=d.text,
-                                source=d.source,
-                                metadata={"type": d.kind},
-                            )
+                jobs.append(
+                    await client.ingest(
+                        [
+                            DocumentIn(d.document_id, d.title, d.text, {"type": d.kind}, d.source)
                             for d in batch
                         ]
-                    ),
-                    timeout=30,
+                    )
                 )
-                jobs.append(reply.job_id)
             print(f"queued {len(docs)} documents as job(s) {', '.join(jobs)}", file=sys.stderr)
             deadline = time.monotonic() + args.timeout
             while True:
-                status = [
-                    stub.GetIngestJob(query_service_pb2.GetIngestJobRequest(job_id=j), timeout=10)
-                    for j in jobs
-                ]
-                total = query_service_pb2.GetIngestJobResponse(
-                    documents_total=sum(s.documents_total for s in status),
-                    documents_done=sum(s.documents_done for s in status),
-                    documents_failed=sum(s.documents_failed for s in status),
-                    chunks_done=sum(s.chunks_done for s in status),
-                    state=max(s.state for s in status)
-                    if all(s.state in DONE_STATES for s in status)
-                    else query_service_pb2.INGEST_JOB_STATE_RUNNING,
+                status = [await client.job(j) for j in jobs]
+                finished = all(s.state in DONE_STATES for s in status)
+                total = JobStatus(
+                    "",
+                    max((s.state for s in status), key=lambda s: s.value)
+                    if finished
+                    else JobState.RUNNING,
+                    sum(s.documents_total for s in status),
+                    sum(s.documents_done for s in status),
+                    sum(s.documents_failed for s in status),
+                    sum(s.chunks_done for s in status),
+                    sum(s.chunks_failed for s in status),
+                    "",
                 )
                 print("\r" + _progress(total), end="", file=sys.stderr, flush=True)
-                if all(s.state in DONE_STATES for s in status):
-                    break
+                if finished:
+                    return status
                 if time.monotonic() > deadline:
                     raise CliError(f"jobs not finished after {args.timeout:.0f}s")
-                time.sleep(0.2)
-        except grpc.RpcError as e:
-            raise rpc_error(e, "query service", address) from None
+                await asyncio.sleep(0.2)
+
+    try:
+        status = asyncio.run(run())
+    except RagmeshError as e:
+        print(file=sys.stderr)
+        raise CliError(f"query service at {address}: {e}") from None
+    failed = sum(s.documents_failed for s in status)
     print(file=sys.stderr)
     for s in status:
         if s.last_error:
             print(f"job {s.job_id}: {s.last_error}", file=sys.stderr)
-    return 1 if total.documents_failed else 0
+    return 1 if failed else 0
 
 
 def render_sources(citations: Sequence[Citation], answer: str) -> str:

@@ -17,9 +17,11 @@ from ragmesh.kit.domain import (
     AskInput,
     ChunkRecord,
     Delta,
+    DocumentIn,
     Done,
     Embedded,
     Hit,
+    JobStatus,
     Matrix,
     Params,
     Purpose,
@@ -38,6 +40,7 @@ from ragmesh.v1 import (
     embedding_service_pb2_grpc,
     generation_service_pb2,
     generation_service_pb2_grpc,
+    query_service_pb2,
     query_service_pb2_grpc,
     retrieval_service_pb2,
     retrieval_service_pb2_grpc,
@@ -182,3 +185,23 @@ class QueryClient:
             raise translate(e, "query") from None
         finally:
             call.cancel()  # the caller may stop early (citations are enough for the gate)
+
+    async def ingest(self, documents: Sequence[DocumentIn]) -> str:
+        """Queue ``documents``; returns the job id."""
+        request = query_service_pb2.IngestRequest(
+            documents=[codec.document_to_proto(d) for d in documents]
+        )
+        try:
+            reply = await self._stub.Ingest(request, timeout=self._timeout)
+        except grpc.aio.AioRpcError as e:
+            raise translate(e, "query") from None
+        return reply.job_id
+
+    async def job(self, job_id: str) -> JobStatus:
+        """The progress of an Ingest call."""
+        request = query_service_pb2.GetIngestJobRequest(job_id=job_id)
+        try:
+            reply = await self._stub.GetIngestJob(request, timeout=self._timeout)
+        except grpc.aio.AioRpcError as e:
+            raise translate(e, "query") from None
+        return codec.job_from_proto(reply)

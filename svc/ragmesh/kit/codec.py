@@ -16,9 +16,11 @@ from ragmesh.kit.domain import (
     Citation,
     Citations,
     Delta,
+    DocumentIn,
     Finish,
     Hit,
     JobState,
+    JobStatus,
     Matrix,
     Params,
     Purpose,
@@ -187,4 +189,48 @@ def ask_event_from_proto(r: query_service_pb2.AskResponse) -> AskEvent:
         Timings(t.embed_ms, t.search_ms, t.first_token_ms, t.total_ms),
         d.cache_hit,
         d.index_version,
+    )
+
+
+def document_to_proto(d: DocumentIn) -> query_service_pb2.Document:
+    return query_service_pb2.Document(
+        document_id=d.document_id,
+        title=d.title,
+        text=d.text,
+        metadata=dict(d.metadata),
+        source=d.source,
+    )
+
+
+def document_from_proto(d: query_service_pb2.Document) -> DocumentIn:
+    return DocumentIn(d.document_id, d.title, d.text, dict(d.metadata), d.source)
+
+
+def job_to_proto(job: JobStatus) -> query_service_pb2.GetIngestJobResponse:
+    return query_service_pb2.GetIngestJobResponse(
+        job_id=job.job_id,
+        state=job_state_to_proto(job.state),
+        documents_total=job.documents_total,
+        documents_done=job.documents_done,
+        documents_failed=job.documents_failed,
+        chunks_done=job.chunks_done,
+        chunks_failed=job.chunks_failed,
+        last_error=job.last_error,
+    )
+
+
+def job_from_proto(r: query_service_pb2.GetIngestJobResponse) -> JobStatus:
+    try:
+        state = JobState(r.state)
+    except ValueError:
+        state = JobState.RUNNING  # a state this version does not know: not finished
+    return JobStatus(
+        r.job_id,
+        state,
+        r.documents_total,
+        r.documents_done,
+        r.documents_failed,
+        r.chunks_done,
+        r.chunks_failed,
+        r.last_error,
     )

@@ -186,3 +186,28 @@ class AskDone:
     timings: Timings
     cache_hit: bool
     index_version: int
+
+
+@dataclass(frozen=True)
+class DocumentIn:
+    """A document to ingest."""
+
+    document_id: str
+    title: str
+    text: str
+    metadata: Mapping[str, str] = field(default_factory=dict)
+    source: str = ""
+
+
+@dataclass(frozen=True)
+class JobStatus:
+    """Progress of one Ingest call."""
+
+    job_id: str
+    state: JobState
+    documents_total: int
+    documents_done: int
+    documents_failed: int
+    chunks_done: int
+    chunks_failed: int
+    last_error: str

@@ -21,37 +21,12 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError, ResponseError
 
 from ragmesh.kit import tracing
-from ragmesh.kit.domain import JobState
+from ragmesh.kit.domain import DocumentIn, JobState, JobStatus
 from ragmesh.kit.errors import DependencyUnavailable, InvalidArgument, NotFound, quoted
 
 GROUP = "ingest-workers"
 _DOCUMENT_ID = re.compile(r"[^\s#]{1,256}")
 MAX_METADATA = 32
-
-
-@dataclass(frozen=True)
-class DocumentIn:
-    """A document to ingest."""
-
-    document_id: str
-    title: str
-    text: str
-    metadata: Mapping[str, str] = field(default_factory=dict)
-    source: str = ""
-
-
-@dataclass(frozen=True)
-class JobStatus:
-    """Progress of one Ingest call."""
-
-    job_id: str
-    state: JobState
-    documents_total: int
-    documents_done: int
-    documents_failed: int
-    chunks_done: int
-    chunks_failed: int
-    last_error: str
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ import grpc
 
 from ragmesh.kit import codec
 from ragmesh.kit.config import QuerySettings
-from ragmesh.kit.jobqueue import DocumentIn, JobQueue, validate_documents, validate_job_id
+from ragmesh.kit.jobqueue import JobQueue, validate_documents, validate_job_id
 from ragmesh.query.service import AskPipeline
 from ragmesh.v1 import query_service_pb2, query_service_pb2_grpc
 
@@ -37,10 +37,7 @@ class QueryServicer(query_service_pb2_grpc.QueryServiceServicer):
         request: query_service_pb2.IngestRequest,
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> query_service_pb2.IngestResponse:
-        docs = [
-            DocumentIn(d.document_id, d.title, d.text, dict(d.metadata), d.source)
-            for d in request.documents
-        ]
+        docs = [codec.document_from_proto(d) for d in request.documents]
         validate_documents(docs, self.settings.max_documents, self.settings.max_document_chars)
         job_id = await self.queue.enqueue(docs)
         return query_service_pb2.IngestResponse(job_id=job_id, document_count=len(docs))
@@ -51,17 +48,7 @@ class QueryServicer(query_service_pb2_grpc.QueryServiceServicer):
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> query_service_pb2.GetIngestJobResponse:
         validate_job_id(request.job_id)
-        job = await self.queue.job(request.job_id)
-        return query_service_pb2.GetIngestJobResponse(
-            job_id=job.job_id,
-            state=codec.job_state_to_proto(job.state),
-            documents_total=job.documents_total,
-            documents_done=job.documents_done,
-            documents_failed=job.documents_failed,
-            chunks_done=job.chunks_done,
-            chunks_failed=job.chunks_failed,
-            last_error=job.last_error,
-        )
+        return codec.job_to_proto(await self.queue.job(request.job_id))
 
 
 def register(
