@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import enum
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
 
-from ragmesh.kit.errors import InvalidArgument
+from ragmesh.kit.errors import InvalidArgument, quoted
 
 Matrix = npt.NDArray[np.float32]
 
@@ -211,3 +212,32 @@ class JobStatus:
     chunks_done: int
     chunks_failed: int
     last_error: str
+
+
+_DOCUMENT_ID = re.compile(r"[^\s#]{1,256}")
+_JOB_ID = re.compile(r"[0-9a-f]{32}")
+MAX_METADATA = 32
+
+
+def is_job_id(value: str) -> bool:
+    """Whether ``value`` has the form Ingest hands out (32 lowercase hex digits)."""
+    return _JOB_ID.fullmatch(value) is not None
+
+
+def document_problem(d: DocumentIn) -> tuple[str, str] | None:
+    """(field, problem) of the first thing wrong with one document, or None. Checked where
+    documents enter (query's Ingest) and again where they leave the queue (the worker)."""
+    if not _DOCUMENT_ID.fullmatch(d.document_id):
+        return "document_id", "must be 1-256 characters without whitespace or '#'"
+    if len(d.title) > 1000:
+        return "title", "longer than 1000 characters"
+    if not d.text.strip():
+        return "text", "must not be empty"
+    if len(d.source) > 2048:
+        return "source", "longer than 2048 characters"
+    if len(d.metadata) > MAX_METADATA:
+        return "metadata", f"more than {MAX_METADATA} entries"
+    for k, v in d.metadata.items():
+        if not k or len(k) > 128 or len(v) > 1024:
+            return f"metadata[{quoted(k)}]", "keys need 1-128 characters, values at most 1024"
+    return None

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -21,12 +20,10 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError, ResponseError
 
 from ragmesh.kit import tracing
-from ragmesh.kit.domain import DocumentIn, JobState, JobStatus
-from ragmesh.kit.errors import DependencyUnavailable, InvalidArgument, NotFound, quoted
+from ragmesh.kit.domain import DocumentIn, JobState, JobStatus, document_problem, is_job_id
+from ragmesh.kit.errors import DependencyUnavailable, NotFound, quoted
 
 GROUP = "ingest-workers"
-_DOCUMENT_ID = re.compile(r"[^\s#]{1,256}")
-MAX_METADATA = 32
 
 
 @dataclass(frozen=True)
@@ -44,52 +41,6 @@ class Entry:
     problem: str = ""
 
 
-_JOB_ID = re.compile(r"[0-9a-f]{32}")
-
-
-def validate_job_id(job_id: str) -> None:
-    """Raise InvalidArgument unless ``job_id`` has the form Ingest hands out."""
-    if not job_id:
-        raise InvalidArgument("job_id", "must not be empty")
-    if not _JOB_ID.fullmatch(job_id):
-        raise InvalidArgument("job_id", "must be the 32 lowercase hex digits Ingest returned")
-
-
-def validate_documents(docs: Sequence[DocumentIn], max_documents: int, max_chars: int) -> None:
-    """Raise InvalidArgument naming the first bad field of an Ingest request."""
-    if not docs:
-        raise InvalidArgument("documents", "at least one document is required")
-    if len(docs) > max_documents:
-        raise InvalidArgument("documents", f"{len(docs)} exceed the limit of {max_documents}")
-    seen: set[str] = set()
-    for i, d in enumerate(docs):
-        f = f"documents[{i}]"
-        if not _DOCUMENT_ID.fullmatch(d.document_id):
-            raise InvalidArgument(
-                f"{f}.document_id", "must be 1-256 characters without whitespace or '#'"
-            )
-        if d.document_id in seen:
-            raise InvalidArgument(f"{f}.document_id", f"duplicate id {quoted(d.document_id)}")
-        seen.add(d.document_id)
-        if len(d.title) > 1000:
-            raise InvalidArgument(f"{f}.title", "longer than 1000 characters")
-        if not d.text.strip():
-            raise InvalidArgument(f"{f}.text", "must not be empty")
-        if len(d.text) > max_chars:
-            raise InvalidArgument(
-                f"{f}.text", f"{len(d.text)} characters exceed the limit of {max_chars}"
-            )
-        if len(d.source) > 2048:
-            raise InvalidArgument(f"{f}.source", "longer than 2048 characters")
-        if len(d.metadata) > MAX_METADATA:
-            raise InvalidArgument(f"{f}.metadata", f"more than {MAX_METADATA} entries")
-        for k, v in d.metadata.items():
-            if not k or len(k) > 128 or len(v) > 1024:
-                raise InvalidArgument(
-                    f"{f}.metadata[{quoted(k)}]", "keys need 1-128 characters, values at most 1024"
-                )
-
-
 def _text(value: object) -> str:
     if not isinstance(value, str):
         raise ValueError(f"expected a string, got {type(value).__name__}")
@@ -100,7 +51,7 @@ def parse_entry(entry_id: str, fields: Mapping[bytes, bytes]) -> Entry:
     """The entry as :meth:`JobQueue.enqueue` wrote it; one that is not comes back with
     ``problem`` set (and the job it names, when that much is readable), never raises."""
     job_id = fields.get(b"job", b"").decode("utf-8", "replace")
-    if not _JOB_ID.fullmatch(job_id):
+    if not is_job_id(job_id):
         job_id = ""
     try:
         seq = int(fields.get(b"seq", b"-1"))
@@ -118,12 +69,14 @@ def parse_entry(entry_id: str, fields: Mapping[bytes, bytes]) -> Entry:
             metadata={_text(k): _text(v) for k, v in metadata.items()},
             source=_text(body.get("source", "")),
         )
-        validate_documents([doc], 1, len(doc.text) or 1)
+        found = document_problem(doc)
+        if found is not None:
+            raise ValueError(f"{found[0]}: {found[1]}")
         trace = json.loads(fields.get(b"trace", b"{}"))
         if not isinstance(trace, dict):
             trace = {}
         carried = {k: v for k, v in trace.items() if isinstance(k, str) and isinstance(v, str)}
-    except (KeyError, ValueError, TypeError, AttributeError, InvalidArgument) as e:
+    except (KeyError, ValueError, TypeError, AttributeError) as e:
         problem = f"malformed queue entry {entry_id}: {type(e).__name__}: {str(e)[:200]}"
         return Entry(entry_id, job_id, seq, DocumentIn("", "", ""), problem=problem)
     if not job_id:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import asdict
 
 import numpy as np
@@ -23,14 +23,17 @@ from ragmesh.kit.domain import (
     Citation,
     Citations,
     Delta,
+    DocumentIn,
     Done,
     Finish,
     Matrix,
     Purpose,
     Timings,
+    document_problem,
+    is_job_id,
     validate_params,
 )
-from ragmesh.kit.errors import InvalidArgument
+from ragmesh.kit.errors import InvalidArgument, quoted
 from ragmesh.kit.peers import Embedder, Generator, Retriever
 from ragmesh.kit.tracing import tracer
 from ragmesh.query.cache import LOOKUPS, Cache
@@ -220,3 +223,33 @@ class AskPipeline:
             True,
             value["index_version"],
         )
+
+
+def validate_job_id(job_id: str) -> None:
+    """Raise InvalidArgument unless ``job_id`` has the form Ingest hands out."""
+    if not job_id:
+        raise InvalidArgument("job_id", "must not be empty")
+    if not is_job_id(job_id):
+        raise InvalidArgument("job_id", "must be the 32 lowercase hex digits Ingest returned")
+
+
+def validate_documents(docs: Sequence[DocumentIn], max_documents: int, max_chars: int) -> None:
+    """Raise InvalidArgument naming the first bad field of an Ingest request."""
+    if not docs:
+        raise InvalidArgument("documents", "at least one document is required")
+    if len(docs) > max_documents:
+        raise InvalidArgument("documents", f"{len(docs)} exceed the limit of {max_documents}")
+    seen: set[str] = set()
+    for i, d in enumerate(docs):
+        found = document_problem(d)
+        if found is not None:
+            raise InvalidArgument(f"documents[{i}].{found[0]}", found[1])
+        if d.document_id in seen:
+            raise InvalidArgument(
+                f"documents[{i}].document_id", f"duplicate id {quoted(d.document_id)}"
+            )
+        seen.add(d.document_id)
+        if len(d.text) > max_chars:
+            raise InvalidArgument(
+                f"documents[{i}].text", f"{len(d.text)} characters exceed the limit of {max_chars}"
+            )

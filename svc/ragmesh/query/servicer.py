@@ -9,8 +9,8 @@ import grpc
 
 from ragmesh.kit import codec
 from ragmesh.kit.config import QuerySettings
-from ragmesh.kit.jobqueue import JobQueue, validate_documents, validate_job_id
-from ragmesh.query.service import AskPipeline
+from ragmesh.kit.jobqueue import JobQueue
+from ragmesh.query.service import AskPipeline, validate_documents, validate_job_id
 from ragmesh.v1 import query_service_pb2, query_service_pb2_grpc
 
 SERVICE_NAME = query_service_pb2.DESCRIPTOR.services_by_name["QueryService"].full_name
