@@ -21,15 +21,12 @@ from cloudcoil.resources import get_model
 from google.api import annotations_pb2
 from google.protobuf import descriptor_pb2
 
-from ragmesh_lab.meshlab import manifests
+from ragmesh_lab.meshlab import manifests, matrix
 from ragmesh_lab.meshlab.manifests import TranslationError
 from scripts import rest_bridge as rest
 from tests.support.contract import (
-    CLUSTER_ONLY,
-    GATE_PORT,
     GRPC_WORKLOADS,
     ROOT,
-    api_paths,
     matrix_contract,
     principals_in,
 )
@@ -147,26 +144,10 @@ def test_peer_authentication_is_strict_mesh_wide_and_per_namespace() -> None:
     assert policy.deny_all == {"rag-prod", "rag-infra"}
 
 
-def _grants(policy: manifests.MeshPolicy, principals: list[str]) -> set[tuple[str, int, str, str]]:
-    space = [(w, manifests.GRPC_PORT, p, "POST") for w in GRPC_WORKLOADS for p in api_paths()]
-    space += [(w, manifests.GRPC_PORT, p, "POST") for w in CLUSTER_ONLY for p in api_paths()]
-    space += [
-        (w, manifests.METRICS_PORT, "/metrics", "GET") for w in (*GRPC_WORKLOADS, *CLUSTER_ONLY)
-    ]
-    space += [("gate", GATE_PORT, "/recall", "POST"), ("gate", GATE_PORT, "/recall", "GET")]
-    space += [("redis", 6379, "TCP", "")]
-    return {
-        (w, port, path, who)
-        for w, port, path, method in space
-        for who in principals
-        if policy.allows(w, who, path, port, method)
-    }
-
-
-def test_manifests_grant_exactly_the_readme_matrix() -> None:
+def test_manifests_grant_exactly_the_matrix() -> None:
     policy = manifests.load(ROOT)
     contract = matrix_contract()
-    granted = _grants(policy, principals_in(policy, contract))
+    granted = matrix.granted(policy, principals_in(policy, contract), GRPC_WORKLOADS)
     assert granted - contract == set(), "granted by the manifests but not in the contract"
     assert contract - granted == set(), "in the contract but not granted by the manifests"
 
@@ -231,3 +212,17 @@ def test_the_docs_show_the_authorization_matrix_file() -> None:
         text=True,
     )
     assert done.returncode == 0, done.stderr
+
+
+def test_the_local_mesh_refuses_manifests_that_do_not_implement_the_matrix(
+    repo_copy: Path,
+) -> None:
+    from ragmesh_lab.meshlab.lab import MeshLab
+
+    MeshLab(repo_copy, repo_copy / "work").down()  # as they are: accepted
+    path = repo_copy / "mesh" / "authorization-matrix.yaml"
+    path.write_text(
+        path.read_text().replace("  - cluster.local/ns/rag-prod/sa/ragmesh-gate\n", "", 1)
+    )
+    with pytest.raises(manifests.TranslationError, match="granted but not in the matrix"):
+        MeshLab(repo_copy, repo_copy / "work2")

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from ragmesh_lab.cli.supervisor import Proc, Stack, StackError, free_port
-from ragmesh_lab.meshlab import manifests
+from ragmesh_lab.meshlab import manifests, matrix
 from ragmesh_lab.meshlab.ca import Identity, LocalCA
 from ragmesh_lab.meshlab.envoy import Inbound, Outbound, RestBridge, Tracing, sidecar_config
 from ragmesh_lab.meshlab.manifests import GRPC_PORT, METRICS_PORT, MeshPolicy, Rule, ServicePolicy
@@ -113,6 +113,8 @@ class MeshLab:
         self.root = root
         self.rest_port = rest_port  # the ingress's REST port; 0: a free one
         self.policy = policy or manifests.load(root)
+        if policy is None:  # the manifests as they are must implement the contract
+            matrix.check(self.policy, root, START_ORDER)
         self.stack = Stack(workdir)
         self.otlp_port = 0
         if otlp_port:
