@@ -270,6 +270,30 @@ async def test_request_id_and_deadline_reach_downstream_streams(
     await channel.close()
 
 
+async def test_the_canary_routing_header_reaches_generation_and_nothing_else_steers(
+    stop_hosts: list[ServiceHost],
+) -> None:
+    """What query does with a user's Ask: the A/B header of the generation canary goes on
+    to the Generate call (so the mesh routes it to the canary); other headers do not."""
+    downstream_gen = FakeGeneration()
+    downstream = await start(settings_for(), spec(downstream_gen, GEN))
+    relay = FakeGeneration(embed_target=f"127.0.0.1:{downstream.port}")
+    upstream = await start(settings_for(), spec(relay, GEN))
+    stop_hosts.extend([upstream, downstream])
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{upstream.port}")
+    stub = gpb_grpc.GenerationServiceStub(channel)
+    for value, forwarded in (("true", True), ("false", True), ("yes-please", False)):
+        md = (("x-ragmesh-canary", value), ("x-ragmesh-route", "canary"), ("x-version", "v2"))
+        request = gpb.GenerateRequest(question="relay")
+        [_ async for _ in stub.Generate(request, timeout=5, metadata=md)]
+        headers, _ = downstream_gen.seen[-1]
+        assert headers.get("x-ragmesh-canary") == (value if forwarded else None)
+        assert "x-ragmesh-route" not in headers and "x-version" not in headers
+    assert relay.channel is not None
+    await relay.channel.close()
+    await channel.close()
+
+
 async def test_request_id_and_deadline_reach_downstream_calls(
     stop_hosts: list[ServiceHost],
 ) -> None:

@@ -1,8 +1,8 @@
 """Per-call context carried from an inbound RPC to the outbound calls it makes.
 
 The server interceptor stores the request id, the tracing headers Istio/Envoy need
-propagated, and the caller's deadline; the client interceptor in
-:mod:`ragmesh.kit.channels` reads them back. No grpc import here.
+propagated, the routing headers of the canaries, and the caller's deadline; the client
+interceptor in :mod:`ragmesh.kit.channels` reads them back. No grpc import here.
 """
 
 from __future__ import annotations
@@ -15,23 +15,30 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 REQUEST_ID_KEY = "x-request-id"
+#: The routing headers the design names (the generation canary's A/B match): forwarded so a
+#: user's Ask reaches the canary it opted into. Other x-ragmesh-* headers are not forwarded,
+#: so a client cannot steer the services behind the front door.
+ROUTING_KEYS = frozenset({"x-ragmesh-canary"})
 
 # Headers Istio asks applications to forward so one request forms one trace.
-PROPAGATED_KEYS = frozenset(
-    {
-        REQUEST_ID_KEY,
-        "traceparent",
-        "tracestate",
-        "b3",
-        "x-b3-traceid",
-        "x-b3-spanid",
-        "x-b3-parentspanid",
-        "x-b3-sampled",
-        "x-b3-flags",
-        "x-ot-span-context",
-        "x-cloud-trace-context",
-        "baggage",
-    }
+PROPAGATED_KEYS = (
+    frozenset(
+        {
+            REQUEST_ID_KEY,
+            "traceparent",
+            "tracestate",
+            "b3",
+            "x-b3-traceid",
+            "x-b3-spanid",
+            "x-b3-parentspanid",
+            "x-b3-sampled",
+            "x-b3-flags",
+            "x-ot-span-context",
+            "x-cloud-trace-context",
+            "baggage",
+        }
+    )
+    | ROUTING_KEYS
 )
 
 
@@ -42,8 +49,14 @@ _REQUEST_ID = re.compile(r"[A-Za-z0-9._:@/+=-]{1,128}")
 _HEADER_VALUE = re.compile(r"[\x20-\x7e]{0,8192}")
 
 
+_ROUTING_VALUE = re.compile(r"true|false")
+
+
 def _safe(key: str, value: str) -> bool:
-    pattern = _REQUEST_ID if key == REQUEST_ID_KEY else _HEADER_VALUE
+    if key in ROUTING_KEYS:
+        pattern = _ROUTING_VALUE
+    else:
+        pattern = _REQUEST_ID if key == REQUEST_ID_KEY else _HEADER_VALUE
     return pattern.fullmatch(value) is not None
 
 
@@ -75,7 +88,8 @@ def from_metadata(
     """Build the context of an inbound call from its metadata and time remaining.
 
     Only well-formed values are kept: a request id outside ``[A-Za-z0-9._:@/+=-]{1,128}`` is
-    replaced by a fresh one, and a tracing header that is not printable ASCII is dropped.
+    replaced by a fresh one, a tracing header that is not printable ASCII is dropped, and a
+    routing header other than ``true``/``false`` is dropped.
     """
     headers: list[tuple[str, str]] = []
     request_id = ""
