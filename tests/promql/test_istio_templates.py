@@ -192,3 +192,41 @@ def test_ingest_failures_template(tmp_path: Path) -> None:
     ]
     failure = promtool_test(tmp_path, {"groups": []}, tests)
     assert failure == "", failure
+
+
+def _own(name: str, pod: str, labels: str, values: str) -> dict[str, str]:
+    return {"series": f'{name}{{namespace="{NS}",pod="{pod}",{labels}}}', "values": values}
+
+
+def test_every_gate_is_empty_when_the_canary_received_no_traffic(tmp_path: Path) -> None:
+    """No value fails Flagger's check: with no traffic (no series, or counters that did not
+    move) no template may yield a number, and the ingest gate yields one only after work."""
+    idle = "idle-5d9c7b-x2x4q"  # the canary's pod: its counters exist but never moved
+    busy = "busy-5d9c7b-k8k8k"  # documents processed, none failed
+    failing = "failing-5d9c7b-q1q1q"
+    docs = "ragmesh_ingest_documents_total"
+    inputs = [
+        _own(docs, idle, 'outcome="done"', "5x20"),
+        _own(docs, busy, 'outcome="done"', "0+3x20"),
+        _own(docs, failing, 'outcome="done"', "0+3x20"),
+        _own(docs, failing, 'outcome="failed"', "0+1x20"),
+    ]
+    exprs = []
+    for name, template in templates().items():
+        variables = {"histogram": "ragmesh_generation_time_to_first_token_seconds"}
+        for target in ("absent", "idle"):
+            query = render(template, namespace=NS, target=target, variables=variables)
+            exprs.append({"expr": query, "eval_time": "4m", "exp_samples": []})
+        if name == "ingest-failures":
+            for target, value in (("busy", 0), ("failing", 4)):
+                query = render(template, namespace=NS, target=target, interval="1m")
+                exprs.append(
+                    {
+                        "expr": f"round({query})",
+                        "eval_time": "4m",
+                        "exp_samples": [{"labels": "{}", "value": value}],
+                    }
+                )
+    tests = [{"interval": "15s", "input_series": inputs, "promql_expr_test": exprs}]
+    failure = promtool_test(tmp_path, {"groups": []}, tests)
+    assert failure == "", failure
