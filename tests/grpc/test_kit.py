@@ -14,7 +14,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from ragmesh.kit.channels import open_channel
 from ragmesh.kit.errors import DependencyUnavailable, InvalidArgument
-from ragmesh.kit.server import ServiceHost, ServiceSpec
+from ragmesh.kit.server import NOT_SERVING, SERVING, ServiceHost, ServiceSpec
 from ragmesh.v1 import (
     common_pb2,
 )
@@ -346,3 +346,35 @@ async def test_idempotent_calls_are_retried_and_generate_is_not(
     assert e.value.code() is grpc.StatusCode.UNAVAILABLE and gen.calls == 1
     await ch_a.close()
     await ch_b.close()
+
+
+async def test_engine_health_drives_grpc_health(stop_hosts: list[ServiceHost]) -> None:
+    """An engine that turns unhealthy (or whose check fails, e.g. a model server that is
+    unreachable) makes the service NOT_SERVING within a few intervals, SERVING once back."""
+    state: dict[str, object] = {"ok": True}
+
+    async def engine_health() -> bool:
+        if isinstance(state["ok"], Exception):
+            raise state["ok"]
+        return bool(state["ok"])
+
+    host_spec = spec(FakeEmbedding(), EMB)
+    host_spec.health = engine_health
+    host = await start(settings_for(RAGMESH_HEALTH_INTERVAL_SECONDS="0.05"), host_spec)
+    stop_hosts.append(host)
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{host.port}")
+
+    async def becomes(status: int) -> None:
+        for _ in range(100):  # bounded: 2 s
+            if await check(channel, "") == status and await check(channel, EMB) == status:
+                return
+            await asyncio.sleep(0.02)
+        raise AssertionError(f"health did not become {status}")
+
+    await becomes(SERVING)
+    for broken in (False, ConnectionError("model server unreachable")):
+        state["ok"] = broken
+        await becomes(NOT_SERVING)
+        state["ok"] = True
+        await becomes(SERVING)
+    await channel.close()

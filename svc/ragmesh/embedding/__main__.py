@@ -23,6 +23,7 @@ def build(service: EmbeddingService) -> ServiceSpec:
         register=register(service),
         load=load,
         close=service.close,
+        health=service.health,
     )
 
 

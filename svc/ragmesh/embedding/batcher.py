@@ -94,6 +94,10 @@ class MicroBatcher(Generic[K]):
             await self._queue.put(_Pending(texts, key, future, span))
             return await future
 
+    def healthy(self) -> bool:
+        """False once the worker task ended on its own (it only ends when closed)."""
+        return self._worker is None or not self._worker.done()
+
     async def close(self) -> None:
         """Stop the worker and fail whatever is still queued."""
         if self._worker is not None:

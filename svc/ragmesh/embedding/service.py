@@ -28,6 +28,10 @@ class EmbeddingService:
         """Load the model (blocking: call it from a worker thread)."""
         self.model = self._factory(self.settings)
 
+    async def health(self) -> bool:
+        """The model is loaded and the batcher's worker is alive."""
+        return self.model is not None and self.batcher is not None and self.batcher.healthy()
+
     def start(self) -> None:
         """Create the batcher; call on the event loop after :meth:`load`."""
         assert self.model is not None, "load() first"

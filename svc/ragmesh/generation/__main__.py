@@ -19,6 +19,7 @@ def build(service: GenerationService) -> ServiceSpec:
         register=register(service),
         load=service.engine.load,
         close=service.engine.close,
+        health=service.engine.health,
     )
 
 

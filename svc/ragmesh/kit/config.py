@@ -107,6 +107,13 @@ class ServerSettings:
         "Fault injection for canary-analysis tests: percent of API calls failed with "
         "UNAVAILABLE. Keep 0 in real deployments.",
     )
+    health_interval: float = setting(
+        "RAGMESH_HEALTH_INTERVAL_SECONDS",
+        "2",
+        "Seconds between checks of the engine's own health (model loaded, model server "
+        "reachable); an unhealthy engine turns gRPC health NOT_SERVING until it recovers.",
+        minimum=0.05,
+    )
     otlp_endpoint: str = setting(
         "RAGMESH_OTLP_ENDPOINT",
         "",

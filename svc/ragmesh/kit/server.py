@@ -72,6 +72,10 @@ class ServiceSpec:
     #: when it ends or raises, the error is logged with its traceback and health turns
     #: NOT_SERVING, so the liveness probe restarts the process
     watch: Callable[[], Awaitable[None]] | None = None
+    #: the engine's own health (a model server reachable, a model loaded), asked every
+    #: RAGMESH_HEALTH_INTERVAL_SECONDS after load: False or an error turns health NOT_SERVING
+    #: until it answers True again (text-embeddings-inference's health watcher, in spirit)
+    health: Callable[[], Awaitable[bool]] | None = None
 
 
 def faults(settings: ServerSettings) -> list[FaultInterceptor]:
@@ -105,6 +109,7 @@ class ServiceHost:
         self._metrics_httpd: Any = None
         self._stopped = asyncio.Event()
         self._watcher: asyncio.Task[None] | None = None
+        self._prober: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         """Bind and start serving; every service reports NOT_SERVING until :meth:`load`."""
@@ -134,6 +139,27 @@ class ServiceHost:
         log.info("%s ready", self.spec.name)
         if self.spec.watch is not None:
             self._watcher = asyncio.get_running_loop().create_task(self._watch(self.spec.watch))
+        if self.spec.health is not None:
+            self._prober = asyncio.get_running_loop().create_task(self._probe(self.spec.health))
+
+    async def _probe(self, healthy: Callable[[], Awaitable[bool]]) -> None:
+        """Follow the engine's health: NOT_SERVING while it is down, SERVING once it is back."""
+        serving = True
+        while not self._stopped.is_set():
+            await asyncio.sleep(self.settings.health_interval)
+            try:
+                ok = bool(await asyncio.wait_for(healthy(), self.settings.health_interval))
+                problem = "" if ok else "reports unhealthy"
+            except Exception as e:
+                ok, problem = False, f"health check failed: {type(e).__name__}: {e}"
+            if self._stopped.is_set() or ok == serving:
+                continue
+            serving = ok
+            if ok:
+                log.info("%s engine healthy again: SERVING", self.spec.name)
+            else:
+                log.warning("%s engine %s: NOT_SERVING", self.spec.name, problem)
+            await self._set_all(SERVING if ok else NOT_SERVING)
 
     async def _watch(self, work: Callable[[], Awaitable[None]]) -> None:
         try:
@@ -158,10 +184,11 @@ class ServiceHost:
         await self.server.stop(self.settings.grace_seconds)
         if self.spec.close is not None:
             await self.spec.close()
-        if self._watcher is not None:
-            self._watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watcher
+        for task in (self._watcher, self._prober):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         if self._metrics_httpd is not None:
             self._metrics_httpd.shutdown()
             self._metrics_httpd.server_close()

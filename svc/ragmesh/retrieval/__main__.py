@@ -18,6 +18,7 @@ def build(service: RetrievalService) -> ServiceSpec:
         register=register(service),
         load=service.open,
         close=service.close,
+        health=service.health,
     )
 
 

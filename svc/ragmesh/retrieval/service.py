@@ -134,6 +134,11 @@ class RetrievalService:
             except Exception:  # a torn read is retried on the next tick
                 log.exception("index refresh failed")
 
+    async def health(self) -> bool:
+        """The index is open and, on a reader, the log follower still runs."""
+        follower_alive = self._follower is None or not self._follower.done()
+        return self._open and follower_alive
+
     async def close(self) -> None:
         if self._follower is not None:
             self._follower.cancel()
