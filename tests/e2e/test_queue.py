@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import grpc
 import numpy as np
 import pytest
 import redis
+import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from ragmesh.ingest.__main__ import build
@@ -20,6 +22,7 @@ from ragmesh.kit.jobqueue import JobQueue, connect
 from ragmesh.kit.server import ServiceHost
 from ragmesh_lab.cli.supervisor import Stack
 from tests.conftest import settings_for, start
+from tests.support.contract import ROOT
 
 
 @pytest.fixture(scope="module")
@@ -212,3 +215,37 @@ async def test_the_local_redis_needs_its_password_and_keeps_the_queue_across_a_r
         await client.aclose()
     finally:
         stack.down()
+
+
+def keda_trigger() -> dict[str, object]:
+    docs = yaml.safe_load_all((ROOT / "rollouts" / "ingest" / "workload.yaml").read_text())
+    scaled = next(d for d in docs if d and d["kind"] == "ScaledObject")
+    return {"spec": scaled["spec"], "metadata": scaled["spec"]["triggers"][0]["metadata"]}
+
+
+def keda_replicas(trigger: dict[str, object], pending: int, lag: int) -> int:
+    """The replica count the HPA that KEDA drives computes for the shipped redis-streams
+    trigger: ceil(metric / target) (AverageValue), clamped to min and max replica counts."""
+    spec, meta = trigger["spec"], trigger["metadata"]
+    assert isinstance(spec, dict) and isinstance(meta, dict)
+    if "lagCount" in meta:
+        metric, target = lag, int(meta["lagCount"])
+    elif "pendingEntriesCount" in meta:
+        metric, target = pending, int(meta["pendingEntriesCount"])
+    else:
+        raise AssertionError(f"unexpected trigger {meta}")
+    wanted = math.ceil(metric / target)
+    return max(spec["minReplicaCount"], min(spec["maxReplicaCount"], wanted))
+
+
+async def test_keda_scales_ingest_out_on_a_real_backlog(queue: JobQueue) -> None:
+    """200 documents wait while two workers each hold one: the shipped trigger must ask for
+    more workers (pendingEntriesCount saw 2 and kept one replica)."""
+    await queue.enqueue([DocumentIn(f"d{i}", "", TEXT) for i in range(200)])
+    for worker_name in ("w1", "w2"):  # two busy workers, each with an entry in hand
+        assert len(await queue.read(worker_name, 1, 0, pending=False)) == 1
+    pending, lag = await queue.backlog()
+    assert (pending, lag) == (2, 198)
+    trigger = keda_trigger()
+    assert keda_replicas(trigger, pending, lag) == 10  # 198 / 20 -> 10, the maximum
+    assert keda_replicas(trigger, 0, 0) == 1  # an empty queue: back to the minimum
