@@ -242,16 +242,23 @@ async def test_concurrency_cap_gives_resource_exhausted_but_health_answers(
     await channel.close()
 
 
-async def test_request_id_and_deadline_reach_downstream_streams(
+async def relay_chain(
     stop_hosts: list[ServiceHost],
-) -> None:
-    """A server-streaming outbound call (query → Generate) carries them too."""
+) -> tuple[FakeGeneration, FakeGeneration, grpc.aio.Channel]:
+    """A generation that relays Generate to another (what query does), and a channel to it."""
     downstream_gen = FakeGeneration()
     downstream = await start(settings_for(), spec(downstream_gen, GEN))
     relay = FakeGeneration(embed_target=f"127.0.0.1:{downstream.port}")
     upstream = await start(settings_for(), spec(relay, GEN))
     stop_hosts.extend([upstream, downstream])
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{upstream.port}")
+    return downstream_gen, relay, grpc.aio.insecure_channel(f"127.0.0.1:{upstream.port}")
+
+
+async def test_request_id_and_deadline_reach_downstream_streams(
+    stop_hosts: list[ServiceHost],
+) -> None:
+    """A server-streaming outbound call (query → Generate) carries them too."""
+    downstream_gen, relay, channel = await relay_chain(stop_hosts)
     stub = gpb_grpc.GenerationServiceStub(channel)
     md = (("x-request-id", "req-43"), ("traceparent", "00-" + "c" * 32 + "-" + "d" * 16 + "-01"))
     replies = [
@@ -275,12 +282,7 @@ async def test_the_canary_routing_header_reaches_generation_and_nothing_else_ste
 ) -> None:
     """What query does with a user's Ask: the A/B header of the generation canary goes on
     to the Generate call (so the mesh routes it to the canary); other headers do not."""
-    downstream_gen = FakeGeneration()
-    downstream = await start(settings_for(), spec(downstream_gen, GEN))
-    relay = FakeGeneration(embed_target=f"127.0.0.1:{downstream.port}")
-    upstream = await start(settings_for(), spec(relay, GEN))
-    stop_hosts.extend([upstream, downstream])
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{upstream.port}")
+    downstream_gen, relay, channel = await relay_chain(stop_hosts)
     stub = gpb_grpc.GenerationServiceStub(channel)
     for value, forwarded in (("true", True), ("false", True), ("yes-please", False)):
         md = (("x-ragmesh-canary", value), ("x-ragmesh-route", "canary"), ("x-version", "v2"))

@@ -216,7 +216,7 @@ class JobStatus:
 
 _DOCUMENT_ID = re.compile(r"[^\s#]{1,256}")
 _JOB_ID = re.compile(r"[0-9a-f]{32}")
-MAX_METADATA = 32
+MAX_METADATA = 32  # entries of a document's or a chunk's metadata
 
 
 def is_job_id(value: str) -> bool:
@@ -235,9 +235,16 @@ def document_problem(d: DocumentIn) -> tuple[str, str] | None:
         return "text", "must not be empty"
     if len(d.source) > 2048:
         return "source", "longer than 2048 characters"
-    if len(d.metadata) > MAX_METADATA:
-        return "metadata", f"more than {MAX_METADATA} entries"
-    for k, v in d.metadata.items():
+    found = metadata_problem(d.metadata)
+    return None if found is None else (f"metadata{found[0]}", found[1])
+
+
+def metadata_problem(metadata: Mapping[str, str]) -> tuple[str, str] | None:
+    """("", problem) or ("[key]", problem) for metadata over the limits, or None: the same
+    rule for a document's metadata and a chunk's."""
+    if len(metadata) > MAX_METADATA:
+        return "", f"more than {MAX_METADATA} entries"
+    for k, v in metadata.items():
         if not k or len(k) > 128 or len(v) > 1024:
-            return f"metadata[{quoted(k)}]", "keys need 1-128 characters, values at most 1024"
+            return f"[{quoted(k)}]", "keys need 1-128 characters, values at most 1024"
     return None

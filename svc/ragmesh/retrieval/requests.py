@@ -3,12 +3,12 @@ problem is an InvalidArgument naming the proto field (``chunks[3].vector``). No 
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-from ragmesh.kit.domain import Matrix
+from ragmesh.kit.domain import Matrix, metadata_problem
 from ragmesh.kit.errors import InvalidArgument, quoted
 from ragmesh.retrieval.store import ChunkIn
 
@@ -39,17 +39,6 @@ def _unit(vectors: Matrix, field_name: str) -> Matrix:
 
 
 MAX_ID_CHARS = 512  # chunk and document ids
-MAX_METADATA = 32  # entries per chunk
-
-
-def _check_metadata(metadata: Mapping[str, str], field_name: str) -> None:
-    if len(metadata) > MAX_METADATA:
-        raise InvalidArgument(field_name, f"more than {MAX_METADATA} entries")
-    for k, v in metadata.items():
-        if not k or len(k) > 128 or len(v) > 1024:
-            raise InvalidArgument(
-                f"{field_name}[{quoted(k)}]", "keys need 1-128 characters, values at most 1024"
-            )
 
 
 def upsert(chunks: Sequence[ChunkIn], limits: Limits, dim: int) -> Matrix:
@@ -76,7 +65,9 @@ def upsert(chunks: Sequence[ChunkIn], limits: Limits, dim: int) -> Matrix:
         seen.add(c.chunk_id)
         if not c.text.strip():  # generation has nothing to quote from a blank chunk
             raise InvalidArgument(f"chunks[{i}].text", "must not be blank")
-        _check_metadata(c.metadata, f"chunks[{i}].metadata")
+        found = metadata_problem(c.metadata)
+        if found is not None:
+            raise InvalidArgument(f"chunks[{i}].metadata{found[0]}", found[1])
         if len(c.text) > limits.max_chunk_chars:
             raise InvalidArgument(
                 f"chunks[{i}].text",
