@@ -71,12 +71,13 @@ rest-bridge: venv ## rewrite mesh/rest-bridge.yaml (the ingress gateway's REST t
 openapi: venv system-deps ## rewrite docs/api/ragmesh.swagger.json with grpc-gateway's generator
 	PY=$(PY) bash scripts/openapi.sh docs/api
 
-proto: venv ## regenerate svc/ragmesh/v1 from proto/
+proto: venv ## regenerate svc/ragmesh/v1 and the load tester's protoset from proto/
 	PY=$(PY) scripts/genproto.sh svc
 
 check-proto: venv ## fail when the committed generated code is stale
-	@tmp=$$(mktemp -d) && PY=$(PY) scripts/genproto.sh $$tmp >/dev/null && \
-	  diff -r -x __pycache__ $$tmp/ragmesh/v1 svc/ragmesh/v1 && rm -rf $$tmp && \
+	@tmp=$$(mktemp -d) && PY=$(PY) PROTOSET=$$tmp/ragmesh.protoset scripts/genproto.sh $$tmp >/dev/null && \
+	  diff -r -x __pycache__ $$tmp/ragmesh/v1 svc/ragmesh/v1 && \
+	  cmp $$tmp/ragmesh.protoset rollouts/loadtester/ragmesh.protoset && rm -rf $$tmp && \
 	  echo "generated code is fresh" || { rm -rf $$tmp; echo "stale generated code: run 'make proto'"; exit 1; }
 
 buf-deps: venv

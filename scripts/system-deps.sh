@@ -6,6 +6,8 @@ set -euo pipefail
 need=()
 command -v redis-server >/dev/null || need+=(redis-server)
 command -v promtool >/dev/null || need+=(prometheus)  # prometheus + promtool, for the PromQL tests
+command -v jq >/dev/null || need+=(jq)  # the canary webhooks pipe ghz's JSON report into jq
+command -v curl >/dev/null || need+=(curl)
 # grpc-gateway's generators (protoc-gen-grpc-gateway, protoc-gen-swagger): the OpenAPI document
 command -v protoc-gen-swagger >/dev/null || need+=(golang-grpc-gateway)
 if [ "${1:-}" = images ]; then

@@ -244,7 +244,7 @@ def test_services_and_sidecars_trace_to_one_reachable_collector(environment: str
         for t in telemetry
     )
     configs = {
-        (d["metadata"]["namespace"], d["metadata"]["name"]): d["data"]
+        (d["metadata"]["namespace"], d["metadata"]["name"]): d.get("data", {})
         for d in docs
         if d["kind"] == "ConfigMap"
     }
@@ -336,9 +336,15 @@ def test_load_webhooks_drive_real_rpcs_and_fail_without_traffic(environment: str
             if hook["name"] != "load":
                 continue
             assert hook["metadata"]["type"] == "bash"  # blocking: its exit status counts
-            ghz, _, check = hook["metadata"]["cmd"].partition("|")
+            # a failing ghz fails the hook whatever jq does with empty input (jq 1.6 exits 0)
+            pipefail, _, pipeline = hook["metadata"]["cmd"].partition("; ")
+            assert pipefail == "set -o pipefail"
+            ghz, _, check = pipeline.partition("|")
             args = shlex.split(ghz)
             assert args[0] == "ghz" and "-z" in args and "-O" in args
+            # the schema from the mounted descriptor set: no server reflection, which the
+            # authorization policies deny to the load tester
+            assert args[args.index("--protoset") + 1] == "/etc/ragmesh/ragmesh.protoset"
             call = args[args.index("--call") + 1]
             assert call in methods, call  # a real ragmesh RPC, not a health check
             request_type = message_factory.GetMessageClass(methods[call].input_type)
