@@ -251,6 +251,14 @@ def cmd_mesh(args: argparse.Namespace) -> int:
         print("stopped", flush=True)
 
 
+def cmd_rehearse(args: argparse.Namespace) -> int:
+    from ragmesh_lab.rehearsal.run import rehearse
+
+    workdir = args.data_dir / "rehearsals" / f"{args.service}-{args.scenario}"
+    result = rehearse(args.manifests, args.service, args.scenario, workdir, args.timescale)
+    return 0 if result.as_expected else 1
+
+
 def sidecar_state(admin: str) -> str:
     """An Envoy's /ready answer from its admin socket (``unix:PATH``)."""
     from ragmesh_lab.meshlab.lab import admin_get
@@ -338,6 +346,26 @@ def parser() -> argparse.ArgumentParser:
         action="store_true",
         help="run a local OTLP receiver; every Envoy and service sends it spans",
     )
+    rh = sub.add_parser(
+        "rehearse",
+        help="play a Canary's release (Flagger's analysis) on the local mesh; prints a timeline",
+    )
+    rh.add_argument("service", help="a service with a Canary: embedding or retrieval")
+    rh.add_argument(
+        "--scenario",
+        default="good",
+        choices=("good", "errors", "latency", "quality", "no-traffic"),
+        help="the new release: good, or one that must be rolled back (default: good)",
+    )
+    rh.add_argument(
+        "--timescale",
+        type=float,
+        default=12.0,
+        help="compress Flagger's clock N times (default 12: a 1m interval takes 5 s)",
+    )
+    rh.add_argument(
+        "--manifests", type=Path, default=Path("."), help="directory holding mesh/ and rollouts/"
+    )
     tr = sub.add_parser("traces", help="print the traces of ragmesh mesh up --trace as trees")
     tr.add_argument("trace_id", nargs="?", default="", help="a trace id (or its prefix)")
     tr.add_argument("--last", type=int, default=1, help="how many of the latest traces")
@@ -353,10 +381,11 @@ def main(argv: list[str] | None = None) -> int:
         "status": cmd_status,
         "mesh": cmd_mesh,
         "traces": cmd_traces,
+        "rehearse": cmd_rehearse,
     }
     try:
         return commands[args.command](args)
-    except (CliError, StackError, TranslationError) as e:
+    except (CliError, StackError, TranslationError, ValueError) as e:
         print(f"ragmesh: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -88,6 +88,10 @@ class Inbound:
     listen: int
     app: int
     host: str = ""  # the Service's FQDN: names the spans, as Istio does
+    #: a second application port (a rolling update's next pod): with it, the sidecar health-
+    #: checks both (gRPC health) and sends traffic to the ones that are SERVING, as a Service
+    #: sends traffic only to ready pods
+    standby: int = 0
 
 
 @dataclass(frozen=True)
@@ -96,6 +100,24 @@ class RestBridge:
 
     listen: int
     filters: tuple[Json, ...]
+
+
+@dataclass(frozen=True)
+class Split:
+    """The VirtualService Flagger writes for a Canary: the host's traffic split between the
+    ``<name>-primary`` and ``<name>-canary`` endpoints by weight, mirrored to the canary, or,
+    for requests matching ``headers`` (A/B), by their own weights. The weights and the mirror
+    are runtime values (``RUNTIME_*`` keys) the rehearsal changes through the admin socket."""
+
+    canary: tuple[int, ...]  # the canary sidecars' inbound listener ports
+    primary_host: str
+    canary_host: str
+    headers: tuple[tuple[str, str], ...] = ()  # exact header matches of analysis.match
+
+
+RUNTIME_WEIGHTS = "rehearsal.weight"  # + ".<cluster>": the weighted route (all requests)
+RUNTIME_AB_WEIGHTS = "rehearsal.ab"  # + ".<cluster>": the header-matched route (A/B)
+RUNTIME_MIRROR = "rehearsal.mirror"  # percent of requests mirrored to the canary
 
 
 @dataclass(frozen=True)
@@ -110,6 +132,7 @@ class Outbound:
     peer: str  # SPIFFE id the upstream must present
     service: ServicePolicy | None = None
     rest: RestBridge | None = None
+    split: Split | None = None
 
     @property
     def cluster(self) -> str:
@@ -275,16 +298,34 @@ def _hcm(
     }
 
 
-def _local_cluster(name: str, port: int, protocol: Protocol) -> Json:
+def _local_cluster(name: str, port: int, protocol: Protocol, standby: int = 0) -> Json:
+    ports = [port, standby] if standby else [port]
     cluster: Json = {
         "name": name,
         "type": "STATIC",
         "connect_timeout": "1s",
         "load_assignment": {
             "cluster_name": name,
-            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": _address(port)}}]}],
+            "endpoints": [
+                {"lb_endpoints": [{"endpoint": {"address": _address(p)}} for p in ports]}
+            ],
         },
     }
+    if standby:  # only SERVING applications receive traffic, never all of them in panic
+        cluster["health_checks"] = [
+            {
+                "timeout": "1s",
+                "interval": "0.3s",
+                # a cluster with no healthy host gets no traffic: without these, Envoy would
+                # check it only every 60 s (no_traffic_interval's default)
+                "no_traffic_interval": "0.3s",
+                "no_traffic_healthy_interval": "0.3s",
+                "unhealthy_threshold": 2,
+                "healthy_threshold": 1,
+                "grpc_health_check": {},
+            }
+        ]
+        cluster["common_lb_config"] = {"healthy_panic_threshold": {"value": 0}}
     if protocol == "grpc":
         cluster["typed_extension_protocol_options"] = {
             "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": _typed(
@@ -359,7 +400,7 @@ def _inbound(
             {"filters": filters, "transport_socket": _downstream_tls(identity, alpn)}
         ],
     }
-    return listener, _local_cluster(cluster_name, inbound.app, inbound.protocol)
+    return listener, _local_cluster(cluster_name, inbound.app, inbound.protocol, inbound.standby)
 
 
 def retry_policy(service: ServicePolicy) -> Json | None:
@@ -414,24 +455,74 @@ def outlier_detection(service: ServicePolicy) -> Json | None:
     return out
 
 
-def _outbound(
-    identity: Identity, out: Outbound, tracing: Tracing | None
-) -> tuple[list[Json], Json]:
+def _upstream_cluster(identity: Identity, out: Outbound, name: str, ports: Sequence[int]) -> Json:
     service = out.service
     alpn = [] if out.protocol == "tcp" else ["h2"]
-    cluster: Json = {
-        "name": out.cluster,
+    return {
+        "name": name,
         "type": "STATIC",
         "lb_policy": "LEAST_REQUEST",
         "connect_timeout": (service.connect_timeout if service else None) or "1s",
         "load_assignment": {
-            "cluster_name": out.cluster,
+            "cluster_name": name,
             "endpoints": [
-                {"lb_endpoints": [{"endpoint": {"address": _address(p)}} for p in out.endpoints]}
+                {"lb_endpoints": [{"endpoint": {"address": _address(p)}} for p in ports]}
             ],
         },
         "transport_socket": _upstream_tls(identity, out.peer, alpn),
     }
+
+
+def _split_routes(out: Outbound, action: Json, decorator: Json) -> tuple[list[Json], list[str]]:
+    """Flagger's VirtualService for a Canary: (routes, the two clusters' names)."""
+    assert out.split is not None
+    primary = f"outbound|{out.port}||{out.split.primary_host}"
+    canary = f"outbound|{out.port}||{out.split.canary_host}"
+
+    def weighted(runtime_prefix: str) -> Json:
+        route = {k: v for k, v in action.items() if k != "cluster"}
+        route["weighted_clusters"] = {
+            "runtime_key_prefix": runtime_prefix,
+            "clusters": [{"name": primary, "weight": 100}, {"name": canary, "weight": 0}],
+        }
+        return route
+
+    prefixes = (out.service.match_prefixes if out.service else ()) or ("/",)
+    routes: list[Json] = []
+    if out.split.headers:  # A/B: matching requests by their weights, the rest to the primary
+        headers = [{"name": k, "string_match": {"exact": v}} for k, v in out.split.headers]
+        for p in prefixes:
+            routes.append(
+                {
+                    "match": {"prefix": p, "headers": headers},
+                    "route": weighted(RUNTIME_AB_WEIGHTS),
+                    "decorator": decorator,
+                }
+            )
+        default = {**action, "cluster": primary}
+        routes += [
+            {"match": {"prefix": p}, "route": default, "decorator": decorator} for p in prefixes
+        ]
+        return routes, [primary, canary]
+    route = weighted(RUNTIME_WEIGHTS)
+    route["request_mirror_policies"] = [
+        {
+            "cluster": canary,
+            "runtime_fraction": {
+                "default_value": {"numerator": 0, "denominator": "HUNDRED"},
+                "runtime_key": RUNTIME_MIRROR,
+            },
+        }
+    ]
+    routes = [{"match": {"prefix": p}, "route": route, "decorator": decorator} for p in prefixes]
+    return routes, [primary, canary]
+
+
+def _outbound(
+    identity: Identity, out: Outbound, tracing: Tracing | None
+) -> tuple[list[Json], list[Json]]:
+    service = out.service
+    cluster = _upstream_cluster(identity, out, out.cluster, out.endpoints)
     name = f"outbound_{out.host.split('.')[0]}"
     if out.protocol == "tcp":
         filters = [
@@ -451,7 +542,7 @@ def _outbound(
                 "address": _address(out.listen),
                 "filter_chains": [{"filters": filters}],
             }
-        ], cluster
+        ], [cluster]
     if service is None:
         raise TranslationError(f"no Canary service block for {out.host}: rollouts/*/canary.yaml")
     options: Json = {"explicit_http_config": {"http2_protocol_options": {}}}
@@ -494,6 +585,15 @@ def _outbound(
     prefixes = service.match_prefixes or ("/",)
     decorator = {"operation": f"{out.host}:{out.port}/*"}
     routes = [{"match": {"prefix": p}, "route": action, "decorator": decorator} for p in prefixes]
+    clusters = [cluster]
+    if out.split is not None:
+        routes, (primary, canary) = _split_routes(out, action, decorator)
+        # the same connection pool and outlier detection (the DestinationRule's) for both
+        policy = {k: v for k, v in cluster.items() if k not in ("name", "load_assignment")}
+        clusters = [
+            {**_upstream_cluster(identity, out, primary, out.endpoints), **policy},
+            {**_upstream_cluster(identity, out, canary, out.split.canary), **policy},
+        ]
     listeners = [
         {
             "name": name,
@@ -513,7 +613,7 @@ def _outbound(
                 "filter_chains": [{"filters": [hcm]}],
             }
         )
-    return listeners, cluster
+    return listeners, clusters
 
 
 def sidecar_config(
@@ -535,28 +635,36 @@ def sidecar_config(
         listener, cluster = _inbound(identity, item, rules, tracing)
         listeners.append(listener)
         clusters.append(cluster)
+    named: dict[str, Json] = {}
     for out in outbound:
-        more, cluster = _outbound(identity, out, tracing)
+        more, upstream = _outbound(identity, out, tracing)
         listeners.extend(more)
-        clusters.append(cluster)
+        for cluster in upstream:  # a split's sides are also hosts of their own: one cluster
+            if named.setdefault(cluster["name"], cluster) is cluster:
+                clusters.append(cluster)
+            elif named[cluster["name"]] != cluster:
+                raise TranslationError(f"two different definitions of {cluster['name']}")
     config: Json = {
         "node": {"id": identity.spiffe_id, "cluster": identity.spiffe_id.rsplit("/", 1)[-1]},
         # admin (stats, /quitquitquit) on a Unix socket only this user may open, not on a port
         "admin": {"address": {"pipe": {"path": str(admin), "mode": 0o600}}},
         "static_resources": {"listeners": listeners, "clusters": clusters},
     }
+    layers: list[Json] = []
     if tracing is not None:
         clusters.append(_local_cluster(COLLECTOR_CLUSTER, tracing.collector_port, "grpc"))
         # export each span promptly (defaults: every 5 s or 5 spans), for a local mesh
-        config["layered_runtime"] = {
-            "layers": [
-                {
-                    "name": "tracing",
-                    "static_layer": {
-                        "tracing.opentelemetry.flush_interval_ms": 200,
-                        "tracing.opentelemetry.min_flush_spans": 1,
-                    },
-                }
-            ]
-        }
+        layers.append(
+            {
+                "name": "tracing",
+                "static_layer": {
+                    "tracing.opentelemetry.flush_interval_ms": 200,
+                    "tracing.opentelemetry.min_flush_spans": 1,
+                },
+            }
+        )
+    if any(out.split for out in outbound):  # the rehearsal sets the split's weights here
+        layers.append({"name": "admin", "admin_layer": {}})
+    if layers:
+        config["layered_runtime"] = {"layers": layers}
     return config

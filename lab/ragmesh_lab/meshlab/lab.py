@@ -60,6 +60,17 @@ def admin_get(socket_path: Path | str, path: str, timeout: float = 5.0) -> tuple
         connection.close()
 
 
+def admin_post(socket_path: Path | str, path: str, timeout: float = 5.0) -> tuple[int, str]:
+    """POST ``path`` to an Envoy admin endpoint (e.g. ``/runtime_modify?key=value``)."""
+    connection = _UnixHTTPConnection(str(socket_path), timeout)
+    try:
+        connection.request("POST", path)
+        response = connection.getresponse()
+        return response.status, response.read().decode()
+    finally:
+        connection.close()
+
+
 class _UnixHTTPConnection(http.client.HTTPConnection):
     def __init__(self, socket_path: str, timeout: float) -> None:
         super().__init__("localhost", timeout=timeout)
@@ -257,6 +268,10 @@ class MeshLab:
             "warning",
             "--drain-time-s",
             "1",
+            # access logs reach the file within 0.2 s (default: every 10 s), for readers of
+            # the logs such as the rehearsal's Istio telemetry
+            "--file-flush-interval-msec",
+            "200",
         ]
         proc = self.stack.spawn(f"{name}-envoy", argv, {})
         sidecar = Sidecar(
