@@ -198,7 +198,8 @@ async def test_the_local_redis_needs_its_password_and_keeps_the_queue_across_a_r
             anonymous.ping()
         anonymous.close()
         assert stack.redis_password not in " ".join(stack.procs["redis"].popen.args)
-        assert (tmp_path / "redis.conf").stat().st_mode & 0o077 == 0
+        assert stack.redis_password not in (tmp_path / "redis.conf").read_text()
+        assert (tmp_path / "redis-auth.conf").stat().st_mode & 0o077 == 0
         client = connect(stack.redis_url, 1.0)
         q = JobQueue(client, "persist", 60)
         await q.ensure_group()
@@ -249,3 +250,39 @@ async def test_keda_scales_ingest_out_on_a_real_backlog(queue: JobQueue) -> None
     trigger = keda_trigger()
     assert keda_replicas(trigger, pending, lag) == 10  # 198 / 20 -> 10, the maximum
     assert keda_replicas(trigger, 0, 0) == 1  # an empty queue: back to the minimum
+
+
+def test_a_full_cache_evicts_and_a_full_queue_refuses_writes(tmp_path: Path) -> None:
+    """The two Redis roles run the shipped redis-config: the cache evicts its least recently
+    used entries when full; the queue never evicts, it refuses writes (Ingest then answers
+    UNAVAILABLE) and keeps every entry it accepted."""
+    stack = Stack(tmp_path)
+    stack.start_redis()
+    stack.start_cache()
+    cache = redis.Redis.from_url(stack.cache_url)
+    queue = redis.Redis.from_url(stack.redis_url)
+    try:
+        assert cache.config_get("maxmemory-policy")["maxmemory-policy"] == "allkeys-lru"
+        assert cache.config_get("appendonly")["appendonly"] == "no"
+        assert queue.config_get("maxmemory-policy")["maxmemory-policy"] == "noeviction"
+        assert queue.config_get("appendonly")["appendonly"] == "yes"
+        for role in (cache, queue):  # the shipped limits (hundreds of MB), small enough to fill
+            assert int(role.config_get("maxmemory")["maxmemory"]) > 0
+            role.config_set("maxmemory", "4mb")
+        value = b"x" * 8192
+        for i in range(2000):  # 16 MB into a 4 MB cache: no error, old entries go
+            cache.set(f"ragmesh:ans:{i}", value)
+        assert int(cache.info("stats")["evicted_keys"]) > 0
+        assert cache.dbsize() < 2000 and cache.get("ragmesh:ans:1999") == value
+        accepted = 0
+        with pytest.raises(redis.ResponseError, match="used memory > 'maxmemory'"):
+            for _ in range(2000):
+                queue.xadd("ragmesh:ingest", {"document": value})
+                accepted += 1
+        assert 0 < accepted < 2000
+        assert queue.xlen("ragmesh:ingest") == accepted
+        assert int(queue.info("stats")["evicted_keys"]) == 0
+    finally:
+        cache.close()
+        queue.close()
+        stack.down()

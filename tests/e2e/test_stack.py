@@ -137,6 +137,23 @@ def test_the_same_question_again_is_a_cache_hit_with_identical_content(
     assert not fresh[2].cache_hit and fresh[1] == first[1]
 
 
+def test_caches_live_in_the_cache_redis_and_never_in_the_queues(
+    stack: Stack, query: query_service_pb2_grpc.QueryServiceStub
+) -> None:
+    ask(query, QUESTION)
+    cache = redis.Redis.from_url(stack.cache_url)
+    queue = redis.Redis.from_url(stack.redis_url)
+    try:
+        cached = [k.decode() for k in cache.scan_iter("ragmesh:*")]
+        assert any(k.startswith("ragmesh:emb:") for k in cached)
+        assert any(k.startswith("ragmesh:ans") for k in cached), cached
+        assert not [k for k in queue.scan_iter("ragmesh:emb:*")]
+        assert not [k for k in queue.scan_iter("ragmesh:ans*")]
+    finally:
+        cache.close()
+        queue.close()
+
+
 @pytest.mark.parametrize(
     ("request_", "field"),
     [
@@ -308,6 +325,7 @@ def test_redis_down_answers_are_still_served(
     stack: Stack, query: query_service_pb2_grpc.QueryServiceStub
 ) -> None:
     stack.kill("redis")
+    stack.kill("redis-cache")
     citations, deltas, done = ask(query, QUESTION)
     assert citations[0].document_id == "lighthouse.md" and FACT in "".join(deltas)
     assert not done.cache_hit
@@ -318,7 +336,8 @@ def test_redis_down_answers_are_still_served(
     with pytest.raises(grpc.RpcError) as e:  # the queue is Redis: Ingest cannot be accepted
         query.Ingest(q.IngestRequest(documents=[q.Document(document_id="x", text="y")]), timeout=10)
     assert e.value.code() == grpc.StatusCode.UNAVAILABLE  # type: ignore[attr-defined]
-    stack.start_redis()  # back on the same port: the cache is used again once the
+    stack.start_redis()  # back on the same ports: the cache is used again once the
+    stack.start_cache()
     deadline = time.monotonic() + 10  # query service's one-second back-off has passed
     while not ask(query, QUESTION)[2].cache_hit:
         assert time.monotonic() < deadline, "the cache never came back after Redis did"

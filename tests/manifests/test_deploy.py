@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import shlex
 import subprocess
 from collections.abc import Iterator
@@ -22,7 +23,8 @@ from google.protobuf import json_format
 
 from ragmesh.kit.channels import API_FILES
 from ragmesh_lab.cli.supervisor import PROCESS_ENV
-from tests.support.tools import kustomize, promtool
+from tests.support.contract import ROOT
+from tests.support.tools import kubectl, kustomize, promtool
 
 K8S_VERSION = "1.35.0"
 ENVIRONMENTS = ("prod", "staging", "dev")
@@ -179,6 +181,164 @@ def test_ragmesh_deployments_are_hardened_probed_and_drain(environment: str) -> 
         assert proxy["proxyMetadata"]["EXIT_ON_ZERO_ACTIVE_CONNECTIONS"] == "true"
 
 
+def pod_specs(environment: str) -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
+    for doc in objects(environment):
+        if doc["kind"] in ("Deployment", "StatefulSet", "DaemonSet", "Job"):
+            yield doc, doc["spec"]["template"]["spec"]
+
+
+@env
+def test_no_secret_reaches_a_command_line(environment: str) -> None:
+    """A secret expanded into a container's command or args is in every process listing and
+    in the pod spec; secrets reach processes as files or environment variables only."""
+    for doc, pod in pod_specs(environment):
+        for c in (*pod.get("initContainers", []), *pod["containers"]):
+            secret_vars = {
+                e["name"] for e in c.get("env", []) if "secretKeyRef" in e.get("valueFrom", {})
+            }
+            argv = " ".join([*c.get("command", []), *c.get("args", [])])
+            for variable in secret_vars:
+                assert f"$({variable})" not in argv, (ident(doc), c["name"], variable)
+            assert "--requirepass" not in argv and " -a " not in argv, (ident(doc), c["name"])
+
+
+@env
+def test_the_queue_and_the_caches_are_separate_redis_roles(environment: str) -> None:
+    """The queue never evicts and persists; the caches evict (LRU) and do not persist; both
+    stop at maxmemory below their container's memory limit, so neither is OOM-killed; the
+    query service uses each for its role, the ingest worker only the queue."""
+    docs = render(environment)
+    conf = next(
+        d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "redis-config"
+    )
+    settings = {
+        role: dict(line.split(" ", 1) for line in conf["data"][f"{role}.conf"].splitlines())
+        for role in ("queue", "cache")
+    }
+    assert settings["queue"]["maxmemory-policy"] == "noeviction"
+    assert settings["queue"]["appendonly"] == "yes"
+    assert settings["cache"]["maxmemory-policy"] == "allkeys-lru"
+    assert settings["cache"]["appendonly"] == "no"
+    units = {"mb": 2**20, "Mi": 2**20, "Gi": 2**30, "gb": 2**30}
+
+    def size(text: str) -> int:
+        return int(text[:-2]) * units[text[-2:]]
+
+    for name, role in (("redis", "queue"), ("redis-cache", "cache")):
+        doc, pod = next((d, p) for d, p in pod_specs(environment) if d["metadata"]["name"] == name)
+        (c,) = pod["containers"]
+        assert c["command"] == ["redis-server", f"/etc/redis/{role}.conf"], ident(doc)
+        limit = size(c["resources"]["limits"]["memory"])
+        assert size(settings[role]["maxmemory"]) <= 0.8 * limit, ident(doc)
+    urls = {}
+    for doc, pod in pod_specs(environment):
+        for e in pod["containers"][0].get("env", []):
+            if e["name"] in ("RAGMESH_REDIS_URL", "RAGMESH_CACHE_URL"):
+                host = e["value"].split("@", 1)[1].split(".", 1)[0]
+                urls[doc["metadata"]["name"], e["name"]] = host
+    assert urls == {
+        ("query", "RAGMESH_REDIS_URL"): "redis",
+        ("query", "RAGMESH_CACHE_URL"): "redis-cache",
+        ("ingest", "RAGMESH_REDIS_URL"): "redis",
+    }
+
+
+GPU_SCALED = {"generation": "streams", "retrieval": "searches"}
+
+
+def _quantity(text: str) -> float:
+    units = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30}
+    return float(text[:-2]) * units[text[-2:]] if text[-2:] in units else float(text)
+
+
+@pytest.mark.parametrize("environment", ["prod", "staging"])
+def test_the_vllm_pods_are_sized_for_a_model_on_a_gpu(environment: str) -> None:
+    docs = render(environment)
+    doc = next(
+        d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == "generation"
+    )
+    pod = doc["spec"]["template"]["spec"]
+    (c,) = pod["containers"]
+    assert c["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert _quantity(c["resources"]["requests"]["memory"]) >= 16 * 2**30
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    mounts = {m["mountPath"]: volumes[m["name"]] for m in c["volumeMounts"]}
+    shm = mounts["/dev/shm"]["emptyDir"]  # the runtime's default /dev/shm is 64 MiB
+    assert shm["medium"] == "Memory" and _quantity(shm["sizeLimit"]) >= 2**30
+    assert "persistentVolumeClaim" in mounts["/models"]  # the model, never downloaded
+    assert _quantity(mounts["/cache"]["emptyDir"]["sizeLimit"]) >= 10 * 2**30
+    config = next(
+        d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "generation-config"
+    )["data"]
+    assert config["RAGMESH_GEN_ENGINE"] == "vllm" and config["VLLM_CACHE_ROOT"].startswith("/cache")
+    probe = c["startupProbe"]  # model load: minutes, before liveness may restart the pod
+    assert probe["periodSeconds"] * probe["failureThreshold"] >= 600
+
+
+@env
+def test_gpu_workloads_scale_on_what_they_serve(environment: str) -> None:
+    """KEDA's Prometheus scaler on a serving signal, never CPU; the primary's ScaledObject
+    (made by Flagger) reads the same signal from the primary's pods."""
+    docs = render(environment)
+    hpas = {d["metadata"]["name"] for d in docs if d["kind"] == "HorizontalPodAutoscaler"}
+    assert not hpas & set(GPU_SCALED)
+    for name, trigger in GPU_SCALED.items():
+        so = next(d for d in docs if d["kind"] == "ScaledObject" and d["metadata"]["name"] == name)
+        triggers = {t["name"]: t for t in so["spec"]["triggers"]}
+        assert {t["type"] for t in triggers.values()} == {"prometheus"}
+        query = triggers[trigger]["metadata"]["query"]
+        namespace = so["metadata"]["namespace"]
+        assert f'namespace="{namespace}",pod=~"{name}-[0-9a-z]+-[0-9a-z]+"' in query
+        canary = next(d for d in docs if d["kind"] == "Canary" and d["metadata"]["name"] == name)
+        ref = canary["spec"]["autoscalerRef"]
+        assert (ref["kind"], ref["name"]) == ("ScaledObject", name)
+        assert set(ref["primaryScalerQueries"]) == set(triggers)
+        primary = ref["primaryScalerQueries"][trigger]
+        assert primary == query.replace(f'pod=~"{name}-', f'pod=~"{name}-primary-')
+    if environment != "dev":  # the GPU engine: one replica per 75% of its stream cap
+        so = next(
+            d for d in docs if d["kind"] == "ScaledObject" and d["metadata"]["name"] == "generation"
+        )
+        config = next(
+            d
+            for d in docs
+            if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "generation-config"
+        )["data"]
+        threshold = float(so["spec"]["triggers"][0]["metadata"]["threshold"])
+        assert threshold == 0.75 * int(config["RAGMESH_GEN_MAX_STREAMS"])
+
+
+def test_idle_to_zero_lets_generation_scale_to_zero_and_wake_on_an_ask(tmp_path: Path) -> None:
+    overlay = tmp_path / "overlay"
+    overlay.mkdir()
+    relative = os.path.relpath(ROOT / "deploy", overlay)
+    (overlay / "kustomization.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "kustomize.config.k8s.io/v1beta1",
+                "kind": "Kustomization",
+                "resources": [f"{relative}/prod"],
+                "components": [f"{relative}/components/idle-to-zero"],
+            }
+        )
+    )
+    out = subprocess.run(
+        [str(kubectl()), "kustomize", "--load-restrictor", "LoadRestrictionsNone", str(overlay)],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    so = next(
+        d
+        for d in yaml.safe_load_all(out)
+        if d and d["kind"] == "ScaledObject" and d["metadata"]["name"] == "generation"
+    )
+    spec = so["spec"]
+    assert (spec["idleReplicaCount"], spec["minReplicaCount"]) == (0, 1)  # KEDA: idle < min
+    activation = {t["name"]: t for t in spec["triggers"]}["asks"]["metadata"]
+    assert 'grpc_method="Ask"' in activation["query"] and activation["activationThreshold"] == "0"
+
+
 @env
 def test_retrieval_pods_get_the_local_stacks_process_environment(environment: str) -> None:
     """What the local stack gives the retrieval process (huge pages for malloc), the pods get."""
@@ -217,6 +377,9 @@ def test_references_resolve_within_the_render(environment: str) -> None:
         ns = so["metadata"]["namespace"]
         assert ("Deployment", ns, so["spec"]["scaleTargetRef"]["name"]) in names
         for trigger in so["spec"]["triggers"]:
+            if trigger["type"] == "prometheus":  # the mesh's Prometheus, as the templates
+                assert trigger["metadata"]["serverAddress"] == "http://prometheus.istio-system:9090"
+                continue
             assert ("TriggerAuthentication", ns, trigger["authenticationRef"]["name"]) in names
     accounts = {(ns, n) for k, ns, n in names if k == "ServiceAccount"}
     configmaps = {(ns, n) for k, ns, n in names if k == "ConfigMap"}

@@ -54,7 +54,7 @@ async def fake_mesh(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[F
     apps: dict[str, FakeApp] = {}
     sidecars: dict[str, Sidecar] = {}
     try:
-        for workload in (*WORKLOADS, "redis"):  # redis: planned for query's egress, not run
+        for workload in (*WORKLOADS, "redis", "redis-cache"):  # planned for egress, not run
             lab.plan(workload, 1)
         for workload in WORKLOADS:
             app = apps[workload] = FakeApp(workload)

@@ -64,7 +64,7 @@ def test_cli_ingests_and_asks_through_the_ingress(
     assert FACT in out and "Sources:" in out
     assert cli(["--data-dir", data_dir, "status"]) == 0
     status = capsys.readouterr().out
-    assert status.count("LIVE") == 9 and status.count("SERVING") == 7  # 9 Envoys, 7 apps
+    assert status.count("LIVE") == 10 and status.count("SERVING") == 7  # 10 Envoys, 7 apps
     # the writes reached the writer replica (a write landing on the reader is answered
     # UNAVAILABLE and retried by the mesh) and the reader follows it
     log = (mesh.stack.workdir / "logs" / "retrieval-1-envoy.log").read_text()

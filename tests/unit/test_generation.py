@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import AsyncGenerator, Sequence
 
 import pytest
+from prometheus_client import REGISTRY
 
 from ragmesh.generation.engine import EngineRequest, Piece
 from ragmesh.generation.service import GenerationService
@@ -168,12 +169,15 @@ async def test_concurrency_cap_rejects_with_overloaded() -> None:
     pending = asyncio.ensure_future(first.__anext__())
     await asyncio.sleep(0)
     assert svc.active == 1
+    # the serving signal KEDA scales generation on (rollouts/generation: streams in flight)
+    assert REGISTRY.get_sample_value("ragmesh_generation_streams_active") == 1
     with pytest.raises(Overloaded):
         await collect(svc)
     engine.gate.set()
     await pending
     await first.aclose()
     assert svc.active == 0
+    assert REGISTRY.get_sample_value("ragmesh_generation_streams_active") == 0
 
 
 async def test_consumer_closing_the_stream_aborts_the_engine_and_stops_tokens() -> None:

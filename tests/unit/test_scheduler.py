@@ -14,7 +14,6 @@ from ragmesh_lab.rehearsal.scheduler import Scheduler
 from ragmesh_lab.rehearsal.webhooks import HookResult
 from tests.support.contract import ROOT
 
-
 SUCCESS = "100 - 100 *"  # how the success-rate templates begin (the others are ms or counts)
 
 

@@ -78,8 +78,9 @@ def cmd_up(args: argparse.Namespace) -> int:
     try:
         stack.up()
         print(f"{'service':<11} {'pid':>7}  {'grpc':<21} {'metrics':<21}")
-        redis_address = f"127.0.0.1:{stack.redis_port}"  # the password stays in redis.conf
-        print(f"{'redis':<11} {stack.procs['redis'].popen.pid:>7}  {redis_address:<21}")
+        for name, port in (("redis", stack.redis_port), ("redis-cache", stack.cache_port)):
+            address = f"127.0.0.1:{port}"  # the password stays in a file, off the command line
+            print(f"{name:<11} {stack.procs[name].popen.pid:>7}  {address:<21}")
         for name in SERVICES:
             p = stack.procs[name]
             metrics = f"127.0.0.1:{p.metrics_port}"
@@ -278,7 +279,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     for name, info in state.items():
         if "admin" in info:  # an Envoy sidecar: its admin /ready
             status = sidecar_state(info["admin"])
-        elif name in ("redis", "ingress", "otlp-receiver"):
+        elif name in ("redis", "redis-cache", "ingress", "otlp-receiver"):
             status = "-"
         else:
             status = health(info["grpc"])

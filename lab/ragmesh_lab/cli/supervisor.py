@@ -1,5 +1,5 @@
-"""Local processes for ``ragmesh up`` and the end-to-end tests: a private Redis server and
-every service, on free loopback ports, each logging to its own file.
+"""Local processes for ``ragmesh up`` and the end-to-end tests: the two Redis servers (queue
+and cache) and every service, on free loopback ports, each logging to its own file.
 
 Services bind port 0 and print ``listening: grpc HOST:PORT, metrics HOST:PORT``; the
 supervisor reads the ports from the log, so nothing races for a port it picked.
@@ -35,6 +35,20 @@ COMPUTE_SERVICES = 3  # embedding, retrieval and generation run torch or FAISS p
 # instead of 8.9 ms; docs/benchmarks.md).
 PROCESS_ENV = {"retrieval": {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}}
 STATE_FILE = "stack.json"
+
+
+#: the repository the lab runs from (an editable install: lab/ragmesh_lab/cli/ → the root)
+REPOSITORY = Path(__file__).resolve().parents[3]
+
+
+def shipped_redis_conf(role: str) -> str:
+    """``queue.conf`` or ``cache.conf`` of the redis-config ConfigMap (rollouts/redis)."""
+    import yaml
+
+    for doc in yaml.safe_load_all((REPOSITORY / "rollouts/redis/redis.yaml").read_text()):
+        if doc and doc["kind"] == "ConfigMap" and doc["metadata"]["name"] == "redis-config":
+            return str(doc["data"][role])
+    raise StackError("rollouts/redis/redis.yaml has no ConfigMap redis-config")
 
 
 class StackError(Exception):
@@ -99,6 +113,7 @@ class Stack:
     env: Mapping[str, str] = field(default_factory=dict)
     procs: dict[str, Proc] = field(default_factory=dict)
     redis_port: int = 0
+    cache_port: int = 0
 
     @property
     def redis_url(self) -> str:
@@ -128,30 +143,55 @@ class Stack:
         self.procs[name] = proc
         return proc
 
+    @property
+    def cache_url(self) -> str:
+        return f"redis://:{self.redis_password}@127.0.0.1:{self.cache_port}/0"
+
     def start_redis(self) -> None:
+        """The queue's Redis (``redis``): append-only file, no eviction."""
+        self.redis_port = self.redis_port or free_port()
+        self._start_redis("redis", "queue.conf", self.redis_port)
+
+    def start_cache(self) -> None:
+        """The caches' Redis (``redis-cache``): maxmemory with LRU eviction, no persistence."""
+        self.cache_port = self.cache_port or free_port()
+        self._start_redis("redis-cache", "cache.conf", self.cache_port)
+
+    def _start_redis(self, name: str, role: str, port: int) -> None:
         binary = shutil.which("redis-server") or "/usr/sbin/redis-server"
         if not Path(binary).exists():
             raise StackError("redis-server not found: run 'make system-deps' (apt redis-server)")
-        self.redis_port = self.redis_port or free_port()
-        data = self.workdir / "redis"
+        data = self.workdir / name
         data.mkdir(parents=True, exist_ok=True)
-        # Like the cluster's: the queue persists in an append-only file, and a password is
-        # required. Both sit in a file only this user reads, never on a command line.
-        conf = self.workdir / "redis.conf"
-        fd = os.open(conf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        # The cluster's configuration (the redis-config ConfigMap) on a loopback port; like
+        # the cluster's, the password sits in an included file only this user reads, never
+        # on a command line.
+        auth = self.workdir / "redis-auth.conf"
+        fd = os.open(auth, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:
-            f.write(
-                f"port {self.redis_port}\nbind 127.0.0.1\nprotected-mode yes\n"
-                f'dir "{data}"\nsave ""\nappendonly yes\nappendfsync everysec\n'
-                f"requirepass {self.redis_password}\n"
-            )
-        proc = self.spawn("redis", [binary, str(conf)], os.environ)
-        proc.grpc_port = self.redis_port
+            f.write(f"requirepass {self.redis_password}\n")
+        lines = []
+        for line in shipped_redis_conf(role).splitlines():
+            key = line.split(" ", 1)[0]
+            if key == "port":
+                line = f"port {port}"
+            elif key == "dir":
+                line = f'dir "{data}"'
+            elif key == "include":
+                line = f'include "{auth}"'
+            lines.append(line)
+        lines += ["bind 127.0.0.1", "protected-mode yes"]
+        if not any(line.startswith("dir ") for line in lines):
+            lines.append(f'dir "{data}"')
+        conf = self.workdir / f"{name}.conf"
+        conf.write_text("\n".join(lines) + "\n")
+        proc = self.spawn(name, [binary, str(conf)], os.environ)
+        proc.grpc_port = port
         deadline = time.monotonic() + 10
         while "Ready to accept connections" not in proc.output():
             self._check_alive(proc)
             if time.monotonic() > deadline:
-                raise StackError(f"redis did not start; see {proc.log}")
+                raise StackError(f"{name} did not start; see {proc.log}")
             time.sleep(0.02)
 
     def service_env(self, name: str) -> dict[str, str]:
@@ -165,6 +205,7 @@ class Stack:
                 "RAGMESH_GRACE_SECONDS": "5",
                 "RAGMESH_INDEX_DIR": str(self.workdir / "index"),
                 "RAGMESH_REDIS_URL": self.redis_url,
+                "RAGMESH_CACHE_URL": self.cache_url,
                 "HF_HUB_OFFLINE": "1",
                 "TRANSFORMERS_OFFLINE": "1",
                 "TOKENIZERS_PARALLELISM": "false",
@@ -218,6 +259,7 @@ class Stack:
         """Start Redis, then the leaf services, then query and ingest."""
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.start_redis()
+        self.start_cache()
         for name in ("embedding", "retrieval", "generation"):
             self.start_service(name)
         for name in ("embedding", "retrieval", "generation"):

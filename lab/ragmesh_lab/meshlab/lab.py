@@ -26,6 +26,7 @@ from ragmesh_lab.meshlab import manifests, matrix
 from ragmesh_lab.meshlab.ca import Identity, LocalCA
 from ragmesh_lab.meshlab.envoy import Inbound, Outbound, RestBridge, Tracing, sidecar_config
 from ragmesh_lab.meshlab.manifests import GRPC_PORT, METRICS_PORT, MeshPolicy, Rule, ServicePolicy
+from ragmesh_lab.meshlab.matrix import REDIS_WORKLOADS
 
 REDIS_PORT = 6379
 INGRESS = "istio-ingressgateway"
@@ -38,7 +39,7 @@ START_ORDER = ("embedding", "retrieval", "generation", "query", "ingest")
 
 def service_account(workload: str) -> str:
     """The ServiceAccount a workload runs as (DESIGN identities; Redis runs as ``redis``)."""
-    return "redis" if workload == "redis" else f"ragmesh-{workload}"
+    return workload if workload in REDIS_WORKLOADS else f"ragmesh-{workload}"
 
 
 def envoy_binary() -> str:
@@ -198,7 +199,7 @@ class MeshLab:
 
     def outbound(self, upstream: str) -> Outbound:
         """An outbound listener (on a fresh port) to every replica of ``upstream``."""
-        tcp = upstream == "redis"
+        tcp = upstream in REDIS_WORKLOADS
         port = REDIS_PORT if tcp else GRPC_PORT
         service = None
         if not tcp:  # no Canary: no VirtualService/DestinationRule, Istio's defaults apply
@@ -303,7 +304,7 @@ class MeshLab:
 
     def plan(self, workload: str, replicas: int) -> list[dict[int, int]]:
         """Reserve the inbound listener ports of a workload's replicas (before anything runs)."""
-        ports = [REDIS_PORT] if workload == "redis" else [GRPC_PORT, METRICS_PORT]
+        ports = [REDIS_PORT] if workload in REDIS_WORKLOADS else [GRPC_PORT, METRICS_PORT]
         self.endpoints[workload] = [{p: free_port() for p in ports} for _ in range(replicas)]
         return self.endpoints[workload]
 
@@ -332,9 +333,10 @@ class MeshLab:
         )
         env: dict[str, str] = {}
         for up, out in outbound.items():
-            if up == "redis":
+            if up in REDIS_WORKLOADS:
                 password = self.stack.redis_password
-                env["RAGMESH_REDIS_URL"] = f"redis://:{password}@127.0.0.1:{out.listen}/0"
+                variable = "RAGMESH_REDIS_URL" if up == "redis" else "RAGMESH_CACHE_URL"
+                env[variable] = f"redis://:{password}@127.0.0.1:{out.listen}/0"
             else:
                 env[f"RAGMESH_{up.upper().replace('-', '_')}_ADDR"] = f"127.0.0.1:{out.listen}"
         return sidecar, env
@@ -349,14 +351,20 @@ class MeshLab:
         return self.stack.start_service(sidecar.name, module=workload, env=env)
 
     def start_redis(self) -> None:
+        """The queue's and the caches' Redis, each behind its sidecar."""
         self.stack.start_redis()
-        listen = self.plan("redis", 1)[0][REDIS_PORT]
-        self.start_sidecar(
-            "redis",
-            self.principal("redis"),
-            inbound=[Inbound("tcp", REDIS_PORT, listen, self.stack.redis_port)],
-            rules=self.rules("redis"),
-        )
+        self.stack.start_cache()
+        for name, port in (
+            ("redis", self.stack.redis_port),
+            ("redis-cache", self.stack.cache_port),
+        ):
+            listen = self.plan(name, 1)[0][REDIS_PORT]
+            self.start_sidecar(
+                name,
+                self.principal(name),
+                inbound=[Inbound("tcp", REDIS_PORT, listen, port)],
+                rules=self.rules(name),
+            )
 
     def start_ingress(self) -> Sidecar:
         """Istio's ingress gateway: routes the query Canary's matches to query, nothing else.

@@ -21,6 +21,7 @@ HEALTH = ("/grpc.health.v1.Health/Check", "/grpc.health.v1.Health/Watch")
 CLUSTER_ONLY = ("retrieval-writer", "gate")
 GATE_PORT = 8080
 REDIS_PORT = 6379
+REDIS_WORKLOADS = ("redis", "redis-cache")  # the queue and the caches
 STRANGER = "cluster.local/ns/rag-prod/sa/default"  # an identity no policy names
 EVERY = "every gRPC workload"
 
@@ -67,7 +68,7 @@ def granted(policy: MeshPolicy, who: Sequence[str], grpc_workloads: Sequence[str
     space = [(w, GRPC_PORT, p, "POST") for w in workloads for p in api_paths()]
     space += [(w, METRICS_PORT, "/metrics", "GET") for w in workloads]
     space += [("gate", GATE_PORT, "/recall", "POST"), ("gate", GATE_PORT, "/recall", "GET")]
-    space += [("redis", REDIS_PORT, "TCP", "")]
+    space += [(redis, REDIS_PORT, "TCP", "") for redis in REDIS_WORKLOADS]
     return {
         (w, port, path, principal)
         for w, port, path, method in space

@@ -15,7 +15,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 from ragmesh.generation.engine import Engine, EngineRequest, Source
 from ragmesh.generation.prompt import fit
@@ -33,6 +33,11 @@ TTFT = Histogram(
 )
 TOKENS = Counter("ragmesh_generation_tokens_total", "Tokens generated.", ["kind"])
 FINISHED = Counter("ragmesh_generation_finished_total", "Generations by finish reason.", ["reason"])
+ACTIVE = Gauge(
+    "ragmesh_generation_streams_active",
+    "Generate streams in flight (at most RAGMESH_GEN_MAX_STREAMS): the serving signal the "
+    "autoscaler scales on.",
+)
 
 
 def engine_request_id() -> str:
@@ -175,6 +180,7 @@ class GenerationService:
             seed=params.seed,
         )
         self.active += 1
+        ACTIVE.set(self.active)
         started, first = time.perf_counter(), True
         gate = _Gate(params.stop, self.safety)
         tokens, finish, engine_done = 0, None, False
@@ -217,6 +223,7 @@ class GenerationService:
             yield Done(finish, rendered.tokens, tokens, model)
         finally:
             self.active -= 1
+            ACTIVE.set(self.active)
             span.set_attributes(
                 {
                     "gen_ai.usage.input_tokens": rendered.tokens,

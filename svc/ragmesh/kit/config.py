@@ -423,8 +423,17 @@ class PeerSettings:
     redis_url: str = setting(
         "RAGMESH_REDIS_URL",
         "",
-        "redis://host:port/db of the cache and queue (required).",
+        "redis://host:port/db of the ingest queue and job records (required): a Redis that "
+        "persists (AOF) and never evicts.",
         services="query, ingest",
+    )
+    cache_url: str = setting(
+        "RAGMESH_CACHE_URL",
+        "",
+        "redis://host:port/db of the answer and embedding caches: a Redis with maxmemory and "
+        "LRU eviction, so a growing cache never crowds out the queue; empty: "
+        "RAGMESH_REDIS_URL.",
+        services="query",
     )
     call_timeout: float = setting(
         "RAGMESH_CALL_TIMEOUT_SECONDS",

@@ -41,12 +41,13 @@ def main() -> None:
             open_channel(p.generation_addr, default_timeout=p.stream_timeout),
         ]
         redis = connect(p.redis_url, p.redis_timeout)
+        cache = connect(p.cache_url, p.redis_timeout) if p.cache_url else redis
         pipeline = AskPipeline(
             settings.query,
             EmbeddingClient(channels[0]),
             RetrievalClient(channels[1]),
             GenerationClient(channels[2], p.stream_timeout),
-            RedisCache(redis),
+            RedisCache(cache),
         )
         queue = JobQueue(redis, settings.ingest.stream, settings.ingest.job_ttl)
         try:
@@ -55,6 +56,8 @@ def main() -> None:
             for channel in channels:
                 await channel.close(grace=None)
             await redis.aclose()
+            if cache is not redis:
+                await cache.aclose()
 
     asyncio.run(serve())
 
