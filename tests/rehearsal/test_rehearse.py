@@ -2,7 +2,9 @@
 analysis against the real service's old and new release behind real Envoys, a real Prometheus
 and the webhooks as written. A good release is promoted; a release with errors, with latency
 or with worse retrieval quality is rolled back by the check that should catch it; a canary
-that receives no traffic is never promoted. Time runs 20 times faster (1m intervals: 3 s)."""
+that receives no traffic is never promoted; users who opt in to the generation A/B test are
+served by the canary through the ingress and query; an ingest backlog raises KEDA's decision.
+Time runs 20 times faster (1m intervals: 3 s)."""
 
 from __future__ import annotations
 
@@ -75,3 +77,50 @@ def test_a_retrieval_release_without_the_corpus_is_rolled_back(tmp_path: Path) -
     r = run("retrieval", "quality", tmp_path)
     assert r.phase == "Failed"
     assert {h.name for t in r.ticks for h in t.hooks if not h.ok} == {"retrieval-quality"}
+
+
+def inbound_callers(result: Result, sidecar: str) -> dict[str, int]:
+    """Requests a sidecar served, by the caller's identity (its access log)."""
+    log = result.log.parent / "logs" / f"{sidecar}-envoy.log"
+    callers: dict[str, int] = {}
+    for line in log.read_text().splitlines():
+        if line.startswith("inbound ") and "/ragmesh.v1." in line:
+            who = line.split('peer="', 1)[1].split('"', 1)[0].rsplit("/", 1)[-1]
+            callers[who] = callers.get(who, 0) + 1
+    return callers
+
+
+def test_users_who_opt_in_reach_the_generation_canary_through_query(tmp_path: Path) -> None:
+    r = run("generation", "good", tmp_path)
+    assert r.phase == "Succeeded"
+    assert set(r.users) == {"OK"}
+    # Asks with x-ragmesh-canary: true went ingress -> query -> (header forwarded) -> query's
+    # sidecar, whose A/B route sent them to the canary; the others stayed on the primary
+    assert inbound_callers(r, "generation-sidecar").get("ragmesh-query", 0) > 20
+    assert inbound_callers(r, "generation-primary-sidecar").get("ragmesh-query", 0) > 20
+
+
+def test_a_generation_release_slow_to_the_first_token_is_rolled_back(tmp_path: Path) -> None:
+    r = run("generation", "latency", tmp_path)
+    assert r.phase == "Failed"
+    values = failed_checks(r, "time-to-first-token-p95")
+    assert values and all(v is not None and v > 1500 for v in values)
+
+
+def test_a_query_release_with_errors_is_rolled_back_before_it_takes_half(tmp_path: Path) -> None:
+    r = run("query", "errors", tmp_path)
+    assert r.phase == "Failed"
+    # a check over few calls may pass by chance (20% errors); the weight still never reached
+    # maxWeight, and users reached the canary through the ingress gateway's weighted route
+    assert max(t.canary_weight for t in r.ticks) < r.ticks[0].primary_weight // 2
+    assert inbound_callers(r, "query-sidecar").get("istio-ingressgateway-service-account", 0) > 0
+
+
+def test_an_ingest_backlog_raises_kedas_decision_and_a_good_worker_is_promoted(
+    tmp_path: Path,
+) -> None:
+    r = run("ingest", "backlog", tmp_path)
+    assert r.phase == "Succeeded"
+    decisions = [t.observed["keda replicas"] for t in r.ticks if t.observed]
+    assert max(decisions) >= 3 and decisions[-1] == 1  # up with the backlog, down once drained
+    assert all(c.ok and c.value == 0 for t in r.ticks for c in t.checks)  # no failed document

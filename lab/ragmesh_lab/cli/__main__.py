@@ -351,12 +351,17 @@ def parser() -> argparse.ArgumentParser:
         "rehearse",
         help="play a Canary's release (Flagger's analysis) on the local mesh; prints a timeline",
     )
-    rh.add_argument("service", help="a service with a Canary: embedding or retrieval")
+    rh.add_argument(
+        "service",
+        choices=("embedding", "retrieval", "generation", "query", "ingest"),
+        help="a service with a Canary",
+    )
     rh.add_argument(
         "--scenario",
         default="good",
-        choices=("good", "errors", "latency", "quality", "no-traffic"),
-        help="the new release: good, or one that must be rolled back (default: good)",
+        choices=("good", "errors", "latency", "quality", "no-traffic", "backlog"),
+        help="the new release: good, or one that must be rolled back (default: good); "
+        "backlog (ingest): a burst of documents, KEDA's decision in the timeline",
     )
     rh.add_argument(
         "--timescale",

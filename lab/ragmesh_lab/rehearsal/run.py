@@ -17,7 +17,7 @@ from pathlib import Path
 from ragmesh_lab.meshlab.lab import MeshLab
 from ragmesh_lab.rehearsal import canary as canaries
 from ragmesh_lab.rehearsal.scheduler import Scheduler, Tick
-from ragmesh_lab.rehearsal.stage import USERS, Stage, scenario
+from ragmesh_lab.rehearsal.stage import Stage, scenario
 from ragmesh_lab.rehearsal.timeline import line, plot
 
 
@@ -45,8 +45,6 @@ def rehearse(
     timescale: float = 12.0,
     echo: Callable[[str], None] = print,
 ) -> Result:
-    if service not in USERS:
-        raise ValueError(f"the rehearsal stages {', '.join(USERS)}; not {service}")
     canary = canaries.load(root, service)
     plan = scenario(service, scenario_name, workdir)
     stage = Stage(root, service, plan, MeshLab(root, workdir), timescale, canary)
@@ -62,9 +60,13 @@ def rehearse(
         scheduler = Scheduler(canary, stage, timescale)
 
         def on_tick(tick: Tick) -> None:
-            seen = stage.user.take() if stage.user is not None else {}
+            seen: dict[str, int] = {}
+            for user in stage.users:
+                for k, v in user.take().items():
+                    seen[k] = seen.get(k, 0) + v
             for k, v in seen.items():
                 users[k] = users.get(k, 0) + v
+            tick.observed = stage.observe()
             text = line(tick, canary, seen)
             lines.append(text)
             echo(text)

@@ -65,6 +65,7 @@ class Tick:
     events: list[str] = field(default_factory=list)
     hooks: list[HookResult] = field(default_factory=list)
     checks: list[Check] = field(default_factory=list)
+    observed: dict[str, float] = field(default_factory=dict)  # e.g. KEDA's decision
 
 
 @dataclass

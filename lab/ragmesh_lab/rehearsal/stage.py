@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import secrets
 import sys
 import threading
@@ -40,7 +41,7 @@ from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import grpc
 from google.protobuf import json_format
@@ -55,7 +56,14 @@ from ragmesh_lab.meshlab.envoy import (
     Outbound,
     Split,
 )
-from ragmesh_lab.meshlab.lab import MeshLab, Sidecar, admin_get, admin_post
+from ragmesh_lab.meshlab.lab import (
+    INGRESS,
+    INGRESS_PRINCIPAL,
+    MeshLab,
+    Sidecar,
+    admin_get,
+    admin_post,
+)
 from ragmesh_lab.meshlab.manifests import (
     GRPC_PORT,
     METRICS_PORT,
@@ -73,8 +81,21 @@ from ragmesh_lab.rehearsal.webhooks import HookResult, LoadTester
 GATE_PORT = 8080
 LOADTESTER = "flagger-loadtester"
 PROTOSET = "rollouts/loadtester/ragmesh.protoset"
-#: the services a rehearsal can stage, and the callers whose identity the user traffic uses
-USERS = {"embedding": "query", "retrieval": "query"}
+#: the services a rehearsal can stage, and the other services it runs for them (leaves first):
+#: the quality gate needs an index; generation's users come through the ingress and query
+TOPOLOGY = {
+    "embedding": ("retrieval",),
+    "retrieval": ("embedding",),
+    "generation": ("embedding", "retrieval", "query"),
+    "query": ("embedding", "retrieval", "generation"),
+    "ingest": ("embedding", "retrieval"),
+}
+#: upstreams each service calls (the mesh's Sidecar egress)
+CALLS = {
+    "query": ("embedding", "retrieval", "generation", "redis", "redis-cache"),
+    "ingest": ("embedding", "retrieval", "redis"),
+}
+STREAMING = ("generation", "query")  # gated on time to first token
 
 
 @dataclass(frozen=True)
@@ -84,14 +105,21 @@ class Scenario:
     traffic: bool = True  # a user calls the service, and the rollout webhooks run
     expect: str = "Succeeded"
     regression: str = ""  # release.py --regression
+    burst: int = 0  # ingest: documents queued at once when the analysis starts
 
 
 def scenario(service: str, name: str, workdir: Path) -> Scenario:
+    if service not in TOPOLOGY:
+        raise ValueError(f"the rehearsal stages {', '.join(TOPOLOGY)}; not {service}")
     if name == "good":
         return Scenario(name)
+    if name == "backlog" and service == "ingest":  # KEDA's decision rises, then falls
+        return Scenario(name, burst=300)
     if name == "errors":
         return Scenario(name, {"RAGMESH_FAULT_ERROR_PERCENT": "20"}, expect="Failed")
-    if name == "latency":
+    if name == "latency" and service == "generation":  # before the first token of Generate
+        return Scenario(name, {"RAGMESH_FAULT_DELAY_MS": "2000"}, expect="Failed")
+    if name == "latency" and service in ("embedding", "retrieval"):  # on every unary call
         return Scenario(name, {"RAGMESH_FAULT_DELAY_MS": "400"}, expect="Failed")
     if name == "no-traffic":
         return Scenario(name, traffic=False, expect="Failed")
@@ -103,7 +131,7 @@ def scenario(service: str, name: str, workdir: Path) -> Scenario:
     raise ValueError(f"no scenario {name!r} for {service}")
 
 
-SCENARIOS = ("good", "errors", "latency", "quality", "no-traffic")
+SCENARIOS = ("good", "errors", "latency", "quality", "no-traffic", "backlog")
 
 
 def pod_name(deployment: str) -> str:
@@ -111,6 +139,14 @@ def pod_name(deployment: str) -> str:
     alphabet = "bcdfghjklmnpqrstvwxz2456789"
     rs = "".join(secrets.choice(alphabet) for _ in range(9))
     return f"{deployment}-{rs}-{''.join(secrets.choice(alphabet) for _ in range(5))}"
+
+
+class Users(Protocol):
+    """Traffic that users make: started, read (outcomes since the last read), stopped."""
+
+    def start(self) -> None: ...
+    def take(self) -> dict[str, int]: ...
+    def stop(self) -> None: ...
 
 
 @dataclass
@@ -148,9 +184,10 @@ class Stage:
     split_hosts: tuple[str, str] = ("", "")  # the primary's and the canary's cluster names
     tester: LoadTester | None = None
     names: list[Names] = field(default_factory=list)
-    user: UserTraffic | None = None
+    users: list[Users] = field(default_factory=list)
     standby: tuple[int, int] = (0, 0)  # the primary's next release: app gRPC and metrics ports
     canary_env: dict[str, str] = field(default_factory=dict)  # the new release's settings
+    keda: KedaDecision | None = None
 
     @property
     def namespace(self) -> str:
@@ -182,27 +219,36 @@ class Stage:
         release: bool = False,
         standby: bool = False,
     ) -> Pod:
-        """A pod of ``workload``: the application and its sidecar (inbound only)."""
+        """A pod of ``workload`` (endpoints planned): the application and its sidecar, with
+        outbound listeners for what the workload calls, the rehearsed service split."""
         grpc_port, metrics = free_port(), free_port()
-        listens = self.lab.plan(deployment, 1)[0]
+        listens = self.lab.endpoints[deployment][0]
         host = self.fqdn(workload)
         second = (free_port(), free_port()) if standby else (0, 0)
         inbound = [
             Inbound("grpc", GRPC_PORT, listens[GRPC_PORT], grpc_port, host, second[0]),
             Inbound("http", METRICS_PORT, listens[METRICS_PORT], metrics, host),
         ]
+        outbound = self.calls(workload)
         sidecar = self.lab.start_sidecar(
             f"{deployment}-sidecar",
             self.lab.principal(workload),
             inbound=inbound,
             rules=self.lab.rules(workload),
+            outbound=outbound,
             service=f"{workload}.{self.namespace}",
         )
+        if self.service in outbound:
+            self.split_sidecars.append(sidecar)
         self.telemetry.watch(sidecar.proc.log, deployment, self.namespace)
         if standby:
             self.standby = second
         env = {
+            # NOT_SERVING for longer than the sidecar's health checks take to notice (2 x
+            # 0.3 s), before the server stops accepting: the cluster's preStop + drain
+            "RAGMESH_DRAIN_SECONDS": "3",
             **(env or {}),
+            **self.addresses(sidecar),
             "RAGMESH_GRPC_PORT": str(grpc_port),
             "RAGMESH_METRICS_PORT": str(metrics),
         }
@@ -210,6 +256,30 @@ class Stage:
         pod = Pod(pod_name(deployment), proc, metrics, sidecar)
         self.pods[role] = pod
         return pod
+
+    def calls(self, workload: str) -> dict[str, Outbound]:
+        out: dict[str, Outbound] = {}
+        for upstream in CALLS.get(workload, ()):
+            if upstream.startswith("redis"):
+                out[upstream] = self.lab.outbound(upstream)
+            elif upstream == self.service:
+                out[upstream] = self.routes_for_service()[upstream]
+            else:
+                out[upstream] = self.outbound(upstream, upstream, self.endpoints(upstream))
+        return out
+
+    def addresses(self, sidecar: Sidecar) -> dict[str, str]:
+        """The application's peers: its sidecar's outbound listeners."""
+        env = {}
+        password = self.lab.stack.redis_password
+        for upstream, port in sidecar.outbound.items():
+            if upstream == "redis":
+                env["RAGMESH_REDIS_URL"] = f"redis://:{password}@127.0.0.1:{port}/0"
+            elif upstream == "redis-cache":
+                env["RAGMESH_CACHE_URL"] = f"redis://:{password}@127.0.0.1:{port}/0"
+            else:
+                env[f"RAGMESH_{upstream.upper()}_ADDR"] = f"127.0.0.1:{port}"
+        return env
 
     def ready(self, role: str) -> None:
         pod = self.pods[role]
@@ -264,35 +334,77 @@ class Stage:
 
     # setup -----------------------------------------------------------------------------------
 
+    def role(self, workload: str) -> str:
+        return "primary" if workload == self.service else workload
+
     def up(self) -> None:
         self.lab.stack.workdir.mkdir(parents=True, exist_ok=True)
         self.prometheus = Prometheus(self.lab.stack, scrape_seconds=1.0)
         self.prometheus.start(self.telemetry.serve())
-        dependency = "retrieval" if self.service == "embedding" else "embedding"
+        others = TOPOLOGY[self.service]
         index = str(self.lab.stack.workdir / "index")
-        self.start_pod(dependency, dependency, dependency, {"RAGMESH_INDEX_DIR": index})
         primary_env = {"RAGMESH_INDEX_DIR": index}
-        canary_env = dict(primary_env)
+        self.canary_env = dict(primary_env)
         if self.service == "retrieval":  # replicas besides the writer read its index
-            canary_env["RAGMESH_INDEX_ROLE"] = "reader"
-        canary_env.update(self.scenario.env)
-        self.canary_env = canary_env
+            self.canary_env["RAGMESH_INDEX_ROLE"] = "reader"
+        self.canary_env.update(self.scenario.env)
+        if "query" in (self.service, *others) or self.service == "ingest":
+            self.lab.start_redis()
+        for deployment in (*others, f"{self.service}-primary", self.service):
+            self.lab.plan(deployment, 1)
+        leaves = [w for w in others if w != "query"]
+        for workload in leaves:
+            self.start_pod(workload, workload, workload, {"RAGMESH_INDEX_DIR": index})
         self.start_pod(
             "primary", self.service, f"{self.service}-primary", primary_env, standby=True
         )
-        self.ready(dependency)
-        self.ready("primary")
+        self.start_pod("canary", self.service, self.service, self.canary_env, release=True)
+        for role in (*leaves, "primary", "canary"):
+            self.ready(role)
         self.seed()
-        self.start_pod("canary", self.service, self.service, canary_env, release=True)
-        self.ready("canary")
-        self.start_gate(dependency)
-        self.start_loadtester(dependency)
+        if "query" in others:  # after the leaves: its first call may be a user's
+            self.start_pod("query", "query", "query")
+            self.ready("query")
+        self.start_gate()
+        self.start_loadtester()
         self.set_routes(canaries.TOTAL_WEIGHT, 0, False)
         if self.scenario.traffic:
-            user = self.client("user", self.lab.principal(USERS[self.service]))
-            method, request = self.load_request()
-            self.user = UserTraffic(f"127.0.0.1:{user.outbound[self.service]}", method, request)
-            self.user.start()
+            self.start_users()
+
+    def start_users(self) -> None:
+        """Users: through the ingress gateway (Ask) when the rehearsed service serves them
+        through query, else through a caller's sidecar with the load webhook's request; for
+        the ingest worker, documents on the queue."""
+        if self.service == "ingest":
+            self.keda = KedaDecision(self)
+            self.users = [DocumentTraffic(self.lab.stack.redis_url, burst=self.scenario.burst)]
+        elif self.service not in STREAMING:
+            user = self.client("user", self.lab.principal("query"))
+            method, request = self.load_request(self.canary)
+            self.users = [UserTraffic(f"127.0.0.1:{user.outbound[self.service]}", method, request)]
+        else:
+            ingress = self.start_ingress()
+            method, request = self.load_request(canaries.load(self.root, "query"))
+            address = f"127.0.0.1:{ingress.outbound['query']}"
+            self.users = [UserTraffic(address, method, request)]
+            if self.canary.analysis.match:  # and users who opt in to the A/B test
+                metadata = tuple(self.canary.analysis.match)
+                self.users.append(UserTraffic(address, method, request, metadata=metadata))
+        for traffic in self.users:
+            traffic.start()
+
+    def start_ingress(self) -> Sidecar:
+        """Istio's ingress gateway: the query Canary's routes (split when query is rehearsed)."""
+        out = (
+            self.routes_for_service()["query"]
+            if self.service == "query"
+            else self.outbound("query", "query", self.endpoints("query"))
+        )
+        sidecar = self.lab.start_sidecar(INGRESS, INGRESS_PRINCIPAL, outbound={"query": out})
+        if self.service == "query":
+            self.split_sidecars.append(sidecar)
+            self.set_routes(canaries.TOTAL_WEIGHT, 0, False)
+        return sidecar
 
     def seed(self) -> None:
         """Index samples/corpus with the primary embedding, as the ingest worker would (the
@@ -302,8 +414,8 @@ class Stage:
         from ragmesh.kit.domain import ChunkRecord, Purpose
         from ragmesh.kit.text import chunk
 
-        embedder = self.pods["primary" if self.service == "embedding" else "embedding"].proc
-        writer = self.pods["retrieval" if self.service == "embedding" else "primary"].proc
+        embedder = self.pods[self.role("embedding")].proc
+        writer = self.pods[self.role("retrieval")].proc
         settings = config.load({}).ingest
 
         async def run() -> None:
@@ -330,7 +442,15 @@ class Stage:
         asyncio.run(run())
         time.sleep(1.0)  # readers pick the writes up within RAGMESH_INDEX_REFRESH_MS
 
-    def start_gate(self, dependency: str) -> None:
+    def others(self) -> dict[str, Outbound]:
+        """Outbound listeners to every other service the rehearsal runs."""
+        return {
+            w: self.outbound(w, w, self.endpoints(w))
+            for w in TOPOLOGY[self.service]
+            if not w.startswith("redis")
+        }
+
+    def start_gate(self) -> None:
         port = free_port()
         listen = self.lab.plan("gate", 1)[0]
         listen[GATE_PORT] = free_port()
@@ -339,10 +459,7 @@ class Stage:
             self.lab.principal("gate"),
             inbound=[Inbound("http", GATE_PORT, listen[GATE_PORT], port)],
             rules=self.lab.rules("gate"),
-            outbound={
-                **self.routes_for_service(),
-                dependency: self.outbound(dependency, dependency, self.endpoints(dependency)),
-            },
+            outbound={**self.routes_for_service(), **self.others()},
         )
         self.split_sidecars.append(sidecar)
         names = Names({f"{h}:{GRPC_PORT}": f"127.0.0.1:{p}" for h, p in sidecar.outbound.items()})
@@ -363,7 +480,7 @@ class Stage:
                 raise StackError(f"the gate did not start; see {proc.log}")
             time.sleep(0.05)
 
-    def start_loadtester(self, dependency: str) -> None:
+    def start_loadtester(self) -> None:
         gate = Outbound(
             host=self.fqdn("gate"),
             protocol="tcp",
@@ -372,10 +489,7 @@ class Stage:
             endpoints=tuple(e[GATE_PORT] for e in self.lab.endpoints["gate"]),
             peer=spiffe(self.lab.principal("gate")),
         )
-        others = {
-            dependency: self.outbound(dependency, dependency, self.endpoints(dependency)),
-            "gate": gate,
-        }
+        others = {**self.others(), "gate": gate}
         sidecar = self.client("loadtester", principal(self.namespace, LOADTESTER), others)
         hosts = {f"{h}:{GRPC_PORT}": f"127.0.0.1:{p}" for h, p in sidecar.outbound.items()}
         hosts[f"gate:{GATE_PORT}"] = f"127.0.0.1:{sidecar.outbound['gate']}"
@@ -383,11 +497,11 @@ class Stage:
         home = self.lab.stack.workdir / "loadtester"
         self.tester = LoadTester(home, hosts, mounts, self.timescale)
 
-    def load_request(self) -> tuple[Method, bytes]:
-        """The load webhook's RPC and request: what the user sends too."""
+    def load_request(self, canary: canaries.Canary) -> tuple[Method, bytes]:
+        """A Canary's load webhook's RPC and request: what users send too."""
         import shlex
 
-        hook = next(h for h in self.canary.analysis.webhooks if h["name"] == "load")
+        hook = next(h for h in canary.analysis.webhooks if h["name"] == "load")
         args = shlex.split(str(hook["metadata"]["cmd"]).partition("; ")[2].partition("|")[0])
         method = from_protoset(str(self.root / PROTOSET), args[args.index("--call") + 1])
         request = json_format.Parse(args[args.index("-d") + 1], method.request())
@@ -413,14 +527,17 @@ class Stage:
         """The primary Deployment rolls to the canary's release (its next pod first)."""
         old = self.pods["primary"]
         grpc_port, metrics = self.standby
+        assert old.sidecar is not None
         env = {
             **self.canary_env,
+            **self.addresses(old.sidecar),  # the primary pod's sidecar, its peers
             "RAGMESH_GRPC_PORT": str(grpc_port),
             "RAGMESH_METRICS_PORT": str(metrics),
         }
         if self.service == "retrieval":  # one writer at a time (the index's lock)
             env["RAGMESH_INDEX_ROLE"] = "writer"
             self.lab.stack.kill(old.proc.name, 15)
+        env["RAGMESH_DRAIN_SECONDS"] = "3"
         proc = self.start_app(f"{self.service}-primary-next", self.service, env, release=True)
         self.pods["primary"] = Pod(pod_name(f"{self.service}-primary"), proc, metrics, old.sidecar)
         self.ready("primary")
@@ -469,9 +586,13 @@ class Stage:
         assert self.prometheus is not None
         return self.prometheus.query(promql)
 
+    def observe(self) -> dict[str, float]:
+        """What else a person watches during the release: KEDA's decision for ingest."""
+        return self.keda.decide() if self.keda is not None else {}
+
     def down(self) -> None:
-        if self.user is not None:
-            self.user.stop()
+        for user in self.users:
+            user.stop()
         self.lab.down()
         for names in self.names:  # after the processes that dial through them
             names.close()
@@ -481,8 +602,16 @@ class Stage:
 class UserTraffic:
     """A user calling the service through its caller's sidecar, ``rate`` calls a second."""
 
-    def __init__(self, address: str, method: Method, request: bytes, rate: float = 5.0) -> None:
+    def __init__(
+        self,
+        address: str,
+        method: Method,
+        request: bytes,
+        rate: float = 5.0,
+        metadata: tuple[tuple[str, str], ...] = (),
+    ) -> None:
         self.address, self.method, self.request, self.rate = address, method, request, rate
+        self.metadata = metadata
         self.outcomes: Counter[str] = Counter()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -498,7 +627,7 @@ class UserTraffic:
                 call = channel.unary_unary(self.method.path, None, None)
             while not self._stop.wait(1.0 / self.rate):
                 try:
-                    reply = call(self.request, timeout=10)
+                    reply = call(self.request, timeout=10, metadata=self.metadata)
                     if self.method.server_streaming:
                         for _ in reply:
                             pass
@@ -519,3 +648,85 @@ class UserTraffic:
 
 def dump(obj: Any) -> str:
     return json.dumps(obj, default=str)
+
+
+class KedaDecision:
+    """KEDA's decision for the ingest worker, from the shipped ScaledObject's redis-streams
+    trigger: the consumer group's lag, read the way the scaler reads it (XINFO GROUPS, through
+    a sidecar holding the keda-operator identity), and replicas = ceil(lag / lagCount) within
+    min and max (0 lag: the minimum)."""
+
+    def __init__(self, stage: Stage) -> None:
+        import redis as sync_redis
+        import yaml
+
+        docs = yaml.safe_load_all((stage.root / "rollouts/ingest/workload.yaml").read_text())
+        so = next(d for d in docs if d and d["kind"] == "ScaledObject")
+        (trigger,) = so["spec"]["triggers"]
+        self.spec, self.meta = so["spec"], trigger["metadata"]
+        who = principal("keda", "keda-operator")
+        sidecar = stage.lab.start_sidecar(
+            "keda-operator-sidecar", who, outbound={"redis": stage.lab.outbound("redis")}
+        )
+        self.client = sync_redis.Redis(
+            port=sidecar.outbound["redis"], password=stage.lab.stack.redis_password
+        )
+
+    def decide(self) -> dict[str, float]:
+        groups = self.client.xinfo_groups(self.meta["stream"])
+        lag = next(
+            (g["lag"] for g in groups if g["name"].decode() == self.meta["consumerGroup"]), 0
+        )
+        wanted = math.ceil((lag or 0) / int(self.meta["lagCount"]))
+        replicas = max(self.spec["minReplicaCount"], min(self.spec["maxReplicaCount"], wanted))
+        return {"lag": float(lag or 0), "keda replicas": float(replicas)}
+
+
+class DocumentTraffic:
+    """Users queueing documents (as query's Ingest does), ``rate`` a second, plus a burst."""
+
+    def __init__(self, redis_url: str, rate: float = 2.0, burst: int = 0) -> None:
+        self.redis_url, self.rate, self.burst = redis_url, rate, burst
+        self.outcomes: Counter[str] = Counter()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=lambda: asyncio.run(self._run()), daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    async def _run(self) -> None:
+        from ragmesh.kit import config
+        from ragmesh.kit.domain import DocumentIn
+        from ragmesh.kit.jobqueue import JobQueue, connect
+
+        settings = config.load({}).ingest
+        client = connect(self.redis_url, 2.0)
+        queue = JobQueue(client, settings.stream, settings.job_ttl)
+        await queue.ensure_group()
+        n = 0
+
+        def document() -> DocumentIn:
+            text = f"Keeper's log {n}. The lighthouse flashed every ten seconds that night."
+            return DocumentIn(f"log-{n}", f"Log {n}", text)
+
+        try:
+            for _ in range(self.burst):
+                n += 1
+                await queue.enqueue([document()])
+                self.outcomes["queued"] += 1
+            while not self._stop.is_set():
+                n += 1
+                await queue.enqueue([document()])
+                self.outcomes["queued"] += 1
+                await asyncio.sleep(1.0 / self.rate)
+        finally:
+            await client.aclose()
+
+    def take(self) -> dict[str, int]:
+        out = dict(self.outcomes)
+        self.outcomes.clear()
+        return out
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=15)

@@ -31,6 +31,8 @@ def line(tick: Tick, canary: Canary, users: dict[str, int] | None = None) -> str
         parts.append(f"hook {h.name} {'ok' if h.ok else 'FAIL'}")
     if users:
         parts.append("users " + " ".join(f"{k}={v}" for k, v in sorted(users.items())))
+    for name, value in tick.observed.items():
+        parts.append(f"{name} {value:g}")
     text = " | ".join(parts)
     if tick.events:
         text += "\n" + "\n".join(f"{'':>10}{e}" for e in tick.events)
