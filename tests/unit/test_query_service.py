@@ -141,3 +141,13 @@ async def test_bad_requests_name_the_field_and_call_nothing(
         await run(pipeline(MemoryRedis(), peers), **kw)
     assert e.value.field == field
     assert (peers.embeds, peers.searches, peers.generations) == (0, 0, 0)
+
+
+async def test_an_injected_first_token_delay_is_in_the_time_to_first_token() -> None:
+    """RAGMESH_FAULT_DELAY_MS for canary-analysis tests: query's own histogram sees it, as the
+    time-to-first-token gate must (the rehearsal's query latency scenario)."""
+    redis, peers = MemoryRedis(), Peers()
+    cache = RedisCache(redis, retry_after=0.0)  # type: ignore[arg-type]
+    p = AskPipeline(settings_for().query, peers, peers, peers, cache, first_token_delay=0.3)
+    events = await run(p, skip_cache=True)
+    assert events[-1].timings.first_token_ms >= 300  # type: ignore[attr-defined]

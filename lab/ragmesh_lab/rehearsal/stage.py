@@ -117,7 +117,7 @@ def scenario(service: str, name: str, workdir: Path) -> Scenario:
         return Scenario(name, burst=300)
     if name == "errors":
         return Scenario(name, {"RAGMESH_FAULT_ERROR_PERCENT": "20"}, expect="Failed")
-    if name == "latency" and service == "generation":  # before the first token of Generate
+    if name == "latency" and service in STREAMING:  # before the first token of Generate, Ask
         return Scenario(name, {"RAGMESH_FAULT_DELAY_MS": "2000"}, expect="Failed")
     if name == "latency" and service in ("embedding", "retrieval"):  # on every unary call
         return Scenario(name, {"RAGMESH_FAULT_DELAY_MS": "400"}, expect="Failed")

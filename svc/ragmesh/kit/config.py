@@ -130,7 +130,7 @@ class ServerSettings:
         "RAGMESH_FAULT_DELAY_MS",
         "0",
         "Fault injection for canary-analysis tests: delay added to every unary API call "
-        "and before the first token of Generate. Keep 0 in real deployments.",
+        "and before the first token of Generate and Ask. Keep 0 in real deployments.",
         per=1000.0,
     )
     compute_threads: int = setting(

@@ -48,6 +48,7 @@ def main() -> None:
             RetrievalClient(channels[1]),
             GenerationClient(channels[2], p.stream_timeout),
             RedisCache(cache),
+            first_token_delay=settings.server.fault_delay,
         )
         queue = JobQueue(redis, settings.ingest.stream, settings.ingest.job_ttl)
         try:

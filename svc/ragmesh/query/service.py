@@ -6,6 +6,7 @@ The stream always has the same shape: one :class:`Citations`, the answer's delta
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import time
@@ -66,8 +67,10 @@ class AskPipeline:
         retriever: Retriever,
         generator: Generator,
         cache: Cache,
+        first_token_delay: float = 0.0,
     ) -> None:
         self.settings = settings
+        self.first_token_delay = first_token_delay  # injected fault, 0 in real deployments
         self.embedder = embedder
         self.retriever = retriever
         self.generator = generator
@@ -172,6 +175,8 @@ class AskPipeline:
         async for generated in stream:
             if isinstance(generated, Delta):
                 if not deltas:
+                    if self.first_token_delay:  # RAGMESH_FAULT_DELAY_MS
+                        await asyncio.sleep(self.first_token_delay)
                     first_ms = _ms(started)
                     TTFT.labels("false").observe(first_ms / 1000.0)
                     trace.get_current_span().add_event("first_token")
