@@ -64,6 +64,7 @@ def test_every_istio_object_validates_with_extra_forbid() -> None:
         "Gateway",
         "Telemetry",
         "EnvoyFilter",
+        "RequestAuthentication",
     }
 
 

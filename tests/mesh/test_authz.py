@@ -22,14 +22,17 @@ QUERY = "cluster.local/ns/rag-prod/sa/ragmesh-query"
 DETAILS: dict[str, str] = {}
 
 
-async def call(channel: grpc.aio.Channel, path: str, timeout: float = 10.0) -> grpc.StatusCode:
+async def call(
+    channel: grpc.aio.Channel, path: str, timeout: float = 10.0, token: str = ""
+) -> grpc.StatusCode:
     """Call ``path`` with an empty message; the status it ends with."""
+    metadata = (("authorization", f"Bearer {token}"),) if token else ()
     try:
         if path in STREAMING:
-            async for _ in channel.unary_stream(path)(b"", timeout=timeout):
+            async for _ in channel.unary_stream(path)(b"", timeout=timeout, metadata=metadata):
                 pass
         else:
-            await channel.unary_unary(path)(b"", timeout=timeout)
+            await channel.unary_unary(path)(b"", timeout=timeout, metadata=metadata)
     except grpc.aio.AioRpcError as e:
         DETAILS[e.code().name] = e.details() or ""
         return e.code()
@@ -115,9 +118,10 @@ async def test_ingress_exposes_only_query_service(fake_mesh: FakeMesh) -> None:
     ingress = fake_mesh.lab.start_ingress()
     for app in fake_mesh.apps.values():
         app.calls.clear()
+    token = fake_mesh.lab.token()  # an end user's: the ingress requires one (test_users.py)
     async with fake_mesh.channel(ingress, "query") as channel:
         for path in api_paths():
-            code = await call(channel, path)
+            code = await call(channel, path, token=token)
             if path.startswith("/ragmesh.v1.QueryService/"):
                 assert code == grpc.StatusCode.OK, path
             else:  # no route at the edge: Envoy answers 404, which gRPC reads as UNIMPLEMENTED

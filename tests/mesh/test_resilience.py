@@ -63,9 +63,12 @@ async def test_long_stream_is_not_cut(fake_mesh: FakeMesh) -> None:
     fake_mesh.apps["query"].script[ASK].append(slow_stream(messages, interval))
     ingress = fake_mesh.lab.sidecars.get("istio-ingressgateway") or fake_mesh.lab.start_ingress()
 
+    bearer = (("authorization", f"Bearer {fake_mesh.lab.token()}"),)  # the ingress wants one
+
     async def stream(channel: grpc.aio.Channel, path: str) -> tuple[int, float]:
         start = time.monotonic()
-        received = [m async for m in channel.unary_stream(path)(b"", timeout=60)]
+        call = channel.unary_stream(path)(b"", timeout=60, metadata=bearer)
+        received = [m async for m in call]
         return len(received), time.monotonic() - start
 
     async with (

@@ -44,7 +44,9 @@ async def test_grpc_errors_become_http_statuses_with_a_json_body(
     before = app.count(INGEST)
     app.script[INGEST].append(fail(code))
     body = {"documents": [{"documentId": "d", "text": "t"}]}
-    got, headers, error = await asyncio.to_thread(rest.call, f"{url}/v1/documents:ingest", body)
+    got, headers, error = await asyncio.to_thread(
+        rest.call, f"{url}/v1/documents:ingest", body, token=fake_mesh.lab.token()
+    )
     assert app.count(INGEST) == before + 1  # it reached the application once
     assert got == status and headers["content-type"] == "application/json", error
     assert error == {"code": code.value[0], "message": f"scripted {code.name}", "details": []}
@@ -54,7 +56,9 @@ async def test_the_json_body_becomes_the_grpc_request(fake_mesh: FakeMesh) -> No
     """The call arrives as gRPC on the QueryService path, from the gateway's identity."""
     url = rest_url(fake_mesh)
     app = fake_mesh.apps["query"]
-    got, _, reply = await asyncio.to_thread(rest.call, f"{url}/v1/ingest-jobs/{'a' * 32}")
+    got, _, reply = await asyncio.to_thread(
+        rest.call, f"{url}/v1/ingest-jobs/{'a' * 32}", token=fake_mesh.lab.token()
+    )
     assert got == 200
     assert reply == {  # every field printed, zero values included
         "jobId": "",

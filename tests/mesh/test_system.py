@@ -29,6 +29,12 @@ RETRIEVAL = "cluster.outbound|50051||retrieval.rag-prod.svc.cluster.local"
 
 
 @pytest.fixture(scope="module")
+def token(mesh: MeshLab) -> str:
+    """An end user's token from the local issuer (the ingress requires one)."""
+    return mesh.token("default", ("ask", "ingest"))
+
+
+@pytest.fixture(scope="module")
 def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MeshLab]:
     lab = MeshLab(ROOT, tmp_path_factory.mktemp("fullmesh"))
     try:
@@ -39,9 +45,14 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MeshLab]:
         lab.down()
 
 
-def ask(stub: query_service_pb2_grpc.QueryServiceStub) -> str:
+def bearer(token: str) -> tuple[tuple[str, str]]:
+    return (("authorization", f"Bearer {token}"),)
+
+
+def ask(stub: query_service_pb2_grpc.QueryServiceStub, token: str) -> str:
     answer = []
-    for event in stub.Ask(q.AskRequest(question=QUESTION, skip_cache=True), timeout=30):
+    request = q.AskRequest(question=QUESTION, skip_cache=True)
+    for event in stub.Ask(request, timeout=30, metadata=bearer(token)):
         if event.WhichOneof("event") == "delta":
             answer.append(event.delta)
     return "".join(answer)
@@ -51,12 +62,19 @@ def test_cli_ingests_and_asks_through_the_ingress(
     mesh: MeshLab, capsys: pytest.CaptureFixture[str]
 ) -> None:
     data_dir = str(mesh.stack.workdir)
-    assert cli(["--data-dir", data_dir, "ingest", str(ROOT / "samples/corpus")]) == 0
+    # without a token the ingress refuses, and the CLI says what to do
+    assert cli(["--data-dir", data_dir, "ask", QUESTION]) == 1
+    assert "--token" in capsys.readouterr().err
+    assert cli(["--data-dir", data_dir, "token", "--tenant", "default", "--scope",
+                "ask,ingest", "--manifests", str(ROOT)]) == 0  # fmt: skip
+    token = capsys.readouterr().out.strip()
+    base = ["--data-dir", data_dir, "--token", token]
+    assert cli([*base, "ingest", str(ROOT / "samples/corpus")]) == 0
     capsys.readouterr()
     # the reader replica applies the writer's log within RAGMESH_INDEX_REFRESH_MS
     deadline = time.monotonic() + 5
     while True:
-        assert cli(["--data-dir", data_dir, "ask", QUESTION]) == 0
+        assert cli([*base, "ask", QUESTION]) == 0
         out = capsys.readouterr().out
         if FACT in out or time.monotonic() > deadline:
             break
@@ -97,14 +115,14 @@ def ancestors(span: Span, by_id: dict[str, Span]) -> list[str]:
 
 
 def test_one_ask_is_one_trace_through_every_sidecar_and_service(
-    mesh: MeshLab, capsys: pytest.CaptureFixture[str]
+    mesh: MeshLab, token: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     with grpc.insecure_channel(mesh.ingress_address) as channel:
         stub = query_service_pb2_grpc.QueryServiceStub(channel)
-        ask(stub)  # the query service learns the models' names: the cache is consulted next
+        ask(stub, token)  # the query service learns the models' names: the cache is next
         since = time.time_ns()
         question = q.AskRequest(question="Which apples does the orchard grow?")
-        events = list(stub.Ask(question, timeout=30))
+        events = list(stub.Ask(question, timeout=30, metadata=bearer(token)))
     assert events[-1].WhichOneof("event") == "done"
     # ingress 1, query 11 (sidecar in + out ×3, server, 3 clients, 2 cache lookups), embedding 3,
     # retrieval 3, generation 4 (sidecar, server, own spans)
@@ -170,15 +188,17 @@ def test_one_ask_is_one_trace_through_every_sidecar_and_service(
     assert "generation internal generation.generate" in tree
 
 
-def test_an_ingest_job_continues_the_trace_of_its_ingest_call(mesh: MeshLab) -> None:
+def test_an_ingest_job_continues_the_trace_of_its_ingest_call(mesh: MeshLab, token: str) -> None:
     """The queued document carries the call's trace and request id to the ingest worker."""
     since = time.time_ns()
     doc = q.Document(document_id="traced-doc", title="Traced", text="A traced document. " * 5)
     with grpc.insecure_channel(mesh.ingress_address) as channel:
         stub = query_service_pb2_grpc.QueryServiceStub(channel)
-        job = stub.Ingest(q.IngestRequest(documents=[doc]), timeout=10).job_id
+        job = stub.Ingest(q.IngestRequest(documents=[doc]), timeout=10, metadata=bearer(token))
+        job = job.job_id
         deadline = time.monotonic() + 60
-        while stub.GetIngestJob(q.GetIngestJobRequest(job_id=job), timeout=5).state in (
+        status = q.GetIngestJobRequest(job_id=job)
+        while stub.GetIngestJob(status, timeout=5, metadata=bearer(token)).state in (
             q.INGEST_JOB_STATE_QUEUED,
             q.INGEST_JOB_STATE_RUNNING,
         ):
@@ -208,11 +228,11 @@ def test_an_ingest_job_continues_the_trace_of_its_ingest_call(mesh: MeshLab) -> 
         ]
 
 
-def test_rest_ask_streams_ndjson_as_it_is_generated(mesh: MeshLab) -> None:
+def test_rest_ask_streams_ndjson_as_it_is_generated(mesh: MeshLab, token: str) -> None:
     """POST /v1/ask through the ingress's transcoder: one JSON message per line, citations
     first, and the lines arrive while the answer is still being generated."""
     body = {"question": QUESTION, "topK": 2, "skipCache": True}
-    status, lines = rest.stream(f"{mesh.rest_url}/v1/ask", body)
+    status, lines = rest.stream(f"{mesh.rest_url}/v1/ask", body, token)
     assert status == 200
     kinds = [next(iter(message)) for _, message in lines]
     assert kinds[0] == "citations" and kinds[-1] == "done"
@@ -228,16 +248,17 @@ def test_rest_ask_streams_ndjson_as_it_is_generated(mesh: MeshLab) -> None:
     assert citations_at < total_ms, (citations_at, total_ms)
 
 
-def test_rest_ingest_and_job_round_trip(mesh: MeshLab) -> None:
+def test_rest_ingest_and_job_round_trip(mesh: MeshLab, token: str) -> None:
     url = mesh.rest_url
     doc = {"documentId": "rest-note", "title": "Tide gauge", "text": "The Selby tide gauge "
            "was installed in 1903. It records the water level every ten minutes."}  # fmt: skip
     # an unknown field is dropped by the transcoder, not an error
-    status, _, queued = rest.call(f"{url}/v1/documents:ingest", {"documents": [doc], "x": 1})
+    body = {"documents": [doc], "x": 1}
+    status, _, queued = rest.call(f"{url}/v1/documents:ingest", body, token=token)
     assert status == 200 and queued["documentCount"] == 1
     deadline = time.monotonic() + 60
     while True:
-        status, _, job = rest.call(f"{url}/v1/ingest-jobs/{queued['jobId']}")
+        status, _, job = rest.call(f"{url}/v1/ingest-jobs/{queued['jobId']}", token=token)
         assert status == 200 and job["jobId"] == queued["jobId"]
         if job["state"] not in ("INGEST_JOB_STATE_QUEUED", "INGEST_JOB_STATE_RUNNING"):
             break
@@ -248,7 +269,7 @@ def test_rest_ingest_and_job_round_trip(mesh: MeshLab) -> None:
     question = {"question": "When was the tide gauge installed?", "skipCache": True}
     deadline = time.monotonic() + 5
     while True:
-        status, lines = rest.stream(f"{url}/v1/ask", question)
+        status, lines = rest.stream(f"{url}/v1/ask", question, token)
         cited = lines[0][1]["citations"]["citations"][0]["documentId"]
         if cited == "rest-note" or time.monotonic() > deadline:
             break
@@ -271,23 +292,33 @@ def test_rest_ingest_and_job_round_trip(mesh: MeshLab) -> None:
     ],
 )  # fmt: skip
 def test_rest_rejects_bad_input_with_a_status_and_a_json_error(
-    mesh: MeshLab, path: str, body: Any, status: int, grpc_code: int, field: str
+    mesh: MeshLab, token: str, path: str, body: Any, status: int, grpc_code: int, field: str
 ) -> None:
-    got, headers, error = rest.call(mesh.rest_url + path, body)
+    got, headers, error = rest.call(mesh.rest_url + path, body, token=token)
     assert got == status and headers["content-type"] == "application/json", error
     assert error["code"] == grpc_code and error["message"].startswith(f"{field}:"), error
 
 
-def test_rest_paths_outside_the_api_are_not_found(mesh: MeshLab) -> None:
+def test_rest_paths_outside_the_api_are_not_found(mesh: MeshLab, token: str) -> None:
     for path in ("/v1/nothing", "/ragmesh.v1.RetrievalService/Search", "/v1/ask/extra"):
-        status, _, _ = rest.call(mesh.rest_url + path, {})
+        status, _, _ = rest.call(mesh.rest_url + path, {}, token=token)
         assert status == 404, path
     # a route with a query parameter it does not know is no route either
-    status, _, _ = rest.call(f"{mesh.rest_url}/v1/ingest-jobs/{'0' * 32}?bogus=1")
+    status, _, _ = rest.call(f"{mesh.rest_url}/v1/ingest-jobs/{'0' * 32}?bogus=1", token=token)
     assert status == 404
 
 
-def test_retrieval_replica_killed_during_asks(mesh: MeshLab) -> None:
+def test_rest_without_a_token_is_refused_and_with_a_bad_one_is_unauthenticated(
+    mesh: MeshLab, token: str
+) -> None:
+    body = {"question": QUESTION}
+    status, _, error = rest.call(f"{mesh.rest_url}/v1/ask", body)
+    assert status == 403 and "RBAC" in str(error)
+    status, _, error = rest.call(f"{mesh.rest_url}/v1/ask", body, token=token[:-4] + "AAAA")
+    assert status == 401, error
+
+
+def test_retrieval_replica_killed_during_asks(mesh: MeshLab, token: str) -> None:
     """Two callers ask continuously; one retrieval replica (app and sidecar) is killed."""
     stats_before = mesh.sidecars["query"].stats()
     results: list[str] = []
@@ -299,7 +330,7 @@ def test_retrieval_replica_killed_during_asks(mesh: MeshLab) -> None:
             stub = query_service_pb2_grpc.QueryServiceStub(channel)
             while not stop.is_set():
                 try:
-                    results.append(ask(stub))
+                    results.append(ask(stub, token))
                 except grpc.RpcError as e:
                     failures.append(f"{e.code()}: {e.details()}")  # type: ignore[attr-defined]
 

@@ -52,12 +52,17 @@ class FakeApp(grpc.GenericRpcHandler):
 
     name: str
     calls: list[tuple[str, str]] = field(default_factory=list)
+    metadata: list[tuple[tuple[str, str], ...]] = field(default_factory=list)  # per call
     script: dict[str, deque[Action]] = field(default_factory=lambda: defaultdict(deque))
     server: grpc.aio.Server | None = None
     port: int = 0
 
     def count(self, path: str) -> int:
         return sum(1 for p, _ in self.calls if p == path)
+
+    def _record(self, path: str, context: grpc.aio.ServicerContext) -> None:
+        self.calls.append((path, self._caller(context)))
+        self.metadata.append(tuple((k, str(v)) for k, v in context.invocation_metadata() or ()))
 
     def _caller(self, context: grpc.aio.ServicerContext) -> str:
         # The sidecar passes the verified peer identity on in x-forwarded-client-cert.
@@ -75,7 +80,7 @@ class FakeApp(grpc.GenericRpcHandler):
             async def stream(
                 request: bytes, context: grpc.aio.ServicerContext
             ) -> AsyncIterator[bytes]:
-                self.calls.append((path, self._caller(context)))
+                self._record(path, context)
                 if self.script[path]:
                     result = self.script[path].popleft()(context)
                     if hasattr(result, "__aiter__"):
@@ -88,7 +93,7 @@ class FakeApp(grpc.GenericRpcHandler):
             return grpc.unary_stream_rpc_method_handler(stream)
 
         async def unary(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
-            self.calls.append((path, self._caller(context)))
+            self._record(path, context)
             if self.script[path]:
                 await self.script[path].popleft()(context)
             return b""

@@ -14,11 +14,15 @@ def _connection(url: str) -> tuple[http.client.HTTPConnection, str]:
     return http.client.HTTPConnection(parts.netloc, timeout=30), parts.path
 
 
-def call(url: str, body: Any = None, method: str = "") -> tuple[int, dict[str, str], Any]:
+def call(
+    url: str, body: Any = None, method: str = "", token: str = ""
+) -> tuple[int, dict[str, str], Any]:
     """One request; returns the status, the headers and the JSON body (or its text)."""
     conn, path = _connection(url)
     data = body if isinstance(body, str) else None if body is None else json.dumps(body)
     headers = {"content-type": "application/json"} if data is not None else {}
+    if token:  # an end user's bearer token, for the ingress gateway
+        headers["authorization"] = f"Bearer {token}"
     try:
         conn.request(method or ("POST" if data is not None else "GET"), path, data, headers)
         response = conn.getresponse()
@@ -32,13 +36,16 @@ def call(url: str, body: Any = None, method: str = "") -> tuple[int, dict[str, s
         conn.close()
 
 
-def stream(url: str, body: Any) -> tuple[int, list[tuple[float, Any]]]:
+def stream(url: str, body: Any, token: str = "") -> tuple[int, list[tuple[float, Any]]]:
     """POST and read the newline-delimited JSON reply line by line as it arrives: the
     status and each message with the milliseconds since the request was sent."""
     conn, path = _connection(url)
     try:
         started = time.perf_counter()
-        conn.request("POST", path, json.dumps(body), {"content-type": "application/json"})
+        headers = {"content-type": "application/json"}
+        if token:
+            headers["authorization"] = f"Bearer {token}"
+        conn.request("POST", path, json.dumps(body), headers)
         response = conn.getresponse()
         lines: list[tuple[float, Any]] = []
         while line := response.readline():

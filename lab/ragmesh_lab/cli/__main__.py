@@ -45,6 +45,9 @@ BATCH_DOCUMENTS = 64
 DONE_STATES = (JobState.SUCCEEDED, JobState.FAILED)
 
 
+SCOPES = ("ask", "ingest", "delete")
+
+
 class CliError(Exception):
     """A one-line error for the user."""
 
@@ -117,7 +120,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 
     async def run() -> list[JobStatus]:
         async with grpc.aio.insecure_channel(address) as channel:
-            client = QueryClient(channel, timeout=30)
+            client = QueryClient(channel, timeout=30, token=args.token)
             jobs = []
             for i in range(0, len(docs), BATCH_DOCUMENTS):
                 batch = docs[i : i + BATCH_DOCUMENTS]
@@ -157,7 +160,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         status = asyncio.run(run())
     except RagmeshError as e:
         print(file=sys.stderr)
-        raise CliError(f"query service at {address}: {e}") from None
+        raise CliError(f"query service at {address}: {e}{token_hint(e)}") from None
     failed = sum(s.documents_failed for s in status)
     print(file=sys.stderr)
     for s in status:
@@ -193,7 +196,8 @@ def cmd_ask(args: argparse.Namespace) -> int:
         citations: tuple[Citation, ...] = ()
         answer, done = "", None
         async with grpc.aio.insecure_channel(address) as channel:
-            async for event in QueryClient(channel, timeout=args.timeout).ask(request):
+            client = QueryClient(channel, timeout=args.timeout, token=args.token)
+            async for event in client.ask(request):
                 if isinstance(event, Citations):
                     citations = event.citations
                 elif isinstance(event, Delta):
@@ -207,7 +211,7 @@ def cmd_ask(args: argparse.Namespace) -> int:
         citations, answer, done = asyncio.run(stream())
     except RagmeshError as e:
         print(file=sys.stderr)
-        raise CliError(f"query service at {address}: {e}") from None
+        raise CliError(f"query service at {address}: {e}{token_hint(e)}") from None
     assert done is not None  # every Ask stream ends with one
     print("\n" + render_sources(citations, answer))
     t = done.timings
@@ -217,6 +221,42 @@ def cmd_ask(args: argparse.Namespace) -> int:
         f"total {t.total_ms:.1f} ms; {done.completion_tokens} tokens, {done.finish.name.lower()}; "
         f"index v{done.index_version})",
         file=sys.stderr,
+    )
+    return 0
+
+
+def token_hint(error: Exception) -> str:
+    """What to do when the ingress refused the caller."""
+    text = str(error)
+    if "unauthenticated" in text or "permission_denied" in text:
+        return ' (the ingress requires a token: --token "$(ragmesh token --tenant T --scope ask)")'
+    return ""
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    """A development token from the local mesh's issuer, for the issuer and audience that
+    mesh/authentication.yaml names (the local mesh verifies exactly those)."""
+    from ragmesh_lab.meshlab import manifests
+    from ragmesh_lab.meshlab.issuer import LocalIssuer
+
+    rules = manifests.load(args.manifests).gateway_jwt
+    if not rules:
+        raise CliError(f"{args.manifests}/mesh has no RequestAuthentication for the gateway")
+    scopes = [s for s in args.scope.split(",") if s]
+    unknown = set(scopes) - set(SCOPES)
+    if unknown:
+        raise CliError(f"--scope: unknown {sorted(unknown)} (scopes: {', '.join(SCOPES)})")
+    issuer = LocalIssuer(args.data_dir / "pki" / "issuer")
+    rule = rules[0]
+    print(
+        issuer.mint(
+            issuer=rule.issuer,
+            audience=rule.audiences[0] if rule.audiences else "",
+            subject=args.subject,
+            tenant=args.tenant,
+            scopes=scopes,
+            ttl=args.ttl,
+        )
     )
     return 0
 
@@ -317,6 +357,11 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ragmesh", description=__doc__.splitlines()[0])
     p.add_argument("--data-dir", type=Path, default=DEFAULT_DIR, help="where up keeps its state")
     p.add_argument("--addr", default="", help="query service host:port (default: from up)")
+    p.add_argument(
+        "--token",
+        default="",
+        help="an end user's bearer token, which the ingress gateway requires (ragmesh token)",
+    )
     sub = p.add_subparsers(dest="command", required=True)
     sub.add_parser("up", help="start Redis and every service locally; Ctrl-C stops")
     ingest = sub.add_parser("ingest", help="ingest .txt, .md and .html files or directories")
@@ -346,6 +391,14 @@ def parser() -> argparse.ArgumentParser:
         "--trace",
         action="store_true",
         help="run a local OTLP receiver; every Envoy and service sends it spans",
+    )
+    tk = sub.add_parser("token", help="mint a development token for the local mesh's ingress")
+    tk.add_argument("--tenant", required=True, help="the tenant the token grants")
+    tk.add_argument("--scope", default="ask", help="comma-separated: ask, ingest, delete")
+    tk.add_argument("--subject", default="developer", help="the end user (the sub claim)")
+    tk.add_argument("--ttl", type=float, default=3600.0, help="seconds until it expires")
+    tk.add_argument(
+        "--manifests", type=Path, default=Path("."), help="directory holding mesh/ and rollouts/"
     )
     rh = sub.add_parser(
         "rehearse",
@@ -388,6 +441,7 @@ def main(argv: list[str] | None = None) -> int:
         "mesh": cmd_mesh,
         "traces": cmd_traces,
         "rehearse": cmd_rehearse,
+        "token": cmd_token,
     }
     try:
         return commands[args.command](args)

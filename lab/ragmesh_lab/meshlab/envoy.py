@@ -15,7 +15,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ragmesh_lab.meshlab.ca import Identity
-from ragmesh_lab.meshlab.manifests import Operation, Rule, ServicePolicy, TranslationError, spiffe
+from ragmesh_lab.meshlab.manifests import (
+    GatewayDeny,
+    JwtRule,
+    Operation,
+    Rule,
+    ServicePolicy,
+    TranslationError,
+    spiffe,
+)
 
 Json = dict[str, Any]
 Protocol = Literal["grpc", "http", "tcp"]
@@ -133,6 +141,8 @@ class Outbound:
     service: ServicePolicy | None = None
     rest: RestBridge | None = None
     split: Split | None = None
+    #: HTTP filters before any other on this listener (the gateway's end-user checks)
+    front: tuple[Json, ...] = ()
 
     @property
     def cluster(self) -> str:
@@ -599,12 +609,14 @@ def _outbound(
             "name": name,
             "address": _address(out.listen),
             "traffic_direction": "OUTBOUND",  # client spans
-            "filter_chains": [{"filters": [_hcm(name, routes, [], "outbound", tracing)]}],
+            "filter_chains": [
+                {"filters": [_hcm(name, routes, list(out.front), "outbound", tracing)]}
+            ],
         }
     ]
     if out.rest is not None:  # JSON in, transcoded to gRPC, then the same routes
         rest_name = f"{name}_rest"
-        hcm = _hcm(rest_name, routes, list(out.rest.filters), "outbound", tracing)
+        hcm = _hcm(rest_name, routes, [*out.front, *out.rest.filters], "outbound", tracing)
         listeners.append(
             {
                 "name": rest_name,
@@ -668,3 +680,66 @@ def sidecar_config(
     if layers:
         config["layered_runtime"] = {"layers": layers}
     return config
+
+
+JWT_FILTER = "envoy.filters.http.jwt_authn"
+
+
+def end_user_filters(
+    rules: Sequence[JwtRule], denies: Sequence[GatewayDeny], jwks: Path
+) -> tuple[Json, ...]:
+    """Istio's RequestAuthentication and the gateway's DENY rules, as istiod writes them:
+    jwt_authn (a present token must verify, a missing one passes without a principal), then
+    RBAC on the verified payload. ``jwks`` stands in for each rule's jwksUri."""
+    providers: Json = {}
+    for i, rule in enumerate(rules):
+        providers[f"origins-{i}"] = {
+            "issuer": rule.issuer,
+            "audiences": list(rule.audiences),
+            "local_jwks": {"filename": str(jwks)},
+            "forward": rule.forward,
+            "payload_in_metadata": "payload",
+            "claim_to_headers": [
+                {"header_name": header, "claim_name": claim} for header, claim in rule.claim_headers
+            ],
+        }
+    any_provider: list[Json] = [{"provider_name": name} for name in providers]
+    any_provider.append({"allow_missing": {}})
+    jwt = {
+        "name": JWT_FILTER,
+        "typed_config": _typed(
+            "envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication",
+            providers=providers,
+            rules=[
+                {
+                    "match": {"prefix": "/"},
+                    "requires": {"requires_any": {"requirements": any_provider}},
+                }
+            ],
+        ),
+    }
+    verified = {
+        "metadata": {
+            "filter": JWT_FILTER,
+            "path": [{"key": "payload"}, {"key": "sub"}],
+            "value": {"present_match": True},
+        }
+    }
+    policies: Json = {}
+    for i, deny in enumerate(denies):
+        permission: Json = {"any": True}
+        if deny.not_paths:
+            paths = [{"url_path": {"path": _string_match(p)}} for p in deny.not_paths]
+            permission = {"not_rule": {"or_rules": {"rules": paths}}}
+        policies[f"deny-{i}"] = {
+            "permissions": [permission],
+            "principals": [{"not_id": verified}],
+        }
+    rbac = {
+        "name": "envoy.filters.http.rbac",
+        "typed_config": _typed(
+            "envoy.extensions.filters.http.rbac.v3.RBAC",
+            rules={"action": "DENY", "policies": policies},
+        ),
+    }
+    return (jwt, rbac) if policies else (jwt,)

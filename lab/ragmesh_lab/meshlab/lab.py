@@ -20,11 +20,20 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 from ragmesh_lab.cli.supervisor import Proc, Stack, StackError, free_port
 from ragmesh_lab.meshlab import manifests, matrix
 from ragmesh_lab.meshlab.ca import Identity, LocalCA
-from ragmesh_lab.meshlab.envoy import Inbound, Outbound, RestBridge, Tracing, sidecar_config
+from ragmesh_lab.meshlab.envoy import (
+    Inbound,
+    Outbound,
+    RestBridge,
+    Tracing,
+    end_user_filters,
+    sidecar_config,
+)
+from ragmesh_lab.meshlab.issuer import LocalIssuer
 from ragmesh_lab.meshlab.manifests import GRPC_PORT, METRICS_PORT, MeshPolicy, Rule, ServicePolicy
 from ragmesh_lab.meshlab.matrix import REDIS_WORKLOADS
 
@@ -371,6 +380,10 @@ class MeshLab:
         gRPC on one port; REST on another when mesh/ adds the transcoder (its EnvoyFilter:
         mesh/rest-bridge.yaml). In a cluster both share port 443."""
         query = self.outbound("query")
+        if self.policy.gateway_jwt:  # end users: tokens of the local issuer
+            jwks = self.issuer.jwks_file()
+            front = end_user_filters(self.policy.gateway_jwt, self.policy.gateway_deny, jwks)
+            query = replace(query, front=front)
         port = 0
         if self.policy.gateway_filters:
             port = self.rest_port or free_port()
@@ -378,6 +391,25 @@ class MeshLab:
         sidecar = self.start_sidecar(INGRESS, INGRESS_PRINCIPAL, outbound={"query": query})
         sidecar.rest = port
         return sidecar
+
+    @property
+    def issuer(self) -> LocalIssuer:
+        """The local issuer that stands in for the RequestAuthentication's identity provider."""
+        return LocalIssuer(self.stack.workdir / "pki" / "issuer")
+
+    def token(
+        self, tenant: str = "default", scopes: Sequence[str] = ("ask", "ingest"), **kw: Any
+    ) -> str:
+        """A token the ingress accepts: the manifests' issuer and first audience."""
+        rule = self.policy.gateway_jwt[0]
+        return self.issuer.mint(
+            issuer=rule.issuer,
+            audience=rule.audiences[0] if rule.audiences else "",
+            subject=kw.pop("subject", "developer"),
+            tenant=tenant,
+            scopes=scopes,
+            **kw,
+        )
 
     @property
     def ingress_address(self) -> str:

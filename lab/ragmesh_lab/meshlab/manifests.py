@@ -102,6 +102,27 @@ class ServicePolicy:
     gateways: tuple[str, ...] = ()
 
 
+@dataclass(frozen=True)
+class JwtRule:
+    """A RequestAuthentication jwtRule of the ingress gateway."""
+
+    issuer: str
+    jwks_uri: str
+    audiences: tuple[str, ...]
+    forward: bool
+    claim_headers: tuple[tuple[str, str], ...]  # (header, claim)
+
+
+@dataclass(frozen=True)
+class GatewayDeny:
+    """A DENY rule of the ingress gateway: requests to ``hosts`` whose request principal
+    matches none of ``not_request_principals``, on any path but ``not_paths``."""
+
+    not_request_principals: tuple[str, ...]
+    not_paths: tuple[str, ...]
+    hosts: tuple[str, ...]
+
+
 @dataclass
 class MeshPolicy:
     """Everything the local mesh takes from the manifests."""
@@ -118,6 +139,10 @@ class MeshPolicy:
     strict_namespaces: set[str] = field(default_factory=set)
     #: the HTTP filter the ingress gateway's EnvoyFilter adds (the REST bridge), if any
     gateway_filters: list[dict[str, Any]] = field(default_factory=list)
+    #: end users at the ingress gateway: token verification and the rules that require one
+    gateway_jwt: list[JwtRule] = field(default_factory=list)
+    gateway_deny: list[GatewayDeny] = field(default_factory=list)
+    gateway_hosts: set[str] = field(default_factory=set)
 
     def allows(
         self, workload: str, caller: str, path: str, port: int = GRPC_PORT, method: str = "POST"
@@ -177,12 +202,21 @@ def load(root: Path) -> MeshPolicy:
         if handler is None:
             raise TranslationError(f"{where}: kind {kind!r} is not supported by the local mesh")
         handler(policy, doc, where)
+    for deny in policy.gateway_deny:
+        foreign = {h.removesuffix(":*") for h in deny.hosts} - policy.gateway_hosts
+        if foreign:
+            raise TranslationError(
+                f"the gateway's DENY rule names hosts {sorted(foreign)} that no Gateway serves"
+            )
     return policy
 
 
 def _authorization(policy: MeshPolicy, doc: dict[str, Any], where: str) -> None:
     namespace = doc["metadata"]["namespace"]
     spec = doc.get("spec") or {}
+    if spec.get("selector") == {"matchLabels": {"istio": "ingressgateway"}}:
+        _gateway_authorization(policy, doc, where)
+        return
     _check(spec, f"{where} spec", {"selector", "action", "rules"})
     if not spec:
         policy.deny_all.add(namespace)
@@ -221,6 +255,70 @@ def _rule(rule: Mapping[str, Any], where: str) -> Rule:
             )
         )
     return Rule(tuple(principals), tuple(operations))
+
+
+def _gateway_authorization(policy: MeshPolicy, doc: dict[str, Any], where: str) -> None:
+    """The ingress gateway's policy for end users: DENY rules on request principals and paths
+    (a shared gateway keeps serving other hosts: hosts must name the Gateway's)."""
+    spec = doc["spec"]
+    _check(spec, f"{where} spec", {"selector", "action", "rules"})
+    if doc["metadata"]["namespace"] != "istio-system" or spec.get("action") != "DENY":
+        raise TranslationError(f"{where}: the gateway's policy must be a DENY in istio-system")
+    for i, rule in enumerate(spec.get("rules") or []):
+        at = f"{where} spec.rules[{i}]"
+        _check(rule, at, {"from", "to"})
+        not_principals: list[str] = []
+        for j, src in enumerate(rule.get("from") or []):
+            _check(src, f"{at}.from[{j}]", {"source"})
+            _check(src["source"], f"{at}.from[{j}].source", {"notRequestPrincipals"})
+            not_principals.extend(src["source"]["notRequestPrincipals"])
+        if not_principals != ["*"]:
+            raise TranslationError(f"{at}.from: only notRequestPrincipals ['*'] is supported")
+        not_paths: list[str] = []
+        hosts: list[str] = []
+        for j, to in enumerate(rule.get("to") or []):
+            _check(to, f"{at}.to[{j}]", {"operation"})
+            _check(to["operation"], f"{at}.to[{j}].operation", {"hosts", "notPaths"})
+            not_paths.extend(to["operation"].get("notPaths", ()))
+            hosts.extend(to["operation"].get("hosts", ()))
+        policy.gateway_deny.append(
+            GatewayDeny(tuple(not_principals), tuple(not_paths), tuple(hosts))
+        )
+
+
+def _request_authentication(policy: MeshPolicy, doc: dict[str, Any], where: str) -> None:
+    spec = doc["spec"]
+    _check(spec, f"{where} spec", {"selector", "jwtRules"})
+    if doc["metadata"]["namespace"] != "istio-system" or spec.get("selector") != {
+        "matchLabels": {"istio": "ingressgateway"}
+    }:
+        raise TranslationError(f"{where}: only the ingress gateway's RequestAuthentication")
+    for i, rule in enumerate(spec["jwtRules"]):
+        at = f"{where} spec.jwtRules[{i}]"
+        _check(
+            rule,
+            at,
+            {"issuer", "jwksUri", "audiences", "forwardOriginalToken", "outputClaimToHeaders"},
+        )
+        headers = []
+        for j, out in enumerate(rule.get("outputClaimToHeaders", [])):
+            _check(out, f"{at}.outputClaimToHeaders[{j}]", {"header", "claim"})
+            headers.append((out["header"], out["claim"]))
+        policy.gateway_jwt.append(
+            JwtRule(
+                issuer=rule["issuer"],
+                jwks_uri=rule["jwksUri"],
+                audiences=tuple(rule.get("audiences", ())),
+                forward=bool(rule.get("forwardOriginalToken", False)),
+                claim_headers=tuple(headers),
+            )
+        )
+
+
+def _gateway(policy: MeshPolicy, doc: dict[str, Any], where: str) -> None:
+    """The edge Gateway: its hosts (the local ingress serves only these)."""
+    for server in doc["spec"].get("servers", []):
+        policy.gateway_hosts.update(server.get("hosts", ()))
 
 
 def _sidecar(policy: MeshPolicy, doc: dict[str, Any], where: str) -> None:
@@ -370,6 +468,7 @@ _HANDLERS = {
     "Canary": _canary,
     "PeerAuthentication": _peer_authentication,
     "Namespace": _no_traffic_effect,
-    "Gateway": _no_traffic_effect,
+    "Gateway": _gateway,
+    "RequestAuthentication": _request_authentication,
     "Telemetry": _no_traffic_effect,
 }

@@ -171,13 +171,17 @@ class QueryClient:
     """The QueryService as a client uses it (the CLI, the quality gate, the benchmarks):
     domain events in and out, errors translated into domain errors."""
 
-    def __init__(self, channel: grpc.aio.Channel, timeout: float = 60.0) -> None:
+    def __init__(self, channel: grpc.aio.Channel, timeout: float = 60.0, token: str = "") -> None:
         self._stub = query_service_pb2_grpc.QueryServiceStub(channel)
         self._timeout = timeout
+        # an end user's bearer token, for the ingress gateway (none inside the mesh)
+        self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
 
     async def ask(self, request: AskInput) -> AsyncIterator[codec.AskEvent]:
         """The Ask stream: Citations, deltas, then one AskDone."""
-        call = self._stub.Ask(codec.ask_to_proto(request), timeout=self._timeout)
+        call = self._stub.Ask(
+            codec.ask_to_proto(request), timeout=self._timeout, metadata=self._metadata
+        )
         try:
             async for reply in call:
                 yield codec.ask_event_from_proto(reply)
@@ -192,7 +196,7 @@ class QueryClient:
             documents=[codec.document_to_proto(d) for d in documents]
         )
         try:
-            reply = await self._stub.Ingest(request, timeout=self._timeout)
+            reply = await self._stub.Ingest(request, timeout=self._timeout, metadata=self._metadata)
         except grpc.aio.AioRpcError as e:
             raise translate(e, "query") from None
         return reply.job_id
@@ -201,7 +205,9 @@ class QueryClient:
         """The progress of an Ingest call."""
         request = query_service_pb2.GetIngestJobRequest(job_id=job_id)
         try:
-            reply = await self._stub.GetIngestJob(request, timeout=self._timeout)
+            reply = await self._stub.GetIngestJob(
+                request, timeout=self._timeout, metadata=self._metadata
+            )
         except grpc.aio.AioRpcError as e:
             raise translate(e, "query") from None
         return codec.job_from_proto(reply)

@@ -1,0 +1,120 @@
+"""End users at the ingress gateway, on real Envoy: mesh/authentication.yaml's
+RequestAuthentication and DENY rule, translated by the local mesh with its local issuer.
+A valid token passes; expired, not yet valid, wrong issuer, wrong audience, tampered and
+unknown-key tokens are UNAUTHENTICATED (HTTP 401); a token for another audience is
+PERMISSION_DENIED (403: Envoy's jwt_authn, as under Istio); no token is PERMISSION_DENIED
+(403), as Istio answers a request without a principal. The verified claims reach
+query as headers the gateway writes: a client's forged copy never does."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+
+import grpc
+import pytest
+
+from ragmesh_lab.meshlab.issuer import b64url
+from ragmesh_lab.meshlab.lab import Sidecar
+from tests.mesh.conftest import FakeMesh
+
+pytestmark = pytest.mark.slow
+ASK = "/ragmesh.v1.QueryService/Ask"
+HEALTH = "/grpc.health.v1.Health/Check"
+
+
+def ingress(mesh: FakeMesh) -> Sidecar:
+    return mesh.lab.sidecars.get("istio-ingressgateway") or mesh.lab.start_ingress()
+
+
+async def ask(
+    mesh: FakeMesh, token: str | None, extra: Sequence[tuple[str, str]] = ()
+) -> tuple[grpc.StatusCode, str]:
+    metadata = [*extra] + ([("authorization", f"Bearer {token}")] if token else [])
+    async with mesh.channel(ingress(mesh), "query") as channel:
+        try:
+            async for _ in channel.unary_stream(ASK)(b"", timeout=10, metadata=metadata):
+                pass
+        except grpc.aio.AioRpcError as e:
+            return e.code(), e.details() or ""
+    return grpc.StatusCode.OK, ""
+
+
+def tampered(token: str) -> str:
+    header, payload, signature = token.split(".")
+    claims = json.loads(__import__("base64").urlsafe_b64decode(payload + "=="))
+    claims["tenant"] = "someone-else"
+    return ".".join((header, b64url(json.dumps(claims).encode()), signature))
+
+
+async def test_a_valid_token_passes_and_its_claims_reach_query(fake_mesh: FakeMesh) -> None:
+    app = fake_mesh.apps["query"]
+    app.calls.clear()
+    app.metadata.clear()
+    token = fake_mesh.lab.token("acme", ("ask",), subject="alice")
+    assert (await ask(fake_mesh, token))[0] == grpc.StatusCode.OK
+    seen = dict(app.metadata[-1])
+    assert (seen["x-ragmesh-tenant"], seen["x-ragmesh-subject"]) == ("acme", "alice")
+    assert "authorization" not in seen  # the token itself is never forwarded
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["expired", "not yet valid", "wrong issuer", "wrong audience", "tampered", "unknown key"],
+)
+async def test_a_bad_token_is_unauthenticated(fake_mesh: FakeMesh, case: str) -> None:
+    lab = fake_mesh.lab
+    app = fake_mesh.apps["query"]
+    before = len(app.calls)
+    token = {
+        "expired": lambda: lab.token(ttl=-600),  # beyond the 60 s clock skew allowed
+        "not yet valid": lambda: lab.token(not_before=__import__("time").time() + 600),
+        "wrong issuer": lambda: lab.issuer.mint(
+            issuer="https://evil.example.com",
+            audience="ragmesh",
+            subject="x",
+            tenant="t",
+            scopes=["ask"],
+        ),
+        "wrong audience": lambda: lab.issuer.mint(
+            issuer=lab.policy.gateway_jwt[0].issuer,
+            audience="other",
+            subject="x",
+            tenant="t",
+            scopes=["ask"],
+        ),
+        "tampered": lambda: tampered(lab.token()),
+        "unknown key": lambda: lab.token(kid="not-a-key-of-the-jwks"),
+    }[case]()
+    code, details = await ask(fake_mesh, token)
+    if case == "wrong audience":
+        assert (code, details) == (
+            grpc.StatusCode.PERMISSION_DENIED,
+            "Audiences in Jwt are not allowed",
+        )
+    else:
+        assert code == grpc.StatusCode.UNAUTHENTICATED, (case, code, details)
+    assert len(app.calls) == before  # nothing reached query
+
+
+async def test_no_token_is_denied(fake_mesh: FakeMesh) -> None:
+    app = fake_mesh.apps["query"]
+    before = len(app.calls)
+    code, details = await ask(fake_mesh, None, [("x-ragmesh-tenant", "acme")])
+    assert code == grpc.StatusCode.PERMISSION_DENIED and "RBAC" in details
+    assert len(app.calls) == before
+    # health is outside the rule; the edge routes only QueryService (404: UNIMPLEMENTED)
+    async with fake_mesh.channel(ingress(fake_mesh), "query") as channel:
+        with pytest.raises(grpc.aio.AioRpcError) as e:
+            await channel.unary_unary(HEALTH)(b"", timeout=10)
+    assert e.value.code() == grpc.StatusCode.UNIMPLEMENTED
+
+
+async def test_a_forged_tenant_header_never_reaches_query(fake_mesh: FakeMesh) -> None:
+    app = fake_mesh.apps["query"]
+    app.metadata.clear()
+    token = fake_mesh.lab.token("acme")
+    forged = [("x-ragmesh-tenant", "globex"), ("x-ragmesh-subject", "root")]
+    assert (await ask(fake_mesh, token, forged))[0] == grpc.StatusCode.OK
+    seen = [kv for kv in app.metadata[-1] if kv[0] in ("x-ragmesh-tenant", "x-ragmesh-subject")]
+    assert sorted(seen) == [("x-ragmesh-subject", "developer"), ("x-ragmesh-tenant", "acme")]
