@@ -8,6 +8,7 @@ query as headers the gateway writes: a client's forged copy never does."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Sequence
 
@@ -17,6 +18,7 @@ import pytest
 from ragmesh_lab.meshlab.issuer import b64url
 from ragmesh_lab.meshlab.lab import Sidecar
 from tests.mesh.conftest import FakeMesh
+from tests.support import rest
 
 pytestmark = pytest.mark.slow
 ASK = "/ragmesh.v1.QueryService/Ask"
@@ -118,3 +120,61 @@ async def test_a_forged_tenant_header_never_reaches_query(fake_mesh: FakeMesh) -
     assert (await ask(fake_mesh, token, forged))[0] == grpc.StatusCode.OK
     seen = [kv for kv in app.metadata[-1] if kv[0] in ("x-ragmesh-tenant", "x-ragmesh-subject")]
     assert sorted(seen) == [("x-ragmesh-subject", "developer"), ("x-ragmesh-tenant", "acme")]
+
+
+INGEST = "/ragmesh.v1.QueryService/Ingest"
+JOB = "/ragmesh.v1.QueryService/GetIngestJob"
+
+
+async def unary(mesh: FakeMesh, path: str, token: str) -> grpc.StatusCode:
+    async with mesh.channel(ingress(mesh), "query") as channel:
+        try:
+            metadata = (("authorization", f"Bearer {token}"),)
+            await channel.unary_unary(path)(b"", timeout=10, metadata=metadata)
+        except grpc.aio.AioRpcError as e:
+            return e.code()
+    return grpc.StatusCode.OK
+
+
+@pytest.mark.parametrize(
+    ("scopes", "ask_code", "ingest_code"),
+    [
+        (("ask",), grpc.StatusCode.OK, grpc.StatusCode.PERMISSION_DENIED),
+        (("ingest",), grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.OK),
+        (("ask", "ingest"), grpc.StatusCode.OK, grpc.StatusCode.OK),
+        ((), grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.PERMISSION_DENIED),
+    ],
+)
+async def test_a_token_needs_the_scope_of_what_it_asks_for(
+    fake_mesh: FakeMesh,
+    scopes: tuple[str, ...],
+    ask_code: grpc.StatusCode,
+    ingest_code: grpc.StatusCode,
+) -> None:
+    token = fake_mesh.lab.token("acme", scopes)
+    assert (await ask(fake_mesh, token))[0] == ask_code
+    assert await unary(fake_mesh, INGEST, token) == ingest_code
+    assert await unary(fake_mesh, JOB, token) == ingest_code  # reading one's ingest jobs
+
+
+async def test_scopes_hold_over_the_rest_bridge_too(fake_mesh: FakeMesh) -> None:
+    if "istio-ingressgateway" not in fake_mesh.lab.sidecars:
+        fake_mesh.lab.start_ingress()
+    url = fake_mesh.lab.rest_url
+    body = {"documents": [{"documentId": "d", "text": "t"}]}
+    ask_only = fake_mesh.lab.token("acme", ("ask",))
+    status, _, error = await asyncio.to_thread(
+        rest.call, f"{url}/v1/documents:ingest", body, token=ask_only
+    )
+    assert status == 403 and "RBAC" in str(error)
+    status, _, _ = await asyncio.to_thread(
+        rest.call, f"{url}/v1/ingest-jobs/{'a' * 32}", token=ask_only
+    )
+    assert status == 403
+    status, _, _ = await asyncio.to_thread(
+        rest.call,
+        f"{url}/v1/documents:ingest",
+        body,
+        token=fake_mesh.lab.token("acme", ("ingest",)),
+    )
+    assert status == 200

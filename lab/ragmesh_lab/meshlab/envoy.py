@@ -727,14 +727,33 @@ def end_user_filters(
     }
     policies: Json = {}
     for i, deny in enumerate(denies):
-        permission: Json = {"any": True}
+        parts: list[Json] = []
+        if deny.paths:
+            paths = [{"url_path": {"path": _string_match(p)}} for p in deny.paths]
+            parts.append({"or_rules": {"rules": paths}})
         if deny.not_paths:
             paths = [{"url_path": {"path": _string_match(p)}} for p in deny.not_paths]
-            permission = {"not_rule": {"or_rules": {"rules": paths}}}
-        policies[f"deny-{i}"] = {
-            "permissions": [permission],
-            "principals": [{"not_id": verified}],
-        }
+            parts.append({"not_rule": {"or_rules": {"rules": paths}}})
+        permission: Json = {"and_rules": {"rules": parts}} if parts else {"any": True}
+        if deny.anonymous:
+            principal: Json = {"not_id": verified}
+        else:  # a verified principal whose claim (a string or a list) holds none of the values
+            holds = [
+                {
+                    "metadata": {
+                        "filter": JWT_FILTER,
+                        "path": [{"key": "payload"}, {"key": deny.claim}],
+                        "value": value,
+                    }
+                }
+                for v in deny.claim_not_values
+                for value in (
+                    {"string_match": {"exact": v}},
+                    {"list_match": {"one_of": {"string_match": {"exact": v}}}},
+                )
+            ]
+            principal = {"and_ids": {"ids": [verified, {"not_id": {"or_ids": {"ids": holds}}}]}}
+        policies[f"deny-{i}"] = {"permissions": [permission], "principals": [principal]}
     rbac = {
         "name": "envoy.filters.http.rbac",
         "typed_config": _typed(

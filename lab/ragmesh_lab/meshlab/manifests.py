@@ -115,12 +115,16 @@ class JwtRule:
 
 @dataclass(frozen=True)
 class GatewayDeny:
-    """A DENY rule of the ingress gateway: requests to ``hosts`` whose request principal
-    matches none of ``not_request_principals``, on any path but ``not_paths``."""
+    """A DENY rule of the ingress gateway, for requests to ``hosts``: either without a request
+    principal (``anonymous``), or with one whose claim ``claim`` holds none of
+    ``claim_not_values``; on ``paths`` (all when empty) but ``not_paths``."""
 
-    not_request_principals: tuple[str, ...]
-    not_paths: tuple[str, ...]
+    anonymous: bool
     hosts: tuple[str, ...]
+    paths: tuple[str, ...] = ()
+    not_paths: tuple[str, ...] = ()
+    claim: str = ""
+    claim_not_values: tuple[str, ...] = ()
 
 
 @dataclass
@@ -266,23 +270,36 @@ def _gateway_authorization(policy: MeshPolicy, doc: dict[str, Any], where: str) 
         raise TranslationError(f"{where}: the gateway's policy must be a DENY in istio-system")
     for i, rule in enumerate(spec.get("rules") or []):
         at = f"{where} spec.rules[{i}]"
-        _check(rule, at, {"from", "to"})
-        not_principals: list[str] = []
-        for j, src in enumerate(rule.get("from") or []):
-            _check(src, f"{at}.from[{j}]", {"source"})
-            _check(src["source"], f"{at}.from[{j}].source", {"notRequestPrincipals"})
-            not_principals.extend(src["source"]["notRequestPrincipals"])
-        if not_principals != ["*"]:
-            raise TranslationError(f"{at}.from: only notRequestPrincipals ['*'] is supported")
+        _check(rule, at, {"from", "to", "when"})
+        sources = [src for src in rule.get("from") or []]
+        if len(sources) != 1:
+            raise TranslationError(f"{at}.from: exactly one source")
+        _check(sources[0], f"{at}.from[0]", {"source"})
+        source = sources[0]["source"]
+        _check(source, f"{at}.from[0].source", {"notRequestPrincipals", "requestPrincipals"})
+        if source not in ({"notRequestPrincipals": ["*"]}, {"requestPrincipals": ["*"]}):
+            raise TranslationError(f"{at}.from[0].source: only (not)RequestPrincipals ['*']")
+        anonymous = "notRequestPrincipals" in source
+        paths: list[str] = []
         not_paths: list[str] = []
         hosts: list[str] = []
         for j, to in enumerate(rule.get("to") or []):
             _check(to, f"{at}.to[{j}]", {"operation"})
-            _check(to["operation"], f"{at}.to[{j}].operation", {"hosts", "notPaths"})
+            _check(to["operation"], f"{at}.to[{j}].operation", {"hosts", "paths", "notPaths"})
+            paths.extend(to["operation"].get("paths", ()))
             not_paths.extend(to["operation"].get("notPaths", ()))
             hosts.extend(to["operation"].get("hosts", ()))
+        claim, not_values = "", ()
+        for j, cond in enumerate(rule.get("when") or []):
+            _check(cond, f"{at}.when[{j}]", {"key", "notValues"})
+            key = str(cond["key"])
+            if claim or not (key.startswith("request.auth.claims[") and key.endswith("]")):
+                raise TranslationError(f"{at}.when[{j}]: one request.auth.claims[...] condition")
+            claim, not_values = key[len("request.auth.claims[") : -1], tuple(cond["notValues"])
+        if anonymous and claim:
+            raise TranslationError(f"{at}: a claim condition needs a request principal")
         policy.gateway_deny.append(
-            GatewayDeny(tuple(not_principals), tuple(not_paths), tuple(hosts))
+            GatewayDeny(anonymous, tuple(hosts), tuple(paths), tuple(not_paths), claim, not_values)
         )
 
 
