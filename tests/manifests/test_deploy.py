@@ -23,6 +23,7 @@ from google.protobuf import json_format
 
 from ragmesh.kit.channels import API_FILES
 from ragmesh_lab.cli.supervisor import PROCESS_ENV
+from ragmesh_lab.meshlab.manifests import WORKLOAD_LABEL
 from tests.support.contract import ROOT
 from tests.support.tools import kubectl, kustomize, promtool
 
@@ -412,7 +413,7 @@ def test_services_and_sidecars_trace_to_one_reachable_collector(environment: str
         if d["kind"] == "ConfigMap"
     }
     sidecars = {
-        (d["metadata"]["namespace"], d["spec"]["workloadSelector"]["labels"]["app"]): d
+        (d["metadata"]["namespace"], d["spec"]["workloadSelector"]["labels"][WORKLOAD_LABEL]): d
         for d in docs
         if d["kind"] == "Sidecar"
     }
@@ -431,10 +432,42 @@ def test_services_and_sidecars_trace_to_one_reachable_collector(environment: str
         endpoints.add(endpoint)
         host = endpoint.split("://")[-1].rsplit(":", 1)[0]
         host_ns = host.split(".")[1]
-        app = doc["spec"]["template"]["metadata"]["labels"]["app"]
+        app = doc["spec"]["template"]["metadata"]["labels"][WORKLOAD_LABEL]
         allowed = [h for e in sidecars[(ns, app)]["spec"]["egress"] for h in e["hosts"]]
         assert f"{host_ns}/*" in allowed or f"{host_ns}/{host}" in allowed, (ident(doc), host)
     assert len(endpoints) == 1, endpoints
+
+
+@env
+def test_istio_selects_the_primarys_pods_as_it_selects_the_canarys(environment: str) -> None:
+    """Flagger makes `<name>-primary` from the target Deployment: same pod labels, but the
+    `app` label becomes `<name>-primary`. The AuthorizationPolicies and Sidecars that select
+    a canaried workload's pods must select its primary's pods too, or the primary, which
+    serves the traffic, falls under deny-all and REGISTRY_ONLY's defaults."""
+    docs = render(environment)
+
+    def selects(selector: dict[str, str], labels: dict[str, str]) -> bool:
+        return bool(selector) and all(labels.get(k) == v for k, v in selector.items())
+
+    selectors = [
+        (ident(d), d["metadata"]["namespace"], d["spec"]["selector"]["matchLabels"])
+        for d in docs
+        if d["kind"] == "AuthorizationPolicy" and d["spec"].get("selector")
+    ] + [
+        (ident(d), d["metadata"]["namespace"], d["spec"]["workloadSelector"]["labels"])
+        for d in docs
+        if d["kind"] == "Sidecar"
+    ]
+    for canary in objects(environment, "Canary"):
+        ns, name = canary["metadata"]["namespace"], canary["spec"]["targetRef"]["name"]
+        deployment = next(
+            d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == name
+        )
+        canary_labels = deployment["spec"]["template"]["metadata"]["labels"]
+        primary_labels = {**canary_labels, "app": f"{name}-primary"}  # what Flagger makes
+        canary_side = {i for i, n, sel in selectors if n == ns and selects(sel, canary_labels)}
+        primary_side = {i for i, n, sel in selectors if n == ns and selects(sel, primary_labels)}
+        assert canary_side and canary_side == primary_side, (name, canary_side, primary_side)
 
 
 @env

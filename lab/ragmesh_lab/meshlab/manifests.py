@@ -18,6 +18,9 @@ from typing import Any
 import yaml
 
 TRUST_DOMAIN = "cluster.local"
+#: the pod label Istio's selectors use: Flagger rewrites `app` to `<name>-primary` on the
+#: primary's pods and copies every other pod label, so only this one selects both releases
+WORKLOAD_LABEL = "ragmesh.io/workload"
 GRPC_PORT = 50051
 METRICS_PORT = 9090
 
@@ -230,9 +233,11 @@ def _authorization(policy: MeshPolicy, doc: dict[str, Any], where: str) -> None:
     selector = spec.get("selector", {})
     _check(selector, f"{where} spec.selector", {"matchLabels"})
     labels = selector.get("matchLabels", {})
-    if set(labels) != {"app"}:
-        raise TranslationError(f"{where} spec.selector.matchLabels must select by 'app' only")
-    workload = labels["app"]
+    if set(labels) != {WORKLOAD_LABEL}:
+        raise TranslationError(
+            f"{where} spec.selector.matchLabels must select by {WORKLOAD_LABEL!r} only"
+        )
+    workload = labels[WORKLOAD_LABEL]
     policy.namespaces[workload] = namespace
     rules = policy.rules.setdefault(workload, [])
     for i, rule in enumerate(spec.get("rules") or []):
@@ -343,7 +348,10 @@ def _sidecar(policy: MeshPolicy, doc: dict[str, Any], where: str) -> None:
     _check(spec, f"{where} spec", {"workloadSelector", "egress", "outboundTrafficPolicy"})
     if spec.get("outboundTrafficPolicy", {}).get("mode") != "REGISTRY_ONLY":
         raise TranslationError(f"{where} spec.outboundTrafficPolicy.mode must be REGISTRY_ONLY")
-    workload = spec["workloadSelector"]["labels"]["app"]
+    labels = spec["workloadSelector"]["labels"]
+    if set(labels) != {WORKLOAD_LABEL}:
+        raise TranslationError(f"{where} spec.workloadSelector must select by {WORKLOAD_LABEL!r}")
+    workload = labels[WORKLOAD_LABEL]
     hosts: list[tuple[str, str]] = []
     for i, egress in enumerate(spec.get("egress", [])):
         _check(egress, f"{where} spec.egress[{i}]", {"hosts"})
