@@ -443,7 +443,8 @@ def test_istio_selects_the_primarys_pods_as_it_selects_the_canarys(environment: 
     """Flagger makes `<name>-primary` from the target Deployment: same pod labels, but the
     `app` label becomes `<name>-primary`. The AuthorizationPolicies and Sidecars that select
     a canaried workload's pods must select its primary's pods too, or the primary, which
-    serves the traffic, falls under deny-all and REGISTRY_ONLY's defaults."""
+    serves the traffic, falls under deny-all and REGISTRY_ONLY's defaults. Likewise its pod
+    spread and disruption budget."""
     docs = render(environment)
 
     def selects(selector: dict[str, str], labels: dict[str, str]) -> bool:
@@ -468,6 +469,19 @@ def test_istio_selects_the_primarys_pods_as_it_selects_the_canarys(environment: 
         canary_side = {i for i, n, sel in selectors if n == ns and selects(sel, canary_labels)}
         primary_side = {i for i, n, sel in selectors if n == ns and selects(sel, primary_labels)}
         assert canary_side and canary_side == primary_side, (name, canary_side, primary_side)
+        # the primary's template is a copy of the canary's: its spread constraints must
+        # count its own pods, and a disruption budget must cover them
+        pod = deployment["spec"]["template"]["spec"]
+        for constraint in pod.get("topologySpreadConstraints", []):
+            assert selects(constraint["labelSelector"]["matchLabels"], primary_labels), name
+        budgets = [
+            d
+            for d in docs
+            if d["kind"] == "PodDisruptionBudget"
+            and d["metadata"]["namespace"] == ns
+            and selects(d["spec"]["selector"]["matchLabels"], primary_labels)
+        ]
+        assert len(budgets) == 1, (name, [ident(b) for b in budgets])
 
 
 @env
