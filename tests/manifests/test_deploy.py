@@ -29,7 +29,7 @@ from tests.support.tools import kubectl, kustomize, promtool
 
 K8S_VERSION = "1.35.0"
 ENVIRONMENTS = ("prod", "staging", "dev")
-CORE_APIS = {"v1", "apps/v1", "autoscaling/v2", "policy/v1"}
+CORE_APIS = {"v1", "apps/v1", "autoscaling/v2", "policy/v1", "networking.k8s.io/v1"}
 ISTIO_APIS = {"networking.istio.io/v1", "security.istio.io/v1", "telemetry.istio.io/v1"}
 SCHEMA_APIS = {"flagger.app/v1beta1": "flagger.yaml", "keda.sh/v1alpha1": "keda.yaml"}
 KNOWN_APIS = CORE_APIS | ISTIO_APIS | set(SCHEMA_APIS) | {"monitoring.coreos.com/v1"}

@@ -493,6 +493,8 @@ _HANDLERS = {
     "Canary": _canary,
     "PeerAuthentication": _peer_authentication,
     "Namespace": _no_traffic_effect,
+    # processes on one loopback interface: no network namespaces to put policies between
+    "NetworkPolicy": _no_traffic_effect,
     "Gateway": _gateway,
     "RequestAuthentication": _request_authentication,
     "Telemetry": _no_traffic_effect,
