@@ -69,3 +69,27 @@ def test_every_queued_line_is_written_by_close(stderr: io.StringIO) -> None:
     for i in range(2000):
         log.info("line %d", i)
     assert [line["message"] for line in written(stderr)] == [f"line {i}" for i in range(2000)]
+
+
+def test_a_line_names_who_called_and_the_end_user_never_the_token(stderr: io.StringIO) -> None:
+    """The audit trail: the caller's verified workload identity (from its sidecar) and, at
+    the front door, the end user's subject and tenant (written by the ingress gateway)."""
+    ctx = callcontext.from_metadata(
+        [
+            ("x-forwarded-client-cert", 'By=spiffe://cluster.local/ns/rag-prod/sa/ragmesh-query;'
+             'Hash=ab;URI=spiffe://cluster.local/ns/istio-system/sa/istio-ingressgateway-service-account'),
+            ("x-ragmesh-subject", "alice"),
+            ("x-ragmesh-tenant", "acme"),
+            ("authorization", "Bearer secret.token.value"),
+        ],
+        None,
+    )  # fmt: skip
+    token = callcontext.bind(ctx)
+    logging.getLogger("ragmesh.access").info("/ragmesh.v1.QueryService/Ask OK")
+    callcontext.unbind(token)
+    (line,) = written(stderr)
+    assert line["caller"] == "cluster.local/ns/istio-system/sa/istio-ingressgateway-service-account"
+    assert (line["subject"], line["tenant"]) == ("alice", "acme")
+    assert "secret" not in stderr.getvalue()
+    # none of them is handed on to the calls this one makes
+    assert {k for k, _ in ctx.headers} & {"x-ragmesh-subject", "x-ragmesh-tenant"} == set()

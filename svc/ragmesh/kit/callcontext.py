@@ -69,6 +69,12 @@ class CallContext:
     deadline: float | None  # time.monotonic() instant, or None when the caller set none
     trace_id: str = ""  # from traceparent, else B3; empty when the call came untraced
     span_id: str = ""  # the caller's span (the sidecar's), from the same header
+    #: who called, for the audit trail (never forwarded): the caller's workload identity as
+    #: its sidecar verified it (x-forwarded-client-cert), and the end user the ingress
+    #: gateway verified (x-ragmesh-subject, x-ragmesh-tenant); empty when absent
+    caller: str = ""
+    subject: str = ""
+    tenant: str = ""
 
     def remaining(self) -> float | None:
         """Seconds left before the caller's deadline, or None without one."""
@@ -93,9 +99,16 @@ def from_metadata(
     """
     headers: list[tuple[str, str]] = []
     request_id = ""
+    audit = {"caller": "", "subject": "", "tenant": ""}
     for key, value in metadata:
         k = key.lower()
-        if k in PROPAGATED_KEYS and isinstance(value, str) and _safe(k, value):
+        if not isinstance(value, str):
+            continue
+        if k == "x-forwarded-client-cert":
+            audit["caller"] = _client_identity(value)
+        elif k in ("x-ragmesh-subject", "x-ragmesh-tenant") and _AUDIT_VALUE.fullmatch(value):
+            audit[k.removeprefix("x-ragmesh-")] = value
+        if k in PROPAGATED_KEYS and _safe(k, value):
             if k == REQUEST_ID_KEY:
                 request_id = value
             else:
@@ -104,7 +117,21 @@ def from_metadata(
         request_id = uuid.uuid4().hex
     headers.append((REQUEST_ID_KEY, request_id))
     deadline = None if remaining is None else time.monotonic() + remaining
-    return CallContext(request_id, tuple(headers), deadline, *_trace_ids(dict(headers)))
+    return CallContext(request_id, tuple(headers), deadline, *_trace_ids(dict(headers)), **audit)
+
+
+_AUDIT_VALUE = re.compile(r"[A-Za-z0-9._:@/+=|-]{1,256}")
+
+
+def _client_identity(xfcc: str) -> str:
+    """The verified caller's principal (``cluster.local/ns/N/sa/S``) from the last element of
+    an x-forwarded-client-cert header (the one its own sidecar added), or empty."""
+    last = xfcc.split(",")[-1]
+    for part in last.split(";"):
+        if part.startswith("URI=spiffe://"):
+            principal = part.removeprefix("URI=spiffe://").strip('"')
+            return principal if _AUDIT_VALUE.fullmatch(principal) else ""
+    return ""
 
 
 def _trace_ids(headers: dict[str, str]) -> tuple[str, str]:

@@ -1,7 +1,9 @@
 """JSON log lines: one object per line with the call's correlation ids.
 
 Every line carries ``timestamp`` (UTC, RFC 3339), ``level``, ``service``, ``logger`` and
-``message``; inside an RPC also ``request_id`` (Envoy's ``x-request-id``), ``trace_id`` and,
+``message``; inside an RPC also ``request_id`` (Envoy's ``x-request-id``), the audit trail
+(``caller``: the calling workload's verified identity; at the front door ``subject`` and
+``tenant``: the end user the ingress verified; never a token), ``trace_id`` and,
 with tracing on, ``span_id`` of the current span (off: the trace id from the W3C
 ``traceparent`` or B3 headers the call arrived with, and the caller's span id). The access log adds
 ``method``, ``grpc_code`` and ``duration_ms``. Messages never carry request bodies: the
@@ -38,6 +40,9 @@ def _ids() -> dict[str, str]:
     ctx = callcontext.current()
     if ctx is not None:
         ids["request_id"] = ctx.request_id
+        for name in ("caller", "subject", "tenant"):  # the audit trail, when known
+            if getattr(ctx, name):
+                ids[name] = getattr(ctx, name)
     trace_id, span_id = tracing.current_ids()
     if trace_id:  # the span this process is in (tracing on)
         ids["trace_id"], ids["span_id"] = trace_id, span_id
