@@ -44,6 +44,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             "RAGMESH_CHUNK_OVERLAP_CHARS": str(OVERLAP),
             "RAGMESH_INGEST_CLAIM_IDLE_MS": "1000",
             "RAGMESH_INGEST_EMBED_BATCH": "4",
+            # tenants (the header the ingress gateway writes) get 60 generated tokens a minute
+            "RAGMESH_TENANT_TOKENS_PER_MINUTE": "60",
         },
     )
     try:
@@ -319,6 +321,23 @@ def test_worker_killed_mid_ingest_resumes_with_exact_chunk_count(
     assert (job.documents_done, job.documents_failed) == (len(docs), 0)
     assert job.chunks_done == want
     assert index_count(stack) == before + want  # none missing, none duplicated
+
+
+def test_a_tenant_over_its_token_budget_is_resource_exhausted(
+    query: query_service_pb2_grpc.QueryServiceStub,
+) -> None:
+    metadata = (("x-ragmesh-tenant", "budget-test"),)
+    request = q.AskRequest(question=QUESTION, skip_cache=True)
+    spent = 0
+    with pytest.raises(grpc.RpcError) as e:
+        for _ in range(10):  # each answer spends its completion tokens
+            events = list(query.Ask(request, timeout=30, metadata=metadata))
+            spent += events[-1].done.usage.completion_tokens
+    assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED  # type: ignore[attr-defined]
+    assert "budget of 60 generated tokens per minute; retry in" in e.value.details()  # type: ignore[attr-defined]
+    assert spent >= 60
+    # without a tenant (the mesh's own callers) there is no budget
+    assert list(query.Ask(request, timeout=30))[-1].WhichOneof("event") == "done"
 
 
 def test_redis_down_answers_are_still_served(

@@ -151,3 +151,57 @@ async def test_an_injected_first_token_delay_is_in_the_time_to_first_token() -> 
     p = AskPipeline(settings_for().query, peers, peers, peers, cache, first_token_delay=0.3)
     events = await run(p, skip_cache=True)
     assert events[-1].timings.first_token_ms >= 300  # type: ignore[attr-defined]
+
+
+class CountingRedis(MemoryRedis):
+    """MemoryRedis with the two counter calls the token budget makes."""
+
+    async def incrby(self, key: str, amount: int) -> int:
+        if self.down:
+            raise RedisConnectionError("connection refused")
+        value = int(self.data.get(key, b"0")) + amount
+        self.data[key] = str(value).encode()
+        return value
+
+    async def expire(self, key: str, seconds: int) -> bool:
+        return True
+
+
+async def test_a_tenant_over_its_token_budget_is_refused_before_generation() -> None:
+    from prometheus_client import REGISTRY
+
+    from ragmesh.kit import callcontext
+    from ragmesh.kit.errors import QuotaExceeded
+    from ragmesh.query.budget import TokenBudget
+
+    redis, peers = CountingRedis(), Peers()
+    cache = RedisCache(redis, retry_after=0.0)  # type: ignore[arg-type]
+    budget = TokenBudget(redis, per_minute=8, clock=lambda: 600.0)  # 4 tokens per answer
+    p = AskPipeline(settings_for().query, peers, peers, peers, cache, budget=budget)
+
+    async def ask_as(tenant: str) -> list[object]:
+        headers = [("x-ragmesh-tenant", tenant)] if tenant else []
+        token = callcontext.bind(callcontext.from_metadata(headers, None))
+        try:
+            return await run(p, skip_cache=True)
+        finally:
+            callcontext.unbind(token)
+
+    await ask_as("acme")
+    await ask_as("acme")  # 8 of 8 spent
+    generated = peers.generations
+    with pytest.raises(
+        QuotaExceeded, match="budget of 8 generated tokens per minute; retry in 60 s"
+    ):
+        await ask_as("acme")
+    assert peers.generations == generated  # refused before generation, nothing streamed
+    await ask_as("globex")  # another tenant's budget is its own
+    await ask_as("")  # the mesh's own callers (no tenant) have none
+    assert (
+        REGISTRY.get_sample_value("ragmesh_tenant_token_budget_remaining", {"tenant": "acme"}) == 0
+    )
+    assert (
+        REGISTRY.get_sample_value("ragmesh_tenant_budget_refusals_total", {"tenant": "acme"}) >= 1
+    )
+    redis.down = True  # the budget's Redis down: not enforced, the Ask is answered
+    assert isinstance((await ask_as("acme"))[-1], AskDone)

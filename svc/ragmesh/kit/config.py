@@ -482,6 +482,14 @@ class QuerySettings:
         "Question-embedding cache TTL; 0 disables it.",
         services="query",
     )
+    tenant_tokens_per_minute: int = setting(
+        "RAGMESH_TENANT_TOKENS_PER_MINUTE",
+        "0",
+        "Generated tokens each tenant (as the ingress gateway verified it) may spend per "
+        "minute; an Ask over it is RESOURCE_EXHAUSTED before generation. 0: no budget.",
+        services="query",
+        minimum=0,
+    )
     default_top_k: int = setting(
         "RAGMESH_DEFAULT_TOP_K",
         "5",

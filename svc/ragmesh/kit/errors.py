@@ -7,7 +7,8 @@ Engines raise these; they never import grpc. One table in
     ├── InvalidArgument      → INVALID_ARGUMENT   (names the offending field)
     ├── NotFound             → NOT_FOUND
     ├── Overloaded           → RESOURCE_EXHAUSTED
-    │   └── StorageFull      → RESOURCE_EXHAUSTED (the index disk is full; writes resume with space)
+    │   ├── StorageFull      → RESOURCE_EXHAUSTED (the index disk is full; writes resume with space)
+    │   └── QuotaExceeded    → RESOURCE_EXHAUSTED (a tenant spent its budget; names when to retry)
     ├── DependencyUnavailable→ UNAVAILABLE
     │   └── StorageFailure   → UNAVAILABLE        (the index disk failed a write, rolled back)
     ├── ReadOnlyReplica      → UNAVAILABLE        (a write reached a reader: retry elsewhere)
@@ -50,6 +51,10 @@ class NotFound(RagmeshError):
 
 class Overloaded(RagmeshError):
     """The service is at capacity; the caller should back off and retry."""
+
+
+class QuotaExceeded(Overloaded):
+    """A tenant spent its budget for the current window; the message says when to retry."""
 
 
 class DependencyUnavailable(RagmeshError):

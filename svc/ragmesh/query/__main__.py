@@ -9,6 +9,7 @@ from ragmesh.kit.channels import open_channel
 from ragmesh.kit.clients import EmbeddingClient, GenerationClient, RetrievalClient
 from ragmesh.kit.jobqueue import JobQueue, connect
 from ragmesh.kit.server import ServiceSpec, configure_telemetry, run
+from ragmesh.query.budget import TokenBudget
 from ragmesh.query.cache import RedisCache
 from ragmesh.query.service import AskPipeline
 from ragmesh.query.servicer import SERVICE_NAME, register
@@ -49,6 +50,7 @@ def main() -> None:
             GenerationClient(channels[2], p.stream_timeout),
             RedisCache(cache),
             first_token_delay=settings.server.fault_delay,
+            budget=TokenBudget(cache, settings.query.tenant_tokens_per_minute),
         )
         queue = JobQueue(redis, settings.ingest.stream, settings.ingest.job_ttl)
         try:

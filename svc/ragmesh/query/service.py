@@ -17,6 +17,7 @@ import numpy as np
 from opentelemetry import trace
 from prometheus_client import Histogram
 
+from ragmesh.kit import callcontext
 from ragmesh.kit.config import QuerySettings
 from ragmesh.kit.domain import (
     AskDone,
@@ -37,6 +38,7 @@ from ragmesh.kit.domain import (
 from ragmesh.kit.errors import InvalidArgument, quoted
 from ragmesh.kit.peers import Embedder, Generator, Retriever
 from ragmesh.kit.tracing import tracer
+from ragmesh.query.budget import TokenBudget
 from ragmesh.query.cache import LOOKUPS, Cache
 
 SNIPPET_CHARS = 240
@@ -68,8 +70,10 @@ class AskPipeline:
         generator: Generator,
         cache: Cache,
         first_token_delay: float = 0.0,
+        budget: TokenBudget | None = None,
     ) -> None:
         self.settings = settings
+        self.budget = budget
         self.first_token_delay = first_token_delay  # injected fault, 0 in real deployments
         self.embedder = embedder
         self.retriever = retriever
@@ -156,6 +160,10 @@ class AskPipeline:
                 async for replayed in self._replay(stored, started, embed_ms, search_ms):
                     yield replayed
                 return
+        ctx = callcontext.current()
+        tenant = ctx.tenant if ctx is not None else ""
+        if self.budget is not None:  # before anything streams: a refusal is the whole answer
+            await self.budget.check(tenant)
         citations = tuple(
             Citation(
                 i + 1,
@@ -186,6 +194,8 @@ class AskPipeline:
                 done = generated
         if done is None:
             raise RuntimeError("generation stream ended without done")
+        if self.budget is not None:
+            await self.budget.charge(tenant, done.completion_tokens)
         if use_cache:
             if done.model != self.generation_model:
                 self.generation_model = done.model
