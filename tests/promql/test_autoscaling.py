@@ -7,13 +7,11 @@ expects for the shipped thresholds."""
 from __future__ import annotations
 
 import math
-import subprocess
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from tests.support.tools import kustomize, promtool
+from tests.support.promql import promtool_test
+from tests.support.tools import kustomize
 
 NS = "rag-prod"
 
@@ -27,32 +25,21 @@ def scaled(name: str) -> tuple[dict[str, Any], dict[str, str]]:
 
 
 def evaluate(tmp_path: Path, series: list[dict[str, str]], exprs: dict[str, float]) -> str:
-    test = {
-        "rule_files": [],
-        "evaluation_interval": "15s",
-        "tests": [
-            {
-                "interval": "15s",
-                "input_series": series,
-                "promql_expr_test": [
-                    {
-                        "expr": f"round({expr}, 0.01)",
-                        "eval_time": "5m",
-                        "exp_samples": [{"labels": "{}", "value": value}],
-                    }
-                    for expr, value in exprs.items()
-                ],
-            }
-        ],
-    }
-    (tmp_path / "test.yaml").write_text(yaml.safe_dump(test))
-    out = subprocess.run(
-        [str(promtool()), "test", "rules", "test.yaml"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-    )
-    return out.stdout + out.stderr if out.returncode else ""
+    tests = [
+        {
+            "interval": "15s",
+            "input_series": series,
+            "promql_expr_test": [
+                {
+                    "expr": f"round({expr}, 0.01)",
+                    "eval_time": "5m",
+                    "exp_samples": [{"labels": "{}", "value": value}],
+                }
+                for expr, value in exprs.items()
+            ],
+        }
+    ]
+    return promtool_test(tmp_path, {"groups": []}, tests)
 
 
 def replicas(value: float, spec: dict[str, Any], trigger: dict[str, Any]) -> int:

@@ -5,7 +5,6 @@ perfect."""
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +13,7 @@ import yaml
 
 from tests.support.contract import ROOT
 from tests.support.flagger import canary_metrics, passes, render, templates
-from tests.support.tools import promtool
+from tests.support.promql import promtool_test
 
 NS = "rag-prod"
 # Flagger's built-in request-success-rate (pkg/metrics/observers/istio.go), for comparison
@@ -51,20 +50,6 @@ INPUT = [
     },
 ]
 EXPECTED = {"healthy": 100.0, "unavailable": 95.0, "internal": 95.0}
-
-
-def promtool_test(tmp_path: Path, rules: dict[str, Any], tests: list[dict[str, Any]]) -> str:
-    (tmp_path / "rules.yaml").write_text(yaml.safe_dump(rules))
-    (tmp_path / "test.yaml").write_text(
-        yaml.safe_dump({"rule_files": ["rules.yaml"], "evaluation_interval": "15s", "tests": tests})
-    )
-    out = subprocess.run(
-        [str(promtool()), "test", "rules", "test.yaml"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-    )
-    return out.stdout + out.stderr if out.returncode else ""
 
 
 def success_tests(query_template: str, expected: dict[str, float]) -> list[dict[str, Any]]:

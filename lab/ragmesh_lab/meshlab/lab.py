@@ -61,20 +61,18 @@ def envoy_binary() -> str:
 
 def admin_get(socket_path: Path | str, path: str, timeout: float = 5.0) -> tuple[int, str]:
     """GET ``path`` from an Envoy admin endpoint on the Unix socket ``socket_path``."""
-    connection = _UnixHTTPConnection(str(socket_path), timeout)
-    try:
-        connection.request("GET", path)
-        response = connection.getresponse()
-        return response.status, response.read().decode()
-    finally:
-        connection.close()
+    return _admin("GET", socket_path, path, timeout)
 
 
 def admin_post(socket_path: Path | str, path: str, timeout: float = 5.0) -> tuple[int, str]:
     """POST ``path`` to an Envoy admin endpoint (e.g. ``/runtime_modify?key=value``)."""
+    return _admin("POST", socket_path, path, timeout)
+
+
+def _admin(method: str, socket_path: Path | str, path: str, timeout: float) -> tuple[int, str]:
     connection = _UnixHTTPConnection(str(socket_path), timeout)
     try:
-        connection.request("POST", path)
+        connection.request(method, path)
         response = connection.getresponse()
         return response.status, response.read().decode()
     finally:

@@ -30,7 +30,6 @@ Canary's rollout webhooks are left out).
 from __future__ import annotations
 
 import asyncio
-import json
 import math
 import secrets
 import sys
@@ -599,7 +598,31 @@ class Stage:
         self.telemetry.close()
 
 
-class UserTraffic:
+class _Traffic:
+    """A thread making traffic; :meth:`take` reads its outcomes since the last read."""
+
+    def __init__(self) -> None:
+        self.outcomes: Counter[str] = Counter()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        raise NotImplementedError
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def take(self) -> dict[str, int]:
+        out = dict(self.outcomes)
+        self.outcomes.clear()
+        return out
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=15)
+
+
+class UserTraffic(_Traffic):
     """A user calling the service through its caller's sidecar, ``rate`` calls a second."""
 
     def __init__(
@@ -610,14 +633,9 @@ class UserTraffic:
         rate: float = 5.0,
         metadata: tuple[tuple[str, str], ...] = (),
     ) -> None:
+        super().__init__()
         self.address, self.method, self.request, self.rate = address, method, request, rate
         self.metadata = metadata
-        self.outcomes: Counter[str] = Counter()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
 
     def _run(self) -> None:
         with grpc.insecure_channel(self.address) as channel:
@@ -634,20 +652,6 @@ class UserTraffic:
                     self.outcomes["OK"] += 1
                 except grpc.RpcError as e:
                     self.outcomes[e.code().name] += 1
-
-    def take(self) -> dict[str, int]:
-        """The outcomes since the last call."""
-        out = dict(self.outcomes)
-        self.outcomes.clear()
-        return out
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=15)
-
-
-def dump(obj: Any) -> str:
-    return json.dumps(obj, default=str)
 
 
 class KedaDecision:
@@ -682,19 +686,17 @@ class KedaDecision:
         return {"lag": float(lag or 0), "keda replicas": float(replicas)}
 
 
-class DocumentTraffic:
+class DocumentTraffic(_Traffic):
     """Users queueing documents (as query's Ingest does), ``rate`` a second, plus a burst."""
 
     def __init__(self, redis_url: str, rate: float = 2.0, burst: int = 0) -> None:
+        super().__init__()
         self.redis_url, self.rate, self.burst = redis_url, rate, burst
-        self.outcomes: Counter[str] = Counter()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=lambda: asyncio.run(self._run()), daemon=True)
 
-    def start(self) -> None:
-        self._thread.start()
+    def _run(self) -> None:
+        asyncio.run(self._queue())
 
-    async def _run(self) -> None:
+    async def _queue(self) -> None:
         from ragmesh.kit import config
         from ragmesh.kit.domain import DocumentIn
         from ragmesh.kit.jobqueue import JobQueue, connect
@@ -721,12 +723,3 @@ class DocumentTraffic:
                 await asyncio.sleep(1.0 / self.rate)
         finally:
             await client.aclose()
-
-    def take(self) -> dict[str, int]:
-        out = dict(self.outcomes)
-        self.outcomes.clear()
-        return out
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=15)
