@@ -5,6 +5,7 @@ under bash, with the load tester's volumes (the protoset) and tools."""
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 
 import pytest
@@ -58,9 +59,28 @@ async def test_ghz_without_a_schema_asks_for_reflection_which_the_sidecar_denies
     hook = hooks("embedding", "load")
     metadata = dict(hook["metadata"])  # type: ignore[call-overload]
     metadata["cmd"] = metadata["cmd"].replace("--protoset /etc/ragmesh/ragmesh.protoset ", "")
+    log = fake_mesh.sidecars["embedding"].proc.log
+    before = log.read_text()
+    app = fake_mesh.apps["embedding"]
+    calls = len(app.calls)
     result = await asyncio.to_thread(tester.run, {**hook, "metadata": metadata}, 30.0)
-    assert not result.ok
-    assert "PermissionDenied" in result.output and "RBAC: access denied" in result.output
+    assert not result.ok and "rpc error" in result.output, result.output
+    assert len(app.calls) == calls  # no load: ghz stopped at the schema
+    # the embedding sidecar refused the load tester's reflection call. (ghz prints that
+    # PermissionDenied; gRPC's Python core, when the refusal races its write of the request,
+    # can report the call as INTERNAL, so the sidecar's own record is what is checked)
+    deadline = time.monotonic() + 5  # the access log reaches the file within 0.2 s
+
+    def denied() -> list[str]:
+        return [
+            line
+            for line in log.read_text()[len(before) :].splitlines()
+            if "ServerReflection/ServerReflectionInfo" in line and "rbac_access_denied" in line
+        ]
+
+    while not denied() and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    assert denied() and "flagger-loadtester" in denied()[0]
 
 
 async def test_the_smoke_webhook_probes_health_as_the_load_tester(

@@ -174,10 +174,17 @@ async def from_reflection(channel: grpc.aio.Channel, call: str, timeout: float) 
         response_deserializer=reflection_pb2.ServerReflectionResponse.FromString,
     )
     request = reflection_pb2.ServerReflectionRequest(file_containing_symbol=symbol)
-    try:
-        replies = [r async for r in stream(iter([request]), timeout=timeout)]
-    except grpc.aio.AioRpcError as e:
-        raise GhzError(f"rpc error: code = {go_code(e.code())} desc = {e.details()}") from None
+    rpc = stream(None, timeout=timeout)  # requests written below
+    replies = []
+    try:  # a server (or sidecar) that refuses may end the call before the request is written
+        await rpc.write(request)
+        await rpc.done_writing()
+        replies = [r async for r in rpc]
+    except (grpc.aio.AioRpcError, grpc.aio.UsageError, asyncio.InvalidStateError):
+        pass
+    code = await rpc.code()  # the call's own status, whatever the write or read saw
+    if code != grpc.StatusCode.OK:
+        raise GhzError(f"rpc error: code = {go_code(code)} desc = {await rpc.details()}")
     files: list[descriptor_pb2.FileDescriptorProto] = []
     for reply in replies:
         if reply.HasField("error_response"):
