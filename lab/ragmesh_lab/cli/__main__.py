@@ -294,9 +294,13 @@ def cmd_mesh(args: argparse.Namespace) -> int:
 
 def cmd_rehearse(args: argparse.Namespace) -> int:
     from ragmesh_lab.rehearsal.run import rehearse
+    from ragmesh_lab.rehearsal.stage import NoScenario
 
     workdir = args.data_dir / "rehearsals" / f"{args.service}-{args.scenario}"
-    result = rehearse(args.manifests, args.service, args.scenario, workdir, args.timescale)
+    try:
+        result = rehearse(args.manifests, args.service, args.scenario, workdir, args.timescale)
+    except NoScenario as e:
+        raise CliError(str(e)) from None
     return 0 if result.as_expected else 1
 
 
@@ -445,7 +449,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     try:
         return commands[args.command](args)
-    except (CliError, StackError, TranslationError, ValueError) as e:
+    except (CliError, StackError, TranslationError) as e:
         print(f"ragmesh: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -338,15 +338,19 @@ class MeshLab:
             outbound=outbound,
             service=f"{workload}.{self.namespace(workload)}",
         )
+        return sidecar, self.peer_env(sidecar)
+
+    def peer_env(self, sidecar: Sidecar) -> dict[str, str]:
+        """The environment that points an application at its sidecar's outbound listeners."""
         env: dict[str, str] = {}
-        for up, out in outbound.items():
+        for up, port in sidecar.outbound.items():
             if up in REDIS_WORKLOADS:
                 password = self.stack.redis_password
                 variable = "RAGMESH_REDIS_URL" if up == "redis" else "RAGMESH_CACHE_URL"
-                env[variable] = f"redis://:{password}@127.0.0.1:{out.listen}/0"
+                env[variable] = f"redis://:{password}@127.0.0.1:{port}/0"
             else:
-                env[f"RAGMESH_{up.upper().replace('-', '_')}_ADDR"] = f"127.0.0.1:{out.listen}"
-        return sidecar, env
+                env[f"RAGMESH_{up.upper().replace('-', '_')}_ADDR"] = f"127.0.0.1:{port}"
+        return env
 
     def start_workload(self, workload: str, replica: int) -> Proc:
         """Sidecar first (its inbound listeners point at ports the app will bind), then the app."""

@@ -36,11 +36,12 @@ import sys
 import threading
 import time
 import urllib.parse
+from abc import ABC, abstractmethod
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import grpc
 from google.protobuf import json_format
@@ -107,9 +108,13 @@ class Scenario:
     burst: int = 0  # ingest: documents queued at once when the analysis starts
 
 
+class NoScenario(ValueError):
+    """The service has no release for this scenario (or no Canary)."""
+
+
 def scenario(service: str, name: str, workdir: Path) -> Scenario:
     if service not in TOPOLOGY:
-        raise ValueError(f"the rehearsal stages {', '.join(TOPOLOGY)}; not {service}")
+        raise NoScenario(f"the rehearsal stages {', '.join(TOPOLOGY)}; not {service}")
     if name == "good":
         return Scenario(name)
     if name == "backlog" and service == "ingest":  # KEDA's decision rises, then falls
@@ -127,7 +132,7 @@ def scenario(service: str, name: str, workdir: Path) -> Scenario:
     if name == "quality" and service == "retrieval":
         empty = str(workdir / "empty-index")
         return Scenario(name, {"RAGMESH_INDEX_DIR": empty}, expect="Failed")
-    raise ValueError(f"no scenario {name!r} for {service}")
+    raise NoScenario(f"no scenario {name!r} for {service}")
 
 
 SCENARIOS = ("good", "errors", "latency", "quality", "no-traffic", "backlog")
@@ -138,14 +143,6 @@ def pod_name(deployment: str) -> str:
     alphabet = "bcdfghjklmnpqrstvwxz2456789"
     rs = "".join(secrets.choice(alphabet) for _ in range(9))
     return f"{deployment}-{rs}-{''.join(secrets.choice(alphabet) for _ in range(5))}"
-
-
-class Users(Protocol):
-    """Traffic that users make: started, read (outcomes since the last read), stopped."""
-
-    def start(self) -> None: ...
-    def take(self) -> dict[str, int]: ...
-    def stop(self) -> None: ...
 
 
 @dataclass
@@ -183,7 +180,7 @@ class Stage:
     split_hosts: tuple[str, str] = ("", "")  # the primary's and the canary's cluster names
     tester: LoadTester | None = None
     names: list[Names] = field(default_factory=list)
-    users: list[Users] = field(default_factory=list)
+    users: list[_Traffic] = field(default_factory=list)
     standby: tuple[int, int] = (0, 0)  # the primary's next release: app gRPC and metrics ports
     canary_env: dict[str, str] = field(default_factory=dict)  # the new release's settings
     keda: KedaDecision | None = None
@@ -247,7 +244,7 @@ class Stage:
             # 0.3 s), before the server stops accepting: the cluster's preStop + drain
             "RAGMESH_DRAIN_SECONDS": "3",
             **(env or {}),
-            **self.addresses(sidecar),
+            **self.lab.peer_env(sidecar),
             "RAGMESH_GRPC_PORT": str(grpc_port),
             "RAGMESH_METRICS_PORT": str(metrics),
         }
@@ -266,19 +263,6 @@ class Stage:
             else:
                 out[upstream] = self.outbound(upstream, upstream, self.endpoints(upstream))
         return out
-
-    def addresses(self, sidecar: Sidecar) -> dict[str, str]:
-        """The application's peers: its sidecar's outbound listeners."""
-        env = {}
-        password = self.lab.stack.redis_password
-        for upstream, port in sidecar.outbound.items():
-            if upstream == "redis":
-                env["RAGMESH_REDIS_URL"] = f"redis://:{password}@127.0.0.1:{port}/0"
-            elif upstream == "redis-cache":
-                env["RAGMESH_CACHE_URL"] = f"redis://:{password}@127.0.0.1:{port}/0"
-            else:
-                env[f"RAGMESH_{upstream.upper()}_ADDR"] = f"127.0.0.1:{port}"
-        return env
 
     def ready(self, role: str) -> None:
         pod = self.pods[role]
@@ -529,7 +513,7 @@ class Stage:
         assert old.sidecar is not None
         env = {
             **self.canary_env,
-            **self.addresses(old.sidecar),  # the primary pod's sidecar, its peers
+            **self.lab.peer_env(old.sidecar),  # the primary pod's sidecar, its peers
             "RAGMESH_GRPC_PORT": str(grpc_port),
             "RAGMESH_METRICS_PORT": str(metrics),
         }
@@ -598,7 +582,7 @@ class Stage:
         self.telemetry.close()
 
 
-class _Traffic:
+class _Traffic(ABC):
     """A thread making traffic; :meth:`take` reads its outcomes since the last read."""
 
     def __init__(self) -> None:
@@ -606,8 +590,9 @@ class _Traffic:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
+    @abstractmethod
     def _run(self) -> None:
-        raise NotImplementedError
+        """Make traffic until ``self._stop`` is set, counting outcomes."""
 
     def start(self) -> None:
         self._thread.start()

@@ -51,7 +51,8 @@ class Source:
 class IstioTelemetry:
     sources: list[Source] = field(default_factory=list)
     requests: Counter[tuple[str, ...]] = field(default_factory=Counter)
-    durations: dict[tuple[str, ...], list[float]] = field(default_factory=dict)
+    #: labels → (cumulative count per bucket of BUCKETS and +Inf, sum of milliseconds)
+    durations: dict[tuple[str, ...], tuple[list[int], float]] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
     server: ThreadingHTTPServer | None = None
 
@@ -91,7 +92,12 @@ class IstioTelemetry:
             grpc_status,
         )
         self.requests[labels] += 1
-        self.durations.setdefault(labels, []).append(float(m["ms"]))
+        ms = float(m["ms"])
+        counts, total = self.durations.get(labels, ([0] * (len(BUCKETS) + 1), 0.0))
+        for i, le in enumerate((*BUCKETS, math.inf)):
+            if ms <= le:
+                counts[i] += 1
+        self.durations[labels] = (counts, total + ms)
 
     def exposition(self) -> str:
         self.collect()
@@ -115,13 +121,12 @@ class IstioTelemetry:
                 out.append(f"istio_requests_total{fmt(labels)} {n}")
             out.append("# TYPE istio_request_duration_milliseconds histogram")
             name = "istio_request_duration_milliseconds"
-            for labels, values in sorted(self.durations.items()):
-                for le in (*BUCKETS, math.inf):
-                    count = sum(1 for v in values if v <= le)
+            for labels, (counts, total) in sorted(self.durations.items()):
+                for le, count in zip((*BUCKETS, math.inf), counts, strict=True):
                     bound = "+Inf" if math.isinf(le) else str(le)
                     out.append(f"{name}_bucket{fmt(labels, ',le=' + json.dumps(bound))} {count}")
-                out.append(f"{name}_sum{fmt(labels)} {sum(values)}")
-                out.append(f"{name}_count{fmt(labels)} {len(values)}")
+                out.append(f"{name}_sum{fmt(labels)} {total}")
+                out.append(f"{name}_count{fmt(labels)} {counts[-1]}")
         return "\n".join(out) + "\n"
 
     def serve(self) -> int:
