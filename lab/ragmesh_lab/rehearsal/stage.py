@@ -39,6 +39,7 @@ import urllib.parse
 from abc import ABC, abstractmethod
 from collections import Counter
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -586,7 +587,8 @@ class _Traffic(ABC):
     """A thread making traffic; :meth:`take` reads its outcomes since the last read."""
 
     def __init__(self) -> None:
-        self.outcomes: Counter[str] = Counter()
+        self._outcomes: Counter[str] = Counter()
+        self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -594,12 +596,17 @@ class _Traffic(ABC):
     def _run(self) -> None:
         """Make traffic until ``self._stop`` is set, counting outcomes."""
 
+    def count(self, outcome: str) -> None:
+        with self._lock:
+            self._outcomes[outcome] += 1
+
     def start(self) -> None:
         self._thread.start()
 
     def take(self) -> dict[str, int]:
-        out = dict(self.outcomes)
-        self.outcomes.clear()
+        with self._lock:
+            out = dict(self._outcomes)
+            self._outcomes.clear()
         return out
 
     def stop(self) -> None:
@@ -608,7 +615,9 @@ class _Traffic(ABC):
 
 
 class UserTraffic(_Traffic):
-    """A user calling the service through its caller's sidecar, ``rate`` calls a second."""
+    """Users calling the service through its caller's sidecar, ``rate`` calls a second."""
+
+    USERS = 4
 
     def __init__(
         self,
@@ -623,20 +632,33 @@ class UserTraffic(_Traffic):
         self.metadata = metadata
 
     def _run(self) -> None:
-        with grpc.insecure_channel(self.address) as channel:
+        # several users, as there are: a slow answer does not hold back the next user's call,
+        # so a slow release still sees about ``rate`` calls a second (USERS at once at most,
+        # within what one replica serves: generation's RAGMESH_GEN_MAX_STREAMS is 8)
+        users = threading.BoundedSemaphore(self.USERS)
+        with (
+            grpc.insecure_channel(self.address) as channel,
+            ThreadPoolExecutor(max_workers=self.USERS) as pool,
+        ):
             if self.method.server_streaming:
                 call: Any = channel.unary_stream(self.method.path, None, None)
             else:
                 call = channel.unary_unary(self.method.path, None, None)
             while not self._stop.wait(1.0 / self.rate):
-                try:
-                    reply = call(self.request, timeout=10, metadata=self.metadata)
-                    if self.method.server_streaming:
-                        for _ in reply:
-                            pass
-                    self.outcomes["OK"] += 1
-                except grpc.RpcError as e:
-                    self.outcomes[e.code().name] += 1
+                users.acquire()
+                pool.submit(self._call, call, users)
+
+    def _call(self, call: Any, users: threading.BoundedSemaphore) -> None:
+        try:
+            reply = call(self.request, timeout=10, metadata=self.metadata)
+            if self.method.server_streaming:
+                for _ in reply:
+                    pass
+            self.count("OK")
+        except grpc.RpcError as e:
+            self.count(e.code().name)
+        finally:
+            users.release()
 
 
 class KedaDecision:
@@ -700,11 +722,11 @@ class DocumentTraffic(_Traffic):
             for _ in range(self.burst):
                 n += 1
                 await queue.enqueue([document()])
-                self.outcomes["queued"] += 1
+                self.count("queued")
             while not self._stop.is_set():
                 n += 1
                 await queue.enqueue([document()])
-                self.outcomes["queued"] += 1
+                self.count("queued")
                 await asyncio.sleep(1.0 / self.rate)
         finally:
             await client.aclose()
