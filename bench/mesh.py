@@ -23,7 +23,9 @@ def timed_calls(stub: retrieval_service_pb2_grpc.RetrievalServiceStub, n: int) -
     for _ in range(n):
         v = rng.standard_normal(DIM).astype("<f4")
         request = retrieval_service_pb2.SearchRequest(
-            queries=common_pb2.VectorBatch(count=1, dimension=DIM, data=v.tobytes()), top_k=10
+            tenant="default",
+            queries=common_pb2.VectorBatch(count=1, dimension=DIM, data=v.tobytes()),
+            top_k=10,
         )
         start = time.perf_counter()
         stub.Search(request, timeout=5)
@@ -57,6 +59,7 @@ def run(quick: bool, repeats: int) -> Section:
             with grpc.insecure_channel(app.address) as channel:
                 retrieval_service_pb2_grpc.RetrievalServiceStub(channel).Upsert(
                     retrieval_service_pb2.UpsertRequest(
+                        tenant="default",
                         chunks=[
                             retrieval_service_pb2.Chunk(
                                 chunk_id=f"c{i}",
@@ -65,7 +68,7 @@ def run(quick: bool, repeats: int) -> Section:
                                 vector=rng.standard_normal(DIM).astype("<f4").tobytes(),
                             )
                             for i in range(1000)
-                        ]
+                        ],
                     ),
                     timeout=30,
                 )

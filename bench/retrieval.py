@@ -45,6 +45,7 @@ def load(stub: retrieval_service_pb2_grpc.RetrievalServiceStub, base: np.ndarray
     for start in range(0, len(base), 1000):
         stub.Upsert(
             retrieval_service_pb2.UpsertRequest(
+                tenant="default",
                 chunks=[
                     retrieval_service_pb2.Chunk(
                         chunk_id=str(i),
@@ -53,7 +54,7 @@ def load(stub: retrieval_service_pb2_grpc.RetrievalServiceStub, base: np.ndarray
                         vector=base[i].astype("<f4").tobytes(),
                     )
                     for i in range(start, min(start + 1000, len(base)))
-                ]
+                ],
             ),
             timeout=600,
         )
@@ -67,14 +68,18 @@ def measure(
     found: list[list[int]] = []
     latencies = []
     for q in data.queries[:single]:
-        request = retrieval_service_pb2.SearchRequest(queries=_vectors(q[None, :]), top_k=K)
+        request = retrieval_service_pb2.SearchRequest(
+            tenant="default", queries=_vectors(q[None, :]), top_k=K
+        )
         t = time.perf_counter()
         reply = stub.Search(request, timeout=10)
         latencies.append((time.perf_counter() - t) * 1000)
         found.append([int(p.chunk_id) for p in reply.results[0].passages])
     requests = [
         retrieval_service_pb2.SearchRequest(
-            queries=_vectors(data.queries[(b * BATCH) % len(data.queries) :][:BATCH]), top_k=K
+            tenant="default",
+            queries=_vectors(data.queries[(b * BATCH) % len(data.queries) :][:BATCH]),
+            top_k=K,
         )
         for b in range(batches)
     ]

@@ -84,7 +84,9 @@ async def test_a_full_disk_is_survivable(tmp_path: Path, small_disk: Path) -> No
     data = np.stack([vec(i) for i in (5, 105, 135)]).astype("<f4").tobytes()
     found = await stub.Search(
         pb.SearchRequest(
-            queries=common_pb2.VectorBatch(count=3, dimension=DIM, data=data), top_k=1
+            tenant="default",
+            queries=common_pb2.VectorBatch(count=3, dimension=DIM, data=data),
+            top_k=1,
         ),
         timeout=10,
     )

@@ -85,6 +85,7 @@ def vec(i: int) -> np.ndarray:
 
 def batch(start: int, n: int) -> pb.UpsertRequest:
     return pb.UpsertRequest(
+        tenant="default",
         chunks=[
             pb.Chunk(
                 chunk_id=f"c{i}",
@@ -93,7 +94,7 @@ def batch(start: int, n: int) -> pb.UpsertRequest:
                 vector=vec(i).tobytes(),
             )
             for i in range(start, start + n)
-        ]
+        ],
     )
 
 
@@ -133,7 +134,9 @@ async def test_acknowledged_upserts_survive_kill_9(tmp_path: Path) -> None:
         q = np.stack([vec(i) for i in ids]).astype("<f4").tobytes()
         res = await stub.Search(
             pb.SearchRequest(
-                queries=common_pb2.VectorBatch(count=len(ids), dimension=DIM, data=q), top_k=1
+                tenant="default",
+                queries=common_pb2.VectorBatch(count=len(ids), dimension=DIM, data=q),
+                top_k=1,
             ),
             timeout=30,
         )

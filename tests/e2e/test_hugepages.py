@@ -42,9 +42,12 @@ def loaded_huge_kib(stack: Stack, name: str, env: dict[str, str]) -> int:
                 )
                 for i, v in enumerate(vectors)
             ]
-            stub.Upsert(retrieval_service_pb2.UpsertRequest(chunks=chunks), timeout=30)
+            stub.Upsert(
+                retrieval_service_pb2.UpsertRequest(tenant="default", chunks=chunks), timeout=30
+            )
         reply = stub.Search(
             retrieval_service_pb2.SearchRequest(
+                tenant="default",
                 queries=common_pb2.VectorBatch(count=1, dimension=DIM, data=vectors[0].tobytes()),
                 top_k=1,
             ),

@@ -62,11 +62,12 @@ def call(stack: Stack, request_id: str, request: Any, method: str = "Upsert") ->
 def upsert(text: str, dims: int = 384) -> retrieval_service_pb2.UpsertRequest:
     vector = (np.ones(dims) / np.sqrt(dims)).astype("<f4")
     return retrieval_service_pb2.UpsertRequest(
+        tenant="default",
         chunks=[
             retrieval_service_pb2.Chunk(
                 chunk_id="doc-1#0", document_id="doc-1", text=text, vector=vector.tobytes()
             )
-        ]
+        ],
     )
 
 

@@ -43,11 +43,15 @@ async def queue(redis_url: str, tmp_path: Path) -> AsyncIterator[JobQueue]:
     await client.aclose()
 
 
+T = "acme"  # the tenant the tests' jobs belong to
+
+
 class Store:
     """Embedder and retriever: records upserted chunk ids; rejects texts containing BAD."""
 
     def __init__(self) -> None:
-        self.chunks: dict[str, str] = {}
+        self.chunks: dict[str, str] = {}  # chunk id -> text, of tenant T
+        self.tenants: dict[tuple[str, str], str] = {}  # (tenant, chunk id) -> document id
         self.upserts = 0
 
     async def embed(self, texts: Sequence[str], purpose: Purpose) -> Embedded:
@@ -55,18 +59,28 @@ class Store:
             raise InvalidArgument("texts[0]", "rejected")
         return Embedded(np.zeros((len(texts), 4), dtype=np.float32), "fake")
 
-    async def search(self, vector: object, top_k: int, filter: Mapping[str, str]) -> SearchResult:
+    async def search(
+        self, tenant: str, vector: object, top_k: int, filter: Mapping[str, str]
+    ) -> SearchResult:
         return SearchResult((), 0)
 
-    async def upsert(self, chunks: Sequence[ChunkRecord]) -> int:
+    async def upsert(self, tenant: str, chunks: Sequence[ChunkRecord]) -> int:
         self.upserts += 1
-        self.chunks.update({c.chunk_id: c.text for c in chunks})
+        if tenant == T:
+            self.chunks.update({c.chunk_id: c.text for c in chunks})
+        self.tenants.update({(tenant, c.chunk_id): c.document_id for c in chunks})
         return 0
 
-    async def delete(self, chunk_ids: Sequence[str]) -> int:
-        for c in chunk_ids:
-            self.chunks.pop(c, None)
-        return 0
+    async def delete(
+        self, tenant: str, chunk_ids: Sequence[str] = (), document_ids: Sequence[str] = ()
+    ) -> tuple[int, int]:
+        gone = {k for k, doc in self.tenants.items() if k[0] == tenant and doc in document_ids}
+        gone |= {(tenant, c) for c in chunk_ids if (tenant, c) in self.tenants}
+        for key in gone:
+            del self.tenants[key]
+            if tenant == T:
+                self.chunks.pop(key[1], None)
+        return len(gone), 0
 
 
 def worker(queue: JobQueue, store: Store, name: str, **env: str) -> IngestWorker:
@@ -77,7 +91,7 @@ def worker(queue: JobQueue, store: Store, name: str, **env: str) -> IngestWorker
 async def until_done(w: IngestWorker, queue: JobQueue, job: str) -> None:
     for _ in range(500):  # bounded; each idle step blocks at most 10 ms
         await w.step()
-        if (await queue.job(job)).state in (JobState.SUCCEEDED, JobState.FAILED):
+        if (await queue.job(T, job)).state in (JobState.SUCCEEDED, JobState.FAILED):
             return
     raise AssertionError("job did not finish")
 
@@ -87,33 +101,33 @@ TEXT = "One sentence here. Another sentence there. A third one to finish. And a 
 
 async def test_a_dead_consumers_entry_is_claimed_and_counted_once(queue: JobQueue) -> None:
     store = Store()
-    job = await queue.enqueue([DocumentIn("a", "A", TEXT), DocumentIn("b", "B", TEXT)])
+    job = await queue.enqueue(T, [DocumentIn("a", "A", TEXT), DocumentIn("b", "B", TEXT)])
     dead = await queue.read("dead", 1, 0, pending=False)  # delivered, never acknowledged
     assert [e.document.document_id for e in dead] == ["a"]
     live = worker(queue, store, "live", RAGMESH_INGEST_CLAIM_IDLE_MS="1")
     while await live.step():
         pass
-    status = await queue.job(job)
+    status = await queue.job(T, job)
     assert status.state is JobState.SUCCEEDED
     assert (status.documents_done, status.chunks_done) == (2, len(store.chunks))
     await queue.finish(dead[0], True, 99)  # the dead worker's late ack changes nothing
-    assert (await queue.job(job)).chunks_done == len(store.chunks)
+    assert (await queue.job(T, job)).chunks_done == len(store.chunks)
 
 
 async def test_an_invalid_document_fails_the_job_with_its_error(queue: JobQueue) -> None:
     store = Store()
-    job = await queue.enqueue([DocumentIn("ok", "", TEXT), DocumentIn("bad", "", "BAD text.")])
+    job = await queue.enqueue(T, [DocumentIn("ok", "", TEXT), DocumentIn("bad", "", "BAD text.")])
     w = worker(queue, store, "w1")
     while await w.step():
         pass
-    status = await queue.job(job)
+    status = await queue.job(T, job)
     assert status.state is JobState.FAILED
     assert (status.documents_done, status.documents_failed) == (1, 1)
     assert status.last_error.startswith("bad: texts[0]")
 
 
 async def test_a_document_that_keeps_killing_workers_is_given_up(queue: JobQueue) -> None:
-    job = await queue.enqueue([DocumentIn("doomed", "", TEXT)])
+    job = await queue.enqueue(T, [DocumentIn("doomed", "", TEXT)])
     await queue.read("w0", 1, 0, pending=False)
     for n in range(3):  # three more workers claim it and "die" before finishing
         assert await queue.claim(f"w{n + 1}", 0, 8)
@@ -121,21 +135,84 @@ async def test_a_document_that_keeps_killing_workers_is_given_up(queue: JobQueue
         queue, Store(), "w9", RAGMESH_INGEST_CLAIM_IDLE_MS="1", RAGMESH_INGEST_MAX_DELIVERIES="3"
     )
     await until_done(w, queue, job)
-    status = await queue.job(job)
+    status = await queue.job(T, job)
     assert status.state is JobState.FAILED and "gave up after" in status.last_error
 
 
 async def test_reingesting_a_shorter_document_drops_its_old_tail(queue: JobQueue) -> None:
     store = Store()
     w = worker(queue, store, "w")
-    await queue.enqueue([DocumentIn("doc", "", TEXT)])
+    await queue.enqueue(T, [DocumentIn("doc", "", TEXT)])
     while await w.step():
         pass
     long_ids = set(store.chunks)
-    await queue.enqueue([DocumentIn("doc", "", "Just one short sentence.")])
+    await queue.enqueue(T, [DocumentIn("doc", "", "Just one short sentence.")])
     while await w.step():
         pass
     assert len(long_ids) > 1 and set(store.chunks) == {"doc#0"}
+
+
+async def test_jobs_are_their_tenants_and_deletion_is_a_job_of_its_own(
+    queue: JobQueue,
+) -> None:
+    from ragmesh.kit.errors import NotFound
+
+    store = Store()
+    w = worker(queue, store, "w")
+    mine = await queue.enqueue(T, [DocumentIn("manual", "", TEXT)])
+    theirs = await queue.enqueue("globex", [DocumentIn("manual", "", TEXT)])
+    await until_done(w, queue, mine)
+    while await w.step():
+        pass
+    # each tenant's chunks went into its own tenant; a job is invisible to other tenants
+    assert {k[0] for k in store.tenants} == {T, "globex"}
+    with pytest.raises(NotFound) as e:
+        await queue.job(T, theirs)
+    assert str(e.value) == f"job_id: no ingest job {theirs!r}"  # as for an unknown id
+    assert (await queue.job("globex", theirs)).state is JobState.SUCCEEDED
+    chunks = len(store.chunks)
+    deletion = await queue.enqueue_delete(T, "manual")
+    await until_done(w, queue, deletion)
+    status = await queue.job(T, deletion)
+    assert status.state is JobState.SUCCEEDED
+    assert (status.documents_done, status.chunks_done) == (1, chunks)
+    assert store.chunks == {} and {k[0] for k in store.tenants} == {"globex"}
+    assert await queue.previous_chunks(T, "manual") == 0
+    # re-ingesting after the deletion starts from nothing (no stale tail to drop)
+    await until_done(w, queue, await queue.enqueue(T, [DocumentIn("manual", "", TEXT)]))
+    assert len(store.chunks) == chunks
+
+
+async def test_entries_queued_before_tenants_belong_to_the_default_tenant(
+    queue: JobQueue,
+) -> None:
+    """An entry and a job record as a worker of the previous release left them."""
+    import json
+
+    store = Store()
+    await queue.redis.hset(
+        f"{queue.stream}:job:{'a' * 32}",
+        mapping={
+            "state": "QUEUED",
+            "documents_total": 1,
+            "documents_done": 0,
+            "documents_failed": 0,
+            "chunks_done": 0,
+            "chunks_failed": 0,
+            "last_error": "",
+        },
+    )
+    body = {"document_id": "old", "title": "", "text": TEXT, "metadata": {}, "source": ""}
+    await queue.redis.xadd(queue.stream, {"job": "a" * 32, "seq": 0, "doc": json.dumps(body)})
+    w = worker(queue, store, "w")
+    while await w.step():
+        pass
+    assert {k[0] for k in store.tenants} == {"default"}
+    assert (await queue.job("default", "a" * 32)).state is JobState.SUCCEEDED
+    from ragmesh.kit.errors import NotFound
+
+    with pytest.raises(NotFound):
+        await queue.job(T, "a" * 32)
 
 
 class Exploding(Store):
@@ -151,11 +228,13 @@ async def test_an_unexpected_error_fails_only_that_document(
     queue: JobQueue, caplog: pytest.LogCaptureFixture
 ) -> None:
     store = Exploding()
-    job = await queue.enqueue([DocumentIn("boom", "", "EXPLODE now."), DocumentIn("ok", "", TEXT)])
+    job = await queue.enqueue(
+        T, [DocumentIn("boom", "", "EXPLODE now."), DocumentIn("ok", "", TEXT)]
+    )
     w = worker(queue, store, "w")
     while await w.step():
         pass
-    status = await queue.job(job)
+    status = await queue.job(T, job)
     assert (status.documents_done, status.documents_failed) == (1, 1)
     assert status.last_error == "boom: internal error (RuntimeError)"
     assert await queue.backlog() == (0, 0)
@@ -203,14 +282,14 @@ async def test_the_local_redis_needs_its_password_and_keeps_the_queue_across_a_r
         client = connect(stack.redis_url, 1.0)
         q = JobQueue(client, "persist", 60)
         await q.ensure_group()
-        job = await q.enqueue([DocumentIn("kept", "", TEXT)])
+        job = await q.enqueue(T, [DocumentIn("kept", "", TEXT)])
         await client.aclose()
         await asyncio.sleep(1.5)  # appendfsync everysec, as in the cluster
         stack.kill("redis")  # SIGKILL: only what reached the append-only file survives
         stack.start_redis()
         client = connect(stack.redis_url, 1.0)
         q = JobQueue(client, "persist", 60)
-        assert (await q.job(job)).state is JobState.QUEUED
+        assert (await q.job(T, job)).state is JobState.QUEUED
         entries = await q.read("w", 8, 0, pending=False)
         assert [e.document.document_id for e in entries] == ["kept"]
         await client.aclose()
@@ -242,7 +321,7 @@ def keda_replicas(trigger: dict[str, object], pending: int, lag: int) -> int:
 async def test_keda_scales_ingest_out_on_a_real_backlog(queue: JobQueue) -> None:
     """200 documents wait while two workers each hold one: the shipped trigger must ask for
     more workers (pendingEntriesCount saw 2 and kept one replica)."""
-    await queue.enqueue([DocumentIn(f"d{i}", "", TEXT) for i in range(200)])
+    await queue.enqueue(T, [DocumentIn(f"d{i}", "", TEXT) for i in range(200)])
     for worker_name in ("w1", "w2"):  # two busy workers, each with an entry in hand
         assert len(await queue.read(worker_name, 1, 0, pending=False)) == 1
     pending, lag = await queue.backlog()

@@ -28,6 +28,7 @@ from ragmesh_lab.cli.documents import read_document
 from ragmesh_lab.cli.supervisor import Stack
 from tests.conftest import sample
 from tests.support import rawh2
+from tests.support.contract import ROOT
 
 CORPUS = Path(__file__).resolve().parents[2] / "samples" / "corpus"
 CHUNK_CHARS, OVERLAP = 400, 80
@@ -361,3 +362,48 @@ def test_redis_down_answers_are_still_served(
     while not ask(query, QUESTION)[2].cache_hit:
         assert time.monotonic() < deadline, "the cache never came back after Redis did"
         time.sleep(0.2)
+
+
+@pytest.mark.parametrize("service", ["embedding", "retrieval", "generation", "query"])
+def test_each_canarys_load_request_is_one_the_real_service_serves(
+    stack: Stack, service: str
+) -> None:
+    """The request a Canary's load webhook sends (ghz --call M -d JSON in canary.yaml), sent
+    to the real service: a request the service refuses would fail every release's load test.
+    """
+    import shlex
+
+    import yaml
+    from google.protobuf import json_format, symbol_database
+
+    doc = yaml.safe_load((ROOT / "rollouts" / service / "canary.yaml").read_text())
+    (hook,) = [h for h in doc["spec"]["analysis"]["webhooks"] if h["name"] == "load"]
+    words = shlex.split(hook["metadata"]["cmd"].split("|")[0].split(";", 1)[1])
+    method = words[words.index("--call") + 1]  # ragmesh.v1.Service/Method
+    body = words[words.index("-d") + 1]
+    full_service, name = method.rsplit("/", 1)
+    from ragmesh.v1 import (  # noqa: F401  (each registers its messages)
+        embedding_service_pb2,
+        generation_service_pb2,
+        query_service_pb2,
+        retrieval_service_pb2,
+    )
+
+    descriptor = symbol_database.Default().pool.FindServiceByName(full_service)
+    rpc = descriptor.methods_by_name[name]
+    request_type = symbol_database.Default().GetSymbol(rpc.input_type.full_name)
+    response_type = symbol_database.Default().GetSymbol(rpc.output_type.full_name)
+    request = json_format.Parse(body, request_type())
+    with grpc.insecure_channel(stack.procs[service].address) as channel:
+        path = f"/{method}"
+        if rpc.server_streaming:
+            call = channel.unary_stream(
+                path, request_type.SerializeToString, response_type.FromString
+            )
+            replies = list(call(request, timeout=30))
+        else:
+            call = channel.unary_unary(
+                path, request_type.SerializeToString, response_type.FromString
+            )
+            replies = [call(request, timeout=30)]
+    assert replies

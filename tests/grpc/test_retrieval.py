@@ -61,7 +61,8 @@ async def test_upsert_search_delete_round_trip(stub: pb_grpc.RetrievalServiceStu
     v0 = (await info(stub)).index_version
     up = await stub.Upsert(
         pb.UpsertRequest(
-            chunks=[chunk(i, doc=f"d{i % 2}", lang=("en" if i < 5 else "fr")) for i in range(10)]
+            tenant="default",
+            chunks=[chunk(i, doc=f"d{i % 2}", lang=("en" if i < 5 else "fr")) for i in range(10)],
         ),
         timeout=5,
     )
@@ -75,7 +76,9 @@ async def test_upsert_search_delete_round_trip(stub: pb_grpc.RetrievalServiceStu
         up.index_version,
     )
 
-    res = await stub.Search(pb.SearchRequest(queries=queries(3, 7), top_k=3), timeout=5)
+    res = await stub.Search(
+        pb.SearchRequest(tenant="default", queries=queries(3, 7), top_k=3), timeout=5
+    )
     assert len(res.results) == 2 and res.index_version == up.index_version
     best = res.results[0].passages[0]
     assert (best.chunk_id, best.document_id, best.text, dict(best.metadata)) == (
@@ -90,19 +93,47 @@ async def test_upsert_search_delete_round_trip(stub: pb_grpc.RetrievalServiceStu
     assert scores == sorted(scores, reverse=True)
 
     filtered = await stub.Search(
-        pb.SearchRequest(queries=queries(3), top_k=10, filter={"lang": "fr"}), timeout=5
+        pb.SearchRequest(tenant="default", queries=queries(3), top_k=10, filter={"lang": "fr"}),
+        timeout=5,
     )
     assert {p.chunk_id for p in filtered.results[0].passages} == {f"c{i}" for i in range(5, 10)}
 
-    again = await stub.Upsert(pb.UpsertRequest(chunks=[chunk(3, doc="d1", lang="de")]), timeout=5)
+    again = await stub.Upsert(
+        pb.UpsertRequest(tenant="default", chunks=[chunk(3, doc="d1", lang="de")]), timeout=5
+    )
     assert (await info(stub)).count == 10 and again.index_version > up.index_version
 
-    gone = await stub.Delete(pb.DeleteRequest(document_ids=["d0"]), timeout=5)
+    gone = await stub.Delete(pb.DeleteRequest(tenant="default", document_ids=["d0"]), timeout=5)
     assert gone.deleted_count == 5 and gone.index_version > again.index_version
-    gone2 = await stub.Delete(pb.DeleteRequest(chunk_ids=["c3", "nope"]), timeout=5)
+    gone2 = await stub.Delete(
+        pb.DeleteRequest(tenant="default", chunk_ids=["c3", "nope"]), timeout=5
+    )
     assert gone2.deleted_count == 1 and gone2.index_version > gone.index_version
-    left = await stub.Search(pb.SearchRequest(queries=queries(3), top_k=20), timeout=5)
+    left = await stub.Search(
+        pb.SearchRequest(tenant="default", queries=queries(3), top_k=20), timeout=5
+    )
     assert {p.chunk_id for p in left.results[0].passages} == {"c1", "c5", "c7", "c9"}
+
+
+async def test_each_tenant_searches_and_deletes_only_its_own_chunks(
+    stub: pb_grpc.RetrievalServiceStub,
+) -> None:
+    await stub.Upsert(pb.UpsertRequest(tenant="acme", chunks=[chunk(1), chunk(2)]), timeout=5)
+    await stub.Upsert(pb.UpsertRequest(tenant="globex", chunks=[chunk(1)]), timeout=5)
+    acme = await stub.Search(
+        pb.SearchRequest(tenant="acme", queries=queries(1), top_k=5), timeout=5
+    )
+    globex = await stub.Search(
+        pb.SearchRequest(tenant="globex", queries=queries(1), top_k=5), timeout=5
+    )
+    assert [p.chunk_id for p in acme.results[0].passages][:1] == ["c1"]
+    assert len(acme.results[0].passages) == 2 and len(globex.results[0].passages) == 1
+    gone = await stub.Delete(pb.DeleteRequest(tenant="globex", document_ids=["doc"]), timeout=5)
+    assert gone.deleted_count == 1
+    acme = await stub.Search(
+        pb.SearchRequest(tenant="acme", queries=queries(1), top_k=5), timeout=5
+    )
+    assert len(acme.results[0].passages) == 2  # globex deleted its "doc", not acme's
 
 
 def bad_vector() -> bytes:
@@ -118,47 +149,57 @@ def inf_vector() -> bytes:
 
 
 BAD_UPSERTS = [
-    (pb.UpsertRequest(), "chunks"),
+    (pb.UpsertRequest(tenant="default"), "chunks"),
+    (pb.UpsertRequest(chunks=[chunk(1)]), "tenant"),  # no tenant: never "everyone's"
+    (pb.UpsertRequest(tenant="a b", chunks=[chunk(1)]), "tenant"),
     (
         pb.UpsertRequest(
+            tenant="default",
             chunks=[
                 chunk(1),
                 pb.Chunk(chunk_id="x", document_id="d", text="t", vector=vec(1).tobytes()[:-4]),
-            ]
+            ],
         ),
         "chunks[1].vector",
     ),
     (
         pb.UpsertRequest(
-            chunks=[pb.Chunk(chunk_id="x", document_id="d", text="t", vector=bad_vector())]
+            tenant="default",
+            chunks=[pb.Chunk(chunk_id="x", document_id="d", text="t", vector=bad_vector())],
         ),
         "chunks[0].vector",
     ),
     (
         pb.UpsertRequest(
-            chunks=[pb.Chunk(chunk_id="x", document_id="d", text="t", vector=inf_vector())]
+            tenant="default",
+            chunks=[pb.Chunk(chunk_id="x", document_id="d", text="t", vector=inf_vector())],
         ),
         "chunks[0].vector",
     ),
     (
         pb.UpsertRequest(
-            chunks=[pb.Chunk(chunk_id="", document_id="d", text="t", vector=vec(1).tobytes())]
+            tenant="default",
+            chunks=[pb.Chunk(chunk_id="", document_id="d", text="t", vector=vec(1).tobytes())],
         ),
         "chunks[0].chunk_id",
     ),
     (
         pb.UpsertRequest(
-            chunks=[pb.Chunk(chunk_id="x", document_id="", text="t", vector=vec(1).tobytes())]
+            tenant="default",
+            chunks=[pb.Chunk(chunk_id="x", document_id="", text="t", vector=vec(1).tobytes())],
         ),
         "chunks[0].document_id",
     ),
-    (pb.UpsertRequest(chunks=[chunk(1), chunk(1)]), "chunks[1].chunk_id"),
+    (pb.UpsertRequest(tenant="default", chunks=[chunk(1), chunk(1)]), "chunks[1].chunk_id"),
     (
-        pb.UpsertRequest(chunks=[pb.Chunk(chunk_id="x", document_id="d", text=" \t\n ")]),
+        pb.UpsertRequest(
+            tenant="default", chunks=[pb.Chunk(chunk_id="x", document_id="d", text=" \t\n ")]
+        ),
         "chunks[0].text",
     ),
     (
         pb.UpsertRequest(
+            tenant="default",
             chunks=[
                 pb.Chunk(
                     chunk_id="x",
@@ -166,12 +207,13 @@ BAD_UPSERTS = [
                     text="t",
                     vector=np.full(DIM, 1e20, np.float32).tobytes(),
                 )
-            ]
+            ],
         ),
         "chunks[0].vector",
     ),
     (
         pb.UpsertRequest(
+            tenant="default",
             chunks=[
                 pb.Chunk(
                     chunk_id="x",
@@ -179,7 +221,7 @@ BAD_UPSERTS = [
                     text="t",
                     metadata={f"k{i}": "v" for i in range(33)},
                 )
-            ]
+            ],
         ),
         "chunks[0].metadata",
     ),
@@ -190,7 +232,7 @@ async def test_error_messages_echo_only_a_short_prefix_of_the_input(
     stub: pb_grpc.RetrievalServiceStub,
 ) -> None:
     long_id = "x" * 500
-    twice = pb.UpsertRequest(chunks=[chunk(1), chunk(2)])
+    twice = pb.UpsertRequest(tenant="default", chunks=[chunk(1), chunk(2)])
     for c in twice.chunks:
         c.chunk_id = long_id
     with pytest.raises(grpc.aio.AioRpcError) as e:
@@ -198,7 +240,7 @@ async def test_error_messages_echo_only_a_short_prefix_of_the_input(
     assert e.value.code() is grpc.StatusCode.INVALID_ARGUMENT
     assert (e.value.details() or "").startswith("chunks[1].chunk_id: duplicate id 'xxx")
     assert len(e.value.details() or "") < 120
-    bad_key = pb.UpsertRequest(chunks=[chunk(1)])
+    bad_key = pb.UpsertRequest(tenant="default", chunks=[chunk(1)])
     bad_key.chunks[0].metadata["k" * 10000] = "v"
     with pytest.raises(grpc.aio.AioRpcError) as e:
         await stub.Upsert(bad_key, timeout=5)
@@ -209,16 +251,19 @@ async def test_error_messages_echo_only_a_short_prefix_of_the_input(
 async def test_deleting_unknown_ids_writes_nothing_and_large_deletes_are_refused(
     stub: pb_grpc.RetrievalServiceStub, tmp_path: Path
 ) -> None:
-    await stub.Upsert(pb.UpsertRequest(chunks=[chunk(1)]), timeout=5)
+    await stub.Upsert(pb.UpsertRequest(tenant="default", chunks=[chunk(1)]), timeout=5)
     before = await info(stub)
     log_size = (tmp_path / "index" / "wal.log").stat().st_size
     reply = await stub.Delete(
-        pb.DeleteRequest(chunk_ids=[f"nope{i}" for i in range(1000)]), timeout=5
+        pb.DeleteRequest(tenant="default", chunk_ids=[f"nope{i}" for i in range(1000)]), timeout=5
     )
     assert reply.deleted_count == 0 and reply.index_version == before.index_version
     assert (tmp_path / "index" / "wal.log").stat().st_size == log_size
     with pytest.raises(grpc.aio.AioRpcError) as e:
-        await stub.Delete(pb.DeleteRequest(chunk_ids=[f"c{i}" for i in range(100_000)]), timeout=5)
+        await stub.Delete(
+            pb.DeleteRequest(tenant="default", chunk_ids=[f"c{i}" for i in range(100_000)]),
+            timeout=5,
+        )
     assert e.value.code() is grpc.StatusCode.INVALID_ARGUMENT
     assert (e.value.details() or "").startswith("chunk_ids:")
     assert (await info(stub)).index_version == before.index_version
@@ -228,7 +273,7 @@ async def test_deleting_unknown_ids_writes_nothing_and_large_deletes_are_refused
 async def test_bad_upsert_is_invalid_argument_and_writes_nothing(
     stub: pb_grpc.RetrievalServiceStub, request_: pb.UpsertRequest, field: str
 ) -> None:
-    await stub.Upsert(pb.UpsertRequest(chunks=[chunk(100)]), timeout=5)
+    await stub.Upsert(pb.UpsertRequest(tenant="default", chunks=[chunk(100)]), timeout=5)
     before = await info(stub)
     with pytest.raises(grpc.aio.AioRpcError) as e:
         await stub.Upsert(request_, timeout=5)
@@ -239,9 +284,13 @@ async def test_bad_upsert_is_invalid_argument_and_writes_nothing(
 
 
 BAD_SEARCHES = [
-    (pb.SearchRequest(queries=common_pb2.VectorBatch(dimension=DIM), top_k=1), "queries"),
+    (
+        pb.SearchRequest(tenant="default", queries=common_pb2.VectorBatch(dimension=DIM), top_k=1),
+        "queries",
+    ),
     (
         pb.SearchRequest(
+            tenant="default",
             queries=common_pb2.VectorBatch(count=1, dimension=DIM - 1, data=vec(1).tobytes()[:-4]),
             top_k=1,
         ),
@@ -249,18 +298,24 @@ BAD_SEARCHES = [
     ),
     (
         pb.SearchRequest(
-            queries=common_pb2.VectorBatch(count=2, dimension=DIM, data=vec(1).tobytes()), top_k=1
+            tenant="default",
+            queries=common_pb2.VectorBatch(count=2, dimension=DIM, data=vec(1).tobytes()),
+            top_k=1,
         ),
         "queries.data",
     ),
     (
         pb.SearchRequest(
-            queries=common_pb2.VectorBatch(count=1, dimension=DIM, data=bad_vector()), top_k=1
+            tenant="default",
+            queries=common_pb2.VectorBatch(count=1, dimension=DIM, data=bad_vector()),
+            top_k=1,
         ),
         "queries.data[0]",
     ),
-    (pb.SearchRequest(queries=queries(1), top_k=0), "top_k"),
-    (pb.SearchRequest(queries=queries(1), top_k=21), "top_k"),
+    (pb.SearchRequest(queries=queries(1), top_k=1), "tenant"),  # never "all tenants"
+    (pb.SearchRequest(tenant="a/b", queries=queries(1), top_k=1), "tenant"),
+    (pb.SearchRequest(tenant="default", queries=queries(1), top_k=0), "top_k"),
+    (pb.SearchRequest(tenant="default", queries=queries(1), top_k=21), "top_k"),
 ]
 
 
@@ -279,8 +334,12 @@ async def test_empty_delete_is_invalid_argument_and_writes_nothing(
 ) -> None:
     before = await info(stub)
     with pytest.raises(grpc.aio.AioRpcError) as e:
-        await stub.Delete(pb.DeleteRequest(), timeout=5)
+        await stub.Delete(pb.DeleteRequest(tenant="default"), timeout=5)
     assert e.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    with pytest.raises(grpc.aio.AioRpcError) as e:
+        await stub.Delete(pb.DeleteRequest(document_ids=["d0"]), timeout=5)
+    assert e.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert (e.value.details() or "").startswith("tenant:")
     assert (await info(stub)).index_version == before.index_version
 
 
@@ -302,18 +361,20 @@ async def test_quick_searches_run_on_the_loop_slow_ones_and_writes_on_the_index_
 
         engine.store.search = spy  # type: ignore[method-assign]
         data = np.stack([vec(1)]).astype("<f4").tobytes()
-        await engine.upsert([ChunkIn("c1", "d", "text", {}, vec(1).astype("<f4").tobytes())])
-        hits, _ = await engine.search(1, DIM, data, 1, {})
+        await engine.upsert(
+            "default", [ChunkIn("c1", "d", "text", {}, vec(1).astype("<f4").tobytes())]
+        )
+        hits, _ = await engine.search("default", 1, DIM, data, 1, {})
         assert seen[-1] == threading.main_thread().name  # a tiny index: inline
         assert hits[0][0].chunk_id == "c1"
         engine._per_query_s = 1.0  # as if the last searches took a second each
-        hits, _ = await engine.search(1, DIM, data, 1, {})
+        hits, _ = await engine.search("default", 1, DIM, data, 1, {})
         assert seen[-1].startswith("index")
         assert hits[0][0].chunk_id == "c1"
         # a write in progress holds the lock: a quick search waits for it on the index thread
         engine._per_query_s = 0.0
         with engine._lock:
-            pending = asyncio.ensure_future(engine.search(1, DIM, data, 1, {}))
+            pending = asyncio.ensure_future(engine.search("default", 1, DIM, data, 1, {}))
             await asyncio.sleep(0.1)
             assert not pending.done()
         hits, _ = await asyncio.wait_for(pending, 5)

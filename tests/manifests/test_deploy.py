@@ -577,3 +577,24 @@ def test_alert_rules_pass_promtool(tmp_path: Path) -> None:
         [str(promtool()), "check", "rules", str(file)], capture_output=True, text=True
     )
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+@env
+def test_every_end_user_rule_guards_the_environments_own_host(environment: str) -> None:
+    """A DENY rule at the shared gateway that names another environment's host guards
+    nothing here: each rule of the end-user policy must name the Gateway's host."""
+    (gateway,) = objects(environment, "Gateway")
+    host = gateway["spec"]["servers"][0]["hosts"][0]
+    policies = [
+        d
+        for d in objects(environment, "AuthorizationPolicy")
+        if d["metadata"]["namespace"] == "istio-system" and d["spec"].get("action") == "DENY"
+    ]
+    assert len(policies) == 1
+    rules = policies[0]["spec"]["rules"]
+    assert len(rules) >= 5  # no token, no tenant, and the ask/ingest/delete scopes
+    for i, rule in enumerate(rules):
+        assert [h for to in rule["to"] for h in to["operation"]["hosts"]] == [
+            host,
+            f"{host}:*",
+        ], f"rules[{i}]"

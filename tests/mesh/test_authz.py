@@ -70,7 +70,7 @@ async def test_every_identity_and_method(fake_mesh: FakeMesh) -> None:
     """Every caller identity × workload × method: allowed exactly where the contract says."""
     pairs = grpc_pairs(fake_mesh.lab.policy, matrix_contract())
     callers = sorted({p[0] for p in pairs})
-    assert len(callers) >= 10 and len(pairs) == len(callers) * 5 * 11
+    assert len(callers) >= 10 and len(pairs) == len(callers) * 5 * 12
     channels: dict[tuple[str, str], grpc.aio.Channel] = {}
     for caller in callers:
         sidecar = fake_mesh.client(caller)
@@ -118,7 +118,7 @@ async def test_ingress_exposes_only_query_service(fake_mesh: FakeMesh) -> None:
     ingress = fake_mesh.lab.start_ingress()
     for app in fake_mesh.apps.values():
         app.calls.clear()
-    token = fake_mesh.lab.token()  # an end user's: the ingress requires one (test_users.py)
+    token = fake_mesh.lab.token(scopes=("ask", "ingest", "delete"))  # test_users.py: scopes
     async with fake_mesh.channel(ingress, "query") as channel:
         for path in api_paths():
             code = await call(channel, path, token=token)

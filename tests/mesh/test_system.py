@@ -318,8 +318,97 @@ def test_rest_without_a_token_is_refused_and_with_a_bad_one_is_unauthenticated(
     assert status == 401, error
 
 
+SECRET = "The Acme vault opens with the code 4711 purple."
+SECRET_QUESTION = "What code opens the Acme vault?"
+
+
+def wait_job(stub: query_service_pb2_grpc.QueryServiceStub, job: str, token: str) -> Any:
+    deadline = time.monotonic() + 60
+    while True:
+        status = stub.GetIngestJob(
+            q.GetIngestJobRequest(job_id=job), timeout=5, metadata=bearer(token)
+        )
+        if status.state not in (q.INGEST_JOB_STATE_QUEUED, q.INGEST_JOB_STATE_RUNNING):
+            return status
+        assert time.monotonic() < deadline, "the job did not finish"
+        time.sleep(0.1)
+
+
+def cited(
+    stub: query_service_pb2_grpc.QueryServiceStub,
+    token: str,
+    extra: tuple[tuple[str, str], ...] = (),
+    skip_cache: bool = True,
+) -> tuple[list[str], str, bool]:
+    """(the cited snippets, the answer, whether it came from the cache) of SECRET_QUESTION."""
+    snippets, answer, hit = [], [], False
+    request = q.AskRequest(question=SECRET_QUESTION, skip_cache=skip_cache)
+    for event in stub.Ask(request, timeout=30, metadata=bearer(token) + extra):
+        kind = event.WhichOneof("event")
+        if kind == "citations":
+            snippets = [c.snippet for c in event.citations.citations]
+        elif kind == "delta":
+            answer.append(event.delta)
+        else:
+            hit = event.done.cache_hit
+    return snippets, "".join(answer), hit
+
+
+def test_tenants_never_read_each_others_documents(mesh: MeshLab) -> None:
+    """Tenant acme's document through every path tenant globex has: Ask over gRPC and REST,
+    the answer cache, a forged tenant header, job status, its own document of the same id,
+    and deletion. Then acme deletes it and no longer finds it either."""
+    acme = mesh.token("acme", ("ask", "ingest", "delete"))
+    globex = mesh.token("globex", ("ask", "ingest", "delete"))
+    with grpc.insecure_channel(mesh.ingress_address) as channel:
+        stub = query_service_pb2_grpc.QueryServiceStub(channel)
+        doc = q.Document(document_id="vault", title="Vault", text=SECRET)
+        job = stub.Ingest(q.IngestRequest(documents=[doc]), timeout=10, metadata=bearer(acme))
+        assert wait_job(stub, job.job_id, acme).state == q.INGEST_JOB_STATE_SUCCEEDED
+        # another tenant's job id is unknown to globex, exactly as a made-up one
+        with pytest.raises(grpc.RpcError) as e:
+            wait_job(stub, job.job_id, globex)
+        assert e.value.code() == grpc.StatusCode.NOT_FOUND
+        deadline = time.monotonic() + 5  # the reader replica follows the writer's log
+        while "4711" not in " ".join(cited(stub, acme)[0]) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert "4711" in " ".join(cited(stub, acme, skip_cache=False)[0])  # cached for acme
+        assert cited(stub, acme, skip_cache=False)[2]
+        # the same question from globex: acme's cached answer is not globex's
+        snippets, answer, hit = cited(stub, globex, skip_cache=False)
+        assert "4711" not in " ".join(snippets) + answer and not hit
+        forged = (("x-ragmesh-tenant", "acme"),)  # a client's own tenant header changes nothing
+        snippets, answer, _ = cited(stub, globex, forged)
+        assert "4711" not in " ".join(snippets) + answer
+        status, lines = rest.stream(
+            f"{mesh.rest_url}/v1/ask", {"question": SECRET_QUESTION}, globex
+        )
+        assert status == 200 and "4711" not in json.dumps(lines)
+        # globex's own "vault" and its deletion leave acme's alone
+        mine = q.Document(document_id="vault", title="Vault", text="Globex keeps no vault.")
+        job = stub.Ingest(q.IngestRequest(documents=[mine]), timeout=10, metadata=bearer(globex))
+        assert wait_job(stub, job.job_id, globex).state == q.INGEST_JOB_STATE_SUCCEEDED
+        status, _, deleted = rest.call(
+            f"{mesh.rest_url}/v1/documents/vault", method="DELETE", token=globex
+        )
+        assert status == 200
+        assert wait_job(stub, deleted["jobId"], globex).chunks_done == 1
+        assert "4711" in " ".join(cited(stub, acme)[0])
+        # acme deletes its document: gone for acme too, cache included
+        job = stub.DeleteDocument(
+            q.DeleteDocumentRequest(document_id="vault"), timeout=10, metadata=bearer(acme)
+        )
+        done = wait_job(stub, job.job_id, acme)
+        assert done.state == q.INGEST_JOB_STATE_SUCCEEDED and done.chunks_done == 1
+        deadline = time.monotonic() + 5
+        while "4711" in " ".join(cited(stub, acme, skip_cache=False)[0]):
+            assert time.monotonic() < deadline, "the deleted document is still cited"
+            time.sleep(0.1)
+
+
 def test_retrieval_replica_killed_during_asks(mesh: MeshLab, token: str) -> None:
-    """Two callers ask continuously; one retrieval replica (app and sidecar) is killed."""
+    """Two callers ask continuously; one retrieval replica (app and sidecar) is killed.
+    Last in this module: the replica killed is the writer, so nothing is ingested after."""
     stats_before = mesh.sidecars["query"].stats()
     results: list[str] = []
     failures: list[str] = []

@@ -3,8 +3,9 @@ RequestAuthentication and DENY rule, translated by the local mesh with its local
 A valid token passes; expired, not yet valid, wrong issuer, wrong audience, tampered and
 unknown-key tokens are UNAUTHENTICATED (HTTP 401); a token for another audience is
 PERMISSION_DENIED (403: Envoy's jwt_authn, as under Istio); no token is PERMISSION_DENIED
-(403), as Istio answers a request without a principal. The verified claims reach
-query as headers the gateway writes: a client's forged copy never does."""
+(403), as Istio answers a request without a principal, and so is a token without a tenant.
+Each method needs its scope (ask, ingest, delete). The verified claims reach query as
+headers the gateway writes: a client's forged copy never does."""
 
 from __future__ import annotations
 
@@ -122,8 +123,22 @@ async def test_a_forged_tenant_header_never_reaches_query(fake_mesh: FakeMesh) -
     assert sorted(seen) == [("x-ragmesh-subject", "developer"), ("x-ragmesh-tenant", "acme")]
 
 
+async def test_a_token_without_a_tenant_is_denied(fake_mesh: FakeMesh) -> None:
+    """The gateway writes x-ragmesh-tenant from the token's claim; without the claim a
+    client's own copy would pass through, so such a token is refused before query."""
+    app = fake_mesh.apps["query"]
+    before = len(app.calls)
+    token = fake_mesh.lab.token(None, ("ask",))
+    code, details = await ask(fake_mesh, token, [("x-ragmesh-tenant", "acme")])
+    assert code == grpc.StatusCode.PERMISSION_DENIED and "RBAC" in details
+    code, _ = await ask(fake_mesh, fake_mesh.lab.token("", ("ask",)))  # an empty one neither
+    assert code == grpc.StatusCode.PERMISSION_DENIED
+    assert len(app.calls) == before
+
+
 INGEST = "/ragmesh.v1.QueryService/Ingest"
 JOB = "/ragmesh.v1.QueryService/GetIngestJob"
+DELETE = "/ragmesh.v1.QueryService/DeleteDocument"
 
 
 async def unary(mesh: FakeMesh, path: str, token: str) -> grpc.StatusCode:
@@ -136,13 +151,17 @@ async def unary(mesh: FakeMesh, path: str, token: str) -> grpc.StatusCode:
     return grpc.StatusCode.OK
 
 
+OK, DENIED = grpc.StatusCode.OK, grpc.StatusCode.PERMISSION_DENIED
+
+
 @pytest.mark.parametrize(
-    ("scopes", "ask_code", "ingest_code"),
+    ("scopes", "ask_code", "ingest_code", "delete_code"),
     [
-        (("ask",), grpc.StatusCode.OK, grpc.StatusCode.PERMISSION_DENIED),
-        (("ingest",), grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.OK),
-        (("ask", "ingest"), grpc.StatusCode.OK, grpc.StatusCode.OK),
-        ((), grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.PERMISSION_DENIED),
+        (("ask",), OK, DENIED, DENIED),
+        (("ingest",), DENIED, OK, DENIED),
+        (("delete",), DENIED, DENIED, OK),
+        (("ask", "ingest", "delete"), OK, OK, OK),
+        ((), DENIED, DENIED, DENIED),
     ],
 )
 async def test_a_token_needs_the_scope_of_what_it_asks_for(
@@ -150,11 +169,13 @@ async def test_a_token_needs_the_scope_of_what_it_asks_for(
     scopes: tuple[str, ...],
     ask_code: grpc.StatusCode,
     ingest_code: grpc.StatusCode,
+    delete_code: grpc.StatusCode,
 ) -> None:
     token = fake_mesh.lab.token("acme", scopes)
     assert (await ask(fake_mesh, token))[0] == ask_code
     assert await unary(fake_mesh, INGEST, token) == ingest_code
     assert await unary(fake_mesh, JOB, token) == ingest_code  # reading one's ingest jobs
+    assert await unary(fake_mesh, DELETE, token) == delete_code
 
 
 async def test_scopes_hold_over_the_rest_bridge_too(fake_mesh: FakeMesh) -> None:
@@ -178,3 +199,11 @@ async def test_scopes_hold_over_the_rest_bridge_too(fake_mesh: FakeMesh) -> None
         token=fake_mesh.lab.token("acme", ("ingest",)),
     )
     assert status == 200
+    for scopes, expected in ((("ask", "ingest"), 403), (("delete",), 200)):
+        status, _, _ = await asyncio.to_thread(
+            rest.call,
+            f"{url}/v1/documents/d",
+            method="DELETE",
+            token=fake_mesh.lab.token("acme", scopes),
+        )
+        assert status == expected, scopes

@@ -99,6 +99,7 @@ def scrape_config(stack: Stack) -> dict[str, object]:
 
 
 SEARCH = retrieval_service_pb2.SearchRequest(
+    tenant="default",
     queries=common_pb2.VectorBatch(
         count=1, dimension=384, data=np.full((1, 384), 384**-0.5, dtype="<f4").tobytes()
     ),

@@ -31,21 +31,29 @@ class Peers:
         self.searches = 0
         self.generations = 0
         self.version = 7
+        self.tenants: list[str] = []  # the tenant of each search
 
     async def embed(self, texts: Sequence[str], purpose: Purpose) -> Embedded:
         self.embeds += 1
         return Embedded(np.ones((len(texts), 4), dtype=np.float32), "mini")
 
-    async def search(self, vector: object, top_k: int, filter: Mapping[str, str]) -> SearchResult:
+    async def search(
+        self, tenant: str, vector: object, top_k: int, filter: Mapping[str, str]
+    ) -> SearchResult:
         self.searches += 1
-        hits = tuple(Hit(f"d{i}#0", f"d{i}", f"text {i}", 1.0 - i / 10) for i in range(top_k))
+        self.tenants.append(tenant)
+        hits = tuple(
+            Hit(f"d{i}#0", f"d{i}", f"{tenant} text {i}", 1.0 - i / 10) for i in range(top_k)
+        )
         return SearchResult(hits, self.version)
 
-    async def upsert(self, chunks: Sequence[ChunkRecord]) -> int:
+    async def upsert(self, tenant: str, chunks: Sequence[ChunkRecord]) -> int:
         return self.version
 
-    async def delete(self, chunk_ids: Sequence[str]) -> int:
-        return self.version
+    async def delete(
+        self, tenant: str, chunk_ids: Sequence[str] = (), document_ids: Sequence[str] = ()
+    ) -> tuple[int, int]:
+        return 0, self.version
 
     async def generate(
         self, question: str, passages: Sequence[Hit], params: Params
@@ -106,7 +114,7 @@ async def test_question_embedding_is_cached() -> None:
     await run(p)
     await run(p, skip_cache=True)
     assert peers.embeds == 1
-    assert any(k.startswith("ragmesh:emb:mini:") for k in redis.data)
+    assert any(k.startswith("ragmesh:emb:default:mini:") for k in redis.data)
 
 
 async def test_redis_down_answers_without_cache_and_counts_bypasses() -> None:
@@ -205,3 +213,46 @@ async def test_a_tenant_over_its_token_budget_is_refused_before_generation() -> 
     )
     redis.down = True  # the budget's Redis down: not enforced, the Ask is answered
     assert isinstance((await ask_as("acme"))[-1], AskDone)
+
+
+async def ask_in(p: AskPipeline, headers: list[tuple[str, str]], **kw: object) -> list[object]:
+    """An Ask as the ingress gateway forwards it (the verified token's headers)."""
+    from ragmesh.kit import callcontext
+
+    token = callcontext.bind(callcontext.from_metadata(headers, None))
+    try:
+        return await run(p, **kw)
+    finally:
+        callcontext.unbind(token)
+
+
+async def test_every_ask_runs_in_the_callers_tenant_and_its_caches_are_the_tenants() -> None:
+    redis, peers = MemoryRedis(), Peers()
+    p = pipeline(redis, peers)
+    acme = await ask_in(p, [("x-ragmesh-tenant", "acme")])
+    assert peers.tenants == ["acme"]
+    assert acme[0].citations[0].snippet.startswith("acme ")  # type: ignore[attr-defined]
+    # the same question from another tenant: neither cache answers it from acme's entries
+    globex = await ask_in(p, [("x-ragmesh-tenant", "globex")])
+    assert not globex[-1].cache_hit  # type: ignore[attr-defined]
+    assert globex[0].citations[0].snippet.startswith("globex ")  # type: ignore[attr-defined]
+    assert peers.embeds == 2 and peers.generations == 2
+    assert (await ask_in(p, [("x-ragmesh-tenant", "acme")]))[-1].cache_hit  # type: ignore[attr-defined]
+    # the mesh's own callers (no verified tenant) ask in RAGMESH_DEFAULT_TENANT
+    await ask_in(p, [])
+    assert peers.tenants == ["acme", "globex", "acme", "default"]
+
+
+async def test_a_malformed_tenant_claim_is_refused_never_served_in_the_default_tenant() -> None:
+    from ragmesh.kit.errors import PermissionDenied
+
+    peers = Peers()
+    p = pipeline(MemoryRedis(), peers)
+    for bad in ("", "a b", "x/../y", "-x"):
+        with pytest.raises(PermissionDenied, match="tenant claim"):
+            await ask_in(p, [("x-ragmesh-tenant", bad)])
+    assert peers.searches == 0
+    q = settings_for(RAGMESH_DEFAULT_TENANT="").query
+    no_default = AskPipeline(q, peers, peers, peers, RedisCache(MemoryRedis()))  # type: ignore[arg-type]
+    with pytest.raises(PermissionDenied, match="no verified tenant"):
+        await ask_in(no_default, [])

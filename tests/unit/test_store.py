@@ -14,6 +14,7 @@ from ragmesh.retrieval.requests import Limits
 from ragmesh.retrieval.store import ChunkIn, ChunkStore
 
 DIM = 16
+T = "acme"  # the tenant of these tests' chunks
 
 
 def vec(seed: int, dim: int = DIM) -> np.ndarray:
@@ -30,18 +31,18 @@ def open_store(path: Path, kind: str = "flat", every: int = 1000, **kw: int) -> 
     return s
 
 
-def put(store: ChunkStore, chunks: list[ChunkIn]) -> int:
+def put(store: ChunkStore, chunks: list[ChunkIn], tenant: str = T) -> int:
     """Upsert as the service does: checked first, then written."""
-    return store.upsert(chunks, requests.upsert(chunks, Limits(), DIM))
+    return store.upsert(tenant, chunks, requests.upsert(chunks, Limits(), DIM))
 
 
 def query(count: int, dimension: int, data: bytes, top_k: int) -> np.ndarray:
     return requests.queries(count, dimension, data, top_k, Limits(), DIM)
 
 
-def top(store: ChunkStore, seed: int, k: int = 1, **where: str) -> list[str]:
+def top(store: ChunkStore, seed: int, k: int = 1, tenant: str = T, **where: str) -> list[str]:
     q = query(1, DIM, vec(seed).tobytes(), k)
-    return [h.chunk_id for h in store.search(q, k, where)[0]]
+    return [h.chunk_id for h in store.search(tenant, q, k, where)[0]]
 
 
 def test_upsert_search_replace_delete_and_versions(tmp_path: Path) -> None:
@@ -54,10 +55,10 @@ def test_upsert_search_replace_delete_and_versions(tmp_path: Path) -> None:
     assert s.count == 30 and s.version == 2
     assert top(s, 1000) == ["c7"]
     q = query(1, DIM, vec(1000).tobytes(), 1)
-    assert s.search(q, 1, {})[0][0].text == "new text"
-    assert s.delete(["c3", "missing"], []) == 1 and s.count == 29 and s.version == 3
+    assert s.search(T, q, 1, {})[0][0].text == "new text"
+    assert s.delete(T, ["c3", "missing"], []) == 1 and s.count == 29 and s.version == 3
     assert "c3" not in top(s, 3, k=30)
-    removed = s.delete([], ["doc0"])
+    removed = s.delete(T, [], ["doc0"])
     assert removed == 9 and s.count == 20  # c0,c6,...,c27 except c3 already gone
     assert all(h in {f"c{i}" for i in range(30) if i % 3 != 0} | {"c7"} for h in top(s, 5, k=20))
     assert top(s, 5, k=5, lang="en") and all(
@@ -71,7 +72,7 @@ def test_state_survives_reopen_through_log_and_snapshot(tmp_path: Path) -> None:
     s = open_store(tmp_path, every=25)
     for i in range(0, 60, 10):  # 6 writes of 10 chunks: snapshots at 30 and 60
         put(s, [chunk(j) for j in range(i, i + 10)])
-    s.delete(["c5"], [])
+    s.delete(T, ["c5"], [])
     version, count = s.version, s.count
     s._log.close()  # simulate a crash: no final snapshot
     s._log = None
@@ -147,7 +148,7 @@ def test_ann_kinds_have_high_recall_and_persist(tmp_path: Path, kind: str) -> No
     )
     queries /= np.linalg.norm(queries, axis=1, keepdims=True)
     exact = np.argsort(-(queries @ x.T), axis=1)[:, :10]
-    hits = s.search(queries, 10, {})
+    hits = s.search(T, queries, 10, {})
     recall = np.mean(
         [
             len({f"c{j}" for j in e} & {h.chunk_id for h in r}) / 10
@@ -155,8 +156,8 @@ def test_ann_kinds_have_high_recall_and_persist(tmp_path: Path, kind: str) -> No
         ]
     )
     assert recall > 0.9
-    s.delete([f"c{i}" for i in range(50)], [])
-    assert all(int(h.chunk_id[1:]) >= 50 for r in s.search(queries[:50], 10, {}) for h in r)
+    s.delete(T, [f"c{i}" for i in range(50)], [])
+    assert all(int(h.chunk_id[1:]) >= 50 for r in s.search(T, queries[:50], 10, {}) for h in r)
     s.close()
     again = open_store(tmp_path, kind=kind, ivf_nlist=16, ivf_nprobe=4)
     assert again.count == 2950 and again.index.trained_kind == kind
@@ -174,7 +175,7 @@ def test_reader_follows_the_writer_through_appends_torn_frames_and_snapshots(
     assert reader.refresh() == 0  # nothing new
 
     put(writer, [chunk(i) for i in range(10, 20)])
-    writer.delete(["c4"], [])
+    writer.delete(T, ["c4"], [])
     assert reader.refresh() == 2
     assert reader.count == 19 and reader.version == 3 and top(reader, 15) == ["c15"]
     assert "c4" not in top(reader, 4, k=19)
@@ -198,3 +199,86 @@ def test_reader_follows_the_writer_through_appends_torn_frames_and_snapshots(
     assert top(reader, 25) == ["c25"]
     writer.close()
     reader.close()
+
+
+def test_tenants_share_ids_but_never_chunks(tmp_path: Path) -> None:
+    s = open_store(tmp_path, every=25)
+    put(s, [chunk(i, doc="manual") for i in range(10)], tenant="acme")
+    # the same chunk and document ids in another tenant: separate chunks, nothing replaced
+    other = [ChunkIn(f"c{i}", "manual", f"globex {i}", {}, vec(i).tobytes()) for i in range(5)]
+    put(s, other, tenant="globex")
+    assert s.count == 15
+    assert top(s, 3, tenant="acme") == ["c3"] and top(s, 3, tenant="globex") == ["c3"]
+    q = query(1, DIM, vec(3).tobytes(), 20)
+    assert {h.text for h in s.search("globex", q, 20, {})[0]} == {f"globex {i}" for i in range(5)}
+    assert all(h.text.startswith("text") for h in s.search("acme", q, 20, {})[0])
+    assert top(s, 3, k=20, tenant="initech") == []  # a tenant with no chunks finds nothing
+    # a metadata filter never reaches across tenants either
+    put(s, [chunk(50, doc="x", lang="en")], tenant="globex")
+    assert top(s, 50, k=5, tenant="acme", lang="en") == []
+    assert top(s, 50, k=5, tenant="globex", lang="en") == ["c50"]
+    # deleting acme's document leaves globex's document of the same id
+    assert s.delete("acme", [], ["manual"]) == 10
+    assert top(s, 3, k=20, tenant="acme") == []
+    assert sorted(top(s, 3, k=20, tenant="globex")) == sorted(["c50"] + [f"c{i}" for i in range(5)])
+    assert s.delete("acme", ["c0"], []) == 0  # nothing of acme's left to delete
+    # the tenants survive a restart: through the log and through a snapshot
+    version, count = s.version, s.count
+    s.close()
+    again = open_store(tmp_path, every=25)
+    assert (again.version, again.count) == (version, count)
+    assert top(again, 3, k=20, tenant="acme") == [] and top(again, 2, tenant="globex") == ["c2"]
+    again.snapshot()
+    again.close()
+    third = open_store(tmp_path, every=25)
+    assert top(third, 3, k=20, tenant="acme") == [] and top(third, 2, tenant="globex") == ["c2"]
+    third.close()
+
+
+@pytest.mark.parametrize("kind", ["flat", "hnsw"])
+def test_a_small_tenant_beside_a_large_one_gets_its_own_nearest(tmp_path: Path, kind: str) -> None:
+    """A small tenant is scored exactly over its own chunks; a large one through the index
+    with a selector. Either way only the tenant's chunks come back, nearest first."""
+    x = clustered(6000, DIM)
+    s = open_store(tmp_path, kind=kind)
+    for start in range(0, 5000, 1000):
+        big = [ChunkIn(f"c{i}", "d", "t", {}, x[i].tobytes()) for i in range(start, start + 1000)]
+        put(s, big, tenant="big")
+    small = [ChunkIn(f"s{i}", "d", "t", {}, x[i].tobytes()) for i in range(5000, 5050)]
+    put(s, small, tenant="small")
+    put(s, [ChunkIn(f"m{i}", "d", "t", {}, x[i].tobytes()) for i in range(5050, 6000)], "mid")
+    for tenant, ids, rows in (
+        ("small", [f"s{i}" for i in range(5000, 5050)], x[5000:5050]),
+        ("mid", [f"m{i}" for i in range(5050, 6000)], x[5050:6000]),
+        ("big", [f"c{i}" for i in range(5000)], x[:5000]),
+    ):
+        q = query(1, DIM, rows[7].tobytes(), 10)
+        hits = s.search(tenant, q, 10, {})[0]
+        assert len(hits) == 10 and {h.chunk_id for h in hits} <= set(ids)
+        assert hits[0].chunk_id == ids[7]
+        exact = [ids[j] for j in np.argsort(-(rows @ rows[7]))[:10]]
+        assert len({h.chunk_id for h in hits} & set(exact)) >= 8
+    s.close()
+
+
+def test_chunks_written_before_tenants_belong_to_the_default_tenant(tmp_path: Path) -> None:
+    from ragmesh.retrieval import store as store_module
+
+    s = open_store(tmp_path)
+    items: list[dict[str, object]] = [{"c": "old", "d": "doc", "t": "old text", "m": {}}]
+    vectors = requests.upsert([chunk(1)], Limits(), DIM)
+    s._write(store_module._UPSERT, items, vectors)  # a record as the log held it before
+    s._log.close()  # type: ignore[union-attr]
+    s._log = None
+    again = open_store(tmp_path)
+    assert top(again, 1, tenant="default") == ["old"] and top(again, 1, tenant="acme") == []
+    assert again.delete("default", [], ["doc"]) == 1
+    again.close()
+
+
+def test_a_tenant_is_required_and_checked() -> None:
+    for bad in ("", " acme", "a/b", "-lead", "x" * 129, "ünï"):
+        with pytest.raises(InvalidArgument) as e:
+            requests.tenant(bad)
+        assert e.value.field == "tenant"
+    requests.tenant("acme-corp_2.eu")

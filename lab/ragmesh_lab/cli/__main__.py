@@ -14,8 +14,9 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
+from typing import Any
 
 import grpc
 
@@ -133,29 +134,39 @@ def cmd_ingest(args: argparse.Namespace) -> int:
                     )
                 )
             print(f"queued {len(docs)} documents as job(s) {', '.join(jobs)}", file=sys.stderr)
-            deadline = time.monotonic() + args.timeout
-            while True:
-                status = [await client.job(j) for j in jobs]
-                finished = all(s.state in DONE_STATES for s in status)
-                total = JobStatus(
-                    "",
-                    max((s.state for s in status), key=lambda s: s.value)
-                    if finished
-                    else JobState.RUNNING,
-                    sum(s.documents_total for s in status),
-                    sum(s.documents_done for s in status),
-                    sum(s.documents_failed for s in status),
-                    sum(s.chunks_done for s in status),
-                    sum(s.chunks_failed for s in status),
-                    "",
-                )
-                print("\r" + _progress(total), end="", file=sys.stderr, flush=True)
-                if finished:
-                    return status
-                if time.monotonic() > deadline:
-                    raise CliError(f"jobs not finished after {args.timeout:.0f}s")
-                await asyncio.sleep(0.2)
+            return await wait_for_jobs(client, jobs, args.timeout)
 
+    return report_jobs(address, run)
+
+
+async def wait_for_jobs(
+    client: QueryClient, jobs: Sequence[str], timeout: float
+) -> list[JobStatus]:
+    """Poll ``jobs`` until each finished, drawing their progress on stderr."""
+    deadline = time.monotonic() + timeout
+    while True:
+        status = [await client.job(j) for j in jobs]
+        finished = all(s.state in DONE_STATES for s in status)
+        total = JobStatus(
+            "",
+            max((s.state for s in status), key=lambda s: s.value) if finished else JobState.RUNNING,
+            sum(s.documents_total for s in status),
+            sum(s.documents_done for s in status),
+            sum(s.documents_failed for s in status),
+            sum(s.chunks_done for s in status),
+            sum(s.chunks_failed for s in status),
+            "",
+        )
+        print("\r" + _progress(total), end="", file=sys.stderr, flush=True)
+        if finished:
+            return status
+        if time.monotonic() > deadline:
+            raise CliError(f"jobs not finished after {timeout:.0f}s")
+        await asyncio.sleep(0.2)
+
+
+def report_jobs(address: str, run: Callable[[], Coroutine[Any, Any, list[JobStatus]]]) -> int:
+    """Run ``run`` (which queues jobs and waits for them); 1 when a document failed."""
     try:
         status = asyncio.run(run())
     except RagmeshError as e:
@@ -167,6 +178,22 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         if s.last_error:
             print(f"job {s.job_id}: {s.last_error}", file=sys.stderr)
     return 1 if failed else 0
+
+
+def cmd_delete(args: argparse.Namespace) -> int:
+    """Remove documents (by the ids ingest gave them) from the caller's tenant."""
+    address = query_address(args)
+
+    async def run() -> list[JobStatus]:
+        async with grpc.aio.insecure_channel(address) as channel:
+            client = QueryClient(channel, timeout=30, token=args.token)
+            jobs = [await client.delete_document(d) for d in args.document_ids]
+            print(f"deleting {len(jobs)} documents as job(s) {', '.join(jobs)}", file=sys.stderr)
+            status = await wait_for_jobs(client, jobs, args.timeout)
+        print(f"\nremoved {sum(s.chunks_done for s in status)} chunks", end="", file=sys.stderr)
+        return status
+
+    return report_jobs(address, run)
 
 
 def render_sources(citations: Sequence[Citation], answer: str) -> str:
@@ -371,6 +398,9 @@ def parser() -> argparse.ArgumentParser:
     ingest = sub.add_parser("ingest", help="ingest .txt, .md and .html files or directories")
     ingest.add_argument("paths", nargs="+", type=Path)
     ingest.add_argument("--timeout", type=float, default=600.0)
+    delete = sub.add_parser("delete", help="remove ingested documents by their ids")
+    delete.add_argument("document_ids", nargs="+", metavar="DOCUMENT_ID")
+    delete.add_argument("--timeout", type=float, default=120.0)
     ask = sub.add_parser("ask", help="ask a question; streams the answer with citations")
     ask.add_argument("question")
     ask.add_argument("--top-k", type=int, default=0)
@@ -440,6 +470,7 @@ def main(argv: list[str] | None = None) -> int:
     commands = {
         "up": cmd_up,
         "ingest": cmd_ingest,
+        "delete": cmd_delete,
         "ask": cmd_ask,
         "status": cmd_status,
         "mesh": cmd_mesh,

@@ -168,6 +168,11 @@ def _typed(type_name: str, **fields: Any) -> Json:
     return {"@type": f"type.googleapis.com/{type_name}", **fields}
 
 
+def _claim_value(value: str) -> Json:
+    """A claim condition's value as Istio matches it: "*" is any non-empty value."""
+    return {"safe_regex": {"regex": ".+"}} if value == "*" else {"exact": value}
+
+
 def _string_match(pattern: str) -> Json:
     if pattern == "*":
         return {"prefix": ""}
@@ -747,9 +752,10 @@ def end_user_filters(
                     }
                 }
                 for v in deny.claim_not_values
+                for match in (_claim_value(v),)
                 for value in (
-                    {"string_match": {"exact": v}},
-                    {"list_match": {"one_of": {"string_match": {"exact": v}}}},
+                    {"string_match": match},
+                    {"list_match": {"one_of": {"string_match": match}}},
                 )
             ]
             principal = {"and_ids": {"ids": [verified, {"not_id": {"or_ids": {"ids": holds}}}]}}

@@ -77,25 +77,27 @@ class LocalIssuer:
         issuer: str,
         audience: str,
         subject: str,
-        tenant: str,
+        tenant: str | None,
         scopes: Sequence[str],
         ttl: float = 3600.0,
         not_before: float | None = None,
         kid: str | None = None,
         extra: Mapping[str, Any] | None = None,
     ) -> str:
-        """A signed JWT: ``scope`` is a list (Istio matches list-typed claims element-wise)."""
+        """A signed JWT: ``scope`` is a list (Istio matches list-typed claims element-wise);
+        ``tenant`` None leaves the tenant claim out."""
         now = int(time.time())
         claims: dict[str, Any] = {
             "iss": issuer,
             "aud": audience,
             "sub": subject,
-            "tenant": tenant,
             "scope": list(scopes),
             "iat": now,
             "nbf": int(not_before) if not_before is not None else now,
             "exp": now + int(ttl),
         }
+        if tenant is not None:
+            claims["tenant"] = tenant
         claims.update(extra or {})
         header = {"alg": "RS256", "typ": "JWT", "kid": kid or self.jwk["kid"]}
         signing = b64url(json.dumps(header).encode()) + "." + b64url(json.dumps(claims).encode())

@@ -400,7 +400,7 @@ class MeshLab:
         return LocalIssuer(self.stack.workdir / "pki" / "issuer")
 
     def token(
-        self, tenant: str = "default", scopes: Sequence[str] = ("ask", "ingest"), **kw: Any
+        self, tenant: str | None = "default", scopes: Sequence[str] = ("ask", "ingest"), **kw: Any
     ) -> str:
         """A token the ingress accepts: the manifests' issuer and first audience."""
         rule = self.policy.gateway_jwt[0]

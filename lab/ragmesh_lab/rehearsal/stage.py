@@ -395,7 +395,7 @@ class Stage:
         writer's app port directly: seeding is the lab's, not a mesh caller's)."""
         from ragmesh.kit import config
         from ragmesh.kit.clients import EmbeddingClient, RetrievalClient
-        from ragmesh.kit.domain import ChunkRecord, Purpose
+        from ragmesh.kit.domain import DEFAULT_TENANT, ChunkRecord, Purpose
         from ragmesh.kit.text import chunk
 
         embedder = self.pods[self.role("embedding")].proc
@@ -417,10 +417,11 @@ class Stage:
                     )
                     metadata = {"title": doc.title, "source": doc.source}
                     await RetrievalClient(r).upsert(
+                        DEFAULT_TENANT,
                         [
                             ChunkRecord(p.chunk_id, doc.document_id, p.text, metadata, v)
                             for p, v in zip(pieces, vectors.vectors, strict=True)
-                        ]
+                        ],
                     )
 
         asyncio.run(run())
@@ -705,7 +706,7 @@ class DocumentTraffic(_Traffic):
 
     async def _queue(self) -> None:
         from ragmesh.kit import config
-        from ragmesh.kit.domain import DocumentIn
+        from ragmesh.kit.domain import DEFAULT_TENANT, DocumentIn
         from ragmesh.kit.jobqueue import JobQueue, connect
 
         settings = config.load({}).ingest
@@ -721,11 +722,11 @@ class DocumentTraffic(_Traffic):
         try:
             for _ in range(self.burst):
                 n += 1
-                await queue.enqueue([document()])
+                await queue.enqueue(DEFAULT_TENANT, [document()])
                 self.count("queued")
             while not self._stop.is_set():
                 n += 1
-                await queue.enqueue([document()])
+                await queue.enqueue(DEFAULT_TENANT, [document()])
                 self.count("queued")
                 await asyncio.sleep(1.0 / self.rate)
         finally:

@@ -26,7 +26,7 @@ def main() -> None:
 
     async def serve() -> None:
         loop = asyncio.get_running_loop()
-        retrievers = Retrievers(settings.peers.call_timeout)
+        retrievers = Retrievers(settings.peers.call_timeout, settings.query.default_tenant)
         server = GateServer(settings.server.host, settings.gate.port, golden, retrievers, loop)
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):

@@ -30,10 +30,13 @@ MAX_BODY = 64 << 10
 
 
 class Retrievers:
-    """Retrieve functions over real services, with one channel per address."""
+    """Retrieve functions over real services, with one channel per address. A direct search
+    runs in ``tenant`` (RAGMESH_DEFAULT_TENANT, where the golden documents are); an Ask
+    carries no tenant, so query answers it in its own default tenant."""
 
-    def __init__(self, call_timeout: float) -> None:
+    def __init__(self, call_timeout: float, tenant: str) -> None:
         self.call_timeout = call_timeout
+        self.tenant = tenant
         self._channels: dict[str, grpc.aio.Channel] = {}
 
     def channel(self, address: str) -> grpc.aio.Channel:
@@ -63,7 +66,7 @@ class Retrievers:
 
         async def search(question: str, k: int) -> Sequence[str]:
             embedded = await embedder.embed([question], Purpose.QUERY)
-            result = await retriever.search(embedded.vectors[0], k, {})
+            result = await retriever.search(self.tenant, embedded.vectors[0], k, {})
             return [hit.document_id for hit in result.hits]
 
         return search

@@ -1,5 +1,8 @@
 """The ingest worker: queued document → chunks → Embed → Upsert → progress + ack. No grpc here.
 
+Each document is its job's tenant's: its chunks are upserted into that tenant. A deletion
+entry removes the tenant's chunks of one document.
+
 At-least-once: an entry is acknowledged only after its chunks were upserted; entries a dead
 worker left pending are claimed after ``claim_idle_ms``; chunk ids are stable, so work done
 twice overwrites itself. A dependency outage leaves the entry pending and is retried with
@@ -30,6 +33,7 @@ log = logging.getLogger(__name__)
 
 DOCUMENTS = Counter("ragmesh_ingest_documents_total", "Documents processed.", ["outcome"])
 CHUNKS = Counter("ragmesh_ingest_chunks_total", "Chunks upserted.")
+DELETED = Counter("ragmesh_ingest_deleted_chunks_total", "Chunks removed by DeleteDocument.")
 PENDING = Gauge(
     "ragmesh_ingest_queue_pending", "Stream entries delivered to a worker, not yet acknowledged."
 )
@@ -137,6 +141,9 @@ class IngestWorker:
             )
             return
         await self.queue.start(entry.job_id)
+        if entry.delete:
+            await self._delete(entry)
+            return
         pieces = chunk(
             doc.document_id, doc.text, self.settings.chunk_chars, self.settings.overlap_chars
         )
@@ -148,16 +155,17 @@ class IngestWorker:
                 batch = pieces[start : start + step]
                 embedded = await self.embedder.embed([c.text for c in batch], Purpose.DOCUMENT)
                 await self.retriever.upsert(
+                    entry.tenant,
                     [
                         ChunkRecord(c.chunk_id, doc.document_id, c.text, metadata, v)
                         for c, v in zip(batch, embedded.vectors, strict=True)
-                    ]
+                    ],
                 )
-            previous = await self.queue.previous_chunks(doc.document_id)
+            previous = await self.queue.previous_chunks(entry.tenant, doc.document_id)
             if previous > len(pieces):  # the document shrank: drop its old tail
                 stale = [chunk_id(doc.document_id, i) for i in range(len(pieces), previous)]
-                await self.retriever.delete(stale)
-            await self.queue.set_chunks(doc.document_id, len(pieces))
+                await self.retriever.delete(entry.tenant, chunk_ids=stale)
+            await self.queue.set_chunks(entry.tenant, doc.document_id, len(pieces))
         except InvalidArgument as e:
             DOCUMENTS.labels("failed").inc()
             log.warning("document %s rejected: %s", doc.document_id, e)
@@ -166,3 +174,13 @@ class IngestWorker:
         CHUNKS.inc(len(pieces))
         DOCUMENTS.labels("done").inc()
         await self.queue.finish(entry, True, len(pieces))
+
+    async def _delete(self, entry: Entry) -> None:
+        """Remove the tenant's chunks of one document; the job counts the chunks removed."""
+        document_id = entry.document.document_id
+        removed, _ = await self.retriever.delete(entry.tenant, document_ids=[document_id])
+        await self.queue.set_chunks(entry.tenant, document_id, 0)
+        DELETED.inc(removed)
+        DOCUMENTS.labels("deleted").inc()
+        log.info("document %s deleted: %d chunks", document_id, removed)
+        await self.queue.finish(entry, True, removed)

@@ -14,6 +14,8 @@ import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from ragmesh.kit.domain import tenant_problem
+
 REQUEST_ID_KEY = "x-request-id"
 #: The routing headers the design names (the generation canary's A/B match): forwarded so a
 #: user's Ask reaches the canary it opted into. Other x-ragmesh-* headers are not forwarded,
@@ -75,6 +77,9 @@ class CallContext:
     caller: str = ""
     subject: str = ""
     tenant: str = ""
+    #: an x-ragmesh-tenant header came that is no tenant name (the verified token's claim
+    #: is malformed): the call must be refused, never served in a default tenant
+    tenant_malformed: bool = False
 
     def remaining(self) -> float | None:
         """Seconds left before the caller's deadline, or None without one."""
@@ -100,14 +105,19 @@ def from_metadata(
     headers: list[tuple[str, str]] = []
     request_id = ""
     audit = {"caller": "", "subject": "", "tenant": ""}
+    tenant_header = False
     for key, value in metadata:
         k = key.lower()
         if not isinstance(value, str):
             continue
         if k == "x-forwarded-client-cert":
             audit["caller"] = _client_identity(value)
-        elif k in ("x-ragmesh-subject", "x-ragmesh-tenant") and _AUDIT_VALUE.fullmatch(value):
-            audit[k.removeprefix("x-ragmesh-")] = value
+        elif k == "x-ragmesh-subject" and _AUDIT_VALUE.fullmatch(value):
+            audit["subject"] = value
+        elif k == "x-ragmesh-tenant":
+            tenant_header = True
+            if tenant_problem(value) is None:
+                audit["tenant"] = value
         if k in PROPAGATED_KEYS and _safe(k, value):
             if k == REQUEST_ID_KEY:
                 request_id = value
@@ -117,7 +127,14 @@ def from_metadata(
         request_id = uuid.uuid4().hex
     headers.append((REQUEST_ID_KEY, request_id))
     deadline = None if remaining is None else time.monotonic() + remaining
-    return CallContext(request_id, tuple(headers), deadline, *_trace_ids(dict(headers)), **audit)
+    return CallContext(
+        request_id,
+        tuple(headers),
+        deadline,
+        *_trace_ids(dict(headers)),
+        **audit,
+        tenant_malformed=tenant_header and not audit["tenant"],
+    )
 
 
 _AUDIT_VALUE = re.compile(r"[A-Za-z0-9._:@/+=|-]{1,256}")

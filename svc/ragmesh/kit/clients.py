@@ -88,6 +88,7 @@ class RetrievalClient:
 
     async def search(
         self,
+        tenant: str,
         vector: Matrix,
         top_k: int,
         filter: Mapping[str, str],
@@ -96,6 +97,7 @@ class RetrievalClient:
             queries=codec.matrix_to_proto(np.asarray(vector).reshape(1, -1)),
             top_k=top_k,
             filter=dict(filter),
+            tenant=tenant,
         )
         try:
             reply = await self._stub.Search(request)
@@ -104,7 +106,7 @@ class RetrievalClient:
         hits = tuple(codec.hit_from_proto(p) for p in reply.results[0].passages)
         return SearchResult(hits, reply.index_version)
 
-    async def upsert(self, chunks: Sequence[ChunkRecord]) -> int:
+    async def upsert(self, tenant: str, chunks: Sequence[ChunkRecord]) -> int:
         request = retrieval_service_pb2.UpsertRequest(
             chunks=[
                 retrieval_service_pb2.Chunk(
@@ -115,7 +117,8 @@ class RetrievalClient:
                     vector=np.ascontiguousarray(c.vector, dtype="<f4").tobytes(),
                 )
                 for c in chunks
-            ]
+            ],
+            tenant=tenant,
         )
         try:
             reply = await self._stub.Upsert(request)
@@ -123,14 +126,17 @@ class RetrievalClient:
             raise translate(e, "retrieval") from None
         return reply.index_version
 
-    async def delete(self, chunk_ids: Sequence[str]) -> int:
+    async def delete(
+        self, tenant: str, chunk_ids: Sequence[str] = (), document_ids: Sequence[str] = ()
+    ) -> tuple[int, int]:
+        request = retrieval_service_pb2.DeleteRequest(
+            chunk_ids=list(chunk_ids), document_ids=list(document_ids), tenant=tenant
+        )
         try:
-            reply = await self._stub.Delete(
-                retrieval_service_pb2.DeleteRequest(chunk_ids=list(chunk_ids))
-            )
+            reply = await self._stub.Delete(request)
         except grpc.aio.AioRpcError as e:
             raise translate(e, "retrieval") from None
-        return reply.index_version
+        return reply.deleted_count, reply.index_version
 
 
 class GenerationClient:
@@ -201,8 +207,19 @@ class QueryClient:
             raise translate(e, "query") from None
         return reply.job_id
 
+    async def delete_document(self, document_id: str) -> str:
+        """Queue the removal of one of the caller's documents; returns the job id."""
+        request = query_service_pb2.DeleteDocumentRequest(document_id=document_id)
+        try:
+            reply = await self._stub.DeleteDocument(
+                request, timeout=self._timeout, metadata=self._metadata
+            )
+        except grpc.aio.AioRpcError as e:
+            raise translate(e, "query") from None
+        return reply.job_id
+
     async def job(self, job_id: str) -> JobStatus:
-        """The progress of an Ingest call."""
+        """The progress of an Ingest or DeleteDocument call."""
         request = query_service_pb2.GetIngestJobRequest(job_id=job_id)
         try:
             reply = await self._stub.GetIngestJob(

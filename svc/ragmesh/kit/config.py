@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from ragmesh.kit.domain import tenant_problem
 from ragmesh.kit.errors import ConfigError
 
 T = TypeVar("T")
@@ -490,6 +491,15 @@ class QuerySettings:
         services="query",
         minimum=0,
     )
+    default_tenant: str = setting(
+        "RAGMESH_DEFAULT_TENANT",
+        "default",
+        "The tenant of calls that carry no verified tenant: the mesh's own callers (the "
+        "load tester, the quality gate) and the local stack without an ingress gateway. "
+        "Calls through the gateway always carry their token's tenant. Empty: such calls "
+        "are refused with PERMISSION_DENIED.",
+        services="query, gate",
+    )
     default_top_k: int = setting(
         "RAGMESH_DEFAULT_TOP_K",
         "5",
@@ -697,6 +707,8 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
     query = _build(QuerySettings, source, max_question_chars=generation.max_question_chars)
     if query.default_top_k > query.max_top_k:
         raise ConfigError("RAGMESH_DEFAULT_TOP_K exceeds RAGMESH_MAX_TOP_K")
+    if query.default_tenant and (problem := tenant_problem(query.default_tenant)):
+        raise ConfigError(f"RAGMESH_DEFAULT_TENANT {problem}")
     ingest = _build(IngestSettings, source)
     if ingest.overlap_chars >= ingest.chunk_chars:
         raise ConfigError("RAGMESH_CHUNK_OVERLAP_CHARS must be below RAGMESH_CHUNK_SIZE_CHARS")

@@ -215,6 +215,9 @@ class JobStatus:
 
 
 _DOCUMENT_ID = re.compile(r"[^\s#]{1,256}")
+_TENANT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+#: the tenant of data written before tenants existed, and the usual RAGMESH_DEFAULT_TENANT
+DEFAULT_TENANT = "default"
 _JOB_ID = re.compile(r"[0-9a-f]{32}")
 MAX_METADATA = 32  # entries of a document's or a chunk's metadata
 
@@ -224,11 +227,30 @@ def is_job_id(value: str) -> bool:
     return _JOB_ID.fullmatch(value) is not None
 
 
+def tenant_problem(tenant: str) -> str | None:
+    """What is wrong with a tenant name, or None. A tenant is 1-128 letters, digits, '.',
+    '_' or '-', starting with a letter or digit; it scopes every chunk, search, cache key
+    and job, and is never empty (no call means "all tenants")."""
+    if not tenant:
+        return "is required: every chunk and search belongs to one tenant"
+    if not _TENANT.fullmatch(tenant):
+        return "must be 1-128 letters, digits, '.', '_' or '-', starting with a letter or digit"
+    return None
+
+
+def document_id_problem(document_id: str) -> tuple[str, str] | None:
+    """("document_id", problem) when ``document_id`` is not a valid document id, or None."""
+    if not _DOCUMENT_ID.fullmatch(document_id):
+        return "document_id", "must be 1-256 characters without whitespace or '#'"
+    return None
+
+
 def document_problem(d: DocumentIn) -> tuple[str, str] | None:
     """(field, problem) of the first thing wrong with one document, or None. Checked where
     documents enter (query's Ingest) and again where they leave the queue (the worker)."""
-    if not _DOCUMENT_ID.fullmatch(d.document_id):
-        return "document_id", "must be 1-256 characters without whitespace or '#'"
+    found = document_id_problem(d.document_id)
+    if found is not None:
+        return found
     if len(d.title) > 1000:
         return "title", "longer than 1000 characters"
     if not d.text.strip():

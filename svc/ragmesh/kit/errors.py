@@ -6,6 +6,7 @@ Engines raise these; they never import grpc. One table in
     RagmeshError
     ├── InvalidArgument      → INVALID_ARGUMENT   (names the offending field)
     ├── NotFound             → NOT_FOUND
+    ├── PermissionDenied     → PERMISSION_DENIED  (the verified caller may not do this)
     ├── Overloaded           → RESOURCE_EXHAUSTED
     │   ├── StorageFull      → RESOURCE_EXHAUSTED (the index disk is full; writes resume with space)
     │   └── QuotaExceeded    → RESOURCE_EXHAUSTED (a tenant spent its budget; names when to retry)
@@ -47,6 +48,10 @@ class InvalidArgument(RagmeshError):
 
 class NotFound(RagmeshError):
     """The named resource does not exist."""
+
+
+class PermissionDenied(RagmeshError):
+    """The caller was identified but may not do what it asked."""
 
 
 class Overloaded(RagmeshError):

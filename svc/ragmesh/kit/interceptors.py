@@ -34,6 +34,7 @@ from ragmesh.kit.errors import (
     NotFound,
     NotReady,
     Overloaded,
+    PermissionDenied,
     RagmeshError,
     ReadOnlyReplica,
     clip,
@@ -47,6 +48,7 @@ MAX_MESSAGE = 1024  # characters of a status message: trailers stay far below 16
 ERROR_TABLE: dict[type[RagmeshError], grpc.StatusCode] = {
     InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
     NotFound: grpc.StatusCode.NOT_FOUND,
+    PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
     Overloaded: grpc.StatusCode.RESOURCE_EXHAUSTED,
     DependencyUnavailable: grpc.StatusCode.UNAVAILABLE,
     ReadOnlyReplica: grpc.StatusCode.UNAVAILABLE,

@@ -1,9 +1,12 @@
 """The ingestion queue on Redis: one Stream entry per document, job progress in a hash.
 
 Shared by the query service (producer: :meth:`JobQueue.enqueue`, :meth:`JobQueue.job`) and
-the ingest worker (consumer group). Progress and the stream acknowledgement are updated in
-one Lua script, after the chunks were upserted, and each document is counted once even when
-it is delivered again. No grpc here; Redis failures become DependencyUnavailable.
+the ingest worker (consumer group). Every job belongs to one tenant: its entries carry it, and
+only that tenant can read the job. A deletion (:meth:`JobQueue.enqueue_delete`) is a job of
+one entry that removes a document instead of indexing one. Progress and the stream
+acknowledgement are updated in one Lua script, after the chunks were upserted, and each
+document is counted once even when it is delivered again. No grpc here; Redis failures
+become DependencyUnavailable.
 """
 
 from __future__ import annotations
@@ -20,7 +23,16 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError, ResponseError
 
 from ragmesh.kit import tracing
-from ragmesh.kit.domain import DocumentIn, JobState, JobStatus, document_problem, is_job_id
+from ragmesh.kit.domain import (
+    DEFAULT_TENANT,
+    DocumentIn,
+    JobState,
+    JobStatus,
+    document_id_problem,
+    document_problem,
+    is_job_id,
+    tenant_problem,
+)
 from ragmesh.kit.errors import DependencyUnavailable, NotFound, quoted
 
 GROUP = "ingest-workers"
@@ -39,6 +51,10 @@ class Entry:
     trace: dict[str, str] = field(default_factory=dict)
     #: why the entry could not be read (a malformed entry: failed and acknowledged, not run)
     problem: str = ""
+    #: whose document it is (entries queued before tenants existed: the default tenant)
+    tenant: str = DEFAULT_TENANT
+    #: remove the document's chunks instead of indexing it (``document`` has only its id)
+    delete: bool = False
 
 
 def _text(value: object) -> str:
@@ -57,19 +73,27 @@ def parse_entry(entry_id: str, fields: Mapping[bytes, bytes]) -> Entry:
         seq = int(fields.get(b"seq", b"-1"))
     except ValueError:
         seq = -1
+    delete = fields.get(b"op", b"ingest") == b"delete"
     try:
+        tenant = fields.get(b"tenant", DEFAULT_TENANT.encode()).decode()
+        if tenant_problem(tenant) is not None:
+            raise ValueError(f"tenant: {tenant_problem(tenant)}")
         body = json.loads(fields[b"doc"])
-        metadata = body.get("metadata", {})
-        if not isinstance(metadata, dict):
-            raise ValueError("metadata is not a map")
-        doc = DocumentIn(
-            document_id=_text(body["document_id"]),
-            title=_text(body.get("title", "")),
-            text=_text(body["text"]),
-            metadata={_text(k): _text(v) for k, v in metadata.items()},
-            source=_text(body.get("source", "")),
-        )
-        found = document_problem(doc)
+        if delete:
+            doc = DocumentIn(_text(body["document_id"]), "", "")
+            found = document_id_problem(doc.document_id)
+        else:
+            metadata = body.get("metadata", {})
+            if not isinstance(metadata, dict):
+                raise ValueError("metadata is not a map")
+            doc = DocumentIn(
+                document_id=_text(body["document_id"]),
+                title=_text(body.get("title", "")),
+                text=_text(body["text"]),
+                metadata={_text(k): _text(v) for k, v in metadata.items()},
+                source=_text(body.get("source", "")),
+            )
+            found = document_problem(doc)
         if found is not None:
             raise ValueError(f"{found[0]}: {found[1]}")
         trace = json.loads(fields.get(b"trace", b"{}"))
@@ -81,7 +105,7 @@ def parse_entry(entry_id: str, fields: Mapping[bytes, bytes]) -> Entry:
         return Entry(entry_id, job_id, seq, DocumentIn("", "", ""), problem=problem)
     if not job_id:
         return Entry(entry_id, "", seq, doc, problem=f"malformed queue entry {entry_id}: no job id")
-    return Entry(entry_id, job_id, seq, doc, trace=carried)
+    return Entry(entry_id, job_id, seq, doc, trace=carried, tenant=tenant, delete=delete)
 
 
 # Counts a document once (SADD), updates the job, and acknowledges + deletes the entry.
@@ -155,50 +179,75 @@ class JobQueue:
     def _job_key(self, job_id: str) -> str:
         return f"{self.stream}:job:{job_id}"
 
-    def _doc_key(self, document_id: str) -> str:
-        return f"{self.stream}:doc:{document_id}:chunks"
+    def _doc_key(self, tenant: str, document_id: str) -> str:
+        if tenant == DEFAULT_TENANT:  # the key documents had before tenants existed
+            return f"{self.stream}:doc:{document_id}:chunks"
+        return f"{self.stream}:tenant:{tenant}:doc:{document_id}:chunks"
 
-    async def enqueue(self, docs: Sequence[DocumentIn]) -> str:
-        """Record a job and queue its documents atomically; returns the job id."""
+    async def enqueue(self, tenant: str, docs: Sequence[DocumentIn]) -> str:
+        """Record ``tenant``'s job and queue its documents atomically; returns the job id."""
+        bodies = [
+            {
+                "document_id": d.document_id,
+                "title": d.title,
+                "text": d.text,
+                "metadata": dict(d.metadata),
+                "source": d.source,
+            }
+            for d in docs
+        ]
+        return await self._enqueue(tenant, "ingest", bodies, "Ingest")
+
+    async def enqueue_delete(self, tenant: str, document_id: str) -> str:
+        """Queue the removal of ``tenant``'s document as a job of one entry; returns its id."""
+        return await self._enqueue(
+            tenant, "delete", [{"document_id": document_id}], "DeleteDocument"
+        )
+
+    async def _enqueue(
+        self, tenant: str, op: str, bodies: Sequence[Mapping[str, object]], what: str
+    ) -> str:
         job_id = uuid.uuid4().hex
         key = self._job_key(job_id)
         carried = json.dumps(tracing.carrier())
-        async with redis_errors("Ingest"):
+        async with redis_errors(what):
             async with self.redis.pipeline(transaction=True) as pipe:
                 pipe.hset(
                     key,
                     mapping={
                         "state": JobState.QUEUED.name,
-                        "documents_total": len(docs),
+                        "documents_total": len(bodies),
                         "documents_done": 0,
                         "documents_failed": 0,
                         "chunks_done": 0,
                         "chunks_failed": 0,
                         "last_error": "",
                         "created": time.time(),
+                        "tenant": tenant,
                     },
                 )
                 pipe.expire(key, self.ttl)
-                for seq, d in enumerate(docs):
-                    body = {
-                        "document_id": d.document_id,
-                        "title": d.title,
-                        "text": d.text,
-                        "metadata": dict(d.metadata),
-                        "source": d.source,
+                for seq, body in enumerate(bodies):
+                    fields = {
+                        "job": job_id,
+                        "seq": seq,
+                        "op": op,
+                        "tenant": tenant,
+                        "doc": json.dumps(body),
+                        "trace": carried,
                     }
-                    fields = {"job": job_id, "seq": seq, "doc": json.dumps(body), "trace": carried}
                     pipe.xadd(self.stream, fields)  # type: ignore[arg-type]
                 await pipe.execute()
         return job_id
 
-    async def job(self, job_id: str) -> JobStatus:
-        """The progress of ``job_id``; NotFound when unknown or expired."""
+    async def job(self, tenant: str, job_id: str) -> JobStatus:
+        """The progress of ``tenant``'s job ``job_id``; NotFound when unknown, expired or
+        another tenant's (the same answer: a job id tells nothing about other tenants)."""
         async with redis_errors("GetIngestJob"):
             raw: Any = await self.redis.hgetall(self._job_key(job_id))
-        if not raw:
+        h = {k.decode(): v.decode() for k, v in (raw or {}).items()}
+        if not h or h.get("tenant", DEFAULT_TENANT) != tenant:
             raise NotFound(f"job_id: no ingest job {quoted(job_id)}")
-        h = {k.decode(): v.decode() for k, v in raw.items()}
         return JobStatus(
             job_id=job_id,
             state=JobState[h["state"]],
@@ -284,15 +333,19 @@ class JobQueue:
         async with redis_errors("job start"):
             await self._start(keys=[self._job_key(job_id)])
 
-    async def previous_chunks(self, document_id: str) -> int:
-        """How many chunks the last ingestion of ``document_id`` wrote."""
+    async def previous_chunks(self, tenant: str, document_id: str) -> int:
+        """How many chunks the last ingestion of ``tenant``'s ``document_id`` wrote."""
         async with redis_errors("chunk count"):
-            raw = await self.redis.get(self._doc_key(document_id))
+            raw = await self.redis.get(self._doc_key(tenant, document_id))
         return int(raw) if raw else 0
 
-    async def set_chunks(self, document_id: str, count: int) -> None:
+    async def set_chunks(self, tenant: str, document_id: str, count: int) -> None:
+        """Record how many chunks ``document_id`` has now (0: deleted, the record goes)."""
         async with redis_errors("chunk count"):
-            await self.redis.set(self._doc_key(document_id), count)
+            if count:
+                await self.redis.set(self._doc_key(tenant, document_id), count)
+            else:
+                await self.redis.delete(self._doc_key(tenant, document_id))
 
     async def discard(self, entry: Entry) -> None:
         """Acknowledge and delete an entry that names no job it could be counted in."""

@@ -28,14 +28,20 @@ class Embedder(Protocol):
 
 
 class Retriever(Protocol):
-    async def search(self, vector: Matrix, top_k: int, filter: Mapping[str, str]) -> SearchResult:
-        """Nearest chunks of one query vector."""
+    """Every call names its tenant; ids are scoped to it."""
 
-    async def upsert(self, chunks: Sequence[ChunkRecord]) -> int:
+    async def search(
+        self, tenant: str, vector: Matrix, top_k: int, filter: Mapping[str, str]
+    ) -> SearchResult:
+        """Nearest chunks of ``tenant`` to one query vector."""
+
+    async def upsert(self, tenant: str, chunks: Sequence[ChunkRecord]) -> int:
         """Insert or replace chunks; returns the index version."""
 
-    async def delete(self, chunk_ids: Sequence[str]) -> int:
-        """Delete chunks by id; returns the index version."""
+    async def delete(
+        self, tenant: str, chunk_ids: Sequence[str] = (), document_ids: Sequence[str] = ()
+    ) -> tuple[int, int]:
+        """Delete chunks by chunk or document id; returns (chunks deleted, index version)."""
 
 
 class Generator(Protocol):

@@ -2,6 +2,9 @@
 
 The stream always has the same shape: one :class:`Citations`, the answer's deltas, one
 :class:`AskDone`. A cache hit replays the stored citations and deltas.
+
+Everything runs in the caller's tenant (:func:`caller_tenant`): the search, both caches'
+keys, the documents it ingests or deletes and the jobs it may read.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ from ragmesh.kit.domain import (
     is_job_id,
     validate_params,
 )
-from ragmesh.kit.errors import InvalidArgument, quoted
+from ragmesh.kit.errors import InvalidArgument, PermissionDenied, quoted
 from ragmesh.kit.peers import Embedder, Generator, Retriever
 from ragmesh.kit.tracing import tracer
 from ragmesh.query.budget import TokenBudget
@@ -53,6 +56,20 @@ TTFT = Histogram(
 def normalize(question: str) -> str:
     """The cache form of a question: case-folded, whitespace collapsed."""
     return " ".join(question.casefold().split())
+
+
+def caller_tenant(default: str) -> str:
+    """The tenant of the call being served: the one the ingress gateway verified
+    (x-ragmesh-tenant, from the token), else ``default`` (RAGMESH_DEFAULT_TENANT) for the
+    mesh's own callers. PermissionDenied when the verified claim is no tenant name, or when
+    there is neither."""
+    ctx = callcontext.current()
+    if ctx is not None and ctx.tenant_malformed:
+        raise PermissionDenied("the token's tenant claim is not a valid tenant name")
+    tenant = ctx.tenant if ctx is not None and ctx.tenant else default
+    if not tenant:
+        raise PermissionDenied("the call carries no verified tenant")
+    return tenant
 
 
 def _ms(since: float) -> float:
@@ -111,25 +128,28 @@ class AskPipeline:
         LOOKUPS.labels(cache, result).inc()
         return value
 
-    async def _embed(self, question: str) -> Matrix:
+    async def _embed(self, tenant: str, question: str) -> Matrix:
+        # keyed by tenant too: a hit must not tell one tenant what another asked
         digest = hashlib.sha256(question.encode()).hexdigest()
         cached_too = self.settings.embed_cache_ttl > 0
         if cached_too and self.embed_model:  # the model is known after the first reply
-            cached = await self._lookup("embedding", f"ragmesh:emb:{self.embed_model}:{digest}")
+            key = f"ragmesh:emb:{tenant}:{self.embed_model}:{digest}"
+            cached = await self._lookup("embedding", key)
             if cached is not None:
                 return np.frombuffer(cached, dtype="<f4")
         embedded = await self.embedder.embed([question], Purpose.QUERY)
         vector = np.ascontiguousarray(embedded.vectors[0], dtype="<f4")
         self.embed_model = embedded.model
         if cached_too:
-            key = f"ragmesh:emb:{self.embed_model}:{digest}"
+            key = f"ragmesh:emb:{tenant}:{self.embed_model}:{digest}"
             await self.cache.set(key, vector.tobytes(), self.settings.embed_cache_ttl)
         return vector
 
-    def _answer_key(self, request: AskInput, top_k: int, index_version: int) -> str:
+    def _answer_key(self, tenant: str, request: AskInput, top_k: int, index_version: int) -> str:
         p = request.params
         material = json.dumps(
             {
+                "tenant": tenant,
                 "q": normalize(request.question),
                 "top_k": top_k,
                 "filter": sorted(request.filter.items()),
@@ -145,25 +165,26 @@ class AskPipeline:
         """Answer one question as a stream of events."""
         started = time.perf_counter()
         top_k = self.validate(request)
+        tenant = caller_tenant(self.settings.default_tenant)
         t = time.perf_counter()
-        vector = await self._embed(request.question)
+        vector = await self._embed(tenant, request.question)
         embed_ms = _ms(t)
         t = time.perf_counter()
-        result = await self.retriever.search(vector, top_k, request.filter)
+        result = await self.retriever.search(tenant, vector, top_k, request.filter)
         search_ms = _ms(t)
         use_cache = not request.skip_cache and self.settings.answer_cache_ttl > 0
         key = ""
         if use_cache and self.generation_model:
-            key = self._answer_key(request, top_k, result.index_version)
+            key = self._answer_key(tenant, request, top_k, result.index_version)
             stored = await self._lookup("answer", key)
             if stored is not None:
                 async for replayed in self._replay(stored, started, embed_ms, search_ms):
                     yield replayed
                 return
         ctx = callcontext.current()
-        tenant = ctx.tenant if ctx is not None else ""
+        verified = ctx.tenant if ctx is not None else ""  # budgets are for users' tenants
         if self.budget is not None:  # before anything streams: a refusal is the whole answer
-            await self.budget.check(tenant)
+            await self.budget.check(verified)
         citations = tuple(
             Citation(
                 i + 1,
@@ -195,11 +216,11 @@ class AskPipeline:
         if done is None:
             raise RuntimeError("generation stream ended without done")
         if self.budget is not None:
-            await self.budget.charge(tenant, done.completion_tokens)
+            await self.budget.charge(verified, done.completion_tokens)
         if use_cache:
             if done.model != self.generation_model:
                 self.generation_model = done.model
-                key = self._answer_key(request, top_k, result.index_version)
+                key = self._answer_key(tenant, request, top_k, result.index_version)
             value = {
                 "citations": [asdict(c) for c in citations],
                 "deltas": deltas,

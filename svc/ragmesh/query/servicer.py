@@ -9,15 +9,23 @@ import grpc
 
 from ragmesh.kit import codec
 from ragmesh.kit.config import QuerySettings
+from ragmesh.kit.domain import document_id_problem
+from ragmesh.kit.errors import InvalidArgument
 from ragmesh.kit.jobqueue import JobQueue
-from ragmesh.query.service import AskPipeline, validate_documents, validate_job_id
+from ragmesh.query.service import (
+    AskPipeline,
+    caller_tenant,
+    validate_documents,
+    validate_job_id,
+)
 from ragmesh.v1 import query_service_pb2, query_service_pb2_grpc
 
 SERVICE_NAME = query_service_pb2.DESCRIPTOR.services_by_name["QueryService"].full_name
 
 
 class QueryServicer(query_service_pb2_grpc.QueryServiceServicer):
-    """Serves Ask from an :class:`AskPipeline` and Ingest/GetIngestJob from a :class:`JobQueue`."""
+    """Serves Ask from an :class:`AskPipeline`; Ingest, DeleteDocument and GetIngestJob from a
+    :class:`JobQueue`. Each in the caller's tenant."""
 
     def __init__(self, settings: QuerySettings, pipeline: AskPipeline, queue: JobQueue) -> None:
         self.settings = settings
@@ -39,7 +47,8 @@ class QueryServicer(query_service_pb2_grpc.QueryServiceServicer):
     ) -> query_service_pb2.IngestResponse:
         docs = [codec.document_from_proto(d) for d in request.documents]
         validate_documents(docs, self.settings.max_documents, self.settings.max_document_chars)
-        job_id = await self.queue.enqueue(docs)
+        tenant = caller_tenant(self.settings.default_tenant)
+        job_id = await self.queue.enqueue(tenant, docs)
         return query_service_pb2.IngestResponse(job_id=job_id, document_count=len(docs))
 
     async def GetIngestJob(
@@ -48,7 +57,20 @@ class QueryServicer(query_service_pb2_grpc.QueryServiceServicer):
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> query_service_pb2.GetIngestJobResponse:
         validate_job_id(request.job_id)
-        return codec.job_to_proto(await self.queue.job(request.job_id))
+        tenant = caller_tenant(self.settings.default_tenant)
+        return codec.job_to_proto(await self.queue.job(tenant, request.job_id))
+
+    async def DeleteDocument(
+        self,
+        request: query_service_pb2.DeleteDocumentRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> query_service_pb2.DeleteDocumentResponse:
+        found = document_id_problem(request.document_id)
+        if found is not None:
+            raise InvalidArgument(*found)
+        tenant = caller_tenant(self.settings.default_tenant)
+        job_id = await self.queue.enqueue_delete(tenant, request.document_id)
+        return query_service_pb2.DeleteDocumentResponse(job_id=job_id)
 
 
 def register(

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ragmesh.kit.domain import Matrix, metadata_problem
+from ragmesh.kit.domain import Matrix, metadata_problem, tenant_problem
 from ragmesh.kit.errors import InvalidArgument, quoted
 from ragmesh.retrieval.store import ChunkIn
 
@@ -39,6 +39,13 @@ def _unit(vectors: Matrix, field_name: str) -> Matrix:
 
 
 MAX_ID_CHARS = 512  # chunk and document ids
+
+
+def tenant(name: str) -> None:
+    """Check the tenant every Search, Upsert and Delete names."""
+    found = tenant_problem(name)
+    if found is not None:
+        raise InvalidArgument("tenant", found)
 
 
 def upsert(chunks: Sequence[ChunkIn], limits: Limits, dim: int) -> Matrix:

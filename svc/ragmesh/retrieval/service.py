@@ -158,32 +158,42 @@ class RetrievalService:
         if not self.writable:
             raise ReadOnlyReplica("this retrieval replica is a reader; writes go to the writer")
 
-    async def upsert(self, chunks: Sequence[ChunkIn]) -> tuple[int, int]:
-        """Durably write ``chunks``; returns (count, index version)."""
+    async def upsert(self, tenant: str, chunks: Sequence[ChunkIn]) -> tuple[int, int]:
+        """Durably write ``tenant``'s ``chunks``; returns (count, index version)."""
         self._check_writable()
+        requests.tenant(tenant)
         vectors = requests.upsert(chunks, self.limits, self.store.dim)
-        n = await self._run(lambda: self.store.upsert(chunks, vectors))
+        n = await self._run(lambda: self.store.upsert(tenant, chunks, vectors))
         return n, self.store.version
 
     async def delete(
-        self, chunk_ids: Sequence[str], document_ids: Sequence[str]
+        self, tenant: str, chunk_ids: Sequence[str], document_ids: Sequence[str]
     ) -> tuple[int, int]:
-        """Durably delete; returns (deleted count, index version)."""
+        """Durably delete ``tenant``'s chunks; returns (deleted count, index version)."""
         self._check_writable()
+        requests.tenant(tenant)
         requests.delete(chunk_ids, document_ids, self.limits)
-        n = await self._run(lambda: self.store.delete(chunk_ids, document_ids))
+        n = await self._run(lambda: self.store.delete(tenant, chunk_ids, document_ids))
         return n, self.store.version
 
     async def search(
-        self, count: int, dimension: int, data: bytes, top_k: int, where: Mapping[str, str]
+        self,
+        tenant: str,
+        count: int,
+        dimension: int,
+        data: bytes,
+        top_k: int,
+        where: Mapping[str, str],
     ) -> tuple[list[list[Hit]], int]:
-        """Validate and run a batched search; returns (hits per query, index version)."""
+        """Validate and run a batched search of ``tenant``'s chunks; returns (hits per query,
+        index version)."""
         self._check()
+        requests.tenant(tenant)
         queries = requests.queries(count, dimension, data, top_k, self.limits, self.store.dim)
 
         def work() -> tuple[list[list[Hit]], int]:
             started = time.perf_counter()
-            hits = self.store.search(queries, top_k, where)
+            hits = self.store.search(tenant, queries, top_k, where)
             seconds = time.perf_counter() - started
             SEARCH_SECONDS.observe(seconds)
             self._per_query_s = 0.9 * self._per_query_s + 0.1 * seconds / count

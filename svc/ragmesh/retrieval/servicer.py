@@ -26,7 +26,7 @@ class RetrievalServicer(pb_grpc.RetrievalServiceServicer):
     async def Search(self, request: pb.SearchRequest, context: Context) -> pb.SearchResponse:
         q = request.queries
         results, version = await self.service.search(
-            q.count, q.dimension, q.data, request.top_k, request.filter
+            request.tenant, q.count, q.dimension, q.data, request.top_k, request.filter
         )
         response = pb.SearchResponse(index_version=version)
         for hits in results:
@@ -48,12 +48,12 @@ class RetrievalServicer(pb_grpc.RetrievalServiceServicer):
             ChunkIn(c.chunk_id, c.document_id, c.text, dict(c.metadata), c.vector)
             for c in request.chunks
         ]
-        count, version = await self.service.upsert(chunks)
+        count, version = await self.service.upsert(request.tenant, chunks)
         return pb.UpsertResponse(upserted_count=count, index_version=version)
 
     async def Delete(self, request: pb.DeleteRequest, context: Context) -> pb.DeleteResponse:
         count, version = await self.service.delete(
-            list(request.chunk_ids), list(request.document_ids)
+            request.tenant, list(request.chunk_ids), list(request.document_ids)
         )
         return pb.DeleteResponse(deleted_count=count, index_version=version)
 

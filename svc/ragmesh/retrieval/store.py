@@ -7,6 +7,10 @@ Every ``snapshot_every`` written chunks the whole state is saved to ``snapshot.n
 temporary file, fsync and atomic rename, and the log is emptied. On start the snapshot is
 loaded and the log replayed over it (records at or below the snapshot's version are
 skipped). The store is not thread-safe: :mod:`ragmesh.retrieval.service` serializes calls.
+
+Every chunk belongs to one tenant: chunk and document ids are scoped to it, and a search
+only ever scores its tenant's chunks. Records written before tenants existed belong to
+:data:`LEGACY_TENANT`.
 """
 
 from __future__ import annotations
@@ -23,8 +27,9 @@ from pathlib import Path
 from typing import TypeVar
 
 import numpy as np
+import numpy.typing as npt
 
-from ragmesh.kit.domain import Hit, Matrix
+from ragmesh.kit.domain import DEFAULT_TENANT, Hit, Matrix
 from ragmesh.kit.errors import DataCorruption, InvalidArgument
 from ragmesh.retrieval.index import Bitmap, FaissIndex, IndexParams
 from ragmesh.retrieval.wal import (
@@ -43,6 +48,11 @@ _OP = struct.Struct("<BQI")  # op, version, json length
 _UPSERT, _DELETE = 1, 2
 SNAPSHOT = "snapshot.npz"
 LOG = "wal.log"
+#: the tenant of chunks stored before tenants existed
+LEGACY_TENANT = DEFAULT_TENANT
+#: a tenant with fewer live chunks than this (or than a tenth of the index) is searched by
+#: exact scoring over its own vectors; a larger one through the index with a selector
+EXACT_TENANT_CHUNKS = 4096
 
 
 @dataclass(frozen=True)
@@ -64,6 +74,12 @@ class Payload:
     document_id: str
     text: str
     metadata: dict[str, str] = field(default_factory=dict)
+    tenant: str = LEGACY_TENANT
+
+
+def _item(p: Payload) -> dict[str, object]:
+    """A payload as the log and compaction write it."""
+    return {"c": p.chunk_id, "d": p.document_id, "t": p.text, "m": p.metadata, "n": p.tenant}
 
 
 @dataclass
@@ -102,9 +118,12 @@ class ChunkStore:
         self._vectors: Matrix = np.zeros((0, self.dim), dtype=np.float32)
         self._live: Bitmap = np.zeros(0, dtype=np.bool_)  # one flag per slot, for masked search
         self._payloads: list[Payload | None] = []
-        self._slot: dict[str, int] = {}
-        self._by_doc: dict[str, set[int]] = {}
+        self._slot: dict[tuple[str, str], int] = {}  # (tenant, chunk id)
+        self._by_doc: dict[tuple[str, str], set[int]] = {}  # (tenant, document id)
         self._by_meta: dict[tuple[str, str], set[int]] = {}
+        self._tenant_code: dict[str, int] = {}
+        self._tenant_live: dict[int, int] = {}  # code -> live chunks
+        self._owner = np.full(0, -1, dtype=np.int32)  # the tenant code of each slot; -1: dead
         self._n = 0
         self._dead = 0
         self._since_snapshot = 0
@@ -249,11 +268,11 @@ class ChunkStore:
 
     # -- writes -----------------------------------------------------------------------------
 
-    def upsert(self, chunks: Sequence[ChunkIn], vectors: Matrix) -> int:
+    def upsert(self, tenant: str, chunks: Sequence[ChunkIn], vectors: Matrix) -> int:
         """Log durably, apply; returns the number of chunks written. ``chunks`` were checked
         and ``vectors`` are their unit vectors (:func:`ragmesh.retrieval.requests.upsert`)."""
         items: list[dict[str, object]] = [
-            {"c": c.chunk_id, "d": c.document_id, "t": c.text, "m": dict(c.metadata)}
+            {"c": c.chunk_id, "d": c.document_id, "t": c.text, "m": dict(c.metadata), "n": tenant}
             for c in chunks
         ]
         self._write(_UPSERT, items, vectors)
@@ -261,19 +280,16 @@ class ChunkStore:
         self._after_write(len(chunks))
         return len(chunks)
 
-    def delete(self, chunk_ids: Sequence[str], document_ids: Sequence[str]) -> int:
-        """Delete by chunk id and/or document id; returns how many chunks existed.
-
-        Only ids that exist are logged; a delete of nothing writes nothing (same version).
-        """
-        item = {
-            "c": sorted({c for c in chunk_ids if c in self._slot}),
-            "d": sorted({d for d in document_ids if d in self._by_doc}),
-        }
-        if not item["c"] and not item["d"]:
+    def delete(self, tenant: str, chunk_ids: Sequence[str], document_ids: Sequence[str]) -> int:
+        """Delete ``tenant``'s chunks by chunk id and/or document id; returns how many
+        existed. Only ids that exist are logged; a delete of nothing writes nothing (same
+        version)."""
+        chunks = sorted({c for c in chunk_ids if (tenant, c) in self._slot})
+        documents = sorted({d for d in document_ids if (tenant, d) in self._by_doc})
+        if not chunks and not documents:
             return 0
-        self._write(_DELETE, item, None)
-        removed = self._apply_delete(item["c"], item["d"])
+        self._write(_DELETE, {"c": chunks, "d": documents, "n": tenant}, None)
+        removed = self._apply_delete(tenant, chunks, documents)
         self._after_write(max(1, removed))
         return removed
 
@@ -321,14 +337,15 @@ class ChunkStore:
             )
             self._apply_upsert(body, vectors, index=False)
         elif op == _DELETE:
-            self._apply_delete(body["c"], body["d"])
+            self._apply_delete(body.get("n", LEGACY_TENANT), body["c"], body["d"])
         self.version = version
         return True
 
     def _apply_upsert(
         self, items: list[dict[str, object]], vectors: Matrix, index: bool = True
     ) -> None:
-        self._remove_slots([self._slot[str(it["c"])] for it in items if it["c"] in self._slot])
+        keys = [(str(it.get("n", LEGACY_TENANT)), str(it["c"])) for it in items]
+        self._remove_slots([self._slot[k] for k in keys if k in self._slot])
         start = self._n
         self._ensure_capacity(start + len(items))
         self._vectors[start : start + len(items)] = vectors
@@ -336,23 +353,35 @@ class ChunkStore:
             meta = it["m"]
             assert isinstance(meta, dict)
             p = Payload(
-                str(it["c"]), str(it["d"]), str(it["t"]), {str(k): str(v) for k, v in meta.items()}
+                str(it["c"]),
+                str(it["d"]),
+                str(it["t"]),
+                {str(k): str(v) for k, v in meta.items()},
+                keys[offset][0],
             )
-            slot = start + offset
             self._payloads.append(p)
-            self._live[slot] = True
-            self._slot[p.chunk_id] = slot
-            self._by_doc.setdefault(p.document_id, set()).add(slot)
-            for kv in p.metadata.items():
-                self._by_meta.setdefault(kv, set()).add(slot)
+            self._place(p, start + offset)
         self._n += len(items)
         if index:
             self.index.add(vectors, self._vectors[: self._n])
 
-    def _apply_delete(self, chunk_ids: Iterable[str], document_ids: Iterable[str]) -> int:
-        slots = {self._slot[c] for c in chunk_ids if c in self._slot}
+    def _place(self, p: Payload, slot: int) -> None:
+        """Index a live payload at ``slot`` (its vector is already there)."""
+        code = self._tenant_code.setdefault(p.tenant, len(self._tenant_code))
+        self._tenant_live[code] = self._tenant_live.get(code, 0) + 1
+        self._owner[slot] = code
+        self._live[slot] = True
+        self._slot[p.tenant, p.chunk_id] = slot
+        self._by_doc.setdefault((p.tenant, p.document_id), set()).add(slot)
+        for kv in p.metadata.items():
+            self._by_meta.setdefault(kv, set()).add(slot)
+
+    def _apply_delete(
+        self, tenant: str, chunk_ids: Iterable[str], document_ids: Iterable[str]
+    ) -> int:
+        slots = {self._slot[tenant, c] for c in chunk_ids if (tenant, c) in self._slot}
         for d in document_ids:
-            slots |= self._by_doc.get(d, set())
+            slots |= self._by_doc.get((tenant, d), set())
         self._remove_slots(sorted(slots))
         return len(slots)
 
@@ -363,8 +392,10 @@ class ChunkStore:
                 continue
             self._payloads[slot] = None
             self._live[slot] = False
-            del self._slot[p.chunk_id]
-            self._discard(self._by_doc, p.document_id, slot)
+            self._tenant_live[int(self._owner[slot])] -= 1
+            self._owner[slot] = -1
+            del self._slot[p.tenant, p.chunk_id]
+            self._discard(self._by_doc, (p.tenant, p.document_id), slot)
             for kv in p.metadata.items():
                 self._discard(self._by_meta, kv, slot)
             self._dead += 1
@@ -387,6 +418,9 @@ class ChunkStore:
             live = np.zeros(len(grown), dtype=np.bool_)
             live[: self._n] = self._live[: self._n]
             self._live = live
+            owner = np.full(len(grown), -1, dtype=np.int32)
+            owner[: self._n] = self._owner[: self._n]
+            self._owner = owner
 
     def _compact(self) -> None:
         """Drop dead slots and rebuild the index over the live ones."""
@@ -396,13 +430,11 @@ class ChunkStore:
         payloads = [self._payloads[i] for i in live]
         self._vectors = np.zeros((0, self.dim), dtype=np.float32)
         self._live = np.zeros(0, dtype=np.bool_)
+        self._owner = np.full(0, -1, dtype=np.int32)
         self._payloads, self._slot, self._by_doc, self._by_meta = [], {}, {}, {}
+        self._tenant_code, self._tenant_live = {}, {}
         self._n = self._dead = 0
-        items: list[dict[str, object]] = [
-            {"c": p.chunk_id, "d": p.document_id, "t": p.text, "m": p.metadata}
-            for p in payloads
-            if p
-        ]
+        items = [_item(p) for p in payloads if p]
         self._apply_upsert(items, vectors, index=False)
         self.index.rebuild(self._vectors[: self._n])
 
@@ -413,7 +445,7 @@ class ChunkStore:
         assert self._log is not None
         tmp = self.dir / (SNAPSHOT + ".tmp")
         records = [
-            None if p is None else [p.chunk_id, p.document_id, p.text, p.metadata]
+            None if p is None else [p.chunk_id, p.document_id, p.text, p.metadata, p.tenant]
             for p in self._payloads
         ]
         buffer = io.BytesIO()
@@ -454,27 +486,34 @@ class ChunkStore:
                 self._payloads.append(None)
                 self._dead += 1
                 continue
-            p = Payload(r[0], r[1], r[2], r[3])
+            p = Payload(r[0], r[1], r[2], r[3], r[4] if len(r) > 4 else LEGACY_TENANT)
             self._payloads.append(p)
-            self._live[slot] = True
-            self._slot[p.chunk_id] = slot
-            self._by_doc.setdefault(p.document_id, set()).add(slot)
-            for kv in p.metadata.items():
-                self._by_meta.setdefault(kv, set()).add(slot)
+            self._place(p, slot)
         self._n = len(records)
         self.version = version
         self.index.load(blob, self._vectors[: self._n])
 
     # -- reads ------------------------------------------------------------------------------
 
-    def search(self, queries: Matrix, top_k: int, where: Mapping[str, str]) -> list[list[Hit]]:
-        """Top-k hits per query (already validated), optionally filtered on metadata."""
-        if self.count == 0:
+    def search(
+        self, tenant: str, queries: Matrix, top_k: int, where: Mapping[str, str]
+    ) -> list[list[Hit]]:
+        """Top-k hits of ``tenant``'s chunks per query (already validated), optionally
+        filtered on metadata."""
+        code = self._tenant_code.get(tenant)
+        owned = self._tenant_live.get(code, 0) if code is not None else 0
+        if owned == 0:
             return [[] for _ in range(len(queries))]
         if where:
-            return self._search_filtered(queries, top_k, where)
+            sets = [self._by_meta.get(kv, set()) for kv in where.items()]
+            found = np.array(sorted(set.intersection(*sets)), dtype=np.int64)
+            return self._exact(queries, top_k, found[self._owner[found] == code])
+        if owned < max(EXACT_TENANT_CHUNKS, self.count // 10) and owned < self.count:
+            return self._exact(queries, top_k, np.flatnonzero(self._owner[: self._n] == code))
         allowed: Bitmap | None = None
-        if self._dead:
+        if owned < self.count:
+            allowed = self._owner[: self._n] == code
+        elif self._dead:
             allowed = self._live[: self._n]
         scores, ids = self.index.search(queries, top_k, allowed)
         return [
@@ -486,12 +525,10 @@ class ChunkStore:
             for srow, irow in zip(scores, ids, strict=True)
         ]
 
-    def _search_filtered(
-        self, queries: Matrix, top_k: int, where: Mapping[str, str]
+    def _exact(
+        self, queries: Matrix, top_k: int, candidates: npt.NDArray[np.int64]
     ) -> list[list[Hit]]:
-        """Exact scoring over the chunks matching every key/value pair of ``where``."""
-        sets = [self._by_meta.get(kv, set()) for kv in where.items()]
-        candidates = np.array(sorted(set.intersection(*sets)), dtype=np.int64)
+        """Exact scoring over the ``candidates`` slots (live, of one tenant)."""
         if len(candidates) == 0:
             return [[] for _ in range(len(queries))]
         scores = queries @ self._vectors[candidates].T

@@ -50,6 +50,11 @@ class QueryServiceStub:
                 request_serializer=ragmesh_dot_v1_dot_query__service__pb2.GetIngestJobRequest.SerializeToString,
                 response_deserializer=ragmesh_dot_v1_dot_query__service__pb2.GetIngestJobResponse.FromString,
                 _registered_method=True)
+        self.DeleteDocument = channel.unary_unary(
+                '/ragmesh.v1.QueryService/DeleteDocument',
+                request_serializer=ragmesh_dot_v1_dot_query__service__pb2.DeleteDocumentRequest.SerializeToString,
+                response_deserializer=ragmesh_dot_v1_dot_query__service__pb2.DeleteDocumentResponse.FromString,
+                _registered_method=True)
 
 
 class QueryServiceServicer:
@@ -77,6 +82,15 @@ class QueryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DeleteDocument(self, request, context):
+        """DeleteDocument queues the removal of a document's chunks from the caller's tenant and
+        returns the job that removes them (GetIngestJob reports it; chunks_done counts the chunks
+        removed). Deleting a document the tenant does not have succeeds and removes nothing.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_QueryServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -94,6 +108,11 @@ def add_QueryServiceServicer_to_server(servicer, server):
                     servicer.GetIngestJob,
                     request_deserializer=ragmesh_dot_v1_dot_query__service__pb2.GetIngestJobRequest.FromString,
                     response_serializer=ragmesh_dot_v1_dot_query__service__pb2.GetIngestJobResponse.SerializeToString,
+            ),
+            'DeleteDocument': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteDocument,
+                    request_deserializer=ragmesh_dot_v1_dot_query__service__pb2.DeleteDocumentRequest.FromString,
+                    response_serializer=ragmesh_dot_v1_dot_query__service__pb2.DeleteDocumentResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -178,6 +197,33 @@ class QueryService:
             '/ragmesh.v1.QueryService/GetIngestJob',
             ragmesh_dot_v1_dot_query__service__pb2.GetIngestJobRequest.SerializeToString,
             ragmesh_dot_v1_dot_query__service__pb2.GetIngestJobResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteDocument(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ragmesh.v1.QueryService/DeleteDocument',
+            ragmesh_dot_v1_dot_query__service__pb2.DeleteDocumentRequest.SerializeToString,
+            ragmesh_dot_v1_dot_query__service__pb2.DeleteDocumentResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -39,6 +39,11 @@ class QueryServiceStub:
     """Ingest validates documents, queues them for chunking and indexing, and returns a job id."""
     GetIngestJob: _grpc.UnaryUnaryMultiCallable[_query_service_pb2.GetIngestJobRequest, _query_service_pb2.GetIngestJobResponse]
     """GetIngestJob reports the state and progress of an ingest job."""
+    DeleteDocument: _grpc.UnaryUnaryMultiCallable[_query_service_pb2.DeleteDocumentRequest, _query_service_pb2.DeleteDocumentResponse]
+    """DeleteDocument queues the removal of a document's chunks from the caller's tenant and
+    returns the job that removes them (GetIngestJob reports it; chunks_done counts the chunks
+    removed). Deleting a document the tenant does not have succeeds and removes nothing.
+    """
 
 @_typing.type_check_only
 class QueryServiceAsyncStub(QueryServiceStub):
@@ -51,6 +56,11 @@ class QueryServiceAsyncStub(QueryServiceStub):
     """Ingest validates documents, queues them for chunking and indexing, and returns a job id."""
     GetIngestJob: _aio.UnaryUnaryMultiCallable[_query_service_pb2.GetIngestJobRequest, _query_service_pb2.GetIngestJobResponse]  # type: ignore[assignment]
     """GetIngestJob reports the state and progress of an ingest job."""
+    DeleteDocument: _aio.UnaryUnaryMultiCallable[_query_service_pb2.DeleteDocumentRequest, _query_service_pb2.DeleteDocumentResponse]  # type: ignore[assignment]
+    """DeleteDocument queues the removal of a document's chunks from the caller's tenant and
+    returns the job that removes them (GetIngestJob reports it; chunks_done counts the chunks
+    removed). Deleting a document the tenant does not have succeeds and removes nothing.
+    """
 
 class QueryServiceServicer(metaclass=_abc_1.ABCMeta):
     """QueryService is the front door: it answers questions over the ingested documents and ingests new ones."""
@@ -78,5 +88,16 @@ class QueryServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_query_service_pb2.GetIngestJobResponse, _abc.Awaitable[_query_service_pb2.GetIngestJobResponse]]:
         """GetIngestJob reports the state and progress of an ingest job."""
+
+    @_abc_1.abstractmethod
+    def DeleteDocument(
+        self,
+        request: _query_service_pb2.DeleteDocumentRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_query_service_pb2.DeleteDocumentResponse, _abc.Awaitable[_query_service_pb2.DeleteDocumentResponse]]:
+        """DeleteDocument queues the removal of a document's chunks from the caller's tenant and
+        returns the job that removes them (GetIngestJob reports it; chunks_done counts the chunks
+        removed). Deleting a document the tenant does not have succeeds and removes nothing.
+        """
 
 def add_QueryServiceServicer_to_server(servicer: QueryServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

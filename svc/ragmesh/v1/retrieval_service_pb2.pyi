@@ -41,7 +41,7 @@ class Chunk(_message.Message):
     def __init__(self, chunk_id: _Optional[str] = ..., document_id: _Optional[str] = ..., text: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., vector: _Optional[bytes] = ...) -> None: ...
 
 class SearchRequest(_message.Message):
-    __slots__ = ("queries", "top_k", "filter")
+    __slots__ = ("queries", "top_k", "filter", "tenant")
     class FilterEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -52,10 +52,12 @@ class SearchRequest(_message.Message):
     QUERIES_FIELD_NUMBER: _ClassVar[int]
     TOP_K_FIELD_NUMBER: _ClassVar[int]
     FILTER_FIELD_NUMBER: _ClassVar[int]
+    TENANT_FIELD_NUMBER: _ClassVar[int]
     queries: _common_pb2.VectorBatch
     top_k: int
     filter: _containers.ScalarMap[str, str]
-    def __init__(self, queries: _Optional[_Union[_common_pb2.VectorBatch, _Mapping]] = ..., top_k: _Optional[int] = ..., filter: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    tenant: str
+    def __init__(self, queries: _Optional[_Union[_common_pb2.VectorBatch, _Mapping]] = ..., top_k: _Optional[int] = ..., filter: _Optional[_Mapping[str, str]] = ..., tenant: _Optional[str] = ...) -> None: ...
 
 class QueryHits(_message.Message):
     __slots__ = ("passages",)
@@ -72,10 +74,12 @@ class SearchResponse(_message.Message):
     def __init__(self, results: _Optional[_Iterable[_Union[QueryHits, _Mapping]]] = ..., index_version: _Optional[int] = ...) -> None: ...
 
 class UpsertRequest(_message.Message):
-    __slots__ = ("chunks",)
+    __slots__ = ("chunks", "tenant")
     CHUNKS_FIELD_NUMBER: _ClassVar[int]
+    TENANT_FIELD_NUMBER: _ClassVar[int]
     chunks: _containers.RepeatedCompositeFieldContainer[Chunk]
-    def __init__(self, chunks: _Optional[_Iterable[_Union[Chunk, _Mapping]]] = ...) -> None: ...
+    tenant: str
+    def __init__(self, chunks: _Optional[_Iterable[_Union[Chunk, _Mapping]]] = ..., tenant: _Optional[str] = ...) -> None: ...
 
 class UpsertResponse(_message.Message):
     __slots__ = ("upserted_count", "index_version")
@@ -86,12 +90,14 @@ class UpsertResponse(_message.Message):
     def __init__(self, upserted_count: _Optional[int] = ..., index_version: _Optional[int] = ...) -> None: ...
 
 class DeleteRequest(_message.Message):
-    __slots__ = ("chunk_ids", "document_ids")
+    __slots__ = ("chunk_ids", "document_ids", "tenant")
     CHUNK_IDS_FIELD_NUMBER: _ClassVar[int]
     DOCUMENT_IDS_FIELD_NUMBER: _ClassVar[int]
+    TENANT_FIELD_NUMBER: _ClassVar[int]
     chunk_ids: _containers.RepeatedScalarFieldContainer[str]
     document_ids: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, chunk_ids: _Optional[_Iterable[str]] = ..., document_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+    tenant: str
+    def __init__(self, chunk_ids: _Optional[_Iterable[str]] = ..., document_ids: _Optional[_Iterable[str]] = ..., tenant: _Optional[str] = ...) -> None: ...
 
 class DeleteResponse(_message.Message):
     __slots__ = ("deleted_count", "index_version")
