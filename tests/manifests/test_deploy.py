@@ -598,3 +598,34 @@ def test_every_end_user_rule_guards_the_environments_own_host(environment: str) 
             host,
             f"{host}:*",
         ], f"rules[{i}]"
+
+
+def test_what_environments_share_in_istio_system_is_identical_or_named_apart() -> None:
+    """istio-system is shared by every environment of a cluster: an object two environments
+    both apply must be the same object, else each needs a name of its own."""
+    seen: dict[tuple[str, str], dict[str, Any]] = {}
+    for environment in ENVIRONMENTS:
+        for doc in render(environment):
+            if doc["metadata"].get("namespace") != "istio-system":
+                continue
+            key = (doc["kind"], doc["metadata"]["name"])
+            assert seen.setdefault(key, doc) == doc, (environment, key)
+
+
+@env
+def test_the_gateways_401s_are_for_the_environments_own_host(environment: str) -> None:
+    (gateway,) = objects(environment, "Gateway")
+    host = gateway["spec"]["servers"][0]["hosts"][0]
+    (local_reply,) = [
+        p["patch"]["value"]["typed_config"]["local_reply_config"]
+        for d in objects(environment, "EnvoyFilter")
+        for p in d["spec"]["configPatches"]
+        if p["applyTo"] == "NETWORK_FILTER"
+    ]
+    authorities = [
+        c["header_filter"]["header"]["string_match"]["prefix"]
+        for m in local_reply["mappers"]
+        for c in m["filter"]["and_filter"]["filters"]
+        if c.get("header_filter", {}).get("header", {}).get("name") == ":authority"
+    ]
+    assert authorities == [host] * len(local_reply["mappers"])

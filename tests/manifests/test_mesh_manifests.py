@@ -114,7 +114,13 @@ def test_the_rest_bridge_filter_is_generated_from_the_protos() -> None:
     assert (ROOT / "mesh/rest-bridge.yaml").read_text() == rest.envoy_filter_yaml(), (
         "stale: run make rest-bridge"
     )
-    assert manifests.load(ROOT).gateway_filters == [rest.transcoder()]
+    filters = manifests.load(ROOT).gateway_filters
+    assert rest.transcoder() in filters
+    # the client rate limit (priority -10) runs before it: REST is limited as REST
+    assert [f["name"] for f in filters] == [
+        "envoy.filters.http.local_ratelimit",
+        "envoy.filters.http.grpc_json_transcoder",
+    ]
     config = rest.transcoder()["typed_config"]
     files = descriptor_pb2.FileDescriptorSet.FromString(
         base64.b64decode(config["proto_descriptor_bin"])

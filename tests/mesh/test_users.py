@@ -1,9 +1,9 @@
 """End users at the ingress gateway, on real Envoy: mesh/authentication.yaml's
 RequestAuthentication and DENY rule, translated by the local mesh with its local issuer.
 A valid token passes; expired, not yet valid, wrong issuer, wrong audience, tampered and
-unknown-key tokens are UNAUTHENTICATED (HTTP 401); a token for another audience is
-PERMISSION_DENIED (403: Envoy's jwt_authn, as under Istio); no token is PERMISSION_DENIED
-(403), as Istio answers a request without a principal, and so is a token without a tenant.
+unknown-key tokens are UNAUTHENTICATED (HTTP 401), and so is no token at all (with
+WWW-Authenticate; Istio alone answers 403 to it, and to another audience); a token without a
+tenant is PERMISSION_DENIED (403).
 Each method needs its scope (ask, ingest, delete). The verified claims reach query as
 headers the gateway writes: a client's forged copy never does."""
 
@@ -41,6 +41,11 @@ async def ask(
         except grpc.aio.AioRpcError as e:
             return e.code(), e.details() or ""
     return grpc.StatusCode.OK, ""
+
+
+def ingress_rest(mesh: FakeMesh) -> str:
+    ingress(mesh)
+    return mesh.lab.rest_url
 
 
 def tampered(token: str) -> str:
@@ -90,21 +95,32 @@ async def test_a_bad_token_is_unauthenticated(fake_mesh: FakeMesh, case: str) ->
         "unknown key": lambda: lab.token(kid="not-a-key-of-the-jwks"),
     }[case]()
     code, details = await ask(fake_mesh, token)
-    if case == "wrong audience":
-        assert (code, details) == (
-            grpc.StatusCode.PERMISSION_DENIED,
-            "Audiences in Jwt are not allowed",
-        )
-    else:
-        assert code == grpc.StatusCode.UNAUTHENTICATED, (case, code, details)
+    assert code == grpc.StatusCode.UNAUTHENTICATED, (case, code, details)
+    if case == "wrong audience":  # Envoy's jwt_authn says 403; the gateway's local reply 401
+        assert details == "Audiences in Jwt are not allowed"
     assert len(app.calls) == before  # nothing reached query
 
 
-async def test_no_token_is_denied(fake_mesh: FakeMesh) -> None:
+async def test_no_token_is_unauthenticated(fake_mesh: FakeMesh) -> None:
+    """Istio denies a request without a principal with 403; the gateway's local reply
+    (mesh/authentication.yaml) makes a request that sent no token at all a 401 with
+    WWW-Authenticate, over gRPC (UNAUTHENTICATED) and REST alike."""
     app = fake_mesh.apps["query"]
     before = len(app.calls)
-    code, details = await ask(fake_mesh, None, [("x-ragmesh-tenant", "acme")])
-    assert code == grpc.StatusCode.PERMISSION_DENIED and "RBAC" in details
+    async with fake_mesh.channel(ingress(fake_mesh), "query") as channel:
+        with pytest.raises(grpc.aio.AioRpcError) as e:
+            async for _ in channel.unary_stream(ASK)(
+                b"", timeout=10, metadata=[("x-ragmesh-tenant", "acme")]
+            ):
+                pass
+    assert e.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert (e.value.details() or "").startswith("Jwt is missing")
+    seen = {**dict(e.value.initial_metadata() or ()), **dict(e.value.trailing_metadata() or ())}
+    assert seen["www-authenticate"] == 'Bearer realm="ragmesh"'
+    status, headers, error = await asyncio.to_thread(
+        rest.call, f"{ingress_rest(fake_mesh)}/v1/ask", {"question": "q"}
+    )
+    assert status == 401 and headers["www-authenticate"] == 'Bearer realm="ragmesh"', error
     assert len(app.calls) == before
     # health is outside the rule; the edge routes only QueryService (404: UNIMPLEMENTED)
     async with fake_mesh.channel(ingress(fake_mesh), "query") as channel:
@@ -207,3 +223,52 @@ async def test_scopes_hold_over_the_rest_bridge_too(fake_mesh: FakeMesh) -> None
             token=fake_mesh.lab.token("acme", scopes),
         )
         assert status == expected, scopes
+
+
+async def burst(mesh: FakeMesh, token: str, n: int) -> list[tuple[grpc.StatusCode, dict[str, str]]]:
+    """``n`` unary Ingest calls at once; each one's code and response metadata."""
+    metadata = (("authorization", f"Bearer {token}"),)
+    async with mesh.channel(ingress(mesh), "query") as channel:
+        method = channel.unary_unary(INGEST)
+
+        async def one() -> tuple[grpc.StatusCode, dict[str, str]]:
+            call = method(b"", timeout=10, metadata=metadata)
+            try:
+                await call
+            except grpc.aio.AioRpcError as e:
+                seen = {**dict(e.initial_metadata() or ()), **dict(e.trailing_metadata() or ())}
+                return e.code(), {k: str(v) for k, v in seen.items()}
+            return grpc.StatusCode.OK, {}
+
+        return list(await asyncio.gather(*(one() for _ in range(n))))
+
+
+async def test_a_client_over_its_rate_is_refused_at_the_gateway_with_a_retry_hint(
+    fake_mesh: FakeMesh,
+) -> None:
+    """mesh/rate-limit.yaml: a bucket of 40 per client (tenant and subject), 20 a second."""
+    app = fake_mesh.apps["query"]
+    before = len(app.calls)
+    alice = fake_mesh.lab.token("acme", ("ingest",), subject="alice")
+    results = await burst(fake_mesh, alice, 120)
+    limited = [meta for code, meta in results if code == grpc.StatusCode.RESOURCE_EXHAUSTED]
+    passed = [code for code, _ in results if code == grpc.StatusCode.OK]
+    assert len(limited) + len(passed) == 120 and 40 <= len(passed) < 60, len(passed)
+    assert len(app.calls) - before == len(passed)  # the refused never reached query
+    hint = limited[0]
+    assert hint["retry-after"] == "1" and hint["x-ratelimit-limit"].startswith("40")
+    assert hint["x-ratelimit-remaining"] == "0"
+    # another client of the same tenant has its own bucket
+    bob = fake_mesh.lab.token("acme", ("ingest",), subject="bob")
+    assert {code for code, _ in await burst(fake_mesh, bob, 10)} == {grpc.StatusCode.OK}
+    # over REST a client over its rate is answered 429
+    carol = fake_mesh.lab.token("acme", ("ingest",), subject="carol")
+    url = f"{fake_mesh.lab.rest_url}/v1/ingest-jobs/{'a' * 32}"
+
+    def rest_burst() -> list[tuple[int, dict[str, str]]]:
+        return [rest.call(url, token=carol)[:2] for _ in range(80)]
+
+    answers = await asyncio.to_thread(rest_burst)
+    refused = [headers for status, headers in answers if status == 429]
+    assert refused and refused[0]["retry-after"] == "1"
+    assert {status for status, _ in answers} == {200, 429}

@@ -104,10 +104,10 @@ class Inbound:
 
 @dataclass(frozen=True)
 class RestBridge:
-    """A second listener to an upstream: HTTP/JSON through ``filters`` (the transcoder)."""
+    """A second listener to an upstream, for HTTP/JSON: the same filters (``front``: the
+    transcoder among them), the same routes. In a cluster both share the gateway's port."""
 
     listen: int
-    filters: tuple[Json, ...]
 
 
 @dataclass(frozen=True)
@@ -141,8 +141,11 @@ class Outbound:
     service: ServicePolicy | None = None
     rest: RestBridge | None = None
     split: Split | None = None
-    #: HTTP filters before any other on this listener (the gateway's end-user checks)
+    #: HTTP filters before any other on this listener (the gateway's end-user checks, and
+    #: the filters its EnvoyFilters insert)
     front: tuple[Json, ...] = ()
+    #: the connection manager's local_reply_config (the gateway's), if any
+    local_reply: Json | None = None
 
     @property
     def cluster(self) -> str:
@@ -280,8 +283,11 @@ def _hcm(
     http_filters: list[Json],
     direction: str,
     tracing: Tracing | None,
+    local_reply: Json | None = None,
 ) -> Json:
     extra: Json = {}
+    if local_reply is not None:
+        extra["local_reply_config"] = local_reply
     if direction == "inbound":  # the verified caller identity, for the app (as Istio does)
         extra = {
             "forward_client_cert_details": "SANITIZE_SET",
@@ -615,13 +621,17 @@ def _outbound(
             "address": _address(out.listen),
             "traffic_direction": "OUTBOUND",  # client spans
             "filter_chains": [
-                {"filters": [_hcm(name, routes, list(out.front), "outbound", tracing)]}
+                {
+                    "filters": [
+                        _hcm(name, routes, list(out.front), "outbound", tracing, out.local_reply)
+                    ]
+                }
             ],
         }
     ]
     if out.rest is not None:  # JSON in, transcoded to gRPC, then the same routes
         rest_name = f"{name}_rest"
-        hcm = _hcm(rest_name, routes, [*out.front, *out.rest.filters], "outbound", tracing)
+        hcm = _hcm(rest_name, routes, list(out.front), "outbound", tracing, out.local_reply)
         listeners.append(
             {
                 "name": rest_name,
@@ -687,6 +697,8 @@ def sidecar_config(
     return config
 
 
+#: the REST bridge's filter (mesh/rest-bridge.yaml): its presence opens the REST listener
+TRANSCODER = "envoy.filters.http.grpc_json_transcoder"
 JWT_FILTER = "envoy.filters.http.jwt_authn"
 
 

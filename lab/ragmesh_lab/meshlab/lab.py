@@ -26,7 +26,9 @@ from ragmesh_lab.cli.supervisor import Proc, Stack, StackError, free_port
 from ragmesh_lab.meshlab import manifests, matrix
 from ragmesh_lab.meshlab.ca import Identity, LocalCA
 from ragmesh_lab.meshlab.envoy import (
+    TRANSCODER,
     Inbound,
+    Json,
     Outbound,
     RestBridge,
     Tracing,
@@ -382,14 +384,16 @@ class MeshLab:
         gRPC on one port; REST on another when mesh/ adds the transcoder (its EnvoyFilter:
         mesh/rest-bridge.yaml). In a cluster both share port 443."""
         query = self.outbound("query")
+        front: tuple[Json, ...] = ()
         if self.policy.gateway_jwt:  # end users: tokens of the local issuer
             jwks = self.issuer.jwks_file()
             front = end_user_filters(self.policy.gateway_jwt, self.policy.gateway_deny, jwks)
-            query = replace(query, front=front)
+        front += tuple(self.policy.gateway_filters)  # as Istio inserts them: after its own
+        query = replace(query, front=front, local_reply=self.policy.gateway_local_reply)
         port = 0
-        if self.policy.gateway_filters:
+        if any(f["name"] == TRANSCODER for f in self.policy.gateway_filters):
             port = self.rest_port or free_port()
-            query = replace(query, rest=RestBridge(port, tuple(self.policy.gateway_filters)))
+            query = replace(query, rest=RestBridge(port))
         sidecar = self.start_sidecar(INGRESS, INGRESS_PRINCIPAL, outbound={"query": query})
         sidecar.rest = port
         return sidecar

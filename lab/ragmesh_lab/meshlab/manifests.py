@@ -144,8 +144,13 @@ class MeshPolicy:
     egress: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
     services: dict[str, ServicePolicy] = field(default_factory=dict)
     strict_namespaces: set[str] = field(default_factory=set)
-    #: the HTTP filter the ingress gateway's EnvoyFilter adds (the REST bridge), if any
+    #: the HTTP filters the ingress gateway's EnvoyFilters insert before its router (the REST
+    #: bridge's transcoder, the per-client rate limit), in Istio's order: by priority, then as
+    #: the manifests list them
     gateway_filters: list[dict[str, Any]] = field(default_factory=list)
+    #: the local_reply_config an EnvoyFilter merges into the gateway's connection manager
+    gateway_local_reply: dict[str, Any] | None = None
+    _filter_order: list[tuple[int, int, dict[str, Any]]] = field(default_factory=list)
     #: end users at the ingress gateway: token verification and the rules that require one
     gateway_jwt: list[JwtRule] = field(default_factory=list)
     gateway_deny: list[GatewayDeny] = field(default_factory=list)
@@ -209,6 +214,9 @@ def load(root: Path) -> MeshPolicy:
         if handler is None:
             raise TranslationError(f"{where}: kind {kind!r} is not supported by the local mesh")
         handler(policy, doc, where)
+    policy.gateway_filters = [value for _, _, value in sorted(policy._filter_order)]
+    if policy.gateway_local_reply is not None:
+        policy.gateway_local_reply = _local_reply(policy.gateway_local_reply, policy.gateway_hosts)
     for deny in policy.gateway_deny:
         foreign = {h.removesuffix(":*") for h in deny.hosts} - policy.gateway_hosts
         if foreign:
@@ -465,25 +473,68 @@ def _no_traffic_effect(policy: MeshPolicy, doc: dict[str, Any], where: str) -> N
 
 
 def _envoy_filter(policy: MeshPolicy, doc: dict[str, Any], where: str) -> None:
-    """Only what the REST bridge does: insert an HTTP filter before the ingress gateway's
-    router. Anything else an EnvoyFilter could patch is refused."""
+    """Two kinds of patch of the ingress gateway, nothing else: HTTP filters inserted before
+    its router (the REST bridge, the rate limit), and a local_reply_config merged into its
+    connection manager (the end users' 401). Anything else an EnvoyFilter could patch is
+    refused."""
     spec = doc.get("spec", {})
-    _check(spec, f"{where} spec", {"workloadSelector", "configPatches"})
+    _check(spec, f"{where} spec", {"workloadSelector", "configPatches", "priority"})
     if spec.get("workloadSelector") != {"labels": {"istio": "ingressgateway"}}:
         raise TranslationError(f"{where} spec.workloadSelector must be istio: ingressgateway")
     for i, patch in enumerate(spec.get("configPatches", [])):
         at = f"{where} spec.configPatches[{i}]"
         _check(patch, at, {"applyTo", "match", "patch"})
         match = patch.get("match", {})
-        sub = match.get("listener", {}).get("filterChain", {}).get("filter", {}).get("subFilter")
+        chain_filter = match.get("listener", {}).get("filterChain", {}).get("filter", {})
+        operation = patch["patch"].get("operation")
+        value = patch["patch"].get("value", {})
+        if match.get("context") != "GATEWAY":
+            raise TranslationError(f"{at}: only the GATEWAY context")
         if (
-            patch.get("applyTo") != "HTTP_FILTER"
-            or match.get("context") != "GATEWAY"
-            or sub != {"name": "envoy.filters.http.router"}
-            or patch["patch"].get("operation") != "INSERT_BEFORE"
+            patch.get("applyTo") == "HTTP_FILTER"
+            and chain_filter.get("subFilter") == {"name": "envoy.filters.http.router"}
+            and operation == "INSERT_BEFORE"
         ):
-            raise TranslationError(f"{at}: only HTTP filters inserted before the gateway router")
-        policy.gateway_filters.append(patch["patch"]["value"])
+            order = (int(spec.get("priority", 0)), len(policy._filter_order), value)
+            policy._filter_order.append(order)
+        elif (
+            patch.get("applyTo") == "NETWORK_FILTER"
+            and chain_filter == {"name": "envoy.filters.network.http_connection_manager"}
+            and operation == "MERGE"
+            and set(value) == {"typed_config"}
+            and set(value["typed_config"]) == {"@type", "local_reply_config"}
+        ):
+            if policy.gateway_local_reply is not None:
+                raise TranslationError(f"{at}: a second local_reply_config")
+            policy.gateway_local_reply = value["typed_config"]["local_reply_config"]
+        else:
+            raise TranslationError(
+                f"{at}: only HTTP filters inserted before the gateway router, or a "
+                "local_reply_config merged into its connection manager"
+            )
+
+
+def _local_reply(config: dict[str, Any], hosts: set[str]) -> dict[str, Any]:
+    """The gateway's local_reply_config for the local ingress, which serves only ragmesh's
+    host: a mapper's condition on that host (``:authority`` by prefix) always holds there and
+    is dropped, as the DENY rules' hosts are; a condition on any other host is refused."""
+    mappers = []
+    for i, mapper in enumerate(config.get("mappers", [])):
+        conditions = mapper.get("filter", {}).get("and_filter", {}).get("filters")
+        if conditions is None:
+            mappers.append(mapper)
+            continue
+        kept = []
+        for condition in conditions:
+            header = condition.get("header_filter", {}).get("header", {})
+            if header.get("name") != ":authority":
+                kept.append(condition)
+            elif header.get("string_match", {}).get("prefix") not in hosts:
+                raise TranslationError(
+                    f"local_reply_config mappers[{i}]: :authority must be a Gateway's host"
+                )
+        mappers.append({**mapper, "filter": {"and_filter": {"filters": kept}}})
+    return {**config, "mappers": mappers}
 
 
 _HANDLERS = {
