@@ -365,3 +365,20 @@ def test_a_full_cache_evicts_and_a_full_queue_refuses_writes(tmp_path: Path) -> 
         cache.close()
         queue.close()
         stack.down()
+
+
+def test_the_local_redis_starts_under_a_relative_data_dir(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`ragmesh up` and `make demo` keep their state in var/... relative to the checkout:
+    Redis reads its configuration after changing into its own directory."""
+    monkeypatch.chdir(tmp_path)
+    stack = Stack(Path("var/ragmesh"))
+    try:
+        stack.start_redis()
+        stack.start_cache()
+        client = redis.Redis(port=stack.redis_port, password=stack.redis_password)
+        assert client.ping()
+        client.close()
+    finally:
+        stack.down()

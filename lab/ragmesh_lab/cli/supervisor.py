@@ -115,6 +115,10 @@ class Stack:
     redis_port: int = 0
     cache_port: int = 0
 
+    def __post_init__(self) -> None:
+        # absolute: Redis changes into its own directory before it reads its includes
+        self.workdir = self.workdir.absolute()
+
     @property
     def redis_url(self) -> str:
         return f"redis://:{self.redis_password}@127.0.0.1:{self.redis_port}/0"
