@@ -51,7 +51,9 @@ def test_the_document_describes_the_routes_and_fields_the_bridge_serves() -> Non
         for path in document["paths"]
         for verb in document["paths"][path]
     }
-    assert served == {route: name for name, route in http_routes().items()}
+    # OpenAPI has no multi-segment variables: {document_id=**} is written {document_id}
+    openapi = {(v, path.replace("=**}", "}")): n for n, (v, path) in http_routes().items()}
+    assert served == openapi
     assert served == {
         ("post", "/v1/ask"): "Ask",
         ("post", "/v1/documents:ingest"): "Ingest",
