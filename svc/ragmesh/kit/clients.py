@@ -8,6 +8,7 @@ peer are translated into domain errors here, in one place.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping, Sequence
+from typing import Any
 
 import grpc
 import numpy as np
@@ -196,35 +197,28 @@ class QueryClient:
         finally:
             call.cancel()  # the caller may stop early (citations are enough for the gate)
 
+    async def _unary(self, rpc: Any, request: Any) -> Any:
+        """One unary call with the client's timeout and token; errors as domain errors."""
+        try:
+            return await rpc(request, timeout=self._timeout, metadata=self._metadata)
+        except grpc.aio.AioRpcError as e:
+            raise translate(e, "query") from None
+
     async def ingest(self, documents: Sequence[DocumentIn]) -> str:
         """Queue ``documents``; returns the job id."""
         request = query_service_pb2.IngestRequest(
             documents=[codec.document_to_proto(d) for d in documents]
         )
-        try:
-            reply = await self._stub.Ingest(request, timeout=self._timeout, metadata=self._metadata)
-        except grpc.aio.AioRpcError as e:
-            raise translate(e, "query") from None
-        return reply.job_id
+        reply = await self._unary(self._stub.Ingest, request)
+        return str(reply.job_id)
 
     async def delete_document(self, document_id: str) -> str:
         """Queue the removal of one of the caller's documents; returns the job id."""
         request = query_service_pb2.DeleteDocumentRequest(document_id=document_id)
-        try:
-            reply = await self._stub.DeleteDocument(
-                request, timeout=self._timeout, metadata=self._metadata
-            )
-        except grpc.aio.AioRpcError as e:
-            raise translate(e, "query") from None
-        return reply.job_id
+        reply = await self._unary(self._stub.DeleteDocument, request)
+        return str(reply.job_id)
 
     async def job(self, job_id: str) -> JobStatus:
         """The progress of an Ingest or DeleteDocument call."""
         request = query_service_pb2.GetIngestJobRequest(job_id=job_id)
-        try:
-            reply = await self._stub.GetIngestJob(
-                request, timeout=self._timeout, metadata=self._metadata
-            )
-        except grpc.aio.AioRpcError as e:
-            raise translate(e, "query") from None
-        return codec.job_from_proto(reply)
+        return codec.job_from_proto(await self._unary(self._stub.GetIngestJob, request))
