@@ -124,6 +124,10 @@ class ChunkStore:
         self._tenant_code: dict[str, int] = {}
         self._tenant_live: dict[int, int] = {}  # code -> live chunks
         self._owner = np.full(0, -1, dtype=np.int32)  # the tenant code of each slot; -1: dead
+        # per tenant code, its live slots as a bitmap and as indices: computed by the first
+        # search that needs them, dropped by any write (a search must not scan every slot)
+        self._tenant_masks: dict[int, Bitmap] = {}
+        self._tenant_slots: dict[int, npt.NDArray[np.int64]] = {}
         self._n = 0
         self._dead = 0
         self._since_snapshot = 0
@@ -344,6 +348,8 @@ class ChunkStore:
     def _apply_upsert(
         self, items: list[dict[str, object]], vectors: Matrix, index: bool = True
     ) -> None:
+        self._tenant_masks.clear()
+        self._tenant_slots.clear()
         keys = [(str(it.get("n", LEGACY_TENANT)), str(it["c"])) for it in items]
         self._remove_slots([self._slot[k] for k in keys if k in self._slot])
         start = self._n
@@ -386,6 +392,8 @@ class ChunkStore:
         return len(slots)
 
     def _remove_slots(self, slots: Sequence[int]) -> None:
+        self._tenant_masks.clear()
+        self._tenant_slots.clear()
         for slot in slots:
             p = self._payloads[slot]
             if p is None:
@@ -501,18 +509,20 @@ class ChunkStore:
         """Top-k hits of ``tenant``'s chunks per query (already validated), optionally
         filtered on metadata."""
         code = self._tenant_code.get(tenant)
-        owned = self._tenant_live.get(code, 0) if code is not None else 0
-        if owned == 0:
+        if code is None or self._tenant_live.get(code, 0) == 0:
             return [[] for _ in range(len(queries))]
+        owned = self._tenant_live[code]
         if where:
             sets = [self._by_meta.get(kv, set()) for kv in where.items()]
             found = np.array(sorted(set.intersection(*sets)), dtype=np.int64)
             return self._exact(queries, top_k, found[self._owner[found] == code])
         if owned < max(EXACT_TENANT_CHUNKS, self.count // 10) and owned < self.count:
-            return self._exact(queries, top_k, np.flatnonzero(self._owner[: self._n] == code))
+            if code not in self._tenant_slots:
+                self._tenant_slots[code] = np.flatnonzero(self._mask(code))
+            return self._exact(queries, top_k, self._tenant_slots[code])
         allowed: Bitmap | None = None
         if owned < self.count:
-            allowed = self._owner[: self._n] == code
+            allowed = self._mask(code)
         elif self._dead:
             allowed = self._live[: self._n]
         scores, ids = self.index.search(queries, top_k, allowed)
@@ -524,6 +534,12 @@ class ChunkStore:
             ]
             for srow, irow in zip(scores, ids, strict=True)
         ]
+
+    def _mask(self, code: int) -> Bitmap:
+        """The live slots of the tenant ``code`` (cached until the next write)."""
+        if code not in self._tenant_masks:
+            self._tenant_masks[code] = self._owner[: self._n] == code
+        return self._tenant_masks[code]
 
     def _exact(
         self, queries: Matrix, top_k: int, candidates: npt.NDArray[np.int64]
