@@ -76,8 +76,8 @@ def parse_entry(entry_id: str, fields: Mapping[bytes, bytes]) -> Entry:
     delete = fields.get(b"op", b"ingest") == b"delete"
     try:
         tenant = fields.get(b"tenant", DEFAULT_TENANT.encode()).decode()
-        if tenant_problem(tenant) is not None:
-            raise ValueError(f"tenant: {tenant_problem(tenant)}")
+        if (wrong := tenant_problem(tenant)) is not None:
+            raise ValueError(f"tenant: {wrong}")
         body = json.loads(fields[b"doc"])
         if delete:
             doc = DocumentIn(_text(body["document_id"]), "", "")

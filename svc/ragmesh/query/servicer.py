@@ -32,6 +32,9 @@ class QueryServicer(query_service_pb2_grpc.QueryServiceServicer):
         self.pipeline = pipeline
         self.queue = queue
 
+    def _tenant(self) -> str:
+        return caller_tenant(self.settings.default_tenant)
+
     async def Ask(
         self,
         request: query_service_pb2.AskRequest,
@@ -47,7 +50,7 @@ class QueryServicer(query_service_pb2_grpc.QueryServiceServicer):
     ) -> query_service_pb2.IngestResponse:
         docs = [codec.document_from_proto(d) for d in request.documents]
         validate_documents(docs, self.settings.max_documents, self.settings.max_document_chars)
-        tenant = caller_tenant(self.settings.default_tenant)
+        tenant = self._tenant()
         job_id = await self.queue.enqueue(tenant, docs)
         return query_service_pb2.IngestResponse(job_id=job_id, document_count=len(docs))
 
@@ -57,7 +60,7 @@ class QueryServicer(query_service_pb2_grpc.QueryServiceServicer):
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> query_service_pb2.GetIngestJobResponse:
         validate_job_id(request.job_id)
-        tenant = caller_tenant(self.settings.default_tenant)
+        tenant = self._tenant()
         return codec.job_to_proto(await self.queue.job(tenant, request.job_id))
 
     async def DeleteDocument(
@@ -68,7 +71,7 @@ class QueryServicer(query_service_pb2_grpc.QueryServiceServicer):
         found = document_id_problem(request.document_id)
         if found is not None:
             raise InvalidArgument(*found)
-        tenant = caller_tenant(self.settings.default_tenant)
+        tenant = self._tenant()
         job_id = await self.queue.enqueue_delete(tenant, request.document_id)
         return query_service_pb2.DeleteDocumentResponse(job_id=job_id)
 
