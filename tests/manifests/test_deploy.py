@@ -157,7 +157,9 @@ def test_ragmesh_deployments_are_hardened_probed_and_drain(environment: str) -> 
         assert sc["readOnlyRootFilesystem"] and not sc["allowPrivilegeEscalation"], ident(doc)
         assert sc["capabilities"]["drop"] == ["ALL"] and pod["securityContext"]["runAsNonRoot"]
         assert c["resources"]["requests"] and c["resources"]["limits"], ident(doc)
-        if doc["metadata"]["name"] == "gate":
+        if doc["metadata"]["name"] in ("gate", "keys"):  # HTTP services
+            for probe in ("readinessProbe", "livenessProbe"):
+                assert c[probe]["httpGet"]["path"] == "/healthz", (ident(doc), probe)
             continue
         assert {p["name"] for p in c["ports"]} == {"grpc", "http-metrics"}, ident(doc)
         for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
@@ -629,3 +631,60 @@ def test_the_gateways_401s_are_for_the_environments_own_host(environment: str) -
         if c.get("header_filter", {}).get("header", {}).get("name") == ":authority"
     ]
     assert authorities == [host] * len(local_reply["mappers"])
+
+
+def _scope_rules(policy: dict[str, Any]) -> dict[str, set[str]]:
+    """scope → the paths a DENY rule refuses to a verified token without it."""
+    out: dict[str, set[str]] = {}
+    for rule in policy["spec"]["rules"]:
+        for cond in rule.get("when", []):
+            if cond["key"] == "request.auth.claims[scope]":
+                (scope,) = cond["notValues"]
+                paths = {p for to in rule["to"] for p in to["operation"].get("paths", ())}
+                out.setdefault(scope, set()).update(paths)
+    return out
+
+
+@env
+def test_api_keys_are_checked_for_exactly_the_requests_the_token_rules_let_through(
+    environment: str,
+) -> None:
+    """The CUSTOM policy takes the requests with x-api-key, the DENY rule for requests
+    without a principal takes those without one: the two select complementary requests on
+    the same hosts and paths. A key needs the scopes a token needs, by the same table, and
+    the provider the policy names checks keys in the environment's own namespace."""
+    from ragmesh.keys.service import KEY_HEADER, SCOPE_PATHS
+
+    (gateway,) = objects(environment, "Gateway")
+    host = gateway["spec"]["servers"][0]["hosts"][0]
+    policies = {
+        d["spec"]["action"]: d
+        for d in objects(environment, "AuthorizationPolicy")
+        if d["metadata"]["namespace"] == "istio-system"
+    }
+    custom, deny = policies["CUSTOM"], policies["DENY"]
+    (custom_rule,) = custom["spec"]["rules"]
+    anonymous = deny["spec"]["rules"][0]
+    assert anonymous["from"] == [{"source": {"notRequestPrincipals": ["*"]}}]
+    assert custom_rule["to"] == anonymous["to"]
+    assert custom_rule["to"][0]["operation"]["hosts"] == [host, f"{host}:*"]
+    header = f"request.headers[{KEY_HEADER}]"
+    assert custom_rule["when"] == [{"key": header, "values": ["*"]}]
+    assert anonymous["when"] == [{"key": header, "notValues": ["*"]}]
+    assert _scope_rules(deny) == {k: set(v) for k, v in SCOPE_PATHS.items()}
+    providers = {
+        p["name"]: p
+        for p in yaml.safe_load((ROOT / "mesh" / "istiod-values.yaml").read_text())["meshConfig"][
+            "extensionProviders"
+        ]
+    }
+    provider = providers[custom["spec"]["provider"]["name"]]["envoyExtAuthzHttp"]
+    (keys,) = [d for d in objects(environment, "Service") if d["metadata"]["name"] == "keys"]
+    assert provider["service"] == f"keys.{keys['metadata']['namespace']}.svc.cluster.local"
+    assert provider["port"] == keys["spec"]["ports"][0]["port"]
+    assert provider["failOpen"] is False
+    assert {"x-ragmesh-tenant", "x-ragmesh-subject"} <= set(provider["headersToUpstreamOnAllow"])
+    (rendered_config,) = [
+        d for d in objects(environment, "ConfigMap") if d["metadata"]["name"] == "keys-config"
+    ]
+    assert int(rendered_config["data"]["RAGMESH_KEYS_PORT"]) == provider["port"]

@@ -177,7 +177,7 @@ def test_resilience_follows_the_design() -> None:
         }
     for s in services.values():
         assert s.outlier.get("consecutiveGatewayErrors") and s.http2_max_requests
-    assert services["query"].match_prefixes == ("/ragmesh.v1.QueryService/",)
+    assert services["query"].match_prefixes == ("/ragmesh.v1.QueryService/", "/v1/")
 
 
 @pytest.fixture
@@ -234,3 +234,20 @@ def test_the_local_mesh_refuses_manifests_that_do_not_implement_the_matrix(
     )
     with pytest.raises(manifests.TranslationError, match="granted but not in the matrix"):
         MeshLab(repo_copy, repo_copy / "work2")
+
+
+def test_every_rest_route_has_a_gateway_route_before_transcoding() -> None:
+    """Envoy's ext_authz skips a request that has no route, and the gateway's filters see a
+    REST request under its REST path (the transcoder comes later): without a route for
+    every REST path, an API key sent over REST would never be checked."""
+    from ragmesh.v1 import query_service_pb2
+
+    prefixes = manifests.load(ROOT).services["query"].match_prefixes
+    service = query_service_pb2.DESCRIPTOR.services_by_name["QueryService"]
+    paths = []
+    for method in service.methods:
+        rule = method.GetOptions().Extensions[annotations_pb2.http]
+        paths.append(getattr(rule, rule.WhichOneof("pattern")))
+    assert paths, "no REST routes"
+    for path in paths:
+        assert any(path.startswith(p) for p in prefixes), (path, prefixes)

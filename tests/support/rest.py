@@ -15,14 +15,20 @@ def _connection(url: str) -> tuple[http.client.HTTPConnection, str]:
 
 
 def call(
-    url: str, body: Any = None, method: str = "", token: str = ""
+    url: str,
+    body: Any = None,
+    method: str = "",
+    token: str = "",
+    headers: dict[str, str] | None = None,
 ) -> tuple[int, dict[str, str], Any]:
     """One request; returns the status, the headers and the JSON body (or its text)."""
+    extra = headers or {}
     conn, path = _connection(url)
     data = body if isinstance(body, str) else None if body is None else json.dumps(body)
     headers = {"content-type": "application/json"} if data is not None else {}
     if token:  # an end user's bearer token, for the ingress gateway
         headers["authorization"] = f"Bearer {token}"
+    headers.update(extra)
     try:
         conn.request(method or ("POST" if data is not None else "GET"), path, data, headers)
         response = conn.getresponse()

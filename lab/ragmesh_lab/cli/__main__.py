@@ -121,7 +121,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 
     async def run() -> list[JobStatus]:
         async with grpc.aio.insecure_channel(address) as channel:
-            client = QueryClient(channel, timeout=30, token=args.token)
+            client = QueryClient(channel, timeout=30, token=args.token, api_key=api_key(args))
             jobs = []
             for i in range(0, len(docs), BATCH_DOCUMENTS):
                 batch = docs[i : i + BATCH_DOCUMENTS]
@@ -186,7 +186,7 @@ def cmd_delete(args: argparse.Namespace) -> int:
 
     async def run() -> list[JobStatus]:
         async with grpc.aio.insecure_channel(address) as channel:
-            client = QueryClient(channel, timeout=30, token=args.token)
+            client = QueryClient(channel, timeout=30, token=args.token, api_key=api_key(args))
             jobs = [await client.delete_document(d) for d in args.document_ids]
             print(f"deleting {len(jobs)} documents as job(s) {', '.join(jobs)}", file=sys.stderr)
             status = await wait_for_jobs(client, jobs, args.timeout)
@@ -223,7 +223,7 @@ def cmd_ask(args: argparse.Namespace) -> int:
         citations: tuple[Citation, ...] = ()
         answer, done = "", None
         async with grpc.aio.insecure_channel(address) as channel:
-            client = QueryClient(channel, timeout=args.timeout, token=args.token)
+            client = QueryClient(channel, timeout=args.timeout, token=args.token, api_key=api_key(args))
             async for event in client.ask(request):
                 if isinstance(event, Citations):
                     citations = event.citations
@@ -258,6 +258,67 @@ def token_hint(error: Exception) -> str:
     if "unauthenticated" in text or "permission_denied" in text:
         return ' (the ingress requires a token: --token "$(ragmesh token --tenant T --scope ask)")'
     return ""
+
+
+def api_key(args: argparse.Namespace) -> str:
+    """--api-key: the key itself, or @FILE to read it from a file (out of the process list)."""
+    value = str(args.api_key)
+    if value.startswith("@"):
+        try:
+            return Path(value[1:]).read_text().strip()
+        except OSError as e:
+            raise CliError(f"--api-key: {e}") from None
+    return value
+
+
+def key_file(args: argparse.Namespace) -> Path:
+    return Path(args.file) if args.file else args.data_dir / "keys.jsonl"
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    """API keys: create one (printed once; its record appended to the key file), list the
+    key file's records, or revoke one (its record removed). The key file defaults to the
+    local mesh's (<data dir>/keys.jsonl); in a cluster it is the Secret ragmesh-api-keys."""
+    from ragmesh.keys.service import mint, parse_record
+    from ragmesh.kit.errors import InvalidArgument
+
+    path = key_file(args)
+    lines = path.read_text().splitlines() if path.exists() else []
+    if args.keys_command == "create":
+        scopes = [s for s in args.scope.split(",") if s]
+        expires = time.time() + args.expires_days * 86400 if args.expires_days else None
+        try:
+            key, record = mint(args.tenant, scopes, args.name, expires)
+        except InvalidArgument as e:
+            raise CliError(f"--{e.field.removesuffix('s')}: {e.problem}") from None
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a") as out:
+            out.write(record.record() + "\n")
+        print(key)
+        print(
+            f"key {record.id} for tenant {record.tenant}, scopes {','.join(sorted(record.scopes))}"
+            f": its digest is in {path}; the key itself is shown only now",
+            file=sys.stderr,
+        )
+        return 0
+    records = []
+    for line in lines:
+        try:
+            records.append(parse_record(line))
+        except ValueError:
+            continue
+    if args.keys_command == "list":
+        print(f"{'id':<17} {'tenant':<16} {'scopes':<18} {'expires':<20} name")
+        for r in records:
+            when = time.strftime("%Y-%m-%d %H:%M", time.gmtime(r.expires)) if r.expires else "-"
+            print(f"{r.id:<17} {r.tenant:<16} {','.join(sorted(r.scopes)):<18} {when:<20} {r.name}")
+        return 0
+    kept = [line for line in lines if f'"id":"{args.key_id}"' not in line.replace(" ", "")]
+    if len(kept) == len(lines):
+        raise CliError(f"no key {args.key_id} in {path}")
+    path.write_text("".join(line + "\n" for line in kept))
+    print(f"revoked {args.key_id} (removed from {path})", file=sys.stderr)
+    return 0
 
 
 def cmd_token(args: argparse.Namespace) -> int:
@@ -300,7 +361,7 @@ def cmd_mesh(args: argparse.Namespace) -> int:
         print(f"{'sidecar':<22} {'identity':<58} listeners")
         for sc in lab.sidecars.values():
             ports = [f"in:{k}->{v}" for k, v in sc.inbound.items()]
-            ports += [f"out:{k}->{v}" for k, v in sc.outbound.items()]
+            ports += [f"out:{k}->{v}" for k, v in sc.outbound.items() if v]
             print(f"{sc.name:<22} {sc.principal:<58} {' '.join(ports)}")
         print(
             f"ingress gateway (QueryService only): gRPC {lab.ingress_address}, REST {lab.rest_url}"
@@ -393,6 +454,11 @@ def parser() -> argparse.ArgumentParser:
         default="",
         help="an end user's bearer token, which the ingress gateway requires (ragmesh token)",
     )
+    p.add_argument(
+        "--api-key",
+        default="",
+        help="a machine client's API key instead of a token (or @FILE: read it from FILE)",
+    )
     sub = p.add_subparsers(dest="command", required=True)
     sub.add_parser("up", help="start Redis and every service locally; Ctrl-C stops")
     ingest = sub.add_parser("ingest", help="ingest .txt, .md and .html files or directories")
@@ -434,6 +500,20 @@ def parser() -> argparse.ArgumentParser:
     tk.add_argument(
         "--manifests", type=Path, default=Path("."), help="directory holding mesh/ and rollouts/"
     )
+    keys = sub.add_parser("keys", help="API keys for machine clients (the ingress checks them)")
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True)
+    create = keys_sub.add_parser("create", help="mint a key: printed once, its digest kept")
+    create.add_argument("--tenant", required=True, help="the tenant the key grants")
+    create.add_argument("--scope", default="ask", help="comma-separated: ask, ingest, delete")
+    create.add_argument("--name", default="", help="who or what uses it (shown by list)")
+    create.add_argument("--expires-days", type=float, default=0, help="0: never expires")
+    list_ = keys_sub.add_parser("list", help="the keys of the key file (never the keys)")
+    revoke = keys_sub.add_parser("revoke", help="remove a key from the key file")
+    revoke.add_argument("key_id", help="the key's id (rmk_<id>_...; ragmesh keys list)")
+    for command in (create, list_, revoke):
+        command.add_argument(
+            "--file", default="", help="the key file (default: the local mesh's, in --data-dir)"
+        )
     rh = sub.add_parser(
         "rehearse",
         help="play a Canary's release (Flagger's analysis) on the local mesh; prints a timeline",
@@ -477,6 +557,7 @@ def main(argv: list[str] | None = None) -> int:
         "traces": cmd_traces,
         "rehearse": cmd_rehearse,
         "token": cmd_token,
+        "keys": cmd_keys,
     }
     try:
         return commands[args.command](args)

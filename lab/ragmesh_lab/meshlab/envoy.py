@@ -16,6 +16,8 @@ from typing import Any, Literal
 
 from ragmesh_lab.meshlab.ca import Identity
 from ragmesh_lab.meshlab.manifests import (
+    ExtAuthzHttp,
+    GatewayCustom,
     GatewayDeny,
     JwtRule,
     Operation,
@@ -478,7 +480,7 @@ def outlier_detection(service: ServicePolicy) -> Json | None:
 
 def _upstream_cluster(identity: Identity, out: Outbound, name: str, ports: Sequence[int]) -> Json:
     service = out.service
-    alpn = [] if out.protocol == "tcp" else ["h2"]
+    alpn = {"tcp": [], "http": ["http/1.1"], "grpc": ["h2"]}[out.protocol]
     return {
         "name": name,
         "type": "STATIC",
@@ -545,6 +547,10 @@ def _outbound(
     service = out.service
     cluster = _upstream_cluster(identity, out, out.cluster, out.endpoints)
     name = f"outbound_{out.host.split('.')[0]}"
+    if out.protocol == "http":  # HTTP/1.1 for the gateway's own filters (ext_authz): no listener
+        if out.listen:
+            raise TranslationError(f"{out.host}: HTTP upstreams have no outbound listener here")
+        return [], [cluster]
     if out.protocol == "tcp":
         filters = [
             {
@@ -609,6 +615,12 @@ def _outbound(
     clusters = [cluster]
     if out.split is not None:
         routes, (primary, canary) = _split_routes(out, action, decorator)
+    if service.remove_request_headers:  # the Canary's headers.request.remove, on every route
+        routes = [
+            {**r, "request_headers_to_remove": list(service.remove_request_headers)}
+            for r in routes
+        ]
+    if out.split is not None:
         # the same connection pool and outlier detection (the DestinationRule's) for both
         policy = {k: v for k, v in cluster.items() if k not in ("name", "load_assignment")}
         clusters = [
@@ -702,11 +714,92 @@ TRANSCODER = "envoy.filters.http.grpc_json_transcoder"
 JWT_FILTER = "envoy.filters.http.jwt_authn"
 
 
-def end_user_filters(
-    rules: Sequence[JwtRule], denies: Sequence[GatewayDeny], jwks: Path
+EXT_AUTHZ_FILTER = "envoy.filters.http.ext_authz"
+#: the shadow RBAC's metadata that turns ext_authz on for a request (Istio's names)
+EXT_AUTHZ_SHADOW_PREFIX = "istio_ext_authz_"
+EXT_AUTHZ_POLICY_PREFIX = "istio-ext-authz"
+
+
+def _header_present(name: str) -> Json:
+    return {"header": {"name": name, "present_match": True}}
+
+
+def _custom_filters(
+    customs: Sequence[GatewayCustom], providers: dict[str, ExtAuthzHttp]
 ) -> tuple[Json, ...]:
-    """Istio's RequestAuthentication and the gateway's DENY rules, as istiod writes them:
-    jwt_authn (a present token must verify, a missing one passes without a principal), then
+    """Istio's CUSTOM action: a shadow RBAC filter whose matching rule marks the request, and
+    ext_authz enabled only for marked requests (one provider per gateway, as in Istio)."""
+    if not customs:
+        return ()
+    names = {c.provider for c in customs}
+    if len(names) != 1:
+        raise TranslationError(f"the gateway's CUSTOM rules name {sorted(names)}: one provider")
+    provider = providers[names.pop()]
+    policies: Json = {}
+    for i, custom in enumerate(customs):
+        parts: list[Json] = [_header_present(h) for h in custom.headers_present]
+        if custom.not_paths:
+            paths = [{"url_path": {"path": _string_match(p)}} for p in custom.not_paths]
+            parts.append({"not_rule": {"or_rules": {"rules": paths}}})
+        permission: Json = {"and_rules": {"rules": parts}} if parts else {"any": True}
+        policies[f"{EXT_AUTHZ_POLICY_PREFIX}-rule[{i}]"] = {
+            "permissions": [permission],
+            "principals": [{"any": True}],
+        }
+    shadow = {
+        "name": "envoy.filters.http.rbac",
+        "typed_config": _typed(
+            "envoy.extensions.filters.http.rbac.v3.RBAC",
+            shadow_rules={"action": "DENY", "policies": policies},
+            shadow_rules_stat_prefix=EXT_AUTHZ_SHADOW_PREFIX,
+        ),
+    }
+
+    def patterns(headers: Sequence[str]) -> Json:
+        return {"patterns": [{"exact": h, "ignore_case": True} for h in headers]}
+
+    authz = {
+        "name": EXT_AUTHZ_FILTER,
+        "typed_config": _typed(
+            "envoy.extensions.filters.http.ext_authz.v3.ExtAuthz",
+            transport_api_version="V3",
+            failure_mode_allow=provider.fail_open,
+            status_on_error={"code": provider.status_on_error},
+            http_service={
+                "server_uri": {
+                    "uri": f"http://{provider.service}",
+                    "cluster": f"outbound|{provider.port}||{provider.service}",
+                    "timeout": provider.timeout,
+                },
+                "path_prefix": provider.path_prefix,
+                "authorization_request": {
+                    "allowed_headers": patterns(provider.include_request_headers)
+                },
+                "authorization_response": {
+                    "allowed_upstream_headers": patterns(provider.headers_to_upstream),
+                    "allowed_client_headers": patterns(provider.headers_to_downstream),
+                },
+            },
+            filter_enabled_metadata={
+                "filter": "envoy.filters.http.rbac",
+                "path": [{"key": f"{EXT_AUTHZ_SHADOW_PREFIX}shadow_effective_policy_id"}],
+                "value": {"string_match": {"prefix": EXT_AUTHZ_POLICY_PREFIX}},
+            },
+        ),
+    }
+    return shadow, authz
+
+
+def end_user_filters(
+    rules: Sequence[JwtRule],
+    denies: Sequence[GatewayDeny],
+    jwks: Path,
+    customs: Sequence[GatewayCustom] = (),
+    extensions: dict[str, ExtAuthzHttp] | None = None,
+) -> tuple[Json, ...]:
+    """Istio's RequestAuthentication and the gateway's CUSTOM and DENY rules, as istiod
+    writes them: jwt_authn (a present token must verify, a missing one passes without a
+    principal), then the CUSTOM provider's ext_authz for the requests its rules select, then
     RBAC on the verified payload. ``jwks`` stands in for each rule's jwksUri."""
     providers: Json = {}
     for i, rule in enumerate(rules):
@@ -751,9 +844,13 @@ def end_user_filters(
         if deny.not_paths:
             paths = [{"url_path": {"path": _string_match(p)}} for p in deny.not_paths]
             parts.append({"not_rule": {"or_rules": {"rules": paths}}})
+        parts += [{"not_rule": _header_present(h)} for h in deny.headers_absent]
+        parts += [_header_present(h) for h in deny.headers_present]
         permission: Json = {"and_rules": {"rules": parts}} if parts else {"any": True}
         if deny.anonymous:
             principal: Json = {"not_id": verified}
+        elif not deny.claim:  # any verified principal
+            principal = verified
         else:  # a verified principal whose claim (a string or a list) holds none of the values
             holds = [
                 {
@@ -779,4 +876,5 @@ def end_user_filters(
             rules={"action": "DENY", "policies": policies},
         ),
     }
-    return (jwt, rbac) if policies else (jwt,)
+    custom = _custom_filters(customs, extensions or {})
+    return (jwt, *custom, rbac) if policies else (jwt, *custom)

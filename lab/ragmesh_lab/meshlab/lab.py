@@ -36,7 +36,14 @@ from ragmesh_lab.meshlab.envoy import (
     sidecar_config,
 )
 from ragmesh_lab.meshlab.issuer import LocalIssuer
-from ragmesh_lab.meshlab.manifests import GRPC_PORT, METRICS_PORT, MeshPolicy, Rule, ServicePolicy
+from ragmesh_lab.meshlab.manifests import (
+    GRPC_PORT,
+    METRICS_PORT,
+    ExtAuthzHttp,
+    MeshPolicy,
+    Rule,
+    ServicePolicy,
+)
 from ragmesh_lab.meshlab.matrix import REDIS_WORKLOADS
 
 REDIS_PORT = 6379
@@ -311,9 +318,13 @@ class MeshLab:
                 raise StackError(f"envoy {sidecar.name} not live after {timeout:.0f}s")
             time.sleep(0.02)
 
-    def plan(self, workload: str, replicas: int) -> list[dict[int, int]]:
-        """Reserve the inbound listener ports of a workload's replicas (before anything runs)."""
-        ports = [REDIS_PORT] if workload in REDIS_WORKLOADS else [GRPC_PORT, METRICS_PORT]
+    def plan(
+        self, workload: str, replicas: int, ports: Sequence[int] = ()
+    ) -> list[dict[int, int]]:
+        """Reserve the inbound listener ports of a workload's replicas (before anything runs):
+        ``ports`` (default: Redis's, or gRPC and metrics)."""
+        if not ports:
+            ports = [REDIS_PORT] if workload in REDIS_WORKLOADS else [GRPC_PORT, METRICS_PORT]
         self.endpoints[workload] = [{p: free_port() for p in ports} for _ in range(replicas)]
         return self.endpoints[workload]
 
@@ -379,22 +390,94 @@ class MeshLab:
                 rules=self.rules(name),
             )
 
+    # API keys -------------------------------------------------------------------------------
+
+    @property
+    def keys_file(self) -> Path:
+        """The key file of the local keys service (``ragmesh keys create`` appends to it)."""
+        return self.stack.workdir / "keys.jsonl"
+
+    def key_provider(self) -> ExtAuthzHttp | None:
+        """The extension provider the gateway's CUSTOM rules name, or None."""
+        names = {c.provider for c in self.policy.gateway_custom}
+        return self.policy.providers[names.pop()] if len(names) == 1 else None
+
+    def start_keys(self, timeout: float = 30.0) -> Proc | None:
+        """The provider's service (the API key checker) behind its sidecar, reading
+        :attr:`keys_file`; None when the gateway has no CUSTOM rule."""
+        provider = self.key_provider()
+        if provider is None:
+            return None
+        workload = provider.service.split(".")[0]
+        if provider.service != self.host(workload):
+            raise manifests.TranslationError(
+                f"provider {provider.name}: {provider.service} is not a workload's Service"
+            )
+        listen = self.plan(workload, 1, (provider.port, METRICS_PORT))[0]
+        app, app_metrics = free_port(), free_port()
+        host = self.host(workload)
+        self.start_sidecar(
+            workload,
+            self.principal(workload),
+            inbound=[
+                Inbound("http", provider.port, listen[provider.port], app, host),
+                Inbound("http", METRICS_PORT, listen[METRICS_PORT], app_metrics, host),
+            ],
+            rules=self.rules(workload),
+            service=f"{workload}.{self.namespace(workload)}",
+        )
+        self.keys_file.touch()
+        env = {
+            "RAGMESH_KEYS_PORT": str(app),
+            "RAGMESH_METRICS_PORT": str(app_metrics),
+            "RAGMESH_KEYS_FILE": str(self.keys_file),
+            "RAGMESH_GRPC_PORT": "0",
+        }
+        proc = self.stack.start_service(workload, module="keys", env=env)
+        deadline = time.monotonic() + timeout
+        while "keys listening on" not in proc.output():
+            if proc.popen.poll() is not None or time.monotonic() > deadline:
+                raise StackError(f"the keys service did not start; see {proc.log}")
+            time.sleep(0.05)
+        return proc
+
     def start_ingress(self) -> Sidecar:
         """Istio's ingress gateway: routes the query Canary's matches to query, nothing else.
         gRPC on one port; REST on another when mesh/ adds the transcoder (its EnvoyFilter:
         mesh/rest-bridge.yaml). In a cluster both share port 443."""
         query = self.outbound("query")
         front: tuple[Json, ...] = ()
-        if self.policy.gateway_jwt:  # end users: tokens of the local issuer
+        outbound = {"query": query}
+        if self.policy.gateway_jwt:  # end users: tokens of the local issuer (and API keys)
             jwks = self.issuer.jwks_file()
-            front = end_user_filters(self.policy.gateway_jwt, self.policy.gateway_deny, jwks)
+            front = end_user_filters(
+                self.policy.gateway_jwt,
+                self.policy.gateway_deny,
+                jwks,
+                self.policy.gateway_custom,
+                self.policy.providers,
+            )
+            provider = self.key_provider()
+            if provider is not None:  # the checker (started first), for ext_authz
+                workload = provider.service.split(".")[0]
+                if workload not in self.sidecars:
+                    self.start_keys()
+                outbound[workload] = Outbound(
+                    host=provider.service,
+                    protocol="http",
+                    port=provider.port,
+                    listen=0,
+                    endpoints=tuple(e[provider.port] for e in self.endpoints[workload]),
+                    peer=manifests.spiffe(self.principal(workload)),
+                )
         front += tuple(self.policy.gateway_filters)  # as Istio inserts them: after its own
         query = replace(query, front=front, local_reply=self.policy.gateway_local_reply)
         port = 0
         if any(f["name"] == TRANSCODER for f in self.policy.gateway_filters):
             port = self.rest_port or free_port()
             query = replace(query, rest=RestBridge(port))
-        sidecar = self.start_sidecar(INGRESS, INGRESS_PRINCIPAL, outbound={"query": query})
+        outbound["query"] = query
+        sidecar = self.start_sidecar(INGRESS, INGRESS_PRINCIPAL, outbound=outbound)
         sidecar.rest = port
         return sidecar
 
@@ -427,7 +510,8 @@ class MeshLab:
         return f"http://127.0.0.1:{self.sidecars[INGRESS].rest}"
 
     def up(self) -> None:
-        """Redis, every workload behind its sidecar, then the ingress gateway."""
+        """Redis, every workload behind its sidecar, then the ingress gateway (and the API key
+        checker its CUSTOM rules name)."""
         self.stack.workdir.mkdir(parents=True, exist_ok=True)
         self.start_redis()
         for workload in START_ORDER:

@@ -102,6 +102,7 @@ class ServicePolicy:
     idle_timeout: str | None = None
     outlier: Mapping[str, Any] = field(default_factory=dict)
     match_prefixes: tuple[str, ...] = ()  # empty: every path
+    remove_request_headers: tuple[str, ...] = ()  # headers.request.remove
     gateways: tuple[str, ...] = ()
 
 
@@ -128,6 +129,37 @@ class GatewayDeny:
     not_paths: tuple[str, ...] = ()
     claim: str = ""
     claim_not_values: tuple[str, ...] = ()
+    #: request headers the rule requires absent (``request.headers[h]`` notValues ["*"])
+    headers_absent: tuple[str, ...] = ()
+    #: request headers the rule requires present (``request.headers[h]`` values ["*"])
+    headers_present: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class GatewayCustom:
+    """A CUSTOM rule of the ingress gateway: requests to ``hosts`` (but ``not_paths``) that
+    carry every header of ``headers_present`` are decided by the extension ``provider``."""
+
+    provider: str
+    hosts: tuple[str, ...]
+    not_paths: tuple[str, ...] = ()
+    headers_present: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ExtAuthzHttp:
+    """An ``envoyExtAuthzHttp`` extension provider of istiod's mesh config."""
+
+    name: str
+    service: str
+    port: int
+    path_prefix: str = ""
+    timeout: str = "0.6s"
+    status_on_error: int = 403
+    fail_open: bool = False
+    include_request_headers: tuple[str, ...] = ()
+    headers_to_upstream: tuple[str, ...] = ()
+    headers_to_downstream: tuple[str, ...] = ()
 
 
 @dataclass
@@ -155,6 +187,9 @@ class MeshPolicy:
     gateway_jwt: list[JwtRule] = field(default_factory=list)
     gateway_deny: list[GatewayDeny] = field(default_factory=list)
     gateway_hosts: set[str] = field(default_factory=set)
+    gateway_custom: list[GatewayCustom] = field(default_factory=list)
+    #: istiod's extension providers (mesh/istiod-values.yaml) that the local mesh runs
+    providers: dict[str, ExtAuthzHttp] = field(default_factory=dict)
 
     def allows(
         self, workload: str, caller: str, path: str, port: int = GRPC_PORT, method: str = "POST"
@@ -214,10 +249,17 @@ def load(root: Path) -> MeshPolicy:
         if handler is None:
             raise TranslationError(f"{where}: kind {kind!r} is not supported by the local mesh")
         handler(policy, doc, where)
+    _mesh_config(policy, root / "mesh" / "istiod-values.yaml")
+    for custom in policy.gateway_custom:
+        if custom.provider not in policy.providers:
+            raise TranslationError(
+                f"the gateway's CUSTOM rule names provider {custom.provider!r}, which "
+                "mesh/istiod-values.yaml does not declare"
+            )
     policy.gateway_filters = [value for _, _, value in sorted(policy._filter_order)]
     if policy.gateway_local_reply is not None:
         policy.gateway_local_reply = _local_reply(policy.gateway_local_reply, policy.gateway_hosts)
-    for deny in policy.gateway_deny:
+    for deny in (*policy.gateway_deny, *policy.gateway_custom):
         foreign = {h.removesuffix(":*") for h in deny.hosts} - policy.gateway_hosts
         if foreign:
             raise TranslationError(
@@ -278,9 +320,14 @@ def _gateway_authorization(policy: MeshPolicy, doc: dict[str, Any], where: str) 
     """The ingress gateway's policy for end users: DENY rules on request principals and paths
     (a shared gateway keeps serving other hosts: hosts must name the Gateway's)."""
     spec = doc["spec"]
+    if doc["metadata"]["namespace"] == "istio-system" and spec.get("action") == "CUSTOM":
+        _gateway_custom(policy, doc, where)
+        return
     _check(spec, f"{where} spec", {"selector", "action", "rules"})
     if doc["metadata"]["namespace"] != "istio-system" or spec.get("action") != "DENY":
-        raise TranslationError(f"{where}: the gateway's policy must be a DENY in istio-system")
+        raise TranslationError(
+            f"{where}: the gateway's policy must be a DENY or CUSTOM in istio-system"
+        )
     for i, rule in enumerate(spec.get("rules") or []):
         at = f"{where} spec.rules[{i}]"
         _check(rule, at, {"from", "to", "when"})
@@ -303,16 +350,116 @@ def _gateway_authorization(policy: MeshPolicy, doc: dict[str, Any], where: str) 
             not_paths.extend(to["operation"].get("notPaths", ()))
             hosts.extend(to["operation"].get("hosts", ()))
         claim, not_values = "", ()
+        absent: list[str] = []
+        present: list[str] = []
         for j, cond in enumerate(rule.get("when") or []):
-            _check(cond, f"{at}.when[{j}]", {"key", "notValues"})
+            _check(cond, f"{at}.when[{j}]", {"key", "notValues", "values"})
             key = str(cond["key"])
+            if header := _header_key(key):
+                if cond.get("notValues", ["*"]) != ["*"] or cond.get("values", ["*"]) != ["*"]:
+                    raise TranslationError(f"{at}.when[{j}]: a header's (not)values must be ['*']")
+                (absent if "notValues" in cond else present).append(header)
+                continue
+            if "values" in cond:
+                raise TranslationError(f"{at}.when[{j}]: a claim condition takes notValues")
             if claim or not (key.startswith("request.auth.claims[") and key.endswith("]")):
-                raise TranslationError(f"{at}.when[{j}]: one request.auth.claims[...] condition")
+                raise TranslationError(
+                    f"{at}.when[{j}]: one request.auth.claims[...] condition, or "
+                    "request.headers[...] notValues ['*']"
+                )
             claim, not_values = key[len("request.auth.claims[") : -1], tuple(cond["notValues"])
         if anonymous and claim:
             raise TranslationError(f"{at}: a claim condition needs a request principal")
         policy.gateway_deny.append(
-            GatewayDeny(anonymous, tuple(hosts), tuple(paths), tuple(not_paths), claim, not_values)
+            GatewayDeny(
+                anonymous,
+                tuple(hosts),
+                tuple(paths),
+                tuple(not_paths),
+                claim,
+                not_values,
+                tuple(absent),
+                tuple(present),
+            )
+        )
+
+
+def _header_key(key: str) -> str:
+    """The header a ``request.headers[...]`` condition key names, or ""."""
+    if key.startswith("request.headers[") and key.endswith("]"):
+        return key[len("request.headers[") : -1].lower()
+    return ""
+
+
+def _gateway_custom(policy: MeshPolicy, doc: dict[str, Any], where: str) -> None:
+    """The gateway's CUSTOM policy: which requests an extension provider decides. Only
+    operations on hosts and notPaths, and header-presence conditions."""
+    spec = doc["spec"]
+    _check(spec, f"{where} spec", {"selector", "action", "provider", "rules"})
+    _check(spec.get("provider", {}), f"{where} spec.provider", {"name"})
+    provider = str(spec.get("provider", {}).get("name", ""))
+    for i, rule in enumerate(spec.get("rules") or []):
+        at = f"{where} spec.rules[{i}]"
+        _check(rule, at, {"to", "when"})
+        hosts: list[str] = []
+        not_paths: list[str] = []
+        for j, to in enumerate(rule.get("to") or []):
+            _check(to, f"{at}.to[{j}]", {"operation"})
+            _check(to["operation"], f"{at}.to[{j}].operation", {"hosts", "notPaths"})
+            hosts.extend(to["operation"].get("hosts", ()))
+            not_paths.extend(to["operation"].get("notPaths", ()))
+        present: list[str] = []
+        for j, cond in enumerate(rule.get("when") or []):
+            _check(cond, f"{at}.when[{j}]", {"key", "values"})
+            header = _header_key(str(cond["key"]))
+            if not header or list(cond["values"]) != ["*"]:
+                raise TranslationError(f"{at}.when[{j}]: only request.headers[...] values ['*']")
+            present.append(header)
+        policy.gateway_custom.append(
+            GatewayCustom(provider, tuple(hosts), tuple(not_paths), tuple(present))
+        )
+
+
+def _mesh_config(policy: MeshPolicy, path: Path) -> None:
+    """The envoyExtAuthzHttp providers of istiod's mesh config (other kinds are for the
+    cluster's tracing and are not run locally)."""
+    if not path.exists():
+        return
+    data = yaml.safe_load(path.read_text()) or {}
+    _check(data, str(path.name), {"meshConfig"})
+    _check(data["meshConfig"], f"{path.name} meshConfig", {"extensionProviders"})
+    for i, provider in enumerate(data["meshConfig"]["extensionProviders"]):
+        at = f"{path.name} meshConfig.extensionProviders[{i}]"
+        http = provider.get("envoyExtAuthzHttp")
+        if http is None:
+            continue
+        _check(
+            http,
+            f"{at}.envoyExtAuthzHttp",
+            {
+                "service",
+                "port",
+                "pathPrefix",
+                "timeout",
+                "statusOnError",
+                "failOpen",
+                "includeRequestHeadersInCheck",
+                "headersToUpstreamOnAllow",
+                "headersToDownstreamOnDeny",
+            },
+        )
+        name = str(provider["name"])
+        policy.providers[name] = ExtAuthzHttp(
+            name=name,
+            service=str(http["service"]),
+            port=int(http["port"]),
+            path_prefix=str(http.get("pathPrefix", "")),
+            timeout=_seconds(f"{at} timeout", http.get("timeout", "0.6s")),
+            status_on_error=int(http.get("statusOnError", 403)),
+            fail_open=bool(http.get("failOpen", False)),
+            include_request_headers=tuple(http.get("includeRequestHeadersInCheck", ())),
+            headers_to_upstream=tuple(http.get("headersToUpstreamOnAllow", ())),
+            headers_to_downstream=tuple(http.get("headersToDownstreamOnDeny", ())),
         )
 
 
@@ -392,8 +539,12 @@ def _canary(policy: MeshPolicy, doc: dict[str, Any], where: str) -> None:
             "gateways",
             "hosts",
             "match",
+            "headers",
         },
     )
+    headers = service.get("headers", {})
+    _check(headers, f"{w}.headers", {"request"})
+    _check(headers.get("request", {}), f"{w}.headers.request", {"remove"})
     if service.get("portName") != "grpc" or int(service.get("port", 0)) != GRPC_PORT:
         raise TranslationError(f"{w}: the local mesh expects port {GRPC_PORT} named 'grpc'")
     retries = None
@@ -456,6 +607,7 @@ def _canary(policy: MeshPolicy, doc: dict[str, Any], where: str) -> None:
         idle_timeout=http.get("idleTimeout"),
         outlier=dict(outlier),
         match_prefixes=tuple(prefixes),
+        remove_request_headers=tuple(headers.get("request", {}).get("remove", ())),
         gateways=tuple(service.get("gateways", ())),
     )
 

@@ -20,6 +20,7 @@ HEALTH = ("/grpc.health.v1.Health/Check", "/grpc.health.v1.Health/Watch")
 #: workloads that run only in Kubernetes (the local mesh has no process for them)
 CLUSTER_ONLY = ("retrieval-writer", "gate")
 GATE_PORT = 8080
+KEYS_PORT = 8080  # the API key checker's (Envoy's HTTP external authorization)
 REDIS_PORT = 6379
 REDIS_WORKLOADS = ("redis", "redis-cache")  # the queue and the caches
 STRANGER = "cluster.local/ns/rag-prod/sa/default"  # an identity no policy names
@@ -68,6 +69,9 @@ def granted(policy: MeshPolicy, who: Sequence[str], grpc_workloads: Sequence[str
     space = [(w, GRPC_PORT, p, "POST") for w in workloads for p in api_paths()]
     space += [(w, METRICS_PORT, "/metrics", "GET") for w in workloads]
     space += [("gate", GATE_PORT, "/recall", "POST"), ("gate", GATE_PORT, "/recall", "GET")]
+    space += [("keys", METRICS_PORT, "/metrics", "GET")]
+    space += [("keys", KEYS_PORT, "/check/*", m) for m in ("GET", "POST", "DELETE")]
+    space += [("keys", GRPC_PORT, p, "POST") for p in api_paths()]
     space += [(redis, REDIS_PORT, "TCP", "") for redis in REDIS_WORKLOADS]
     return {
         (w, port, path, principal)

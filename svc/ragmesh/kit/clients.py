@@ -178,11 +178,16 @@ class QueryClient:
     """The QueryService as a client uses it (the CLI, the quality gate, the benchmarks):
     domain events in and out, errors translated into domain errors."""
 
-    def __init__(self, channel: grpc.aio.Channel, timeout: float = 60.0, token: str = "") -> None:
+    def __init__(
+        self, channel: grpc.aio.Channel, timeout: float = 60.0, token: str = "", api_key: str = ""
+    ) -> None:
         self._stub = query_service_pb2_grpc.QueryServiceStub(channel)
         self._timeout = timeout
         # an end user's bearer token, for the ingress gateway (none inside the mesh)
         self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
+        # or a machine client's API key (x-api-key), which the gateway checks instead
+        if api_key:
+            self._metadata += (("x-api-key", api_key),)
 
     async def ask(self, request: AskInput) -> AsyncIterator[codec.AskEvent]:
         """The Ask stream: Citations, deltas, then one AskDone."""

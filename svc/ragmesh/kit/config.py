@@ -608,6 +608,26 @@ class GateSettings:
     )
 
 
+@dataclass(frozen=True)
+class KeysSettings:
+    """The API key checker the ingress gateway asks (Istio CUSTOM authorization)."""
+
+    port: int = setting(
+        "RAGMESH_KEYS_PORT",
+        "8080",
+        "HTTP port of the API key checker (Envoy's external authorization protocol).",
+        services="keys",
+    )
+    file: Path | None = setting(
+        "RAGMESH_KEYS_FILE",
+        "",
+        "JSON-lines key file (a Secret): one record per API key with its SHA-256, tenant "
+        "and scopes (`ragmesh keys create` writes them). Re-read when it changes; missing "
+        "or empty: every key is refused.",
+        services="keys",
+    )
+
+
 SETTINGS_CLASSES: tuple[type, ...] = (
     ServerSettings,
     EmbeddingSettings,
@@ -617,6 +637,7 @@ SETTINGS_CLASSES: tuple[type, ...] = (
     QuerySettings,
     IngestSettings,
     GateSettings,
+    KeysSettings,
 )
 
 
@@ -641,6 +662,7 @@ class Settings:
     query: QuerySettings
     ingest: IngestSettings
     gate: GateSettings
+    keys: KeysSettings
 
 
 def _number(v: Variable, raw: str, kind: type) -> float:
@@ -723,4 +745,5 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         query=query,
         ingest=ingest,
         gate=_build(GateSettings, source),
+        keys=_build(KeysSettings, source),
     )

@@ -6,6 +6,7 @@ Engines raise these; they never import grpc. One table in
     RagmeshError
     ├── InvalidArgument      → INVALID_ARGUMENT   (names the offending field)
     ├── NotFound             → NOT_FOUND
+    ├── Unauthenticated      → UNAUTHENTICATED    (no credential, or one that does not verify)
     ├── PermissionDenied     → PERMISSION_DENIED  (the verified caller may not do this)
     ├── Overloaded           → RESOURCE_EXHAUSTED
     │   ├── StorageFull      → RESOURCE_EXHAUSTED (the index disk is full; writes resume with space)
@@ -48,6 +49,10 @@ class InvalidArgument(RagmeshError):
 
 class NotFound(RagmeshError):
     """The named resource does not exist."""
+
+
+class Unauthenticated(RagmeshError):
+    """The caller sent no credential, or one that does not verify (unknown, expired)."""
 
 
 class PermissionDenied(RagmeshError):

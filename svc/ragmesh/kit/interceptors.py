@@ -37,6 +37,7 @@ from ragmesh.kit.errors import (
     PermissionDenied,
     RagmeshError,
     ReadOnlyReplica,
+    Unauthenticated,
     clip,
 )
 
@@ -49,6 +50,7 @@ ERROR_TABLE: dict[type[RagmeshError], grpc.StatusCode] = {
     InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
     NotFound: grpc.StatusCode.NOT_FOUND,
     PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
+    Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
     Overloaded: grpc.StatusCode.RESOURCE_EXHAUSTED,
     DependencyUnavailable: grpc.StatusCode.UNAVAILABLE,
     ReadOnlyReplica: grpc.StatusCode.UNAVAILABLE,
