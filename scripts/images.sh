@@ -24,7 +24,7 @@ FLAVOR=${FLAVOR:-cpu}
 if [ "$FLAVOR" = cuda ]; then
   DOCKERFILE=images/cuda.Dockerfile SUFFIX=-cuda TARGETS=(retrieval generation)
 else
-  DOCKERFILE=images/Dockerfile SUFFIX="" TARGETS=(query ingest retrieval gate embedding generation)
+  DOCKERFILE=images/Dockerfile SUFFIX="" TARGETS=(query ingest retrieval gate keys embedding generation)
 fi
 LOGS=.build/images
 mkdir -p "$LOGS"

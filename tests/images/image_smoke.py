@@ -10,6 +10,7 @@ environment a Deployment gives it. The checks go through the containers' ports o
   image, the ingest image embeds and writes it, and ``ragmesh ask`` streams a cited answer;
 - retrieval: GetIndexInfo counts the chunks the ingest container wrote;
 - gate: POST /recall over the golden set answers 200 with recall 1.0.
+- keys: a check with the key of its key file answers 200 with the key's tenant; a wrong key 401.
 
     python tests/images/image_smoke.py --registry ghcr.io/ragmesh --tag 0.1.0 \
         [--suffix retrieval=-cuda]
@@ -29,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -39,6 +41,7 @@ from typing import Any
 import grpc
 import numpy as np
 
+from ragmesh.keys.service import mint
 from ragmesh.v1 import (
     embedding_service_pb2,
     embedding_service_pb2_grpc,
@@ -51,8 +54,9 @@ ROOT = Path(__file__).resolve().parent.parent
 LOGS = ROOT / ".build" / "images"
 RAGMESH = [sys.executable, "-m", "ragmesh_lab.cli"]
 QUESTION = "How often does the Keelhaven lighthouse flash, and how far can it be seen?"
-ALL = ("embedding", "retrieval", "generation", "query", "ingest", "gate")
+ALL = ("embedding", "retrieval", "generation", "query", "ingest", "gate", "keys")
 BUDGET_MB = 1500  # the CPU images' budget, torch included
+SMOKE_KEY, SMOKE_RECORD = mint("smoke", ["ask"], "image smoke")
 
 
 def buildah(*args: str) -> list[str]:
@@ -214,6 +218,29 @@ def check_gate(port: int, embedding: str, retrieval: str) -> str:
     return f"POST /recall: 200, recall@3 {verdict['recall']}"
 
 
+def check_keys(port: int) -> str:
+    """A key the checker's key file holds passes with its tenant; a wrong one is 401."""
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/check/ragmesh.v1.QueryService/Ask",
+        b"",
+        {"x-api-key": SMOKE_KEY},
+        method="POST",
+    )
+    with urllib.request.urlopen(request, timeout=10) as reply:
+        tenant = reply.headers.get("x-ragmesh-tenant")
+    if tenant != "smoke":
+        raise Failure(f"keys: allowed with tenant {tenant!r}, not 'smoke'")
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/check/v1/ask", b"", {"x-api-key": "wrong"}, method="POST"
+    )
+    try:
+        urllib.request.urlopen(request, timeout=10)
+    except urllib.error.HTTPError as e:
+        if e.code == 401:
+            return "POST /check/...: 200 with the key's tenant, 401 for a wrong key"
+    raise Failure("keys: a wrong key was not refused with 401")
+
+
 def wait_http(port: int, timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -222,7 +249,7 @@ def wait_http(port: int, timeout: float = 60.0) -> None:
                 return
         except OSError:
             time.sleep(0.3)
-    raise Failure(f"gate /healthz not answering after {timeout:.0f}s")
+    raise Failure(f"/healthz on port {port} not answering after {timeout:.0f}s")
 
 
 def run(images: dict[str, str]) -> list[tuple[str, str]]:
@@ -269,6 +296,18 @@ def run(images: dict[str, str]) -> list[tuple[str, str]]:
         )
         wait_http(gate_port)
         rows.append(("gate", check_gate(gate_port, c["embedding"].address, c["retrieval"].address)))
+        keys_port, key_file = free_port(), Path(index) / "keys.jsonl"
+        key_file.write_text(SMOKE_RECORD.record() + "\n")
+        key_file.chmod(0o644)
+        c["keys"].start(
+            {
+                "RAGMESH_KEYS_PORT": str(keys_port),
+                "RAGMESH_KEYS_FILE": "/etc/ragmesh/keys/keys.jsonl",
+            },
+            {str(key_file): "/etc/ragmesh/keys/keys.jsonl"},
+        )
+        wait_http(keys_port)
+        rows.append(("keys", check_keys(keys_port)))
     print(f"\nQ: {QUESTION}\n{answer}")
     return rows
 

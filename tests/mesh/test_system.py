@@ -82,7 +82,8 @@ def test_cli_ingests_and_asks_through_the_ingress(
     assert FACT in out and "Sources:" in out
     assert cli(["--data-dir", data_dir, "status"]) == 0
     status = capsys.readouterr().out
-    assert status.count("LIVE") == 10 and status.count("SERVING") == 7  # 10 Envoys, 7 apps
+    # 11 Envoys; 8 apps: 7 gRPC and the API key checker
+    assert status.count("LIVE") == 11 and status.count("SERVING") == 8, status
     # the writes reached the writer replica (a write landing on the reader is answered
     # UNAVAILABLE and retried by the mesh) and the reader follows it
     log = (mesh.stack.workdir / "logs" / "retrieval-1-envoy.log").read_text()
@@ -404,6 +405,46 @@ def test_tenants_never_read_each_others_documents(mesh: MeshLab) -> None:
         while "4711" in " ".join(cited(stub, acme, skip_cache=False)[0]):
             assert time.monotonic() < deadline, "the deleted document is still cited"
             time.sleep(0.1)
+
+
+ROBOT_FACT = "The Tinmoor signal box is painted ochre."
+
+
+def test_a_machine_client_with_an_api_key_works_only_in_its_keys_tenant(
+    mesh: MeshLab, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`ragmesh keys create` mints a key into the local mesh's key file; the CLI ingests and
+    asks with it over gRPC, curl-style REST asks with it, and its tenant's document is
+    invisible to another tenant's token and to a key without the ask scope."""
+    data_dir = str(mesh.stack.workdir)
+    assert cli(["--data-dir", data_dir, "keys", "create", "--tenant", "robots", "--scope",
+                "ask,ingest", "--name", "nightly-import"]) == 0  # fmt: skip
+    key = capsys.readouterr().out.strip()
+    assert key.startswith("rmk_") and key not in mesh.keys_file.read_text()
+    time.sleep(1.1)  # the checker re-reads its key file at most once a second
+    document = mesh.stack.workdir / "signal-box.txt"
+    document.write_text(ROBOT_FACT)
+    assert cli(["--data-dir", data_dir, "--api-key", key, "ingest", str(document)]) == 0
+    capsys.readouterr()
+    question = "What colour is the Tinmoor signal box painted?"
+    deadline = time.monotonic() + 5  # the reader replica follows the writer's log
+    while True:
+        assert cli(["--data-dir", data_dir, "--api-key", key, "ask", question]) == 0
+        out = capsys.readouterr().out
+        if "signal-box.txt" in out or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert "signal-box.txt" in out and "ochre" in out
+    status, lines = rest.stream(f"{mesh.rest_url}/v1/ask", {"question": question}, api_key=key)
+    assert status == 200 and "signal-box.txt" in json.dumps(lines)
+    other = mesh.token("default", ("ask",))
+    status, lines = rest.stream(f"{mesh.rest_url}/v1/ask", {"question": question}, other)
+    assert status == 200 and "signal-box.txt" not in json.dumps(lines)
+    assert cli(["--data-dir", data_dir, "keys", "create", "--tenant", "robots"]) == 0
+    ask_only = capsys.readouterr().out.strip()
+    time.sleep(1.1)
+    assert cli(["--data-dir", data_dir, "--api-key", ask_only, "ingest", str(document)]) == 1
+    assert "lacks the scope 'ingest'" in capsys.readouterr().err
 
 
 def test_retrieval_replica_killed_during_asks(mesh: MeshLab, token: str) -> None:

@@ -42,7 +42,9 @@ def call(
         conn.close()
 
 
-def stream(url: str, body: Any, token: str = "") -> tuple[int, list[tuple[float, Any]]]:
+def stream(
+    url: str, body: Any, token: str = "", api_key: str = ""
+) -> tuple[int, list[tuple[float, Any]]]:
     """POST and read the newline-delimited JSON reply line by line as it arrives: the
     status and each message with the milliseconds since the request was sent."""
     conn, path = _connection(url)
@@ -51,6 +53,8 @@ def stream(url: str, body: Any, token: str = "") -> tuple[int, list[tuple[float,
         headers = {"content-type": "application/json"}
         if token:
             headers["authorization"] = f"Bearer {token}"
+        if api_key:  # a machine client's key instead
+            headers["x-api-key"] = api_key
         conn.request("POST", path, json.dumps(body), headers)
         response = conn.getresponse()
         lines: list[tuple[float, Any]] = []

@@ -97,8 +97,12 @@ def test_a_malformed_line_is_skipped_without_its_content_in_the_log(
 
 @pytest.mark.parametrize(
     "tenant, scopes, field",
-    [("", ["ask"], "tenant"), ("a b", ["ask"], "tenant"), ("acme", [], "scopes"),
-     ("acme", ["admin"], "scopes")],
+    [
+        ("", ["ask"], "tenant"),
+        ("a b", ["ask"], "tenant"),
+        ("acme", [], "scopes"),
+        ("acme", ["admin"], "scopes"),
+    ],
 )
 def test_minting_checks_tenant_and_scopes(tenant: str, scopes: list[str], field: str) -> None:
     with pytest.raises(InvalidArgument) as e:
@@ -139,7 +143,9 @@ def checker(tmp_path: Path) -> Iterator[tuple[int, Path]]:
     server.httpd.server_close()
 
 
-def check(port: int, method: str, path: str, headers: dict[str, str]) -> tuple[int, dict[str, str], str]:
+def check(
+    port: int, method: str, path: str, headers: dict[str, str]
+) -> tuple[int, dict[str, str], str]:
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
     try:
         connection.request(method, path, headers=headers)
@@ -157,7 +163,9 @@ def test_the_checker_speaks_envoys_http_authorization_protocol(
     write(path, record.record())
     time.sleep(1.1)  # the ring checks the file at most once a second
     status, headers, _ = check(
-        port, "POST", "/check/ragmesh.v1.QueryService/Ask",
+        port,
+        "POST",
+        "/check/ragmesh.v1.QueryService/Ask",
         {"x-api-key": key, "x-ragmesh-tenant": "forged"},
     )
     assert status == 200

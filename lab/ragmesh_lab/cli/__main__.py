@@ -223,7 +223,9 @@ def cmd_ask(args: argparse.Namespace) -> int:
         citations: tuple[Citation, ...] = ()
         answer, done = "", None
         async with grpc.aio.insecure_channel(address) as channel:
-            client = QueryClient(channel, timeout=args.timeout, token=args.token, api_key=api_key(args))
+            client = QueryClient(
+                channel, timeout=args.timeout, token=args.token, api_key=api_key(args)
+            )
             async for event in client.ask(request):
                 if isinstance(event, Citations):
                     citations = event.citations
@@ -402,6 +404,21 @@ def sidecar_state(admin: str) -> str:
         return "UNREACHABLE"
 
 
+def http_health(address: str) -> str:
+    """SERVING when ``GET /healthz`` answers 200, else UNREACHABLE or the status code."""
+    import http.client
+
+    connection = http.client.HTTPConnection(address, timeout=2)
+    try:
+        connection.request("GET", "/healthz")
+        status = connection.getresponse().status
+    except OSError:
+        return "UNREACHABLE"
+    finally:
+        connection.close()
+    return "SERVING" if status == 200 else f"HTTP {status}"
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     state = read_state(args.data_dir)
     if not state:
@@ -413,10 +430,12 @@ def cmd_status(args: argparse.Namespace) -> int:
             status = sidecar_state(info["admin"])
         elif name in ("redis", "redis-cache", "ingress", "otlp-receiver"):
             status = "-"
+        elif info.get("http"):  # an HTTP application (the API key checker): GET /healthz
+            status = http_health(info["http"])
         else:
             status = health(info["grpc"])
         ok = ok and status in ("SERVING", "LIVE", "-")
-        address = info.get("admin", info["grpc"])  # sidecars: the admin address
+        address = info.get("admin") or info.get("http") or info["grpc"]
         print(f"{name:<26} {info['pid']:>7}  {address:<21} {status}")
     if "retrieval" in state and health(state["retrieval"]["grpc"]) == "SERVING":
         with grpc.insecure_channel(state["retrieval"]["grpc"]) as channel:

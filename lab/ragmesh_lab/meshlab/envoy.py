@@ -611,15 +611,15 @@ def _outbound(
         action["retry_policy"] = retry
     prefixes = service.match_prefixes or ("/",)
     decorator = {"operation": f"{out.host}:{out.port}/*"}
-    routes = [{"match": {"prefix": p}, "route": action, "decorator": decorator} for p in prefixes]
+    routes: list[Json] = [
+        {"match": {"prefix": p}, "route": action, "decorator": decorator} for p in prefixes
+    ]
     clusters = [cluster]
     if out.split is not None:
         routes, (primary, canary) = _split_routes(out, action, decorator)
     if service.remove_request_headers:  # the Canary's headers.request.remove, on every route
-        routes = [
-            {**r, "request_headers_to_remove": list(service.remove_request_headers)}
-            for r in routes
-        ]
+        remove: Json = {"request_headers_to_remove": list(service.remove_request_headers)}
+        routes = [{**r, **remove} for r in routes]
     if out.split is not None:
         # the same connection pool and outlier detection (the DestinationRule's) for both
         policy = {k: v for k, v in cluster.items() if k not in ("name", "load_assignment")}

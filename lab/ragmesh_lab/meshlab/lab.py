@@ -154,6 +154,8 @@ class MeshLab:
         self._identities: dict[str, Identity] = {}
         #: workload → inbound listener port of each replica's sidecar (Kubernetes port → port)
         self.endpoints: dict[str, list[dict[int, int]]] = {}
+        #: HTTP applications (the API key checker) → their loopback address (GET /healthz)
+        self.http_apps: dict[str, str] = {}
 
     # tracing ---------------------------------------------------------------------------------
 
@@ -318,9 +320,7 @@ class MeshLab:
                 raise StackError(f"envoy {sidecar.name} not live after {timeout:.0f}s")
             time.sleep(0.02)
 
-    def plan(
-        self, workload: str, replicas: int, ports: Sequence[int] = ()
-    ) -> list[dict[int, int]]:
+    def plan(self, workload: str, replicas: int, ports: Sequence[int] = ()) -> list[dict[int, int]]:
         """Reserve the inbound listener ports of a workload's replicas (before anything runs):
         ``ports`` (default: Redis's, or gRPC and metrics)."""
         if not ports:
@@ -434,6 +434,7 @@ class MeshLab:
             "RAGMESH_GRPC_PORT": "0",
         }
         proc = self.stack.start_service(workload, module="keys", env=env)
+        self.http_apps[workload] = f"127.0.0.1:{app}"
         deadline = time.monotonic() + timeout
         while "keys listening on" not in proc.output():
             if proc.popen.poll() is not None or time.monotonic() > deadline:
@@ -530,6 +531,8 @@ class MeshLab:
         extra: dict[str, dict[str, object]] = {
             s.proc.name: {"admin": f"unix:{s.admin}"} for s in self.sidecars.values()
         }
+        for name, address in self.http_apps.items():
+            extra[name] = {"grpc": "", "http": address}
         ingress = self.sidecars[INGRESS].proc
         extra["ingress"] = {
             "grpc": self.ingress_address,

@@ -259,8 +259,9 @@ def load(root: Path) -> MeshPolicy:
     policy.gateway_filters = [value for _, _, value in sorted(policy._filter_order)]
     if policy.gateway_local_reply is not None:
         policy.gateway_local_reply = _local_reply(policy.gateway_local_reply, policy.gateway_hosts)
-    for deny in (*policy.gateway_deny, *policy.gateway_custom):
-        foreign = {h.removesuffix(":*") for h in deny.hosts} - policy.gateway_hosts
+    hosts = [d.hosts for d in policy.gateway_deny] + [c.hosts for c in policy.gateway_custom]
+    for named in hosts:
+        foreign = {h.removesuffix(":*") for h in named} - policy.gateway_hosts
         if foreign:
             raise TranslationError(
                 f"the gateway's DENY rule names hosts {sorted(foreign)} that no Gateway serves"

@@ -46,7 +46,9 @@ STATUS_FOR: dict[type[RagmeshError], tuple[HTTPStatus, str]] = {
 }
 
 
-def decide(ring: KeyRing, headers: dict[str, str], path: str) -> tuple[HTTPStatus, dict[str, str], str]:
+def decide(
+    ring: KeyRing, headers: dict[str, str], path: str
+) -> tuple[HTTPStatus, dict[str, str], str]:
     """The answer to one check: status, headers and a one-line body."""
     try:
         key = authorize(ring, headers, path)
@@ -54,7 +56,9 @@ def decide(ring: KeyRing, headers: dict[str, str], path: str) -> tuple[HTTPStatu
         status, result = STATUS_FOR[type(e)]
         CHECKS.labels(result).inc()
         log.info("%s %s: %s", result, path.split("?", 1)[0], e)
-        extra = {"www-authenticate": 'ApiKey realm="ragmesh"'} if result == "unauthenticated" else {}
+        extra = (
+            {"www-authenticate": 'ApiKey realm="ragmesh"'} if result == "unauthenticated" else {}
+        )
         return status, extra, str(e)
     finally:
         KEYS.set(len(ring))

@@ -184,7 +184,9 @@ class QueryClient:
         self._stub = query_service_pb2_grpc.QueryServiceStub(channel)
         self._timeout = timeout
         # an end user's bearer token, for the ingress gateway (none inside the mesh)
-        self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
+        self._metadata: tuple[tuple[str, str], ...] = (
+            (("authorization", f"Bearer {token}"),) if token else ()
+        )
         # or a machine client's API key (x-api-key), which the gateway checks instead
         if api_key:
             self._metadata += (("x-api-key", api_key),)
