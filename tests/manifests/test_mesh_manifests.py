@@ -5,6 +5,7 @@ rejects what it cannot translate."""
 from __future__ import annotations
 
 import base64
+import re
 import shutil
 import subprocess
 import sys
@@ -177,7 +178,7 @@ def test_resilience_follows_the_design() -> None:
         }
     for s in services.values():
         assert s.outlier.get("consecutiveGatewayErrors") and s.http2_max_requests
-    assert services["query"].match_prefixes == ("/ragmesh.v1.QueryService/", "/v1/")
+    assert services["query"].matches[0] == ("prefix", "/ragmesh.v1.QueryService/")
 
 
 @pytest.fixture
@@ -242,12 +243,16 @@ def test_every_rest_route_has_a_gateway_route_before_transcoding() -> None:
     every REST path, an API key sent over REST would never be checked."""
     from ragmesh.v1 import query_service_pb2
 
-    prefixes = manifests.load(ROOT).services["query"].match_prefixes
+    matches = manifests.load(ROOT).services["query"].matches
     service = query_service_pb2.DESCRIPTOR.services_by_name["QueryService"]
     paths = []
     for method in service.methods:
         rule = method.GetOptions().Extensions[annotations_pb2.http]
-        paths.append(getattr(rule, rule.WhichOneof("pattern")))
+        template = getattr(rule, rule.WhichOneof("pattern"))
+        paths.append(re.sub(r"\{[^}]*\}", "x", template))  # a path the template matches
     assert paths, "no REST routes"
     for path in paths:
-        assert any(path.startswith(p) for p in prefixes), (path, prefixes)
+        assert any(path.startswith(v) if kind == "prefix" else path == v for kind, v in matches), (
+            path,
+            matches,
+        )

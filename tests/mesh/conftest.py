@@ -43,7 +43,7 @@ class FakeMesh:
             for w in WORKLOADS:
                 out = self.lab.outbound(w)
                 assert out.service is not None
-                outbound[w] = replace(out, service=replace(out.service, match_prefixes=()))
+                outbound[w] = replace(out, service=replace(out.service, matches=()))
             self.clients[principal] = self.lab.start_sidecar(name, principal, outbound=outbound)
         return self.clients[principal]
 

@@ -496,6 +496,12 @@ def _upstream_cluster(identity: Identity, out: Outbound, name: str, ports: Seque
     }
 
 
+def route_matches(service: ServicePolicy | None) -> list[Json]:
+    """Envoy route matches for a Canary's uri matches (every path when it has none)."""
+    matches = (service.matches if service else ()) or (("prefix", "/"),)
+    return [{"path" if kind == "exact" else "prefix": value} for kind, value in matches]
+
+
 def _split_routes(out: Outbound, action: Json, decorator: Json) -> tuple[list[Json], list[str]]:
     """Flagger's VirtualService for a Canary: (routes, the two clusters' names)."""
     assert out.split is not None
@@ -510,22 +516,20 @@ def _split_routes(out: Outbound, action: Json, decorator: Json) -> tuple[list[Js
         }
         return route
 
-    prefixes = (out.service.match_prefixes if out.service else ()) or ("/",)
+    matches = route_matches(out.service)
     routes: list[Json] = []
     if out.split.headers:  # A/B: matching requests by their weights, the rest to the primary
         headers = [{"name": k, "string_match": {"exact": v}} for k, v in out.split.headers]
-        for p in prefixes:
+        for m in matches:
             routes.append(
                 {
-                    "match": {"prefix": p, "headers": headers},
+                    "match": {**m, "headers": headers},
                     "route": weighted(RUNTIME_AB_WEIGHTS),
                     "decorator": decorator,
                 }
             )
         default = {**action, "cluster": primary}
-        routes += [
-            {"match": {"prefix": p}, "route": default, "decorator": decorator} for p in prefixes
-        ]
+        routes += [{"match": m, "route": default, "decorator": decorator} for m in matches]
         return routes, [primary, canary]
     route = weighted(RUNTIME_WEIGHTS)
     route["request_mirror_policies"] = [
@@ -537,7 +541,7 @@ def _split_routes(out: Outbound, action: Json, decorator: Json) -> tuple[list[Js
             },
         }
     ]
-    routes = [{"match": {"prefix": p}, "route": route, "decorator": decorator} for p in prefixes]
+    routes = [{"match": m, "route": route, "decorator": decorator} for m in matches]
     return routes, [primary, canary]
 
 
@@ -609,10 +613,9 @@ def _outbound(
     retry = retry_policy(service)
     if retry:
         action["retry_policy"] = retry
-    prefixes = service.match_prefixes or ("/",)
     decorator = {"operation": f"{out.host}:{out.port}/*"}
     routes: list[Json] = [
-        {"match": {"prefix": p}, "route": action, "decorator": decorator} for p in prefixes
+        {"match": m, "route": action, "decorator": decorator} for m in route_matches(service)
     ]
     clusters = [cluster]
     if out.split is not None:

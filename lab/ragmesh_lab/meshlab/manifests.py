@@ -101,7 +101,8 @@ class ServicePolicy:
     max_requests_per_connection: int | None = None
     idle_timeout: str | None = None
     outlier: Mapping[str, Any] = field(default_factory=dict)
-    match_prefixes: tuple[str, ...] = ()  # empty: every path
+    #: the Canary's uri matches, as ("prefix" | "exact", value); empty: every path
+    matches: tuple[tuple[str, str], ...] = ()
     remove_request_headers: tuple[str, ...] = ()  # headers.request.remove
     gateways: tuple[str, ...] = ()
 
@@ -559,11 +560,12 @@ def _canary(policy: MeshPolicy, doc: dict[str, Any], where: str) -> None:
             else None,
             retry_on=r.get("retryOn"),
         )
-    prefixes = []
+    matches: list[tuple[str, str]] = []
     for i, match in enumerate(service.get("match", [])):
         _check(match, f"{w}.match[{i}]", {"uri"})
-        _check(match["uri"], f"{w}.match[{i}].uri", {"prefix"})
-        prefixes.append(match["uri"]["prefix"])
+        _check(match["uri"], f"{w}.match[{i}].uri", {"prefix", "exact"})
+        ((kind, value),) = match["uri"].items()
+        matches.append((kind, value))
     tp = service.get("trafficPolicy", {})
     _check(tp, f"{w}.trafficPolicy", {"tls", "connectionPool", "outlierDetection"})
     if tp.get("tls", {}).get("mode", "ISTIO_MUTUAL") != "ISTIO_MUTUAL":
@@ -607,7 +609,7 @@ def _canary(policy: MeshPolicy, doc: dict[str, Any], where: str) -> None:
         max_requests_per_connection=http.get("maxRequestsPerConnection"),
         idle_timeout=http.get("idleTimeout"),
         outlier=dict(outlier),
-        match_prefixes=tuple(prefixes),
+        matches=tuple(matches),
         remove_request_headers=tuple(headers.get("request", {}).get("remove", ())),
         gateways=tuple(service.get("gateways", ())),
     )

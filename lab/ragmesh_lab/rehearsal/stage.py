@@ -276,7 +276,7 @@ class Stage:
         VirtualService: the DestinationRule's pool and outlier detection, Istio's defaults)."""
         service = self.lab.policy.services.get(workload) or ServicePolicy(name=workload)
         if host != workload:
-            service = replace(service, timeout=None, retries=None, match_prefixes=())
+            service = replace(service, timeout=None, retries=None, matches=())
         return Outbound(
             host=self.fqdn(host),
             protocol="grpc",
