@@ -1,6 +1,6 @@
 """`make demo` as a user runs it: scripts/demo.sh from the checkout, its state under a
-relative var/ directory, starting the stack, ingesting samples/corpus and answering with
-citations."""
+relative var/ directory, starting the local mesh, minting its own token, ingesting
+samples/corpus through the ingress gateway and answering with citations."""
 
 from __future__ import annotations
 
@@ -32,6 +32,7 @@ def test_the_demo_answers_with_citations() -> None:
     finally:
         shutil.rmtree(ROOT / data, ignore_errors=True)
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    assert "ingress gateway" in run.stdout and "token for tenant demo" in run.stdout
     answer = run.stdout.split("A: ", 1)[1]
     assert "fifteen seconds" in answer and "[1]" in answer
     assert "Sources:" in answer and "samples/corpus/lighthouse.md" in answer
