@@ -171,7 +171,7 @@ def report_jobs(address: str, run: Callable[[], Coroutine[Any, Any, list[JobStat
         status = asyncio.run(run())
     except RagmeshError as e:
         print(file=sys.stderr)
-        raise CliError(f"query service at {address}: {e}{token_hint(e)}") from None
+        raise CliError(f"query service at {address}: {e}{token_hint(e, args)}") from None
     failed = sum(s.documents_failed for s in status)
     print(file=sys.stderr)
     for s in status:
@@ -240,7 +240,7 @@ def cmd_ask(args: argparse.Namespace) -> int:
         citations, answer, done = asyncio.run(stream())
     except RagmeshError as e:
         print(file=sys.stderr)
-        raise CliError(f"query service at {address}: {e}{token_hint(e)}") from None
+        raise CliError(f"query service at {address}: {e}{token_hint(e, args)}") from None
     assert done is not None  # every Ask stream ends with one
     print("\n" + render_sources(citations, answer))
     t = done.timings
@@ -254,12 +254,14 @@ def cmd_ask(args: argparse.Namespace) -> int:
     return 0
 
 
-def token_hint(error: Exception) -> str:
+def token_hint(error: Exception, args: argparse.Namespace) -> str:
     """What to do when the ingress refused the caller."""
     text = str(error)
-    if "unauthenticated" in text or "permission_denied" in text:
-        return ' (the ingress requires a token: --token "$(ragmesh token --tenant T --scope ask)")'
-    return ""
+    if "unauthenticated" not in text and "permission_denied" not in text:
+        return ""
+    if args.api_key:
+        return " (the ingress refused the API key: see ragmesh keys list, or create one)"
+    return ' (the ingress requires a token: --token "$(ragmesh token --tenant T --scope ask)")'
 
 
 def api_key(args: argparse.Namespace) -> str:
