@@ -136,7 +136,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
             print(f"queued {len(docs)} documents as job(s) {', '.join(jobs)}", file=sys.stderr)
             return await wait_for_jobs(client, jobs, args.timeout)
 
-    return report_jobs(address, run)
+    return report_jobs(address, run, args)
 
 
 async def wait_for_jobs(
@@ -165,7 +165,9 @@ async def wait_for_jobs(
         await asyncio.sleep(0.2)
 
 
-def report_jobs(address: str, run: Callable[[], Coroutine[Any, Any, list[JobStatus]]]) -> int:
+def report_jobs(
+    address: str, run: Callable[[], Coroutine[Any, Any, list[JobStatus]]], args: argparse.Namespace
+) -> int:
     """Run ``run`` (which queues jobs and waits for them); 1 when a document failed."""
     try:
         status = asyncio.run(run())
@@ -193,7 +195,7 @@ def cmd_delete(args: argparse.Namespace) -> int:
         print(f"\nremoved {sum(s.chunks_done for s in status)} chunks", end="", file=sys.stderr)
         return status
 
-    return report_jobs(address, run)
+    return report_jobs(address, run, args)
 
 
 def render_sources(citations: Sequence[Citation], answer: str) -> str:
