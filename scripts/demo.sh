@@ -9,7 +9,9 @@ QUESTION=${QUESTION:-"How often does the Keelhaven lighthouse flash, and how far
 
 rm -rf "$DATA"
 mkdir -p "$DATA"
-"$RAGMESH" --data-dir "$DATA" mesh up --rest-port 0 >"$DATA/up.out" 2>&1 &
+LLM_FLAG=()
+[ -n "${LLM:-}" ] && LLM_FLAG=(--llm)  # make demo-llm: SmolLM2 generates the answer
+"$RAGMESH" --data-dir "$DATA" mesh up --rest-port 0 "${LLM_FLAG[@]}" >"$DATA/up.out" 2>&1 &
 UP=$!
 stop() { kill -TERM "$UP" 2>/dev/null || true; wait "$UP" 2>/dev/null || true; }
 trap stop EXIT

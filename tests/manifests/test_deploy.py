@@ -311,6 +311,82 @@ def test_gpu_workloads_scale_on_what_they_serve(environment: str) -> None:
         assert threshold == 0.75 * int(config["RAGMESH_GEN_MAX_STREAMS"])
 
 
+def overlay_with_component(
+    tmp_path: Path, environment: str, component: str
+) -> list[dict[str, Any]]:
+    """deploy/<environment> with deploy/components/<component> added before its rename (as
+    the overlays add the gpu component), rendered."""
+    source = ROOT / "deploy" / environment
+    overlay = tmp_path / "overlay"
+    overlay.mkdir()
+    kustomization = yaml.safe_load((source / "kustomization.yaml").read_text())
+
+    def moved(path: str) -> str:
+        return os.path.relpath(source / path, overlay)
+
+    kustomization["resources"] = [moved(r) for r in kustomization["resources"]]
+    components = [moved(c) for c in kustomization.get("components", [])]
+    at = next(i for i, c in enumerate(components) if c.endswith("components/environment"))
+    components.insert(at, moved(f"../components/{component}"))
+    kustomization["components"] = components
+    for patch in kustomization.get("patches", []):
+        if "path" in patch:
+            patch["path"] = moved(patch["path"])
+    (overlay / "kustomization.yaml").write_text(yaml.safe_dump(kustomization))
+    out = subprocess.run(
+        [str(kubectl()), "kustomize", "--load-restrictor", "LoadRestrictionsNone", str(overlay)],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    return [d for d in yaml.safe_load_all(out) if d]
+
+
+def test_the_vllm_server_component_serves_generation_only(tmp_path: Path) -> None:
+    """A vLLM OpenAI server of its own on a GPU: generation (openai engine) is its only
+    client through the mesh, KEDA scales it on vLLM's queue, and it is a hardened pod; in
+    the environment's namespace (dev: rag-dev)."""
+    docs = overlay_with_component(tmp_path, "dev", "vllm-server")
+    by = {(d["kind"], d["metadata"]["name"]): d for d in docs}
+    namespace = by[("Deployment", "generation")]["metadata"]["namespace"]
+    assert namespace == "rag-dev"
+    for doc in docs:
+        if doc["apiVersion"] in CORE_APIS:
+            kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+    config = by[("ConfigMap", "generation-config")]["data"]
+    assert config["RAGMESH_GEN_ENGINE"] == "openai" and config["RAGMESH_GEN_MODEL"] == "generation"
+    service = by[("Service", "vllm")]
+    assert service["metadata"]["namespace"] == namespace
+    assert (
+        config["RAGMESH_GEN_OPENAI_URL"] == f"http://vllm:{service['spec']['ports'][0]['port']}/v1"
+    )
+    vllm = by[("Deployment", "vllm")]["spec"]["template"]["spec"]
+    (container,) = vllm["containers"]
+    assert "--served-model-name=generation" in container["args"]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert (
+        container["startupProbe"]["failureThreshold"] * container["startupProbe"]["periodSeconds"]
+        >= 600
+    )  # minutes to load a model
+    assert {"dshm", "models"} <= {v["name"] for v in vllm["volumes"]}
+    callers = {
+        p
+        for name in ("vllm", "vllm-metrics")
+        for r in by[("AuthorizationPolicy", name)]["spec"]["rules"]
+        for f in r["from"]
+        for p in f["source"]["principals"]
+    }
+    assert callers == {
+        f"cluster.local/ns/{namespace}/sa/ragmesh-generation",
+        "cluster.local/ns/istio-system/sa/prometheus",
+    }
+    egress = by[("Sidecar", "generation")]["spec"]["egress"][0]["hosts"]
+    assert f"{namespace}/vllm.{namespace}.svc.cluster.local" in egress
+    trigger = by[("ScaledObject", "vllm")]["spec"]["triggers"][0]["metadata"]
+    assert "vllm:num_requests_waiting" in trigger["query"] and namespace in trigger["query"]
+    assert ("PersistentVolumeClaim", "generation-models") in by
+
+
 def test_idle_to_zero_lets_generation_scale_to_zero_and_wake_on_an_ask(tmp_path: Path) -> None:
     overlay = tmp_path / "overlay"
     overlay.mkdir()
@@ -688,3 +764,23 @@ def test_api_keys_are_checked_for_exactly_the_requests_the_token_rules_let_throu
         d for d in objects(environment, "ConfigMap") if d["metadata"]["name"] == "keys-config"
     ]
     assert int(rendered_config["data"]["RAGMESH_KEYS_PORT"]) == provider["port"]
+
+
+@env
+def test_istio_system_identities_keep_their_namespace_in_every_environment(
+    environment: str,
+) -> None:
+    """The overlays move ragmesh's own principals into their namespace; the ingress gateway's
+    and Prometheus's stay in istio-system wherever a policy names them."""
+    for doc in objects(environment, "AuthorizationPolicy"):
+        for rule in doc["spec"].get("rules") or []:
+            for source in rule.get("from") or []:
+                for principal in source["source"].get("principals", []):
+                    if principal.rsplit("/", 1)[-1] in (
+                        "prometheus",
+                        "istio-ingressgateway-service-account",
+                    ):
+                        assert principal.startswith("cluster.local/ns/istio-system/"), (
+                            ident(doc),
+                            principal,
+                        )

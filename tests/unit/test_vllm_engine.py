@@ -130,3 +130,36 @@ def test_selecting_vllm_without_the_extra_fails_at_start_with_a_hint() -> None:
     engine = create_engine(settings.generation, settings.embedding)
     with pytest.raises(ConfigError, match="vllm extra"):
         asyncio.run(engine.load())
+
+
+class ChatTokenizer(WordTokenizer):
+    """A tokenizer with a chat template, rendered the way SmolLM2's (ChatML) renders."""
+
+    chat_template = "{% for m in messages %}<|im_start|>{{ m.role }}...{% endfor %}"
+
+    def apply_chat_template(
+        self, messages: list[dict[str, str]], tokenize: bool, add_generation_prompt: bool
+    ) -> str:
+        assert not tokenize and add_generation_prompt
+        turns = "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages)
+        return turns + "<|im_start|>assistant\n"
+
+
+async def test_a_model_with_a_chat_template_gets_the_chat_shaped_prompt() -> None:
+    llm = FakeAsyncLLM(["Two", "flashes", "[1]."])
+
+    async def chat_tokenizer() -> ChatTokenizer:
+        return ChatTokenizer()
+
+    llm.get_tokenizer = chat_tokenizer  # type: ignore[method-assign]
+    engine = VllmEngine("/models/smol", 256, client=llm, sampling_params=sampling_params)
+    await engine.load()
+    assert engine.context_tokens == 256 - 48  # the template's own tokens kept aside
+    service = GenerationService(settings_for().generation, engine)
+    hits = [Hit("a#0", "a", "The light flashes twice.", 1.0, {})]
+    async for _ in service.generate("How often?", hits, Params(max_tokens=8)):
+        pass
+    prompt = llm.calls[-1][0]
+    assert prompt.startswith("<|im_start|>system\nAnswer the question using only")
+    assert '<passage id="1">\nThe light flashes twice.\n</passage>' in prompt
+    assert prompt.endswith("<|im_start|>user\nHow often?<|im_end|>\n<|im_start|>assistant\n")

@@ -80,6 +80,8 @@ def cmd_up(args: argparse.Namespace) -> int:
     stack = Stack(args.data_dir)
     print(f"starting redis and {', '.join(SERVICES)} (logs in {args.data_dir}/logs) ...")
     try:
+        if args.llm:
+            start_llm(stack)
         stack.up()
         print(f"{'service':<11} {'pid':>7}  {'grpc':<21} {'metrics':<21}")
         for name, port in (("redis", stack.redis_port), ("redis-cache", stack.cache_port)):
@@ -95,6 +97,16 @@ def cmd_up(args: argparse.Namespace) -> int:
     finally:
         stack.down()
         print("stopped", flush=True)
+
+
+def start_llm(stack: Stack) -> None:
+    """--llm: the model server first, then generation's openai engine points at it."""
+    from ragmesh_lab.cli import llm
+
+    stack.workdir.mkdir(parents=True, exist_ok=True)
+    proc = llm.start_model_server(stack)
+    url = stack.env["RAGMESH_GEN_OPENAI_URL"]
+    print(f"model server: {llm.MODEL_ALIAS} (SmolLM2-135M-Instruct) at {url}, pid {proc.popen.pid}")
 
 
 def _progress(job: JobStatus, width: int = 30) -> str:
@@ -363,6 +375,8 @@ def cmd_mesh(args: argparse.Namespace) -> int:
     try:
         if args.trace:
             lab.start_trace_receiver()
+        if args.llm:
+            start_llm(lab.stack)
         lab.up()
         print(f"{'sidecar':<22} {'identity':<58} listeners")
         for sc in lab.sidecars.values():
@@ -432,7 +446,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     for name, info in state.items():
         if "admin" in info:  # an Envoy sidecar: its admin /ready
             status = sidecar_state(info["admin"])
-        elif name in ("redis", "redis-cache", "ingress", "otlp-receiver"):
+        elif name in ("redis", "redis-cache", "ingress", "otlp-receiver", "model-server"):
             status = "-"
         elif info.get("http"):  # an HTTP application (the API key checker): GET /healthz
             status = http_health(info["http"])
@@ -483,7 +497,7 @@ def parser() -> argparse.ArgumentParser:
         help="a machine client's API key instead of a token (or @FILE: read it from FILE)",
     )
     sub = p.add_subparsers(dest="command", required=True)
-    sub.add_parser("up", help="start Redis and every service locally; Ctrl-C stops")
+    up = sub.add_parser("up", help="start Redis and every service locally; Ctrl-C stops")
     ingest = sub.add_parser("ingest", help="ingest .txt, .md and .html files or directories")
     ingest.add_argument("paths", nargs="+", type=Path)
     ingest.add_argument("--timeout", type=float, default=600.0)
@@ -510,6 +524,13 @@ def parser() -> argparse.ArgumentParser:
         default=8080,
         help="the ingress gateway's REST port on 127.0.0.1 (0: any free port)",
     )
+    for command in (up, mesh_up):
+        command.add_argument(
+            "--llm",
+            action="store_true",
+            help="generate with a real model: SmolLM2-135M-Instruct behind llama.cpp's "
+            "OpenAI-compatible server, through the openai engine (make llm installs it)",
+        )
     mesh_up.add_argument(
         "--trace",
         action="store_true",

@@ -342,7 +342,8 @@ class MeshLab:
             Inbound("grpc", GRPC_PORT, listens[GRPC_PORT], app_grpc, host),
             Inbound("http", METRICS_PORT, listens[METRICS_PORT], app_metrics, host),
         ]
-        outbound = {up: self.outbound(up) for up in self.egress(workload)}
+        # hosts the local mesh runs no workload for (an optional component's) are skipped
+        outbound = {up: self.outbound(up) for up in self.egress(workload) if up in self.endpoints}
         sidecar = self.start_sidecar(
             name,
             self.principal(workload),

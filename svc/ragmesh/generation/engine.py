@@ -78,10 +78,34 @@ class Engine(Protocol):
         """Release the model."""
 
 
+#: context tokens an engine keeps for its chat template's own tokens (role markers), which
+#: the passage budget (counted on the plain prompt) does not see
+CHAT_TEMPLATE_TOKENS = 48
+
+
 class HfTokenCounting:
-    """count_tokens/truncate for engines with a Hugging Face tokenizer in ``_tokenizer``."""
+    """count_tokens/truncate for engines with a Hugging Face tokenizer in ``_tokenizer``, and
+    the prompt in the tokenizer's chat template when it has one (the plain prompt when not)."""
 
     _tokenizer: Any = None
+
+    def has_chat_template(self) -> bool:
+        return bool(getattr(self._tokenizer, "chat_template", None))
+
+    def prompt_for(self, request: EngineRequest) -> str:
+        """The text the model sees: the chat-shaped prompt (system: instructions and
+        passages; user: the question) through the model's template, else the plain one."""
+        if not self.has_chat_template():
+            return request.prompt
+        from ragmesh.generation.prompt import chat_messages
+
+        return str(
+            self._tokenizer.apply_chat_template(
+                chat_messages(request.question, request.sources),
+                tokenize=False,
+                add_generation_prompt=True,
+            )
+        )
 
     def _ids(self, text: str) -> list[int]:
         if self._tokenizer is None:

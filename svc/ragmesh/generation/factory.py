@@ -14,6 +14,10 @@ def create_engine(settings: GenerationSettings, embedding: EmbeddingSettings) ->
         from ragmesh.generation.extractive import ExtractiveEngine
 
         return ExtractiveEngine(embedding, settings.context_tokens)
+    if settings.engine == "openai":
+        from ragmesh.generation.openai_engine import OpenAIEngine
+
+        return OpenAIEngine(settings)
     if not settings.model:
         raise ConfigError(f"RAGMESH_GEN_MODEL: required by the {settings.engine} engine")
     if settings.engine == "transformers":

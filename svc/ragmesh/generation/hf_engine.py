@@ -15,7 +15,7 @@ from collections.abc import AsyncGenerator
 from pathlib import Path
 from typing import Any
 
-from ragmesh.generation.engine import EngineRequest, HfTokenCounting, Piece
+from ragmesh.generation.engine import CHAT_TEMPLATE_TOKENS, EngineRequest, HfTokenCounting, Piece
 from ragmesh.kit.encoder import pick_device
 from ragmesh.kit.errors import ConfigError, NotReady
 
@@ -54,7 +54,7 @@ class TransformersEngine(HfTokenCounting):
 
     @property
     def context_tokens(self) -> int:
-        return self._context
+        return self._context - (CHAT_TEMPLATE_TOKENS if self.has_chat_template() else 0)
 
     def _load(self) -> None:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -101,7 +101,7 @@ class TransformersEngine(HfTokenCounting):
         try:
             tok = self._tokenizer
             pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-            inputs = tok(request.prompt, return_tensors="pt").to(self._model.device)
+            inputs = tok(self.prompt_for(request), return_tensors="pt").to(self._model.device)
             sample = request.temperature > 0
             options: dict[str, Any] = {
                 "max_new_tokens": request.max_tokens,

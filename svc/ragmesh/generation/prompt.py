@@ -38,6 +38,16 @@ def render(question: str, sources: Sequence[Source]) -> str:
     return f"{INSTRUCTIONS}{body}Question: {question}\nAnswer:"
 
 
+def chat_messages(question: str, sources: Sequence[Source]) -> list[dict[str, str]]:
+    """The same prompt as chat messages, for engines with a chat template: the instructions
+    and the numbered passages as the system message, the question as the user's."""
+    system = INSTRUCTIONS + "".join(_entry(s) for s in sources)
+    return [
+        {"role": "system", "content": system.rstrip("\n")},
+        {"role": "user", "content": question},
+    ]
+
+
 def fit(
     question: str,
     passages: Sequence[Source],

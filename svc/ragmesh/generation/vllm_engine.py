@@ -15,7 +15,7 @@ from collections.abc import AsyncGenerator, Callable
 from pathlib import Path
 from typing import Any
 
-from ragmesh.generation.engine import EngineRequest, HfTokenCounting, Piece
+from ragmesh.generation.engine import CHAT_TEMPLATE_TOKENS, EngineRequest, HfTokenCounting, Piece
 from ragmesh.kit.errors import ConfigError, DependencyUnavailable, NotReady
 
 
@@ -42,7 +42,7 @@ class VllmEngine(HfTokenCounting):
 
     @property
     def context_tokens(self) -> int:
-        return self._context
+        return self._context - (CHAT_TEMPLATE_TOKENS if self.has_chat_template() else 0)
 
     async def load(self) -> None:
         if self._client is None:
@@ -68,7 +68,8 @@ class VllmEngine(HfTokenCounting):
             seed=request.seed,
         )
         text, tokens = "", 0
-        async for output in self._client.generate(request.prompt, params, request.request_id):
+        prompt = self.prompt_for(request)
+        async for output in self._client.generate(prompt, params, request.request_id):
             completion = output.outputs[0]
             new_tokens = len(completion.token_ids) - tokens
             delta = completion.text[len(text) :]

@@ -324,15 +324,54 @@ class GenerationSettings:
     engine: str = setting(
         "RAGMESH_GEN_ENGINE",
         "extractive",
-        "extractive (no weights), transformers (local causal LM) or vllm (GPU, optional extra).",
+        "extractive (no weights), transformers (local causal LM), vllm (GPU, optional extra) "
+        "or openai (any OpenAI-compatible server: vLLM, NIM, TGI, llama.cpp, OpenAI).",
         services="generation",
-        choices=("extractive", "transformers", "vllm"),
+        choices=("extractive", "transformers", "vllm", "openai"),
     )
     model: str = setting(
         "RAGMESH_GEN_MODEL",
         "",
-        "Local Hugging Face model directory for the transformers and vllm engines.",
+        "Local Hugging Face model directory for the transformers and vllm engines; for "
+        "openai, the model name the server serves.",
         services="generation",
+    )
+    openai_url: str = setting(
+        "RAGMESH_GEN_OPENAI_URL",
+        "",
+        "Base URL of the OpenAI-compatible server, with its /v1 "
+        "(e.g. http://vllm.rag-prod.svc.cluster.local:8000/v1); required by openai.",
+        services="generation",
+    )
+    openai_api_key_file: Path | None = setting(
+        "RAGMESH_GEN_OPENAI_API_KEY_FILE",
+        "",
+        "File holding the server's API key (a mounted Secret), sent as a bearer token; "
+        "empty: none.",
+        services="generation",
+    )
+    openai_timeout: float = setting(
+        "RAGMESH_GEN_OPENAI_TIMEOUT_SECONDS",
+        "30",
+        "openai: seconds to connect, and the longest wait for the next streamed chunk.",
+        services="generation",
+        minimum=0.1,
+    )
+    openai_attempts: int = setting(
+        "RAGMESH_GEN_OPENAI_ATTEMPTS",
+        "3",
+        "openai: attempts of a completion that fails before its first token (connection "
+        "errors, 429, 5xx); never retried once a token streamed.",
+        services="generation",
+        minimum=1,
+    )
+    openai_chars_per_token: float = setting(
+        "RAGMESH_GEN_OPENAI_CHARS_PER_TOKEN",
+        "3",
+        "openai: characters per token assumed to fit the passages in "
+        "RAGMESH_GEN_CONTEXT_TOKENS (the server's tokenizer is remote; lower is safer).",
+        services="generation",
+        minimum=1,
     )
     device: str = setting(
         "RAGMESH_GEN_DEVICE",
