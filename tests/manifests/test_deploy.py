@@ -332,6 +332,11 @@ def overlay_with_component(
     for patch in kustomization.get("patches", []):
         if "path" in patch:
             patch["path"] = moved(patch["path"])
+    return render_overlay(overlay, kustomization)
+
+
+def render_overlay(overlay: Path, kustomization: dict[str, Any]) -> list[dict[str, Any]]:
+    """``kustomization`` written into ``overlay`` (a directory outside the repository), rendered."""
     (overlay / "kustomization.yaml").write_text(yaml.safe_dump(kustomization))
     out = subprocess.run(
         [str(kubectl()), "kustomize", "--load-restrictor", "LoadRestrictionsNone", str(overlay)],
@@ -391,26 +396,17 @@ def test_idle_to_zero_lets_generation_scale_to_zero_and_wake_on_an_ask(tmp_path:
     overlay = tmp_path / "overlay"
     overlay.mkdir()
     relative = os.path.relpath(ROOT / "deploy", overlay)
-    (overlay / "kustomization.yaml").write_text(
-        yaml.safe_dump(
-            {
-                "apiVersion": "kustomize.config.k8s.io/v1beta1",
-                "kind": "Kustomization",
-                "resources": [f"{relative}/prod"],
-                "components": [f"{relative}/components/idle-to-zero"],
-            }
-        )
+    docs = render_overlay(
+        overlay,
+        {
+            "apiVersion": "kustomize.config.k8s.io/v1beta1",
+            "kind": "Kustomization",
+            "resources": [f"{relative}/prod"],
+            "components": [f"{relative}/components/idle-to-zero"],
+        },
     )
-    out = subprocess.run(
-        [str(kubectl()), "kustomize", "--load-restrictor", "LoadRestrictionsNone", str(overlay)],
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
     so = next(
-        d
-        for d in yaml.safe_load_all(out)
-        if d and d["kind"] == "ScaledObject" and d["metadata"]["name"] == "generation"
+        d for d in docs if d["kind"] == "ScaledObject" and d["metadata"]["name"] == "generation"
     )
     spec = so["spec"]
     assert (spec["idleReplicaCount"], spec["minReplicaCount"]) == (0, 1)  # KEDA: idle < min
