@@ -24,6 +24,7 @@ from ragmesh.v1 import common_pb2, generation_service_pb2, generation_service_pb
 from ragmesh_lab.cli import llm
 from ragmesh_lab.cli.supervisor import Proc, Stack, free_port
 from tests.conftest import settings_for, start
+from tests.support.generation import generate
 
 pytestmark = pytest.mark.slow
 PASSAGES = [
@@ -75,28 +76,12 @@ async def generation(server: ModelServer) -> AsyncIterator[ServiceHost]:
     await host.drain_and_stop()
 
 
-async def generate(
-    port: int, **params: object
-) -> tuple[list[str], generation_service_pb2.GenerateDone]:
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-        stub = generation_service_pb2_grpc.GenerationServiceStub(channel)
-        request = generation_service_pb2.GenerateRequest(
-            question=QUESTION,
-            passages=PASSAGES,
-            params=common_pb2.GenerationParams(**params),  # type: ignore[arg-type]
-        )
-        deltas, done = [], None
-        async for reply in stub.Generate(request, timeout=60):
-            if reply.HasField("done"):
-                done = reply.done
-            else:
-                deltas.append(reply.delta)
-    assert done is not None
-    return deltas, done
+async def ask(port: int, **params: object) -> tuple[list[str], generation_service_pb2.GenerateDone]:
+    return await generate(port, QUESTION, PASSAGES, timeout=60, **params)
 
 
 async def test_the_model_answers_from_the_passage_as_a_stream(generation: ServiceHost) -> None:
-    deltas, done = await generate(generation.port, max_tokens=48, temperature=0.0, seed=1)
+    deltas, done = await ask(generation.port, max_tokens=48, temperature=0.0, seed=1)
     answer = "".join(deltas)
     assert len(deltas) > 3, done  # streamed token by token, not in one piece
     # grounded in the passage (a 135M model words it its own way)
@@ -106,10 +91,10 @@ async def test_the_model_answers_from_the_passage_as_a_stream(generation: Servic
 
 
 async def test_max_tokens_and_stop_sequences(generation: ServiceHost) -> None:
-    deltas, done = await generate(generation.port, max_tokens=5, temperature=0.0)
+    deltas, done = await ask(generation.port, max_tokens=5, temperature=0.0)
     assert done.finish_reason == common_pb2.FINISH_REASON_LENGTH
     assert done.usage.completion_tokens == 5
-    deltas, done = await generate(generation.port, max_tokens=48, temperature=0.0, stop=["flash"])
+    deltas, done = await ask(generation.port, max_tokens=48, temperature=0.0, stop=["flash"])
     assert done.finish_reason == common_pb2.FINISH_REASON_STOP
     assert "flash" not in "".join(deltas).lower()
 
@@ -122,7 +107,7 @@ async def test_a_cancelled_stream_stops_the_servers_generation(
     by most of a second every second: the control below)."""
     before = server.cpu_seconds()
     started = asyncio.get_running_loop().time()
-    _, done = await generate(generation.port, max_tokens=40, temperature=0.0)
+    _, done = await ask(generation.port, max_tokens=40, temperature=0.0)
     spent, took = server.cpu_seconds() - before, asyncio.get_running_loop().time() - started
     assert spent > 0.5 * took, (spent, took)
     async with grpc.aio.insecure_channel(f"127.0.0.1:{generation.port}") as channel:
@@ -145,7 +130,7 @@ async def test_a_cancelled_stream_stops_the_servers_generation(
     await asyncio.sleep(2.0)
     assert server.cpu_seconds() - before < 0.3  # idle, where generating would take ~2 s
     # and it serves the next completion
-    _, done = await generate(generation.port, max_tokens=4, temperature=0.0)
+    _, done = await ask(generation.port, max_tokens=4, temperature=0.0)
     assert done.usage.completion_tokens == 4
 
 
@@ -163,7 +148,7 @@ async def test_the_server_killed_is_unavailable_then_recovers(
     server.proc.popen.kill()
     server.proc.popen.wait(10)
     with pytest.raises(grpc.aio.AioRpcError) as e:
-        await generate(generation.port, max_tokens=8)
+        await ask(generation.port, max_tokens=8)
     assert e.value.code() == grpc.StatusCode.UNAVAILABLE
     for _ in range(40):
         if await health(generation.port) == "NOT_SERVING":
@@ -176,7 +161,7 @@ async def test_the_server_killed_is_unavailable_then_recovers(
             break
         await asyncio.sleep(0.1)
     assert await health(generation.port) == "SERVING"
-    _, done = await generate(generation.port, max_tokens=8, temperature=0.0)
+    _, done = await ask(generation.port, max_tokens=8, temperature=0.0)
     assert done.usage.completion_tokens > 0
 
 

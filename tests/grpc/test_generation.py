@@ -16,6 +16,7 @@ from ragmesh.generation.service import GenerationService
 from ragmesh.kit.server import ServiceHost
 from ragmesh.v1 import common_pb2, generation_service_pb2, generation_service_pb2_grpc
 from tests.conftest import settings_for, start
+from tests.support.generation import generate
 from tests.support.tinylm import build_tiny_lm
 
 PASSAGES = [
@@ -54,21 +55,7 @@ async def ask(
     passages: list[common_pb2.Passage] = PASSAGES,
     **params: object,
 ) -> tuple[list[str], generation_service_pb2.GenerateDone]:
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
-        stub = generation_service_pb2_grpc.GenerationServiceStub(ch)
-        req = generation_service_pb2.GenerateRequest(
-            question=question,
-            passages=passages,
-            params=common_pb2.GenerationParams(**params),  # type: ignore[arg-type]
-        )
-        deltas, done = [], None
-        async for r in stub.Generate(req, timeout=30):
-            if r.HasField("done"):
-                done = r.done
-            else:
-                deltas.append(r.delta)
-        assert done is not None
-        return deltas, done
+    return await generate(port, question, passages, **params)
 
 
 async def test_extractive_answer_streams_the_relevant_sentence_with_its_marker(

@@ -297,7 +297,7 @@ def cmd_keys(args: argparse.Namespace) -> int:
     """API keys: create one (printed once; its record appended to the key file), list the
     key file's records, or revoke one (its record removed). The key file defaults to the
     local mesh's (<data dir>/keys.jsonl); in a cluster it is the Secret ragmesh-api-keys."""
-    from ragmesh.keys.service import mint, parse_record
+    from ragmesh.keys.service import ApiKey, mint, parse_record
     from ragmesh.kit.errors import InvalidArgument
 
     path = key_file(args)
@@ -319,19 +319,20 @@ def cmd_keys(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 0
-    records = []
+    parsed: list[tuple[str, ApiKey | None]] = []  # every line, with its record if it is one
     for line in lines:
         try:
-            records.append(parse_record(line))
+            parsed.append((line, parse_record(line)))
         except ValueError:
-            continue
+            parsed.append((line, None))  # comments, blank or malformed lines: kept as they are
+    records = [r for _, r in parsed if r is not None]
     if args.keys_command == "list":
         print(f"{'id':<17} {'tenant':<16} {'scopes':<18} {'expires':<20} name")
         for r in records:
             when = time.strftime("%Y-%m-%d %H:%M", time.gmtime(r.expires)) if r.expires else "-"
             print(f"{r.id:<17} {r.tenant:<16} {','.join(sorted(r.scopes)):<18} {when:<20} {r.name}")
         return 0
-    kept = [line for line in lines if f'"id":"{args.key_id}"' not in line.replace(" ", "")]
+    kept = [line for line, r in parsed if r is None or r.id != args.key_id]
     if len(kept) == len(lines):
         raise CliError(f"no key {args.key_id} in {path}")
     path.write_text("".join(line + "\n" for line in kept))

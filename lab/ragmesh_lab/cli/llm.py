@@ -13,7 +13,6 @@ import http.client
 import importlib.util
 import json
 import sys
-import time
 from pathlib import Path
 
 from ragmesh_lab.cli.supervisor import Proc, Stack, StackError, free_port
@@ -82,19 +81,7 @@ def start_model_server(stack: Stack, port: int = 0, timeout: float = 60.0) -> Pr
     the stack's generation at it (the openai engine)."""
     port = port or free_port()
     proc = stack.spawn("model-server", server_argv(port), {**stack.service_env("model-server")})
-    deadline = time.monotonic() + timeout
-    while True:
-        if proc.popen.poll() is not None:
-            tail = " | ".join(proc.output().strip().splitlines()[-3:])
-            raise StackError(f"the model server exited: {tail}")
-        try:
-            if MODEL_ALIAS in models(port):
-                break
-        except OSError:
-            pass
-        if time.monotonic() > deadline:
-            raise StackError(f"the model server did not start in {timeout:.0f}s; see {proc.log}")
-        time.sleep(0.2)
+    proc.wait_until(lambda: MODEL_ALIAS in models(port), "the model server", timeout, 0.2)
     stack.env = {**stack.env, **generation_env(port)}
     return proc
 

@@ -17,7 +17,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -74,6 +74,25 @@ class Proc:
     @property
     def address(self) -> str:
         return f"127.0.0.1:{self.grpc_port}"
+
+    def wait_until(
+        self, ready: Callable[[], bool], what: str, timeout: float, interval: float = 0.05
+    ) -> None:
+        """Poll ``ready`` (an OSError counts as not yet) until it holds; StackError naming
+        ``what`` when the process exits first or ``timeout`` seconds pass."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                if ready():
+                    return
+            except OSError:
+                pass
+            if self.popen.poll() is not None:
+                tail = " | ".join(self.output().strip().splitlines()[-3:])
+                raise StackError(f"{what} exited: {tail}; see {self.log}")
+            if time.monotonic() > deadline:
+                raise StackError(f"{what} did not start in {timeout:.0f}s; see {self.log}")
+            time.sleep(interval)
 
 
 _HANDED_OUT: set[int] = set()

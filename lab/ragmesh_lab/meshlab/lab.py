@@ -179,11 +179,7 @@ class MeshLab:
         proc = self.stack.spawn(
             "otlp-receiver", [*argv, "--out", str(self.traces_file)], os.environ
         )
-        deadline = time.monotonic() + timeout
-        while "otlp receiver on" not in proc.output():
-            if proc.popen.poll() is not None or time.monotonic() > deadline:
-                raise StackError(f"the OTLP receiver did not start; see {proc.log}")
-            time.sleep(0.05)
+        proc.wait_until(lambda: "otlp receiver on" in proc.output(), "the OTLP receiver", timeout)
         proc.grpc_port = port
         self.enable_tracing(port)
 
@@ -436,11 +432,7 @@ class MeshLab:
         }
         proc = self.stack.start_service(workload, module="keys", env=env)
         self.http_apps[workload] = f"127.0.0.1:{app}"
-        deadline = time.monotonic() + timeout
-        while "keys listening on" not in proc.output():
-            if proc.popen.poll() is not None or time.monotonic() > deadline:
-                raise StackError(f"the keys service did not start; see {proc.log}")
-            time.sleep(0.05)
+        proc.wait_until(lambda: "keys listening on" in proc.output(), "the keys service", timeout)
         return proc
 
     def start_ingress(self) -> Sidecar:

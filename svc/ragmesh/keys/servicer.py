@@ -60,8 +60,6 @@ def decide(
             {"www-authenticate": 'ApiKey realm="ragmesh"'} if result == "unauthenticated" else {}
         )
         return status, extra, str(e)
-    finally:
-        KEYS.set(len(ring))
     CHECKS.labels("allowed").inc()
     return HTTPStatus.OK, {TENANT_HEADER: key.tenant, SUBJECT_HEADER: key.subject}, ""
 
@@ -71,6 +69,7 @@ class KeysServer:
 
     def __init__(self, host: str, port: int, ring: KeyRing) -> None:
         self.ring = ring
+        KEYS.set_function(lambda: len(ring))  # read when Prometheus scrapes
         server = self
 
         class Handler(BaseHTTPRequestHandler):
