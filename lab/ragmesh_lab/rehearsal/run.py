@@ -10,6 +10,7 @@ processes' own speed), so a check sees the same values it would see in real time
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -19,6 +20,9 @@ from ragmesh_lab.rehearsal import canary as canaries
 from ragmesh_lab.rehearsal.scheduler import Scheduler, Tick
 from ragmesh_lab.rehearsal.stage import Stage, scenario
 from ragmesh_lab.rehearsal.timeline import line, plot
+
+#: intervals the rehearsal watches KEDA's decision after the release, while a backlog drains
+SETTLE_TICKS = 40
 
 
 @dataclass
@@ -74,6 +78,12 @@ def rehearse(
         phase = scheduler.run(
             max_ticks=4 * (a.iterations or 10) + a.threshold + 10, on_tick=on_tick
         )
+        # KEDA goes on deciding after the release: watch it until the backlog drains
+        for _ in range(SETTLE_TICKS):
+            if not scheduler.ticks[-1].observed.get("lag"):
+                break
+            time.sleep(a.interval / timescale)
+            on_tick(scheduler.tick())
     finally:
         stage.down()
     verdict = "promoted" if phase == "Succeeded" else "rolled back" if phase == "Failed" else phase

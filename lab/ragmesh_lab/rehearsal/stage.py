@@ -119,7 +119,8 @@ def scenario(service: str, name: str, workdir: Path) -> Scenario:
     if name == "good":
         return Scenario(name)
     if name == "backlog" and service == "ingest":  # KEDA's decision rises, then falls
-        return Scenario(name, burst=1500)  # more than two workers drain in an interval
+        # more than two workers drain in an interval (tens of documents a second here)
+        return Scenario(name, burst=400)
     if name == "errors":
         return Scenario(name, {"RAGMESH_FAULT_ERROR_PERCENT": "20"}, expect="Failed")
     if name == "latency" and service in STREAMING:  # before the first token of Generate, Ask

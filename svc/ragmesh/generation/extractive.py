@@ -3,13 +3,16 @@
 The most relevant sentences of the given passages, scored by cosine similarity with the
 question under the same sentence-transformers model the embedding service uses, are
 streamed one word-token at a time, each followed by its passage's ``[n]`` citation marker.
-Tokens are whitespace-separated words.
+Tokens are whitespace-separated words. Sentence vectors are kept, least recently used
+dropped first, so a passage served again (a popular document, a repeated question) costs
+only the question's encoding.
 """
 
 from __future__ import annotations
 
 import asyncio
 import re
+from collections import OrderedDict
 from collections.abc import AsyncGenerator
 from concurrent.futures import ThreadPoolExecutor
 
@@ -26,6 +29,8 @@ from ragmesh.kit.text import sentences
 _WORD = re.compile(r"\S+")
 MAX_SENTENCES = 3
 MAX_SENTENCE_WORDS = 60
+#: sentence vectors kept (384 float32 each for MiniLM: about 12 MiB)
+SENTENCE_VECTORS = 8192
 NOTHING_FOUND = "The indexed documents do not contain an answer to this question."
 
 
@@ -48,6 +53,8 @@ class ExtractiveEngine:
         self._settings = embedding
         self._context_tokens = context_tokens
         self._model: EmbeddingModel | None = None
+        # touched only on the one compose thread
+        self._vectors: OrderedDict[str, np.ndarray] = OrderedDict()
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="extractive")
         self._active: set[str] = set()
         self._aborted: set[str] = set()
@@ -90,7 +97,7 @@ class ExtractiveEngine:
         if not candidates:
             return NOTHING_FOUND.split(" ")
         q = self._model.encode([question], Purpose.QUERY)[0]
-        s = self._model.encode([c[0] for c in candidates], Purpose.DOCUMENT)
+        s = self._sentence_vectors(self._model, [c[0] for c in candidates])
         order = np.argsort(-(s @ q), kind="stable")
         words: list[str] = []
         for i in order[:MAX_SENTENCES]:
@@ -100,6 +107,19 @@ class ExtractiveEngine:
                 break
             words.extend(tokens)
         return words
+
+    def _sentence_vectors(self, model: EmbeddingModel, texts: list[str]) -> np.ndarray:
+        """The texts' document vectors, encoding only those not kept from earlier answers."""
+        kept = self._vectors
+        missing = [t for t in texts if t not in kept]
+        if missing:
+            kept.update(zip(missing, model.encode(missing, Purpose.DOCUMENT), strict=True))
+        out = np.stack([kept[t] for t in texts])
+        for t in texts:
+            kept.move_to_end(t)
+        while len(kept) > SENTENCE_VECTORS:
+            kept.popitem(last=False)
+        return out
 
     async def generate(self, request: EngineRequest) -> AsyncGenerator[Piece, None]:
         loop = asyncio.get_running_loop()

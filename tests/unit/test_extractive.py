@@ -1,0 +1,71 @@
+"""The extractive engine's sentence vectors: each passage sentence is encoded once while it
+stays among the most recently used, so a passage served again costs only the question."""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Sequence
+
+import numpy as np
+import pytest
+
+from ragmesh.generation import extractive
+from ragmesh.generation.engine import Source
+from ragmesh.generation.extractive import ExtractiveEngine
+from ragmesh.kit.domain import Purpose
+from tests.conftest import settings_for
+
+
+class CountingModel:
+    """A deterministic unit vector per text; records every text it encodes."""
+
+    def __init__(self) -> None:
+        self.encoded: list[str] = []
+
+    def encode(self, texts: Sequence[str], purpose: Purpose = Purpose.UNSPECIFIED) -> np.ndarray:
+        self.encoded.extend(texts)
+        rows = [np.random.default_rng(zlib.crc32(t.encode())).normal(size=8) for t in texts]
+        m = np.asarray(rows, dtype=np.float32)
+        return m / np.linalg.norm(m, axis=1, keepdims=True)
+
+
+PASSAGES = (
+    Source(1, "The lighthouse keeper climbed the stairs every night. He lit the lamp at dusk."),
+    Source(2, "Orchards need pruning in late winter. Apples ripen in the early autumn months."),
+)
+
+
+def engine() -> tuple[ExtractiveEngine, CountingModel]:
+    e = ExtractiveEngine(settings_for().embedding, 2000)
+    model = CountingModel()
+    e._model = model  # type: ignore[assignment]
+    return e, model
+
+
+def test_a_passage_served_again_encodes_only_the_question() -> None:
+    e, model = engine()
+    first = e._compose("When is the lamp lit?", PASSAGES, 100)
+    sentences = len(model.encoded) - 1
+    assert sentences == 4
+    model.encoded.clear()
+    again = e._compose("When do apples ripen?", PASSAGES, 100)
+    assert model.encoded == ["When do apples ripen?"]
+    # the same ranking as a fresh engine computes
+    fresh, _ = engine()
+    assert again == fresh._compose("When do apples ripen?", PASSAGES, 100)
+    assert first == fresh._compose("When is the lamp lit?", PASSAGES, 100)
+
+
+def test_the_sentence_vectors_kept_are_bounded_least_recently_used_first(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(extractive, "SENTENCE_VECTORS", 3)
+    e, model = engine()
+    e._compose("q", PASSAGES[:1], 100)  # 2 sentences
+    e._compose("q", PASSAGES[1:], 100)  # 2 more: the oldest goes
+    model.encoded.clear()
+    e._compose("q", PASSAGES[1:], 100)
+    assert model.encoded == ["q"]
+    model.encoded.clear()
+    e._compose("q", PASSAGES[:1], 100)
+    assert model.encoded[1:] == ["The lighthouse keeper climbed the stairs every night."]
