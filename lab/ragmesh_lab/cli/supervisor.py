@@ -27,6 +27,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from ragmesh.kit import cpus
 
 LISTENING = re.compile(r"listening: grpc [\d.]+:(\d+), metrics [\d.]+:(\d+)")
+HTTP_LISTENING = re.compile(r"openai listening: http [\d.]+:(\d+)")  # query's HTTP API
 SERVICES = ("embedding", "retrieval", "generation", "query", "ingest")
 COMPUTE_SERVICES = 3  # embedding, retrieval and generation run torch or FAISS pools
 # Variables a service's process starts with, the same in the manifests. retrieval: malloc
@@ -64,6 +65,7 @@ class Proc:
     log: Path
     grpc_port: int = 0
     metrics_port: int = 0
+    http_port: int = 0  # query's OpenAI-compatible API
     offset: int = 0  # where this run's output starts in the (appended) log
 
     def output(self) -> str:
@@ -224,6 +226,7 @@ class Stack:
                 "RAGMESH_HOST": "127.0.0.1",
                 "RAGMESH_GRPC_PORT": "0",
                 "RAGMESH_METRICS_PORT": "0",
+                "RAGMESH_QUERY_HTTP_PORT": "0",
                 "RAGMESH_DRAIN_SECONDS": "0.2",
                 "RAGMESH_GRACE_SECONDS": "5",
                 "RAGMESH_INDEX_DIR": str(self.workdir / "index"),
@@ -272,6 +275,8 @@ class Stack:
                 m = LISTENING.search(proc.output())
                 if m:
                     proc.grpc_port, proc.metrics_port = int(m.group(1)), int(m.group(2))
+                    http = HTTP_LISTENING.search(proc.output())
+                    proc.http_port = int(http.group(1)) if http else 0
             if proc.metrics_port and health(proc.address, 1.0) == "SERVING":
                 return proc
             if time.monotonic() > deadline:
@@ -329,6 +334,7 @@ class Stack:
                 "pid": p.popen.pid,
                 "grpc": p.address,
                 "metrics": f"127.0.0.1:{p.metrics_port}" if p.metrics_port else "",
+                **({"http": f"127.0.0.1:{p.http_port}"} if p.http_port else {}),
                 "log": str(p.log),
             }
             for name, p in self.procs.items()

@@ -539,6 +539,22 @@ class QuerySettings:
         "are refused with PERMISSION_DENIED.",
         services="query, gate",
     )
+    http_port: int = setting(
+        "RAGMESH_QUERY_HTTP_PORT",
+        "8000",
+        "Port of the OpenAI-compatible HTTP API (POST /v1/chat/completions, GET /v1/models); "
+        "0 picks a free one, -1 turns it off.",
+        services="query",
+        minimum=-1,
+    )
+    openai_models: str = setting(
+        "RAGMESH_OPENAI_MODELS",
+        "ragmesh=5",
+        "The model names the OpenAI-compatible API offers, each a retrieval profile: "
+        "comma-separated name=top_k (top_k 0: RAGMESH_DEFAULT_TOP_K). A request's model "
+        "picks one; GET /v1/models lists them.",
+        services="query",
+    )
     default_top_k: int = setting(
         "RAGMESH_DEFAULT_TOP_K",
         "5",

@@ -9,6 +9,7 @@ from ragmesh.kit.channels import open_channel
 from ragmesh.kit.clients import EmbeddingClient, GenerationClient, RetrievalClient
 from ragmesh.kit.jobqueue import JobQueue, connect
 from ragmesh.kit.server import ServiceSpec, configure_telemetry, run
+from ragmesh.query import http
 from ragmesh.query.budget import TokenBudget
 from ragmesh.query.cache import RedisCache
 from ragmesh.query.service import AskPipeline
@@ -53,9 +54,14 @@ def main() -> None:
             budget=TokenBudget(cache, settings.query.tenant_tokens_per_minute),
         )
         queue = JobQueue(redis, settings.ingest.stream, settings.ingest.job_ttl)
+        web = None
+        if settings.query.http_port >= 0:  # the OpenAI-compatible API, beside gRPC
+            web, _ = await http.start(settings.query, pipeline, settings.server.host)
         try:
             await run(settings.server, build(settings, pipeline, queue))
         finally:
+            if web is not None:
+                await web.cleanup()
             for channel in channels:
                 await channel.close(grace=None)
             await redis.aclose()

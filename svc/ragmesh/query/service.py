@@ -13,7 +13,7 @@ import asyncio
 import hashlib
 import json
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from dataclasses import asdict
 
 import numpy as np
@@ -161,7 +161,7 @@ class AskPipeline:
         )
         return "ragmesh:ans:" + hashlib.sha256(material.encode()).hexdigest()
 
-    async def ask(self, request: AskInput) -> AsyncIterator[Citations | Delta | AskDone]:
+    async def ask(self, request: AskInput) -> AsyncGenerator[Citations | Delta | AskDone, None]:
         """Answer one question as a stream of events."""
         started = time.perf_counter()
         top_k = self.validate(request)
