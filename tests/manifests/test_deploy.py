@@ -161,7 +161,8 @@ def test_ragmesh_deployments_are_hardened_probed_and_drain(environment: str) -> 
             for probe in ("readinessProbe", "livenessProbe"):
                 assert c[probe]["httpGet"]["path"] == "/healthz", (ident(doc), probe)
             continue
-        assert {p["name"] for p in c["ports"]} == {"grpc", "http-metrics"}, ident(doc)
+        extra = {"http-openai"} if doc["metadata"]["name"] == "query" else set()  # its HTTP API
+        assert {p["name"] for p in c["ports"]} == {"grpc", "http-metrics", *extra}, ident(doc)
         for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
             assert c[probe]["grpc"]["port"] == 50051, (ident(doc), probe)
         annotations = doc["spec"]["template"]["metadata"]["annotations"]
@@ -672,6 +673,22 @@ def test_every_end_user_rule_guards_the_environments_own_host(environment: str) 
             host,
             f"{host}:*",
         ], f"rules[{i}]"
+
+
+@env
+def test_every_route_at_the_gateway_is_for_the_environments_own_host(environment: str) -> None:
+    """The query Canary's routes and the OpenAI API's VirtualService serve the Gateway's host
+    (a route for another environment's host would never match here)."""
+    (gateway,) = objects(environment, "Gateway")
+    hosts = gateway["spec"]["servers"][0]["hosts"]
+    (canary,) = [d for d in objects(environment, "Canary") if d["metadata"]["name"] == "query"]
+    assert canary["spec"]["service"]["hosts"] == hosts
+    routes = list(objects(environment, "VirtualService"))
+    assert [r["metadata"]["name"] for r in routes] == ["query-openai"]
+    for route in routes:
+        assert route["spec"]["hosts"] == hosts and route["spec"]["gateways"] == [
+            gateway["metadata"]["name"]
+        ]
 
 
 def test_what_environments_share_in_istio_system_is_identical_or_named_apart() -> None:

@@ -66,6 +66,7 @@ def test_every_istio_object_validates_with_extra_forbid() -> None:
         "Telemetry",
         "EnvoyFilter",
         "RequestAuthentication",
+        "VirtualService",
     }
 
 
@@ -201,6 +202,8 @@ def repo_copy(tmp_path: Path) -> Path:
         ("mesh/authorization/retrieval.yaml", "principals:\n", "namespaces:\n", "namespaces"),
         ("mesh/authorization/query.yaml", "paths:", "notPaths:", "notPaths"),
         ("mesh/sidecars.yaml", "mode: REGISTRY_ONLY", "mode: ALLOW_ANY", "outboundTrafficPolicy"),
+        ("mesh/openai-api.yaml", "attempts: 0", "attempts: 2", "retries"),
+        ("mesh/openai-api.yaml", "    - ragmesh-gateway", "    - mesh", "gateways"),
     ],
 )
 def test_translator_rejects_what_it_cannot_translate(

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import grpc
+import openai
 import pytest
 
 from ragmesh.v1 import query_service_pb2 as q
@@ -455,6 +456,35 @@ def test_a_machine_client_with_an_api_key_works_only_in_its_keys_tenant(
     time.sleep(1.1)
     assert cli(["--data-dir", data_dir, "--api-key", ask_only, "ingest", str(document)]) == 1
     assert "lacks the scope 'ingest'" in capsys.readouterr().err
+
+
+def test_the_openai_sdk_through_the_ingress(mesh: MeshLab, token: str) -> None:
+    """The official SDK against the gateway's OpenAI-compatible routes (the token as its API
+    key): models, a streamed and a whole chat completion with citations; the end-user rules
+    hold there too (no token: 401, no ask scope: 403), and the answer is the caller's
+    tenant's (another tenant's token sees none of the corpus)."""
+    client = openai.OpenAI(base_url=f"{mesh.rest_url}/v1", api_key=token, max_retries=0)
+    assert [m.id for m in client.models.list()] == ["ragmesh"]
+    messages: Any = [{"role": "user", "content": QUESTION}]
+    chunks = list(client.chat.completions.create(model="ragmesh", messages=messages, stream=True))
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert FACT in text and chunks[-1].choices[0].finish_reason == "stop"
+    cited = (chunks[0].model_extra or {})["citations"]
+    assert cited[0]["document_id"].endswith("lighthouse.md") and "[1]" in text
+    whole = client.chat.completions.create(model="ragmesh", messages=messages)
+    assert FACT in (whole.choices[0].message.content or "")
+    assert (whole.model_extra or {})["citations"] == cited
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=client.base_url, api_key="not-a-token").models.list()
+    no_ask = mesh.token("default", ("ingest",))
+    with pytest.raises(openai.PermissionDeniedError):
+        openai.OpenAI(base_url=client.base_url, api_key=no_ask).chat.completions.create(
+            model="ragmesh", messages=messages
+        )
+    elsewhere = openai.OpenAI(base_url=client.base_url, api_key=mesh.token("initech", ("ask",)))
+    other = elsewhere.chat.completions.create(model="ragmesh", messages=messages)
+    assert (other.model_extra or {})["citations"] == []
+    assert FACT not in (other.choices[0].message.content or "")
 
 
 def test_retrieval_replica_killed_during_asks(mesh: MeshLab, token: str) -> None:

@@ -91,6 +91,7 @@ def cmd_up(args: argparse.Namespace) -> int:
             p = stack.procs[name]
             metrics = f"127.0.0.1:{p.metrics_port}"
             print(f"{name:<11} {p.popen.pid:>7}  {p.address:<21} {metrics:<21}")
+        print(f"OpenAI-compatible API: http://127.0.0.1:{stack.procs['query'].http_port}/v1")
         print("ready: ragmesh ingest PATH... / ragmesh ask QUESTION; Ctrl-C stops", flush=True)
         run_until_stopped(stack)
         return 0
@@ -384,9 +385,8 @@ def cmd_mesh(args: argparse.Namespace) -> int:
             ports = [f"in:{k}->{v}" for k, v in sc.inbound.items()]
             ports += [f"out:{k}->{v}" for k, v in sc.outbound.items() if v]
             print(f"{sc.name:<22} {sc.principal:<58} {' '.join(ports)}")
-        print(
-            f"ingress gateway (QueryService only): gRPC {lab.ingress_address}, REST {lab.rest_url}"
-        )
+        print(f"ingress gateway: gRPC {lab.ingress_address}, REST {lab.rest_url}")
+        print(f"OpenAI-compatible API (through the ingress): {lab.rest_url}/v1")
         print(
             "ready: ragmesh ingest PATH... / ragmesh ask QUESTION go through the ingress; "
             "Ctrl-C stops",
@@ -449,12 +449,12 @@ def cmd_status(args: argparse.Namespace) -> int:
             status = sidecar_state(info["admin"])
         elif name in ("redis", "redis-cache", "ingress", "otlp-receiver", "model-server"):
             status = "-"
-        elif info.get("http"):  # an HTTP application (the API key checker): GET /healthz
+        elif not info.get("grpc"):  # an HTTP application (the API key checker): GET /healthz
             status = http_health(info["http"])
         else:
             status = health(info["grpc"])
         ok = ok and status in ("SERVING", "LIVE", "-")
-        address = info.get("admin") or info.get("http") or info["grpc"]
+        address = info.get("admin") or info.get("grpc") or info["http"]
         print(f"{name:<26} {info['pid']:>7}  {address:<21} {status}")
     if "retrieval" in state and health(state["retrieval"]["grpc"]) == "SERVING":
         with grpc.insecure_channel(state["retrieval"]["grpc"]) as channel:

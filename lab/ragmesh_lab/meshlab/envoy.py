@@ -131,6 +131,17 @@ RUNTIME_MIRROR = "rehearsal.mirror"  # percent of requests mirrored to the canar
 
 
 @dataclass(frozen=True)
+class EdgeRoute:
+    """A route of the gateway's own VirtualService, beside the Canary's (Flagger's): its uri
+    matches sent to one HTTP port of a host (``upstream``: protocol http, no listener)."""
+
+    upstream: Outbound
+    matches: tuple[tuple[str, str], ...]
+    timeout: str | None = None  # None: no route timeout (Istio's default)
+    remove_request_headers: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class Outbound:
     """An outbound listener to one upstream service (all its replicas)."""
 
@@ -148,6 +159,8 @@ class Outbound:
     front: tuple[Json, ...] = ()
     #: the connection manager's local_reply_config (the gateway's), if any
     local_reply: Json | None = None
+    #: the gateway's other routes on the same listeners (its own VirtualServices)
+    edges: tuple[EdgeRoute, ...] = ()
 
     @property
     def cluster(self) -> str:
@@ -498,8 +511,28 @@ def _upstream_cluster(identity: Identity, out: Outbound, name: str, ports: Seque
 
 def route_matches(service: ServicePolicy | None) -> list[Json]:
     """Envoy route matches for a Canary's uri matches (every path when it has none)."""
-    matches = (service.matches if service else ()) or (("prefix", "/"),)
+    return _uri_matches((service.matches if service else ()) or (("prefix", "/"),))
+
+
+def _uri_matches(matches: Sequence[tuple[str, str]]) -> list[Json]:
     return [{"path" if kind == "exact" else "prefix": value} for kind, value in matches]
+
+
+def _edge_routes(identity: Identity, edges: Sequence[EdgeRoute]) -> tuple[list[Json], list[Json]]:
+    """The routes and clusters of the gateway's own VirtualServices."""
+    routes, clusters = [], []
+    for edge in edges:
+        up = edge.upstream
+        route: Json = {
+            "match": {},
+            "route": {"cluster": up.cluster, "timeout": edge.timeout or "0s"},
+            "decorator": {"operation": f"{up.host}:{up.port}/*"},
+        }
+        if edge.remove_request_headers:
+            route["request_headers_to_remove"] = list(edge.remove_request_headers)
+        routes += [{**route, "match": m} for m in _uri_matches(edge.matches)]
+        clusters.append(_upstream_cluster(identity, up, up.cluster, up.endpoints))
+    return routes, clusters
 
 
 def _split_routes(out: Outbound, action: Json, decorator: Json) -> tuple[list[Json], list[str]]:
@@ -630,6 +663,9 @@ def _outbound(
             {**_upstream_cluster(identity, out, primary, out.endpoints), **policy},
             {**_upstream_cluster(identity, out, canary, out.split.canary), **policy},
         ]
+    edge_routes, edge_clusters = _edge_routes(identity, out.edges)
+    routes = edge_routes + routes
+    clusters += edge_clusters
     listeners = [
         {
             "name": name,

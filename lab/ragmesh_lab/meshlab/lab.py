@@ -27,6 +27,7 @@ from ragmesh_lab.meshlab import manifests, matrix
 from ragmesh_lab.meshlab.ca import Identity, LocalCA
 from ragmesh_lab.meshlab.envoy import (
     TRANSCODER,
+    EdgeRoute,
     Inbound,
     Json,
     Outbound,
@@ -53,6 +54,9 @@ INGRESS_PRINCIPAL = "cluster.local/ns/istio-system/sa/istio-ingressgateway-servi
 REPLICAS = {"embedding": 2, "retrieval": 2}
 #: the ragmesh workloads, leaves first
 START_ORDER = ("embedding", "retrieval", "generation", "query", "ingest")
+#: the HTTP APIs the gateway's own VirtualServices may route to: workload -> the variable
+#: that sets the app's port (mesh/openai-api.yaml: query's OpenAI-compatible API)
+HTTP_APIS = {"query": "RAGMESH_QUERY_HTTP_PORT"}
 
 
 def service_account(workload: str) -> str:
@@ -321,13 +325,27 @@ class MeshLab:
         ``ports`` (default: Redis's, or gRPC and metrics)."""
         if not ports:
             ports = [REDIS_PORT] if workload in REDIS_WORKLOADS else [GRPC_PORT, METRICS_PORT]
+            ports = [*ports, *self.http_ports(workload)]
         self.endpoints[workload] = [{p: free_port() for p in ports} for _ in range(replicas)]
         return self.endpoints[workload]
 
+    def http_ports(self, workload: str) -> list[int]:
+        """The HTTP API ports of ``workload`` that the gateway routes to."""
+        ports = sorted({r.port for r in self.policy.gateway_routes if r.workload == workload})
+        if ports and (workload not in HTTP_APIS or len(ports) > 1):
+            raise StackError(f"the gateway routes to {workload} ports {ports}: no such HTTP API")
+        return ports
+
     def start_workload_sidecar(
-        self, workload: str, replica: int, app_grpc: int, app_metrics: int
+        self,
+        workload: str,
+        replica: int,
+        app_grpc: int,
+        app_metrics: int,
+        app_http: Mapping[int, int] | None = None,
     ) -> tuple[Sidecar, dict[str, str]]:
-        """The sidecar of one replica, for an app on the given loopback ports.
+        """The sidecar of one replica, for an app on the given loopback ports (``app_http``:
+        the app's port for each HTTP API port).
 
         Returns the sidecar and the environment that points the app at its outbound listeners.
         """
@@ -337,6 +355,10 @@ class MeshLab:
         inbound = [
             Inbound("grpc", GRPC_PORT, listens[GRPC_PORT], app_grpc, host),
             Inbound("http", METRICS_PORT, listens[METRICS_PORT], app_metrics, host),
+        ]
+        inbound += [
+            Inbound("http", port, listens[port], app, host)
+            for port, app in (app_http or {}).items()
         ]
         # hosts the local mesh runs no workload for (an optional component's) are skipped
         outbound = {up: self.outbound(up) for up in self.egress(workload) if up in self.endpoints}
@@ -365,8 +387,13 @@ class MeshLab:
     def start_workload(self, workload: str, replica: int) -> Proc:
         """Sidecar first (its inbound listeners point at ports the app will bind), then the app."""
         app_grpc, app_metrics = free_port(), free_port()
-        sidecar, env = self.start_workload_sidecar(workload, replica, app_grpc, app_metrics)
+        app_http = {port: free_port() for port in self.http_ports(workload)}
+        sidecar, env = self.start_workload_sidecar(
+            workload, replica, app_grpc, app_metrics, app_http
+        )
         env.update({"RAGMESH_GRPC_PORT": str(app_grpc), "RAGMESH_METRICS_PORT": str(app_metrics)})
+        for app in app_http.values():
+            env[HTTP_APIS[workload]] = str(app)
         if workload == "retrieval" and replica > 0:
             env["RAGMESH_INDEX_ROLE"] = "reader"  # shares the writer's index directory
         return self.stack.start_service(sidecar.name, module=workload, env=env)
@@ -465,7 +492,25 @@ class MeshLab:
                     peer=manifests.spiffe(self.principal(workload)),
                 )
         front += tuple(self.policy.gateway_filters)  # as Istio inserts them: after its own
-        query = replace(query, front=front, local_reply=self.policy.gateway_local_reply)
+        edges = tuple(
+            EdgeRoute(
+                Outbound(
+                    host=self.host(route.workload),
+                    protocol="http",
+                    port=route.port,
+                    listen=0,
+                    endpoints=tuple(e[route.port] for e in self.endpoints[route.workload]),
+                    peer=manifests.spiffe(self.principal(route.workload)),
+                ),
+                route.matches,
+                route.timeout,
+                route.remove_request_headers,
+            )
+            for route in self.policy.gateway_routes
+        )
+        query = replace(
+            query, front=front, local_reply=self.policy.gateway_local_reply, edges=edges
+        )
         port = 0
         if any(f["name"] == TRANSCODER for f in self.policy.gateway_filters):
             port = self.rest_port or free_port()

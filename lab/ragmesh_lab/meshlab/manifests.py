@@ -108,6 +108,19 @@ class ServicePolicy:
 
 
 @dataclass(frozen=True)
+class GatewayRoute:
+    """A VirtualService of the ingress gateway's beside the ones Flagger writes: its uri
+    matches sent to one port of one workload's Service (no split, no retries)."""
+
+    name: str
+    workload: str
+    port: int
+    matches: tuple[tuple[str, str], ...]
+    timeout: str | None
+    remove_request_headers: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class JwtRule:
     """A RequestAuthentication jwtRule of the ingress gateway."""
 
@@ -191,6 +204,11 @@ class MeshPolicy:
     gateway_custom: list[GatewayCustom] = field(default_factory=list)
     #: istiod's extension providers (mesh/istiod-values.yaml) that the local mesh runs
     providers: dict[str, ExtAuthzHttp] = field(default_factory=dict)
+    #: the gateway's own VirtualServices (Flagger writes the Canaries')
+    gateway_routes: list[GatewayRoute] = field(default_factory=list)
+    gateway_names: set[str] = field(default_factory=set)
+    route_gateways: set[str] = field(default_factory=set)
+    route_hosts: set[str] = field(default_factory=set)
 
     def allows(
         self, workload: str, caller: str, path: str, port: int = GRPC_PORT, method: str = "POST"
@@ -258,6 +276,12 @@ def load(root: Path) -> MeshPolicy:
                 "mesh/istiod-values.yaml does not declare"
             )
     policy.gateway_filters = [value for _, _, value in sorted(policy._filter_order)]
+    if policy.route_gateways - policy.gateway_names or policy.route_hosts - policy.gateway_hosts:
+        raise TranslationError(
+            f"a VirtualService names gateways {sorted(policy.route_gateways)} and hosts "
+            f"{sorted(policy.route_hosts)}; the Gateways are {sorted(policy.gateway_names)} "
+            f"for {sorted(policy.gateway_hosts)}"
+        )
     if policy.gateway_local_reply is not None:
         policy.gateway_local_reply = _local_reply(policy.gateway_local_reply, policy.gateway_hosts)
     hosts = [d.hosts for d in policy.gateway_deny] + [c.hosts for c in policy.gateway_custom]
@@ -498,6 +522,59 @@ def _gateway(policy: MeshPolicy, doc: dict[str, Any], where: str) -> None:
     """The edge Gateway: its hosts (the local ingress serves only these)."""
     for server in doc["spec"].get("servers", []):
         policy.gateway_hosts.update(server.get("hosts", ()))
+    policy.gateway_names.add(doc["metadata"]["name"])
+
+
+def _virtual_service(policy: MeshPolicy, doc: dict[str, Any], where: str) -> None:
+    """A route of the ingress gateway to one port of a workload: uri matches, a timeout, no
+    retries, headers removed; anything else a VirtualService could say is refused."""
+    spec = doc.get("spec", {})
+    _check(spec, f"{where} spec", {"hosts", "gateways", "http"})
+    namespace = doc["metadata"]["namespace"]
+    if not spec.get("gateways") or "mesh" in spec["gateways"]:
+        raise TranslationError(f"{where} spec.gateways: only the ingress gateway's routes")
+    http = spec.get("http", [])
+    if len(http) != 1:
+        raise TranslationError(f"{where} spec.http: exactly one route")
+    (route,) = http
+    at = f"{where} spec.http[0]"
+    _check(route, at, {"match", "route", "timeout", "retries", "headers"})
+    matches: list[tuple[str, str]] = []
+    for i, match in enumerate(route.get("match", [])):
+        _check(match, f"{at}.match[{i}]", {"uri"})
+        _check(match["uri"], f"{at}.match[{i}].uri", {"prefix", "exact"})
+        ((kind, value),) = match["uri"].items()
+        matches.append((kind, value))
+    if not matches:
+        raise TranslationError(f"{at}.match: the local mesh routes named paths only")
+    destinations = route.get("route", [])
+    if len(destinations) != 1:
+        raise TranslationError(f"{at}.route: exactly one destination")
+    _check(destinations[0], f"{at}.route[0]", {"destination"})
+    destination = destinations[0]["destination"]
+    _check(destination, f"{at}.route[0].destination", {"host", "port"})
+    host = destination["host"]
+    workload = host.split(".")[0]
+    if host not in (workload, f"{workload}.{namespace}.svc.cluster.local"):
+        raise TranslationError(f"{at}: destination {host!r} is not a Service of {namespace}")
+    if int(route.get("retries", {}).get("attempts", -1)) != 0:
+        raise TranslationError(f"{at}.retries: the local mesh routes with attempts: 0 only")
+    headers = route.get("headers", {})
+    _check(headers, f"{at}.headers", {"request"})
+    _check(headers.get("request", {}), f"{at}.headers.request", {"remove"})
+    policy.gateway_routes.append(
+        GatewayRoute(
+            name=doc["metadata"]["name"],
+            workload=workload,
+            port=int(destination["port"]["number"]),
+            matches=tuple(matches),
+            timeout=_seconds(f"{at}.timeout", route["timeout"]) if "timeout" in route else None,
+            remove_request_headers=tuple(headers.get("request", {}).get("remove", ())),
+        )
+    )
+    for gateway in spec["gateways"]:
+        policy.route_gateways.add(gateway)
+    policy.route_hosts.update(spec.get("hosts", ()))
 
 
 def _sidecar(policy: MeshPolicy, doc: dict[str, Any], where: str) -> None:
@@ -542,6 +619,7 @@ def _canary(policy: MeshPolicy, doc: dict[str, Any], where: str) -> None:
             "hosts",
             "match",
             "headers",
+            "portDiscovery",
         },
     )
     headers = service.get("headers", {})
@@ -702,6 +780,7 @@ _HANDLERS = {
     # processes on one loopback interface: no network namespaces to put policies between
     "NetworkPolicy": _no_traffic_effect,
     "Gateway": _gateway,
+    "VirtualService": _virtual_service,
     "RequestAuthentication": _request_authentication,
     "Telemetry": _no_traffic_effect,
 }

@@ -25,6 +25,8 @@ REDIS_PORT = 6379
 REDIS_WORKLOADS = ("redis", "redis-cache")  # the queue and the caches
 STRANGER = "cluster.local/ns/rag-prod/sa/default"  # an identity no policy names
 EVERY = "every gRPC workload"
+OPENAI_PORT = 8000
+OPENAI_PATHS = (("/v1/chat/completions", "POST"), ("/v1/models", "GET"), ("/v1/models/*", "GET"))
 
 
 def api_paths() -> list[str]:
@@ -70,6 +72,9 @@ def granted(policy: MeshPolicy, who: Sequence[str], grpc_workloads: Sequence[str
     space += [(w, METRICS_PORT, "/metrics", "GET") for w in workloads]
     space += [("gate", GATE_PORT, "/recall", "POST"), ("gate", GATE_PORT, "/recall", "GET")]
     space += [("keys", METRICS_PORT, "/metrics", "GET")]
+    space += [  # query's OpenAI-compatible API
+        ("query", OPENAI_PORT, path, method) for path, method in OPENAI_PATHS
+    ]
     space += [("keys", KEYS_PORT, "/check/*", m) for m in ("GET", "POST", "DELETE")]
     space += [("keys", GRPC_PORT, p, "POST") for p in api_paths()]
     space += [(redis, REDIS_PORT, "TCP", "") for redis in REDIS_WORKLOADS]

@@ -38,7 +38,13 @@ SCOPES = ("ask", "ingest", "delete")
 #: the scope each path needs (gRPC method or REST route; ``*`` ends a prefix), as
 #: mesh/authentication.yaml requires of tokens. Other paths need no scope (query answers them).
 SCOPE_PATHS: Mapping[str, tuple[str, ...]] = {
-    "ask": ("/ragmesh.v1.QueryService/Ask", "/v1/ask"),
+    "ask": (
+        "/ragmesh.v1.QueryService/Ask",
+        "/v1/ask",
+        "/v1/chat/completions",
+        "/v1/models",
+        "/v1/models/*",
+    ),
     "ingest": (
         "/ragmesh.v1.QueryService/Ingest",
         "/ragmesh.v1.QueryService/GetIngestJob",
