@@ -487,6 +487,31 @@ def test_the_openai_sdk_through_the_ingress(mesh: MeshLab, token: str) -> None:
     assert FACT not in (other.choices[0].message.content or "")
 
 
+def test_the_openai_sdk_with_an_api_key_as_its_key(
+    mesh: MeshLab, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """OpenAI's SDK sends its key as a bearer token: a ragmesh API key sent so is checked as
+    an API key (its tenant, its scopes), and a malformed one is still refused."""
+    data_dir = str(mesh.stack.workdir)
+    assert cli(["--data-dir", data_dir, "keys", "create", "--tenant", "default"]) == 0
+    key = capsys.readouterr().out.strip()
+    assert cli(["--data-dir", data_dir, "keys", "create", "--tenant", "default", "--scope",
+                "ingest"]) == 0  # fmt: skip
+    ingest_only = capsys.readouterr().out.strip()
+    time.sleep(1.1)  # the checker re-reads its key file at most once a second
+    base_url = f"{mesh.rest_url}/v1"
+    client = openai.OpenAI(base_url=base_url, api_key=key, max_retries=0)
+    messages: Any = [{"role": "user", "content": QUESTION}]
+    done = client.chat.completions.create(model="ragmesh", messages=messages)
+    assert FACT in (done.choices[0].message.content or "")
+    with pytest.raises(openai.PermissionDeniedError) as denied:
+        openai.OpenAI(base_url=base_url, api_key=ingest_only, max_retries=0).models.list()
+    assert "lacks the scope 'ask'" in denied.value.response.text
+    unknown = key[:-4] + ("AAAA" if not key.endswith("AAAA") else "BBBB")
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=base_url, api_key=unknown, max_retries=0).models.list()
+
+
 def test_retrieval_replica_killed_during_asks(mesh: MeshLab, token: str) -> None:
     """Two callers ask continuously; one retrieval replica (app and sidecar) is killed.
     Last in this module: the replica killed is the writer, so nothing is ingested after."""

@@ -16,6 +16,7 @@ from typing import Any, Literal
 
 from ragmesh_lab.meshlab.ca import Identity
 from ragmesh_lab.meshlab.manifests import (
+    JWT_FILTER,
     ExtAuthzHttp,
     GatewayCustom,
     GatewayDeny,
@@ -750,7 +751,6 @@ def sidecar_config(
 
 #: the REST bridge's filter (mesh/rest-bridge.yaml): its presence opens the REST listener
 TRANSCODER = "envoy.filters.http.grpc_json_transcoder"
-JWT_FILTER = "envoy.filters.http.jwt_authn"
 
 
 EXT_AUTHZ_FILTER = "envoy.filters.http.ext_authz"

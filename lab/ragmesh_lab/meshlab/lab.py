@@ -492,6 +492,7 @@ class MeshLab:
                     peer=manifests.spiffe(self.principal(workload)),
                 )
         front += tuple(self.policy.gateway_filters)  # as Istio inserts them: after its own
+        front = (*self.policy.gateway_first_filters, *front)  # those before token verification
         edges = tuple(
             EdgeRoute(
                 Outbound(

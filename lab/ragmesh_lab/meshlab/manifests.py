@@ -22,6 +22,7 @@ TRUST_DOMAIN = "cluster.local"
 #: primary's pods and copies every other pod label, so only this one selects both releases
 WORKLOAD_LABEL = "ragmesh.io/workload"
 GRPC_PORT = 50051
+JWT_FILTER = "envoy.filters.http.jwt_authn"  # Istio's token verification at the gateway
 METRICS_PORT = 9090
 
 
@@ -194,6 +195,8 @@ class MeshPolicy:
     #: bridge's transcoder, the per-client rate limit), in Istio's order: by priority, then as
     #: the manifests list them
     gateway_filters: list[dict[str, Any]] = field(default_factory=list)
+    #: the HTTP filters EnvoyFilters insert before the gateway's token verification
+    gateway_first_filters: list[dict[str, Any]] = field(default_factory=list)
     #: the local_reply_config an EnvoyFilter merges into the gateway's connection manager
     gateway_local_reply: dict[str, Any] | None = None
     _filter_order: list[tuple[int, int, dict[str, Any]]] = field(default_factory=list)
@@ -731,6 +734,12 @@ def _envoy_filter(policy: MeshPolicy, doc: dict[str, Any], where: str) -> None:
             order = (int(spec.get("priority", 0)), len(policy._filter_order), value)
             policy._filter_order.append(order)
         elif (
+            patch.get("applyTo") == "HTTP_FILTER"
+            and chain_filter.get("subFilter") == {"name": JWT_FILTER}
+            and operation == "INSERT_BEFORE"
+        ):
+            policy.gateway_first_filters.append(value)
+        elif (
             patch.get("applyTo") == "NETWORK_FILTER"
             and chain_filter == {"name": "envoy.filters.network.http_connection_manager"}
             and operation == "MERGE"
@@ -742,8 +751,8 @@ def _envoy_filter(policy: MeshPolicy, doc: dict[str, Any], where: str) -> None:
             policy.gateway_local_reply = value["typed_config"]["local_reply_config"]
         else:
             raise TranslationError(
-                f"{at}: only HTTP filters inserted before the gateway router, or a "
-                "local_reply_config merged into its connection manager"
+                f"{at}: only HTTP filters inserted before the gateway router or before its "
+                "token verification, or a local_reply_config merged into its connection manager"
             )
 
 
