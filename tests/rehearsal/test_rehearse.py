@@ -3,7 +3,8 @@ analysis against the real service's old and new release behind real Envoys, a re
 and the webhooks as written. A good release is promoted; a release with errors, with latency
 or with worse retrieval quality is rolled back by the check that should catch it; a canary
 that receives no traffic is never promoted; users who opt in to the generation A/B test are
-served by the canary through the ingress and query; an ingest backlog raises KEDA's decision.
+served by the canary through the ingress and query; a query release whose OpenAI-compatible
+API does not answer never reaches a user; an ingest backlog raises KEDA's decision.
 Time runs 20 times faster (1m intervals: 3 s)."""
 
 from __future__ import annotations
@@ -119,6 +120,17 @@ def test_a_query_release_with_errors_is_rolled_back_before_it_takes_half(tmp_pat
     # maxWeight, and users reached the canary through the ingress gateway's weighted route
     assert max(t.canary_weight for t in r.ticks) < r.ticks[0].primary_weight // 2
     assert inbound_callers(r, "query-sidecar").get("istio-ingressgateway-service-account", 0) > 0
+
+
+def test_a_query_release_without_its_openai_api_is_rolled_back_before_any_user(
+    tmp_path: Path,
+) -> None:
+    r = run("query", "no-openai", tmp_path)
+    assert r.phase == "Failed"
+    smoke = [h for t in r.ticks for h in t.hooks if h.name == "smoke"]
+    assert smoke and not any(h.ok for h in smoke)
+    assert "status: SERVING" in smoke[0].output  # gRPC was fine: the OpenAI API was not
+    assert max(t.canary_weight for t in r.ticks) == 0  # no user was sent to it
 
 
 def test_an_ingest_backlog_raises_kedas_decision_and_a_good_worker_is_promoted(

@@ -571,9 +571,10 @@ def parser() -> argparse.ArgumentParser:
     rh.add_argument(
         "--scenario",
         default="good",
-        choices=("good", "errors", "latency", "quality", "no-traffic", "backlog"),
+        choices=("good", "errors", "latency", "quality", "no-traffic", "backlog", "no-openai"),
         help="the new release: good, or one that must be rolled back (default: good); "
-        "backlog (ingest): a burst of documents, KEDA's decision in the timeline",
+        "backlog (ingest): a burst of documents, KEDA's decision in the timeline; no-openai "
+        "(query): its OpenAI-compatible API off",
     )
     rh.add_argument(
         "--timescale",

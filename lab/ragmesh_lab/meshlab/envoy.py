@@ -584,7 +584,7 @@ def _outbound(
 ) -> tuple[list[Json], list[Json]]:
     service = out.service
     cluster = _upstream_cluster(identity, out, out.cluster, out.endpoints)
-    name = f"outbound_{out.host.split('.')[0]}"
+    name = f"outbound_{out.host.split('.')[0]}_{out.port}"  # a host may have several ports
     if out.protocol == "http":  # HTTP/1.1 for the gateway's own filters (ext_authz): no listener
         if out.listen:
             raise TranslationError(f"{out.host}: HTTP upstreams have no outbound listener here")

@@ -24,7 +24,8 @@ Scenarios (the new release): ``good``; ``errors`` (20 % of calls fail:
 RAGMESH_FAULT_ERROR_PERCENT); ``latency`` (+400 ms per call: RAGMESH_FAULT_DELAY_MS);
 ``quality`` (embedding: another vector space, release.py --regression; retrieval: an index
 without the corpus); ``no-traffic`` (no user calls, and the load tester sends nothing: the
-Canary's rollout webhooks are left out).
+Canary's rollout webhooks are left out); ``no-openai`` (query without its OpenAI-compatible
+API: RAGMESH_QUERY_HTTP_PORT=-1); ``backlog`` (ingest: a burst of documents).
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ from ragmesh_lab.meshlab.envoy import (
     Split,
 )
 from ragmesh_lab.meshlab.lab import (
+    HTTP_APIS,
     INGRESS,
     INGRESS_PRINCIPAL,
     MeshLab,
@@ -129,6 +131,8 @@ def scenario(service: str, name: str, workdir: Path) -> Scenario:
         return Scenario(name, {"RAGMESH_FAULT_DELAY_MS": "400"}, expect="Failed")
     if name == "no-traffic":
         return Scenario(name, traffic=False, expect="Failed")
+    if name == "no-openai" and service == "query":  # the smoke webhook calls the canary's
+        return Scenario(name, {"RAGMESH_QUERY_HTTP_PORT": "-1"}, expect="Failed")
     if name == "quality" and service == "embedding":
         return Scenario(name, expect="Failed", regression="quality")
     if name == "quality" and service == "retrieval":
@@ -137,7 +141,7 @@ def scenario(service: str, name: str, workdir: Path) -> Scenario:
     raise NoScenario(f"no scenario {name!r} for {service}")
 
 
-SCENARIOS = ("good", "errors", "latency", "quality", "no-traffic", "backlog")
+SCENARIOS = ("good", "errors", "latency", "quality", "no-traffic", "backlog", "no-openai")
 
 
 def pod_name(deployment: str) -> str:
@@ -227,6 +231,9 @@ class Stage:
             Inbound("grpc", GRPC_PORT, listens[GRPC_PORT], grpc_port, host, second[0]),
             Inbound("http", METRICS_PORT, listens[METRICS_PORT], metrics, host),
         ]
+        # the workload's HTTP API (query's OpenAI-compatible one), where its endpoints have it
+        http = {p: free_port() for p in self.lab.http_ports(workload) if p in listens}
+        inbound += [Inbound("http", p, listens[p], app, host) for p, app in http.items()]
         outbound = self.calls(workload)
         sidecar = self.lab.start_sidecar(
             f"{deployment}-sidecar",
@@ -250,6 +257,8 @@ class Stage:
             "RAGMESH_GRPC_PORT": str(grpc_port),
             "RAGMESH_METRICS_PORT": str(metrics),
         }
+        for app in http.values():  # unless the release turns its API off
+            env.setdefault(HTTP_APIS[workload], str(app))
         proc = self.start_app(deployment, workload, env, release)
         pod = Pod(pod_name(deployment), proc, metrics, sidecar)
         self.pods[role] = pod
@@ -475,10 +484,28 @@ class Stage:
             endpoints=tuple(e[GATE_PORT] for e in self.lab.endpoints["gate"]),
             peer=spiffe(self.lab.principal("gate")),
         )
-        others = {**self.others(), "gate": gate}
+        # the canary's HTTP API (query's OpenAI-compatible one: the smoke webhook calls it)
+        canary = f"{self.service}-canary"
+        apis = {
+            f"{canary}:{port}": Outbound(
+                host=self.fqdn(canary),
+                protocol="tcp",
+                port=port,
+                listen=free_port(),
+                endpoints=(self.lab.endpoints[self.service][0][port],),
+                peer=spiffe(self.lab.principal(self.service)),
+            )
+            for port in self.lab.http_ports(self.service)
+        }
+        others = {**self.others(), "gate": gate, **apis}
         sidecar = self.client("loadtester", principal(self.namespace, LOADTESTER), others)
-        hosts = {f"{h}:{GRPC_PORT}": f"127.0.0.1:{p}" for h, p in sidecar.outbound.items()}
+        hosts = {
+            f"{h}:{GRPC_PORT}": f"127.0.0.1:{p}"
+            for h, p in sidecar.outbound.items()
+            if h not in apis
+        }
         hosts[f"gate:{GATE_PORT}"] = f"127.0.0.1:{sidecar.outbound['gate']}"
+        hosts.update({name: f"127.0.0.1:{sidecar.outbound[name]}" for name in apis})
         mounts = {"/etc/ragmesh": str(self.root / "rollouts/loadtester")}
         home = self.lab.stack.workdir / "loadtester"
         self.tester = LoadTester(home, hosts, mounts, self.timescale)
