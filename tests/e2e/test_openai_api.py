@@ -127,6 +127,7 @@ def test_bad_requests_are_openai_errors_naming_the_parameter(client: openai.Open
             model="ragmesh", messages=[{"role": "user", "content": QUESTION}], temperature=3
         )
     assert bad.value.param == "temperature"
+    assert bad.value.message.endswith("- temperature: must be between 0 and 2")
     with pytest.raises(openai.NotFoundError) as missing:
         client.chat.completions.create(
             model="gpt-4o", messages=[{"role": "user", "content": QUESTION}]

@@ -39,9 +39,12 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def _error(error: BaseException) -> web.Response:
+    param = None
+    if isinstance(error, InvalidArgument):  # named as the OpenAI request names the field
+        param = openai_api.param_of(error.field)
+        error = InvalidArgument(param, error.problem)
     code, message = status_for(error)
     status = openai_api.HTTP_STATUS.get(code, 500)
-    param = openai_api.param_of(error.field) if isinstance(error, InvalidArgument) else None
     kind = "model_not_found" if status == 404 else code.name.lower()
     return web.json_response(openai_api.error_body(status, message, param, kind), status=status)
 
