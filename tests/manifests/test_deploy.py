@@ -18,6 +18,7 @@ import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
+from cloudcoil.models.istio.networking import v1 as networking
 from cloudcoil.resources import get_model
 from google.protobuf import json_format
 
@@ -350,8 +351,9 @@ def render_overlay(overlay: Path, kustomization: dict[str, Any]) -> list[dict[st
 
 def test_the_vllm_server_component_serves_generation_only(tmp_path: Path) -> None:
     """A vLLM OpenAI server of its own on a GPU: generation (openai engine) is its only
-    client through the mesh, KEDA scales it on vLLM's queue, and it is a hardened pod; in
-    the environment's namespace (dev: rag-dev)."""
+    client through the mesh (and the load tester, for a canary), KEDA scales it on vLLM's
+    queue, a new model is a Flagger canary, and it is a hardened pod; in the environment's
+    namespace (dev: rag-dev)."""
     docs = overlay_with_component(tmp_path, "dev", "vllm-server")
     by = {(d["kind"], d["metadata"]["name"]): d for d in docs}
     namespace = by[("Deployment", "generation")]["metadata"]["namespace"]
@@ -384,8 +386,29 @@ def test_the_vllm_server_component_serves_generation_only(tmp_path: Path) -> Non
     }
     assert callers == {
         f"cluster.local/ns/{namespace}/sa/ragmesh-generation",
+        f"cluster.local/ns/{namespace}/sa/flagger-loadtester",  # a canary's smoke test, load
         "cluster.local/ns/istio-system/sa/prometheus",
     }
+    # a new model is a weighted canary with generation's gates, its KEDA queue per side
+    canary = by[("Canary", "vllm")]
+    jsonschema.validate(canary, schema("flagger.app/v1beta1", "Canary"))
+    spec = canary["spec"]
+    networking.TrafficPolicy.model_validate(spec["service"]["trafficPolicy"], extra="forbid")
+    networking.HttpModel.model_validate({"retries": spec["service"]["retries"]}, extra="forbid")
+    assert spec["service"]["port"] == service["spec"]["ports"][0]["port"]
+    assert spec["service"]["retries"] == {"attempts": 0}
+    assert spec["analysis"]["stepWeight"] and spec["analysis"]["maxWeight"] <= 50
+    gates = {m["name"]: m for m in spec["analysis"]["metrics"]}
+    assert gates["request-success-rate"]["thresholdRange"] == {"min": 99}
+    ttft = gates["time-to-first-token-p95"]
+    assert ttft["templateVariables"]["histogram"] == "vllm:time_to_first_token_seconds"
+    assert ("MetricTemplate", ttft["templateRef"]["name"]) in by
+    primary = spec["autoscalerRef"]["primaryScalerQueries"]["waiting"]
+    assert f'namespace="{namespace}"' in primary and "vllm-primary-" in primary
+    assert [t["name"] for t in by[("ScaledObject", "vllm")]["spec"]["triggers"]] == ["waiting"]
+    for hook in spec["analysis"]["webhooks"]:
+        assert f"flagger-loadtester.{namespace}." in hook["url"]
+        assert "vllm-canary:8000" in hook["metadata"]["cmd"]
     egress = by[("Sidecar", "generation")]["spec"]["egress"][0]["hosts"]
     assert f"{namespace}/vllm.{namespace}.svc.cluster.local" in egress
     trigger = by[("ScaledObject", "vllm")]["spec"]["triggers"][0]["metadata"]
