@@ -10,7 +10,6 @@ import shutil
 import subprocess
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import grpc
 import httpx
@@ -21,10 +20,7 @@ from ragmesh.v1 import query_service_pb2 as q
 from ragmesh.v1 import query_service_pb2_grpc
 from ragmesh_lab.cli.documents import read_document
 from ragmesh_lab.cli.supervisor import Stack
-
-CORPUS = Path(__file__).resolve().parents[2] / "samples" / "corpus"
-QUESTION = "How often does the Keelhaven light flash?"
-FACT = "two white flashes every fifteen seconds"
+from tests.e2e.test_stack import CORPUS, FACT, QUESTION
 
 
 @pytest.fixture(scope="module")

@@ -528,6 +528,17 @@ def _gateway(policy: MeshPolicy, doc: dict[str, Any], where: str) -> None:
     policy.gateway_names.add(doc["metadata"]["name"])
 
 
+def _uri_matches(matches: list[dict[str, Any]], where: str) -> tuple[tuple[str, str], ...]:
+    """A route's uri matches as ("prefix" | "exact", value); any other match is refused."""
+    out = []
+    for i, match in enumerate(matches):
+        _check(match, f"{where}.match[{i}]", {"uri"})
+        _check(match["uri"], f"{where}.match[{i}].uri", {"prefix", "exact"})
+        ((kind, value),) = match["uri"].items()
+        out.append((kind, value))
+    return tuple(out)
+
+
 def _virtual_service(policy: MeshPolicy, doc: dict[str, Any], where: str) -> None:
     """A route of the ingress gateway to one port of a workload: uri matches, a timeout, no
     retries, headers removed; anything else a VirtualService could say is refused."""
@@ -542,12 +553,7 @@ def _virtual_service(policy: MeshPolicy, doc: dict[str, Any], where: str) -> Non
     (route,) = http
     at = f"{where} spec.http[0]"
     _check(route, at, {"match", "route", "timeout", "retries", "headers"})
-    matches: list[tuple[str, str]] = []
-    for i, match in enumerate(route.get("match", [])):
-        _check(match, f"{at}.match[{i}]", {"uri"})
-        _check(match["uri"], f"{at}.match[{i}].uri", {"prefix", "exact"})
-        ((kind, value),) = match["uri"].items()
-        matches.append((kind, value))
+    matches = _uri_matches(route.get("match", []), at)
     if not matches:
         raise TranslationError(f"{at}.match: the local mesh routes named paths only")
     destinations = route.get("route", [])
@@ -570,7 +576,7 @@ def _virtual_service(policy: MeshPolicy, doc: dict[str, Any], where: str) -> Non
             name=doc["metadata"]["name"],
             workload=workload,
             port=int(destination["port"]["number"]),
-            matches=tuple(matches),
+            matches=matches,
             timeout=_seconds(f"{at}.timeout", route["timeout"]) if "timeout" in route else None,
             remove_request_headers=tuple(headers.get("request", {}).get("remove", ())),
         )
@@ -641,12 +647,7 @@ def _canary(policy: MeshPolicy, doc: dict[str, Any], where: str) -> None:
             else None,
             retry_on=r.get("retryOn"),
         )
-    matches: list[tuple[str, str]] = []
-    for i, match in enumerate(service.get("match", [])):
-        _check(match, f"{w}.match[{i}]", {"uri"})
-        _check(match["uri"], f"{w}.match[{i}].uri", {"prefix", "exact"})
-        ((kind, value),) = match["uri"].items()
-        matches.append((kind, value))
+    matches = _uri_matches(service.get("match", []), w)
     tp = service.get("trafficPolicy", {})
     _check(tp, f"{w}.trafficPolicy", {"tls", "connectionPool", "outlierDetection"})
     if tp.get("tls", {}).get("mode", "ISTIO_MUTUAL") != "ISTIO_MUTUAL":
@@ -690,7 +691,7 @@ def _canary(policy: MeshPolicy, doc: dict[str, Any], where: str) -> None:
         max_requests_per_connection=http.get("maxRequestsPerConnection"),
         idle_timeout=http.get("idleTimeout"),
         outlier=dict(outlier),
-        matches=tuple(matches),
+        matches=matches,
         remove_request_headers=tuple(headers.get("request", {}).get("remove", ())),
         gateways=tuple(service.get("gateways", ())),
     )
