@@ -5,6 +5,7 @@ per Ask across every sidecar and service, and failover when a retrieval replica 
 from __future__ import annotations
 
 import json
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -460,7 +461,8 @@ def test_a_machine_client_with_an_api_key_works_only_in_its_keys_tenant(
 
 def test_the_openai_sdk_through_the_ingress(mesh: MeshLab, token: str) -> None:
     """The official SDK against the gateway's OpenAI-compatible routes (the token as its API
-    key): models, a streamed and a whole chat completion with citations; the end-user rules
+    key): models, a streamed and a whole chat completion with citations, and curl's stream;
+    the end-user rules
     hold there too (no token: 401, no ask scope: 403), and the answer is the caller's
     tenant's (another tenant's token sees none of the corpus)."""
     client = openai.OpenAI(base_url=f"{mesh.rest_url}/v1", api_key=token, max_retries=0)
@@ -481,6 +483,15 @@ def test_the_openai_sdk_through_the_ingress(mesh: MeshLab, token: str) -> None:
         openai.OpenAI(base_url=client.base_url, api_key=no_ask).chat.completions.create(
             model="ragmesh", messages=messages
         )
+    # curl, as the docs show it: server-sent events through the gateway
+    out = subprocess.run(
+        ["curl", "-sSN", f"{mesh.rest_url}/v1/chat/completions", "-H",
+         f"authorization: Bearer {token}", "-H", "content-type: application/json", "-d",
+         json.dumps({"model": "ragmesh", "messages": messages, "stream": True})],
+        capture_output=True, text=True, timeout=60, check=True,
+    ).stdout  # fmt: skip
+    events = [e.removeprefix("data: ") for e in out.split("\n\n") if e]
+    assert events[-1] == "[DONE]" and json.loads(events[0])["citations"] == cited
     elsewhere = openai.OpenAI(base_url=client.base_url, api_key=mesh.token("initech", ("ask",)))
     other = elsewhere.chat.completions.create(model="ragmesh", messages=messages)
     assert (other.model_extra or {})["citations"] == []
