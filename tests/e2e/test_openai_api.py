@@ -60,8 +60,9 @@ def base_url(stack: Stack) -> str:
 
 
 @pytest.fixture(scope="module")
-def client(base_url: str) -> openai.OpenAI:
-    return openai.OpenAI(base_url=base_url, api_key="unused-without-a-gateway", max_retries=0)
+def client(base_url: str) -> Iterator[openai.OpenAI]:
+    with openai.OpenAI(base_url=base_url, api_key="unused-without-a-gateway", max_retries=0) as c:
+        yield c
 
 
 def test_models_lists_the_configured_profiles(client: openai.OpenAI) -> None:

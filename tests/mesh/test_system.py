@@ -459,30 +459,33 @@ def test_a_machine_client_with_an_api_key_works_only_in_its_keys_tenant(
     assert "lacks the scope 'ingest'" in capsys.readouterr().err
 
 
+def sdk(mesh: MeshLab, key: str) -> openai.OpenAI:
+    """OpenAI's client for the gateway's OpenAI-compatible routes (close it: ``with``)."""
+    return openai.OpenAI(base_url=f"{mesh.rest_url}/v1", api_key=key, max_retries=0)
+
+
 def test_the_openai_sdk_through_the_ingress(mesh: MeshLab, token: str) -> None:
     """The official SDK against the gateway's OpenAI-compatible routes (the token as its API
     key): models, a streamed and a whole chat completion with citations, and curl's stream;
-    the end-user rules
-    hold there too (no token: 401, no ask scope: 403), and the answer is the caller's
-    tenant's (another tenant's token sees none of the corpus)."""
-    client = openai.OpenAI(base_url=f"{mesh.rest_url}/v1", api_key=token, max_retries=0)
-    assert [m.id for m in client.models.list()] == ["ragmesh"]
+    the end-user rules hold there too (no token: 401, no ask scope: 403), and the answer is
+    the caller's tenant's (another tenant's token sees none of the corpus)."""
     messages: Any = [{"role": "user", "content": QUESTION}]
-    chunks = list(client.chat.completions.create(model="ragmesh", messages=messages, stream=True))
+    with sdk(mesh, token) as client:
+        assert [m.id for m in client.models.list()] == ["ragmesh"]
+        stream = client.chat.completions.create(model="ragmesh", messages=messages, stream=True)
+        chunks = list(stream)
+        whole = client.chat.completions.create(model="ragmesh", messages=messages)
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert FACT in text and chunks[-1].choices[0].finish_reason == "stop"
     cited = (chunks[0].model_extra or {})["citations"]
     assert cited[0]["document_id"].endswith("lighthouse.md") and "[1]" in text
-    whole = client.chat.completions.create(model="ragmesh", messages=messages)
     assert FACT in (whole.choices[0].message.content or "")
     assert (whole.model_extra or {})["citations"] == cited
-    with pytest.raises(openai.AuthenticationError):
-        openai.OpenAI(base_url=client.base_url, api_key="not-a-token").models.list()
+    with pytest.raises(openai.AuthenticationError), sdk(mesh, "not-a-token") as client:
+        client.models.list()
     no_ask = mesh.token("default", ("ingest",))
-    with pytest.raises(openai.PermissionDeniedError):
-        openai.OpenAI(base_url=client.base_url, api_key=no_ask).chat.completions.create(
-            model="ragmesh", messages=messages
-        )
+    with pytest.raises(openai.PermissionDeniedError), sdk(mesh, no_ask) as client:
+        client.chat.completions.create(model="ragmesh", messages=messages)
     # curl, as the docs show it: server-sent events through the gateway
     out = subprocess.run(
         ["curl", "-sSN", f"{mesh.rest_url}/v1/chat/completions", "-H",
@@ -492,8 +495,8 @@ def test_the_openai_sdk_through_the_ingress(mesh: MeshLab, token: str) -> None:
     ).stdout  # fmt: skip
     events = [e.removeprefix("data: ") for e in out.split("\n\n") if e]
     assert events[-1] == "[DONE]" and json.loads(events[0])["citations"] == cited
-    elsewhere = openai.OpenAI(base_url=client.base_url, api_key=mesh.token("initech", ("ask",)))
-    other = elsewhere.chat.completions.create(model="ragmesh", messages=messages)
+    with sdk(mesh, mesh.token("initech", ("ask",))) as elsewhere:
+        other = elsewhere.chat.completions.create(model="ragmesh", messages=messages)
     assert (other.model_extra or {})["citations"] == []
     assert FACT not in (other.choices[0].message.content or "")
 
@@ -502,7 +505,7 @@ def test_the_openai_sdk_with_an_api_key_as_its_key(
     mesh: MeshLab, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """OpenAI's SDK sends its key as a bearer token: a ragmesh API key sent so is checked as
-    an API key (its tenant, its scopes), and a malformed one is still refused."""
+    an API key (its tenant, its scopes), and an unknown one is refused."""
     data_dir = str(mesh.stack.workdir)
     assert cli(["--data-dir", data_dir, "keys", "create", "--tenant", "default"]) == 0
     key = capsys.readouterr().out.strip()
@@ -510,17 +513,16 @@ def test_the_openai_sdk_with_an_api_key_as_its_key(
                 "ingest"]) == 0  # fmt: skip
     ingest_only = capsys.readouterr().out.strip()
     time.sleep(1.1)  # the checker re-reads its key file at most once a second
-    base_url = f"{mesh.rest_url}/v1"
-    client = openai.OpenAI(base_url=base_url, api_key=key, max_retries=0)
     messages: Any = [{"role": "user", "content": QUESTION}]
-    done = client.chat.completions.create(model="ragmesh", messages=messages)
+    with sdk(mesh, key) as client:
+        done = client.chat.completions.create(model="ragmesh", messages=messages)
     assert FACT in (done.choices[0].message.content or "")
-    with pytest.raises(openai.PermissionDeniedError) as denied:
-        openai.OpenAI(base_url=base_url, api_key=ingest_only, max_retries=0).models.list()
+    with pytest.raises(openai.PermissionDeniedError) as denied, sdk(mesh, ingest_only) as client:
+        client.models.list()
     assert "lacks the scope 'ask'" in denied.value.response.text
     unknown = key[:-4] + ("AAAA" if not key.endswith("AAAA") else "BBBB")
-    with pytest.raises(openai.AuthenticationError):
-        openai.OpenAI(base_url=base_url, api_key=unknown, max_retries=0).models.list()
+    with pytest.raises(openai.AuthenticationError), sdk(mesh, unknown) as client:
+        client.models.list()
 
 
 def test_retrieval_replica_killed_during_asks(mesh: MeshLab, token: str) -> None:
