@@ -141,8 +141,8 @@ class OpenAIFace:
                 if chat.include_usage:
                     await _send(response, completion.usage_chunk())
                 await response.write(b"data: [DONE]\n\n")
-            except (ConnectionResetError, OSError):
-                raise  # the client left: nothing to tell it
+            except ConnectionResetError:
+                return response  # the client left: nothing to tell it (the Ask is closed)
             except Exception as e:  # noqa: BLE001 - after the headers, an error is an event
                 error = _error(e)
                 assert error.text is not None
