@@ -481,11 +481,20 @@ def test_the_openai_sdk_through_the_ingress(mesh: MeshLab, token: str) -> None:
     assert cited[0]["document_id"].endswith("lighthouse.md") and "[1]" in text
     assert FACT in (whole.choices[0].message.content or "")
     assert (whole.model_extra or {})["citations"] == cited
-    with pytest.raises(openai.AuthenticationError), sdk(mesh, "not-a-token") as client:
-        client.models.list()
+    # the gateway's own refusals, in OpenAI's error shape (the SDK shows the reason)
+    with pytest.raises(openai.AuthenticationError) as refused, sdk(mesh, "not-a-token") as c:
+        c.models.list()
+    assert refused.value.body == {
+        "message": "Jwt is not in the form of Header.Payload.Signature with two dots and 3 sections",
+        "type": "authentication_error",
+        "param": None,
+        "code": None,
+    }
     no_ask = mesh.token("default", ("ingest",))
-    with pytest.raises(openai.PermissionDeniedError), sdk(mesh, no_ask) as client:
-        client.chat.completions.create(model="ragmesh", messages=messages)
+    with pytest.raises(openai.PermissionDeniedError) as denied, sdk(mesh, no_ask) as c:
+        c.chat.completions.create(model="ragmesh", messages=messages)
+    assert denied.value.message == "Error code: 403 - RBAC: access denied"
+    assert isinstance(denied.value.body, dict) and denied.value.type == "permission_error"
     # curl, as the docs show it: server-sent events through the gateway
     out = subprocess.run(
         ["curl", "-sSN", f"{mesh.rest_url}/v1/chat/completions", "-H",
@@ -519,7 +528,8 @@ def test_the_openai_sdk_with_an_api_key_as_its_key(
     assert FACT in (done.choices[0].message.content or "")
     with pytest.raises(openai.PermissionDeniedError) as denied, sdk(mesh, ingest_only) as client:
         client.models.list()
-    assert "lacks the scope 'ask'" in denied.value.response.text
+    assert isinstance(denied.value.body, dict)
+    assert denied.value.body["message"].endswith("lacks the scope 'ask'")
     unknown = key[:-4] + ("AAAA" if not key.endswith("AAAA") else "BBBB")
     with pytest.raises(openai.AuthenticationError), sdk(mesh, unknown) as client:
         client.models.list()
