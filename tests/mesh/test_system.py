@@ -485,7 +485,8 @@ def test_the_openai_sdk_through_the_ingress(mesh: MeshLab, token: str) -> None:
     with pytest.raises(openai.AuthenticationError) as refused, sdk(mesh, "not-a-token") as c:
         c.models.list()
     assert refused.value.body == {
-        "message": "Jwt is not in the form of Header.Payload.Signature with two dots and 3 sections",
+        "message": "Jwt is not in the form of Header.Payload.Signature with two dots and 3 "
+        "sections",
         "type": "authentication_error",
         "param": None,
         "code": None,
