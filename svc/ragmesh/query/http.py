@@ -18,6 +18,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
+import grpc
 from aiohttp import web
 from prometheus_client import Counter
 
@@ -62,7 +63,7 @@ async def _call(request: web.Request, handler: Handler) -> web.StreamResponse:
     except web.HTTPException as e:  # aiohttp's own: no route, wrong method, body too large
         response = web.json_response(openai_api.error_body(e.status, e.reason), status=e.status)
     except Exception as e:  # noqa: BLE001 - every error becomes an answer
-        if not _mapped(e):
+        if status_for(e)[0] == grpc.StatusCode.INTERNAL:  # no domain error: a bug
             log.exception("%s %s failed", request.method, request.path)
         response = _error(e)
     finally:
@@ -79,10 +80,6 @@ async def _call(request: web.Request, handler: Handler) -> web.StreamResponse:
         extra={"request_id": ctx.request_id, "caller": ctx.caller, "tenant": ctx.tenant},
     )
     return response
-
-
-def _mapped(error: BaseException) -> bool:
-    return status_for(error)[1] != "internal error"
 
 
 class OpenAIFace:
