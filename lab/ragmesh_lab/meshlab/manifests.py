@@ -1,8 +1,8 @@
 """Read the shipped mesh manifests into the few typed facts the local mesh enforces.
 
-Sources: ``mesh/`` (the kustomization's resources: AuthorizationPolicy, Sidecar, ...) and
-``rollouts/<service>/canary.yaml`` (the Canary ``service`` block: retries, timeouts,
-connection pool, outlier detection). Every field of those objects that changes traffic is
+Sources: the chart's rendered objects (``helm template charts/ragmesh``): those of its
+``templates/mesh/`` (AuthorizationPolicy, Sidecar, ...) and the Canaries (their ``service``
+block: retries, timeouts, connection pool, outlier detection). Every field of those objects that changes traffic is
 either translated or rejected with :class:`TranslationError` naming it; nothing is
 silently ignored. Kinds the local mesh has no counterpart for (Namespace, Gateway,
 Telemetry, PeerAuthentication STRICT) are checked for the values it assumes.
@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from ragmesh_lab import chart
 
 TRUST_DOMAIN = "cluster.local"
 #: the pod label Istio's selectors use: Flagger rewrites `app` to `<name>-primary` on the
@@ -237,27 +239,11 @@ def _seconds(where: str, value: Any) -> str:
 
 
 def load_documents(root: Path) -> Iterator[tuple[str, dict[str, Any]]]:
-    """(file, object) for every object of mesh/ (through its kustomization) and the Canaries."""
-    yield from _kustomize(root / "mesh")
-    for canary in sorted((root / "rollouts").glob("*/canary.yaml")):
-        for doc in yaml.safe_load_all(canary.read_text()):
-            if doc:
-                yield str(canary.relative_to(root)), doc
-
-
-def _kustomize(directory: Path) -> Iterator[tuple[str, dict[str, Any]]]:
-    kustomization = yaml.safe_load((directory / "kustomization.yaml").read_text())
-    _check(
-        kustomization, f"{directory.name}/kustomization.yaml", {"apiVersion", "kind", "resources"}
-    )
-    for entry in kustomization.get("resources", []):
-        path = directory / entry
-        if path.is_dir():
-            yield from _kustomize(path)
-            continue
-        for doc in yaml.safe_load_all(path.read_text()):
-            if doc:
-                yield str(path.relative_to(directory.parent)), doc
+    """(template, object) for the mesh's objects (the chart's ``templates/mesh/``) and the
+    Canaries, as ``helm template`` renders the chart under ``root`` with its defaults."""
+    for source, doc in chart.render(root):
+        if source.startswith("mesh/") or doc["kind"] == "Canary":
+            yield source, doc
 
 
 def load(root: Path) -> MeshPolicy:

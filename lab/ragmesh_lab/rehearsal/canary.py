@@ -1,7 +1,7 @@
 """What Flagger reads from a Canary and its MetricTemplates, as Flagger reads it.
 
-Sources are the shipped manifests, never a copy: ``rollouts/<service>/canary.yaml`` and
-``rollouts/templates/metric-templates.yaml``. Defaults are Flagger's (``threshold``: 0 means
+Sources are the shipped manifests, never a copy: the Canaries and MetricTemplates the chart
+renders (``helm template charts/ragmesh``). Defaults are Flagger's (``threshold``: 0 means
 rollback at the first failed check; ``maxWeight``: 100; ``stepWeight``: none; a metric's
 ``interval``: 1m).
 """
@@ -15,8 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from ragmesh_lab import chart
 from ragmesh_lab.rehearsal.ghz import duration
 
 _VARIABLE = re.compile(r"\{\{\s*([a-z]+(?:\.[a-z_]+)?)\s*\}\}")
@@ -86,17 +85,25 @@ class Canary:
 
 
 def templates(root: Path) -> dict[str, str]:
-    """MetricTemplate name → query, from rollouts/templates."""
-    text = (root / "rollouts/templates/metric-templates.yaml").read_text()
-    return {d["metadata"]["name"]: d["spec"]["query"] for d in yaml.safe_load_all(text) if d}
+    """MetricTemplate name → query, as the chart renders them."""
+    return {
+        d["metadata"]["name"]: d["spec"]["query"]
+        for d in chart.objects(root)
+        if d["kind"] == "MetricTemplate"
+    }
 
 
 def load(root: Path, service: str) -> Canary:
-    """The Canary of ``service`` (rollouts/<service>/canary.yaml)."""
-    path = root / "rollouts" / service / "canary.yaml"
-    if not path.exists():
-        raise FileNotFoundError(f"{service} has no Canary (rollouts/{service}/canary.yaml)")
-    doc = yaml.safe_load(path.read_text())
+    """The Canary of ``service``, as the chart renders it."""
+    path = f"the chart's Canary {service}"
+    found = [
+        d
+        for d in chart.objects(root)
+        if d["kind"] == "Canary" and d["metadata"]["name"] == service
+    ]
+    if not found:
+        raise FileNotFoundError(f"{service} has no Canary in the chart")
+    doc = found[0]
     spec = doc["spec"]["analysis"]
     queries = templates(root)
     metrics = []

@@ -48,6 +48,7 @@ from typing import Any
 import grpc
 from google.protobuf import json_format
 
+from ragmesh_lab import chart
 from ragmesh_lab.cli.documents import find_files, read_document
 from ragmesh_lab.cli.supervisor import Proc, StackError, free_port
 from ragmesh_lab.meshlab.envoy import (
@@ -83,7 +84,7 @@ from ragmesh_lab.rehearsal.webhooks import HookResult, LoadTester
 
 GATE_PORT = 8080
 LOADTESTER = "flagger-loadtester"
-PROTOSET = "rollouts/loadtester/ragmesh.protoset"
+PROTOSET = chart.FILES / "ragmesh.protoset"  # the ragmesh-protoset ConfigMap's file
 #: the services a rehearsal can stage, and the other services it runs for them (leaves first):
 #: the quality gate needs an index; generation's users come through the ingress and query
 TOPOLOGY = {
@@ -463,7 +464,7 @@ class Stage:
         env.update(
             {
                 "RAGMESH_GATE_PORT": str(port),
-                "RAGMESH_GATE_GOLDEN": str(self.root / "rollouts/gate/golden.jsonl"),
+                "RAGMESH_GATE_GOLDEN": str(self.root / chart.FILES / "golden.jsonl"),
                 "grpc_proxy": names.start(),
                 "no_grpc_proxy": "",
             }
@@ -506,7 +507,7 @@ class Stage:
         }
         hosts[f"gate:{GATE_PORT}"] = f"127.0.0.1:{sidecar.outbound['gate']}"
         hosts.update({name: f"127.0.0.1:{sidecar.outbound[name]}" for name in apis})
-        mounts = {"/etc/ragmesh": str(self.root / "rollouts/loadtester")}
+        mounts = {"/etc/ragmesh": str(self.root / chart.FILES)}  # its ragmesh.protoset
         home = self.lab.stack.workdir / "loadtester"
         self.tester = LoadTester(home, hosts, mounts, self.timescale)
 
@@ -698,10 +699,8 @@ class KedaDecision:
 
     def __init__(self, stage: Stage) -> None:
         import redis as sync_redis
-        import yaml
 
-        docs = yaml.safe_load_all((stage.root / "rollouts/ingest/workload.yaml").read_text())
-        so = next(d for d in docs if d and d["kind"] == "ScaledObject")
+        so = chart.find(stage.root, "ScaledObject", "ingest")
         (trigger,) = so["spec"]["triggers"]
         self.spec, self.meta = so["spec"], trigger["metadata"]
         who = principal("keda", "keda-operator")

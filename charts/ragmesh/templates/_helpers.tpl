@@ -1,0 +1,94 @@
+{{/*
+ragmesh's named templates. Everything an environment changes is a value (values.yaml); the
+templates never test an environment's name except through these.
+*/}}
+
+{{/* The suffix of the objects each environment keeps apart in istio-system ("" in prod). */}}
+{{- define "ragmesh.suffix" -}}
+{{- if ne .Values.environment "prod" }}-{{ .Values.environment }}{{ end -}}
+{{- end }}
+
+{{/* A ragmesh image: registry/name[-cuda]:tag; (list . "query"), or (list . "retrieval" true) for the CUDA flavor. */}}
+{{- define "ragmesh.image" -}}
+{{- $root := index . 0 -}}
+{{- $name := index . 1 -}}
+{{- $cuda := and (gt (len .) 2) (index . 2) -}}
+{{- $svc := index $root.Values $name | default dict -}}
+{{- $tag := (($svc.image | default dict).tag) | default $root.Values.image.tag | default $root.Chart.AppVersion -}}
+{{- printf "%s/%s%s:%s" (trimSuffix "/" $root.Values.image.registry) $name (ternary "-cuda" "" $cuda) $tag -}}
+{{- end }}
+
+{{/* Labels every object of the release carries. */}}
+{{- define "ragmesh.labels" -}}
+app.kubernetes.io/part-of: ragmesh
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+helm.sh/chart: {{ .Chart.Name }}-{{ .Chart.Version | replace "+" "_" }}
+ragmesh.io/environment: {{ .Values.environment }}
+{{- end }}
+
+{{/* A container's resources; (list RESOURCES true) adds one nvidia.com/gpu. */}}
+{{- define "ragmesh.resources" -}}
+{{- $resources := deepCopy (index . 0) -}}
+{{- if index . 1 -}}
+{{- $_ := set $resources "requests" (merge (dict "nvidia.com/gpu" "1") ($resources.requests | default dict)) -}}
+{{- $_ := set $resources "limits" (merge (dict "nvidia.com/gpu" "1") ($resources.limits | default dict)) -}}
+{{- end -}}
+{{- toYaml $resources -}}
+{{- end }}
+
+{{/* A GPU pod's scheduling: GPU nodes only, their NVIDIA taint tolerated. */}}
+{{- define "ragmesh.gpuScheduling" -}}
+nodeSelector:
+  {{- toYaml .Values.gpu.nodeSelector | nindent 2 }}
+tolerations:
+- key: nvidia.com/gpu
+  operator: Exists
+  effect: NoSchedule
+{{- end }}
+
+{{/* The OpenAI-compatible server generation calls: generation.openai.url, or the chart's vLLM server. */}}
+{{- define "ragmesh.modelServerUrl" -}}
+{{- .Values.generation.openai.url | default (printf "http://vllm.%s.svc.cluster.local:8000/v1" .Release.Namespace) -}}
+{{- end }}
+
+{{/*
+The Sidecar egress host of generation.openai.url's server, "" when none is set: an in-cluster
+Service (a .svc.cluster.local name) in any namespace, any other host as ./<host> (its
+ServiceEntry in this namespace).
+*/}}
+{{- define "ragmesh.modelServerHost" -}}
+{{- with .Values.generation.openai.url -}}
+{{- $host := splitList ":" (urlParse .).host | first -}}
+{{- if hasSuffix ".svc.cluster.local" $host -}}*/{{ $host }}{{- else -}}./{{ $host }}{{- end -}}
+{{- end -}}
+{{- end }}
+
+{{/* Redis of a role ("queue" or "cache"): host:port, the chart's or redis.external's. */}}
+{{- define "ragmesh.redisAddress" -}}
+{{- $root := index . 0 -}}
+{{- $role := index . 1 -}}
+{{- if $root.Values.redis.external.enabled -}}
+{{- $server := index $root.Values.redis.external $role -}}
+{{- printf "%s:%v" $server.host $server.port -}}
+{{- else -}}
+{{- printf "%s.%s.svc.cluster.local:6379" (ternary "redis" "redis-cache" (eq $role "queue")) $root.Values.redis.namespace -}}
+{{- end -}}
+{{- end }}
+
+{{/* The URL of Redis of a role, with the password from the pod's REDIS_PASSWORD. */}}
+{{- define "ragmesh.redisUrl" -}}
+{{- $root := index . 0 -}}
+{{- printf "%s://:$(REDIS_PASSWORD)@%s/0" (ternary "rediss" "redis" $root.Values.redis.external.tls) (include "ragmesh.redisAddress" .) -}}
+{{- end }}
+
+{{/* The Sidecar egress host of Redis of a role (external: this namespace's ServiceEntry). */}}
+{{- define "ragmesh.redisEgress" -}}
+{{- $root := index . 0 -}}
+{{- if $root.Values.redis.external.enabled -}}
+./{{ (index $root.Values.redis.external (index . 1)).host }}
+{{- else -}}
+{{- $host := ternary "redis" "redis-cache" (eq (index . 1) "queue") -}}
+{{ $root.Values.redis.namespace }}/{{ $host }}.{{ $root.Values.redis.namespace }}.svc.cluster.local
+{{- end -}}
+{{- end }}
