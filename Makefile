@@ -78,8 +78,8 @@ authz-matrix: venv ## rewrite docs/mesh.md's authorization table from mesh/autho
 config-reference: venv ## rewrite docs/configuration.md from the settings' declarations
 	$(PY) scripts/config_reference.py
 
-rest-bridge: venv ## rewrite mesh/rest-bridge.yaml (the ingress gateway's REST transcoder) from the protos
-	$(PY) scripts/rest_bridge.py > mesh/rest-bridge.yaml
+rest-bridge: venv ## rewrite the chart's mesh/rest-bridge.yaml (the ingress gateway's REST transcoder) from the protos
+	$(PY) scripts/rest_bridge.py > charts/ragmesh/templates/mesh/rest-bridge.yaml
 
 openapi: venv system-deps ## rewrite docs/api/ragmesh.swagger.json with grpc-gateway's generator
 	PY=$(PY) bash scripts/openapi.sh docs/api

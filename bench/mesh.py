@@ -42,9 +42,9 @@ def run(quick: bool, repeats: int) -> Section:
         "A retrieval service with 1,000 chunks (flat index), one 384-d query, top_k 10, one "
         "call at a time from a sync client: straight to its port, and through query's "
         "sidecar (outbound listener, mTLS origination, retry policy) and retrieval's "
-        "sidecar (mTLS termination, RBAC), both real Envoys configured from mesh/ and "
-        f"rollouts/. The two paths alternate in {rounds} rounds of {calls} calls; added = "
-        "mesh − direct per round. Not pinned: the Envoys need both cores.",
+        "sidecar (mTLS termination, RBAC), both real Envoys configured from the chart's "
+        f"rendered mesh objects. The two paths alternate in {rounds} rounds of {calls} "
+        "calls; added = mesh − direct per round. Not pinned: the Envoys need both cores.",
         ["round", "direct p50", "direct p99", "mesh p50", "mesh p99", "added p50", "added p99"],
     )
     with tempfile.TemporaryDirectory(prefix="ragmesh-bench-") as tmp:

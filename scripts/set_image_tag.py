@@ -1,11 +1,13 @@
-"""Set the tag of ragmesh's images in a GitOps overlay (what CI commits after a push).
+"""Set the tag of ragmesh's images in an environment's values file (what CI commits after a
+push, and what a promotion to prod changes).
 
     python scripts/set_image_tag.py deploy/staging 0.1.0-3f2a9c1
-    python scripts/set_image_tag.py deploy/prod --from deploy/staging   # promote staging's tags
+    python scripts/set_image_tag.py deploy/prod --from deploy/staging   # promote staging's tag
 
-Only the ``newTag`` lines of ``images:`` entries named ``ghcr.io/ragmesh/*`` change; comments
-and layout stay, so the commit shows exactly the promotion. Exit status 1 when the overlay
-names no ragmesh image or an entry has no newTag.
+An environment is a directory holding ``values.yaml`` (the chart's values for it). Only the
+``tag:`` line of its top-level ``image:`` block changes; comments and layout stay, so the
+commit shows exactly the promotion (a service's own ``image.tag`` in the file, if any, pins
+that service and is left alone). Exit status 1 when the file has no ``image.tag``.
 """
 
 from __future__ import annotations
@@ -15,68 +17,64 @@ import re
 import sys
 from pathlib import Path
 
-PREFIX = "ghcr.io/ragmesh/"
 TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")  # the OCI distribution tag grammar
-NAME = re.compile(r"^\s*- name: (\S+)\s*$")
-NEW_TAG = re.compile(r"^(\s*)newTag: (\S+)\s*$")
+BLOCK = re.compile(r"^image:\s*(#.*)?$")
+TAG_LINE = re.compile(r"^(  tag: )(\S+)(.*)$")
 
 
-def tags(text: str) -> dict[str, str]:
-    """image name → newTag for every ragmesh entry of a kustomization."""
-    found: dict[str, str] = {}
-    current = None
-    for line in text.splitlines():
-        if m := NAME.match(line):
-            current = m.group(1) if m.group(1).startswith(PREFIX) else None
-        elif current and (m := NEW_TAG.match(line)):
-            found[current] = m.group(2).strip("'\"")
-    return found
+def _tag_line(lines: list[str]) -> int:
+    """The index of the top-level ``image:`` block's ``tag:`` line."""
+    inside = False
+    for i, line in enumerate(lines):
+        if BLOCK.match(line):
+            inside = True
+        elif inside and line and not line.startswith((" ", "#")):
+            break  # the next top-level key
+        elif inside and TAG_LINE.match(line):
+            return i
+    raise ValueError("no image.tag")
 
 
-def retag(text: str, wanted: dict[str, str]) -> str:
-    """``text`` with each ragmesh entry's newTag set to ``wanted[name]``."""
-    out, current, done = [], None, set()
-    for line in text.splitlines(keepends=True):
-        if m := NAME.match(line):
-            current = m.group(1) if m.group(1) in wanted else None
-        elif current and (m := NEW_TAG.match(line)):
-            line = f"{m.group(1)}newTag: {wanted[current]}\n"
-            done.add(current)
-            current = None
-        out.append(line)
-    missing = sorted(set(wanted) - done)
-    if missing:
-        raise ValueError(f"no newTag for {', '.join(missing)}")
-    return "".join(out)
+def tag(text: str) -> str:
+    """The images' tag of a values file."""
+    lines = text.splitlines()
+    match = TAG_LINE.match(lines[_tag_line(lines)])
+    assert match is not None
+    return match.group(2).strip("'\"")
+
+
+def retag(text: str, wanted: str) -> str:
+    """``text`` with its ``image.tag`` set to ``wanted``."""
+    lines = text.splitlines(keepends=True)
+    i = _tag_line([line.rstrip("\n") for line in lines])
+    match = TAG_LINE.match(lines[i].rstrip("\n"))
+    assert match is not None
+    lines[i] = f"{match.group(1)}{wanted}{match.group(3)}\n"
+    return "".join(lines)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("overlay", type=Path, help="directory holding kustomization.yaml")
-    parser.add_argument("tag", nargs="?", help="the tag every ragmesh image gets")
-    parser.add_argument("--from", dest="source", type=Path, help="copy this overlay's tags")
+    parser.add_argument("environment", type=Path, help="directory holding values.yaml")
+    parser.add_argument("tag", nargs="?", help="the tag ragmesh's images get")
+    parser.add_argument("--from", dest="source", type=Path, help="copy this environment's tag")
     args = parser.parse_args()
-    path = args.overlay / "kustomization.yaml"
+    path = args.environment / "values.yaml"
     text = path.read_text()
-    current = tags(text)
-    if not current:
-        print(f"{path}: no {PREFIX}* image", file=sys.stderr)
-        return 1
-    if args.source is not None:
-        source = tags((args.source / "kustomization.yaml").read_text())
-        wanted = {name: source[name] for name in current if name in source}
-    elif args.tag and TAG.match(args.tag):
-        wanted = dict.fromkeys(current, args.tag)
-    else:
-        print(f"a tag (matching {TAG.pattern}) or --from is required", file=sys.stderr)
-        return 2
     try:
+        current = tag(text)
+        if args.source is not None:
+            wanted = tag((args.source / "values.yaml").read_text())
+        elif args.tag and TAG.match(args.tag):
+            wanted = args.tag
+        else:
+            print(f"a tag (matching {TAG.pattern}) or --from is required", file=sys.stderr)
+            return 2
         path.write_text(retag(text, wanted))
     except ValueError as e:
         print(f"{path}: {e}", file=sys.stderr)
         return 1
-    for name in sorted(wanted):
-        print(f"{name}: {current[name]} -> {wanted[name]}")
+    print(f"{path}: image.tag {current} -> {wanted}")
     return 0
 
 

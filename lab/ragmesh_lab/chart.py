@@ -29,14 +29,19 @@ class ChartError(RuntimeError):
     """helm is missing or refused the chart (its message is helm's)."""
 
 
+#: the repository the lab is installed from (an editable install: lab/ragmesh_lab/ → the root)
+REPOSITORY = Path(__file__).resolve().parents[2]
+
+
 def helm(root: Path) -> Path:
-    """helm from ``make tools`` (``.tools/bin/helm``), else one on PATH."""
-    local = root / ".tools" / "bin" / "helm"
-    if local.exists():
-        return local
+    """helm from ``make tools`` (``.tools/bin/helm`` under ``root`` or the lab's repository),
+    else one on PATH."""
+    for local in (root / ".tools" / "bin" / "helm", REPOSITORY / ".tools" / "bin" / "helm"):
+        if local.exists():
+            return local
     found = shutil.which("helm")
     if found is None:
-        raise ChartError(f"{local} is missing: run `make tools`")
+        raise ChartError(f"{REPOSITORY / '.tools/bin/helm'} is missing: run `make tools`")
     return Path(found)
 
 

@@ -9,7 +9,7 @@ ROOT = Path(__file__).resolve().parents[2]
 PAGES = [
     ROOT / "README.md",
     *sorted((ROOT / "docs").glob("*.md")),
-    *(ROOT / d / "README.md" for d in ("mesh", "rollouts", "deploy", "images", "bench")),
+    *(ROOT / d / "README.md" for d in ("mesh", "charts/ragmesh", "deploy", "images", "bench")),
 ]
 LINK = re.compile(r"\]\(([^)#\s]+)(#[^)\s]*)?\)")
 

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
+from ragmesh_lab import chart
 from tests.support.dockerfile import parse
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -104,7 +105,52 @@ def test_images_are_built_for_every_target_scanned_before_push_and_only_pushed_f
     assert images["permissions"]["packages"] == "write"
 
 
-def test_main_updates_the_staging_overlay_and_prod_is_promoted_by_pull_request() -> None:
+def test_the_chart_is_packaged_with_the_images_tag_and_pushed_on_main() -> None:
+    job = load("ci.yaml")["jobs"]["chart"]
+    assert job["needs"] == "images"
+    script = runs(job)
+    assert "make chart CHART_VERSION=${{ needs.images.outputs.tag }}" in script
+    push = job["steps"][step_index(job, "helm push")]
+    assert "refs/heads/main" in push["if"] and "oci://" in push["run"]
+    assert "ragmesh-${{ needs.images.outputs.tag }}.tgz" in push["run"]
+    assert job["permissions"]["packages"] == "write"
+
+
+def test_make_chart_lints_strictly_and_packages_a_version_that_installs_its_images(
+    tmp_path: Path,
+) -> None:
+    """What the chart job runs, here: a package whose appVersion is the given tag, so the
+    packaged chart (without a values file) runs the images of that tag."""
+    out = subprocess.run(
+        ["make", "-s", "chart", "CHART_VERSION=0.3.0-abc1234"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    package = ROOT / ".build" / "charts" / "ragmesh-0.3.0-abc1234.tgz"
+    images = {
+        c["image"]
+        for d in chart_objects(package)
+        if d["kind"] == "Deployment"
+        for c in d["spec"]["template"]["spec"]["containers"]
+        if c["image"].startswith("ghcr.io/ragmesh/")
+    }
+    assert images and all(i.endswith(":0.3.0-abc1234") for i in images), images
+
+
+def chart_objects(package: Path) -> list[dict[str, Any]]:
+    """``helm template`` of a packaged chart (.tgz)."""
+    out = subprocess.run(
+        [str(chart.helm(ROOT)), "template", "ragmesh", str(package), "-n", "rag-prod"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    return [d for d in yaml.safe_load_all(out) if d]
+
+
+def test_main_updates_stagings_values_and_prod_is_promoted_by_pull_request() -> None:
     ci = load("ci.yaml")
     promote = ci["jobs"]["promote-staging"]
     assert promote["needs"] == "images" and "refs/heads/main" in promote["if"]
@@ -129,24 +175,32 @@ def test_actions_are_pinned_and_commands_exist(path: Path) -> None:
         assert (ROOT / script).is_file(), script
 
 
-def test_set_image_tag_retags_an_overlay_and_promotes_one_to_another(tmp_path: Path) -> None:
+def test_set_image_tag_retags_an_environment_and_promotes_one_to_another(tmp_path: Path) -> None:
     for env in ("staging", "prod"):
         (tmp_path / env).mkdir()
-        source = ROOT / "deploy" / env / "kustomization.yaml"
-        (tmp_path / env / "kustomization.yaml").write_text(source.read_text())
+        source = ROOT / "deploy" / env / "values.yaml"
+        (tmp_path / env / "values.yaml").write_text(source.read_text())
     script = [sys.executable, str(ROOT / "scripts" / "set_image_tag.py")]
     subprocess.run([*script, str(tmp_path / "staging"), "0.2.0-abc1234"], check=True)
     subprocess.run(
         [*script, str(tmp_path / "prod"), "--from", str(tmp_path / "staging")], check=True
     )
     for env in ("staging", "prod"):
-        text = (tmp_path / env / "kustomization.yaml").read_text()
-        original = (ROOT / "deploy" / env / "kustomization.yaml").read_text()
-        assert text.count("newTag: 0.2.0-abc1234") == original.count("newTag:") > 0
-        # only the tag lines changed
+        text = (tmp_path / env / "values.yaml").read_text()
+        original = (ROOT / "deploy" / env / "values.yaml").read_text()
+        # only the image tag's line changed, and the chart renders every ragmesh image with it
         changed = [
             (a, b) for a, b in zip(original.splitlines(), text.splitlines(), strict=True) if a != b
         ]
-        assert all("newTag" in a and "newTag" in b for a, b in changed)
+        assert changed == [(changed[0][0], "  tag: 0.2.0-abc1234")]
+        docs = chart.objects(ROOT, "-f", str(tmp_path / env / "values.yaml"))
+        images = {
+            c["image"]
+            for d in docs
+            if d["kind"] == "Deployment"
+            for c in d["spec"]["template"]["spec"]["containers"]
+            if c["image"].startswith("ghcr.io/ragmesh/")
+        }
+        assert images and all(i.endswith(":0.2.0-abc1234") for i in images), images
     bad = subprocess.run([*script, str(tmp_path / "prod"), "not a tag"], capture_output=True)
     assert bad.returncode == 2

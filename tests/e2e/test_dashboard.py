@@ -15,12 +15,13 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from ragmesh_lab import chart
 from ragmesh_lab.cli.__main__ import main as cli
 from ragmesh_lab.cli.supervisor import SERVICES, Stack
 from tests.support.contract import ROOT
 from tests.support.tools import promtool
 
-DASHBOARD = ROOT / "rollouts" / "dashboards" / "ragmesh.json"
+DASHBOARD = ROOT / chart.FILES / "dashboards" / "ragmesh.json"
 GRAFANA_VARS = {"$__rate_interval": "5m", "$namespace": "rag-prod", "$service": "query"}
 METRIC = re.compile(r"\b((?:grpc_server|ragmesh)_[a-z0-9_]+)\b")
 

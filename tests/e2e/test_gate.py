@@ -1,5 +1,5 @@
 """The retrieval-quality gate as Flagger's webhook reaches it: the golden set of
-rollouts/gate against real services. A canary that serves the indexed corpus passes; one
+the chart's gate against real services. A canary that serves the indexed corpus passes; one
 whose index lacks it fails with 412; a bad probe is 400 naming the field; a dead service
 is 503 (Flagger fails the check on any non-2xx)."""
 
@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from ragmesh_lab import chart
 from ragmesh_lab.cli.__main__ import main as cli
 from ragmesh_lab.cli.supervisor import Stack, free_port
 from tests.support.contract import ROOT
@@ -40,7 +41,7 @@ def gate(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Stack, str]
         env.update(
             {
                 "RAGMESH_GATE_PORT": str(port),
-                "RAGMESH_GATE_GOLDEN": str(ROOT / "rollouts/gate/golden.jsonl"),
+                "RAGMESH_GATE_GOLDEN": str(ROOT / chart.FILES / "golden.jsonl"),
             }
         )
         proc = stack.spawn("gate", [sys.executable, "-m", "ragmesh.gate"], env)

@@ -11,7 +11,6 @@ import grpc
 import numpy as np
 import pytest
 import redis
-import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from ragmesh.ingest.__main__ import build
@@ -20,6 +19,7 @@ from ragmesh.kit.domain import ChunkRecord, DocumentIn, Embedded, JobState, Purp
 from ragmesh.kit.errors import InvalidArgument
 from ragmesh.kit.jobqueue import JobQueue, connect
 from ragmesh.kit.server import ServiceHost
+from ragmesh_lab import chart
 from ragmesh_lab.cli.supervisor import Stack
 from tests.conftest import settings_for, start
 from tests.support.contract import ROOT
@@ -298,8 +298,7 @@ async def test_the_local_redis_needs_its_password_and_keeps_the_queue_across_a_r
 
 
 def keda_trigger() -> dict[str, object]:
-    docs = yaml.safe_load_all((ROOT / "rollouts" / "ingest" / "workload.yaml").read_text())
-    scaled = next(d for d in docs if d and d["kind"] == "ScaledObject")
+    scaled = chart.find(ROOT, "ScaledObject", "ingest")
     return {"spec": scaled["spec"], "metadata": scaled["spec"]["triggers"][0]["metadata"]}
 
 

@@ -24,6 +24,7 @@ from ragmesh.v1 import (
     retrieval_service_pb2,
     retrieval_service_pb2_grpc,
 )
+from ragmesh_lab import chart
 from ragmesh_lab.cli.documents import read_document
 from ragmesh_lab.cli.supervisor import Stack
 from tests.conftest import sample
@@ -373,10 +374,9 @@ def test_each_canarys_load_request_is_one_the_real_service_serves(
     """
     import shlex
 
-    import yaml
     from google.protobuf import json_format, symbol_database
 
-    doc = yaml.safe_load((ROOT / "rollouts" / service / "canary.yaml").read_text())
+    doc = chart.find(ROOT, "Canary", service)
     (hook,) = [h for h in doc["spec"]["analysis"]["webhooks"] if h["name"] == "load"]
     words = shlex.split(hook["metadata"]["cmd"].split("|")[0].split(";", 1)[1])
     method = words[words.index("--call") + 1]  # ragmesh.v1.Service/Method

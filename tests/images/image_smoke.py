@@ -286,7 +286,7 @@ def run(images: dict[str, str]) -> list[tuple[str, str]]:
         rows.append(("query", "ragmesh ask: cited samples/corpus/lighthouse.md"))
         rows.append(("retrieval", check_index(c["retrieval"])))
         gate_port = free_port()
-        golden = str(ROOT / "rollouts" / "gate" / "golden.jsonl")
+        golden = str(ROOT / "charts" / "ragmesh" / "files" / "golden.jsonl")
         c["gate"].start(
             {
                 "RAGMESH_GATE_PORT": str(gate_port),

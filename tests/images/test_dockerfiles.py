@@ -1,7 +1,7 @@
 """The image definitions: hadolint-clean, and the properties the manifests rely on.
 
 ``make images`` builds and runs every CPU image for real (buildah); these checks run in
-``make test`` and hold the Dockerfiles to what the Deployments in rollouts/ assume.
+``make test`` and hold the Dockerfiles to what the chart's Deployments assume.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.dockerfile import parse
-from tests.support.tools import kustomize
+from tests.support.tools import chart
 
 ROOT = Path(__file__).resolve().parents[2]
 IMAGES = ROOT / "images"
@@ -164,7 +164,7 @@ def test_every_image_requirement_is_pinned_and_the_cuda_one_is_a_gpu_build() -> 
 def rendered_images() -> set[str]:
     images = set()
     for env in ("prod", "staging", "dev"):
-        for doc in kustomize(f"deploy/{env}"):
+        for doc in chart(env):
             if doc["kind"] == "Deployment":
                 for c in doc["spec"]["template"]["spec"]["containers"]:
                     if c["image"].startswith(REGISTRY):
@@ -188,7 +188,7 @@ def test_pods_give_the_image_user_its_uid_ports_and_a_writable_home() -> None:
         for i in df.stages["runtime"].all("ENV")
         if (m := re.search(r"\bHOME=(\S+)", i.args))
     )
-    for doc in kustomize("deploy/prod"):
+    for doc in chart("prod"):
         if doc["kind"] != "Deployment":
             continue
         pod = doc["spec"]["template"]["spec"]

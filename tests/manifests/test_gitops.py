@@ -1,9 +1,9 @@
-"""deploy/argocd: the Argo CD project and Applications that deploy the overlays.
+"""deploy/argocd: the Argo CD project and Applications that install the chart.
 
 Argo CD cannot run here; its objects are held to a closed schema of Argo CD's documented
-API and checked against what they deploy: each Application's path renders, everything it
-renders may go where the project allows, and the fields Flagger rewrites during a canary
-are ones Argo CD ignores (or a sync would undo every promotion).
+API and checked against what they deploy: each Application's chart renders with its values
+files, everything it renders may go where the project allows, and the fields Flagger
+rewrites during a canary are ones Argo CD ignores (or a sync would undo every promotion).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import jsonschema
 import pytest
 import yaml
 
+from ragmesh_lab import chart
 from tests.support.tools import kustomize
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -28,6 +29,16 @@ def argocd(kind: str) -> dict[str, dict[str, Any]]:
 
 def application(environment: str) -> dict[str, Any]:
     return argocd("Application")[f"ragmesh-{environment}"]
+
+
+def deployed(app: dict[str, Any]) -> tuple[dict[str, Any], ...]:
+    """What the Application installs: its chart rendered as Argo CD renders it (helm template
+    with its values files, relative to the chart, in the destination namespace)."""
+    source = app["source"]
+    chart_dir = ROOT / source["path"]
+    values = [a for f in source["helm"]["valueFiles"] for a in ("-f", str(chart_dir / f))]
+    assert source["path"] == str(chart.CHART)
+    return chart.objects(ROOT, *values, namespace=app["destination"]["namespace"])
 
 
 def test_every_object_matches_the_closed_schema() -> None:
@@ -45,17 +56,19 @@ def test_the_schema_rejects_a_misspelled_field() -> None:
 
 
 @pytest.mark.parametrize("environment", ENVIRONMENTS)
-def test_the_application_deploys_its_overlay_where_the_project_allows(environment: str) -> None:
+def test_the_application_installs_the_chart_where_the_project_allows(environment: str) -> None:
     app = application(environment)["spec"]
     project = argocd("AppProject")[app["project"]]["spec"]
     assert app["source"]["repoURL"] in project["sourceRepos"]
-    assert app["source"]["path"] == f"deploy/{environment}"
+    assert app["source"]["helm"]["valueFiles"] == [f"../../deploy/{environment}/values.yaml"]
+    assert app["source"]["helm"]["releaseName"] == "ragmesh"
+    assert "CreateNamespace=true" in app["syncPolicy"]["syncOptions"]  # the chart does not
     assert app["source"]["targetRevision"] == "main"  # what CI's promotion commits to
     cluster = app["destination"]["name"]
     allowed = {d["namespace"] for d in project["destinations"] if d["name"] == cluster}
     assert app["destination"]["namespace"] == f"rag-{environment}"
     cluster_kinds = {(c["group"], c["kind"]) for c in project["clusterResourceWhitelist"]}
-    for doc in kustomize(app["source"]["path"]):
+    for doc in deployed(app):
         namespace = doc["metadata"].get("namespace")
         if namespace is None:
             group = doc["apiVersion"].rpartition("/")[0]
@@ -77,7 +90,7 @@ def test_sync_is_automated_and_ignores_what_flagger_rewrites(environment: str) -
         for d in spec["ignoreDifferences"]
         for pointer in d["jsonPointers"]
     }
-    canaries = [d for d in kustomize(spec["source"]["path"]) if d["kind"] == "Canary"]
+    canaries = [d for d in deployed(spec) if d["kind"] == "Canary"]
     assert canaries
     for canary in canaries:
         target = canary["spec"]["targetRef"]

@@ -5,6 +5,7 @@ rejects what it cannot translate."""
 from __future__ import annotations
 
 import base64
+import copy
 import re
 import shutil
 import subprocess
@@ -14,7 +15,6 @@ from typing import Any
 
 import kubernetes_validate
 import pytest
-import yaml
 from cloudcoil.models.istio.networking import v1 as networking
 from cloudcoil.models.istio.security import v1 as security
 from cloudcoil.models.istio.telemetry import v1 as telemetry
@@ -22,6 +22,7 @@ from cloudcoil.resources import get_model
 from google.api import annotations_pb2
 from google.protobuf import descriptor_pb2
 
+from ragmesh_lab import chart
 from ragmesh_lab.meshlab import manifests, matrix
 from ragmesh_lab.meshlab.manifests import TranslationError
 from scripts import rest_bridge as rest
@@ -71,7 +72,7 @@ def test_every_istio_object_validates_with_extra_forbid() -> None:
 
 
 def test_the_forbid_check_catches_a_misspelled_principal() -> None:
-    doc = yaml.safe_load((ROOT / "mesh/authorization/generation.yaml").read_text())
+    doc = copy.deepcopy(chart.find(ROOT, "AuthorizationPolicy", "generation"))
     doc["spec"]["rules"][0]["from"][0]["source"]["principal"] = doc["spec"]["rules"][0]["from"][0][
         "source"
     ].pop("principals")
@@ -111,11 +112,9 @@ def test_only_current_api_versions() -> None:
 
 
 def test_the_rest_bridge_filter_is_generated_from_the_protos() -> None:
-    """mesh/rest-bridge.yaml is what `make rest-bridge` writes from the current protos, and
-    the local mesh's ingress runs exactly its filter."""
-    assert (ROOT / "mesh/rest-bridge.yaml").read_text() == rest.envoy_filter_yaml(), (
-        "stale: run make rest-bridge"
-    )
+    """The chart's mesh/rest-bridge.yaml is what `make rest-bridge` writes from the current
+    protos, and the local mesh's ingress runs exactly its filter."""
+    assert (ROOT / rest.PATH).read_text() == rest.envoy_filter_yaml(), "stale: run make rest-bridge"
     filters = manifests.load(ROOT).gateway_filters
     assert rest.transcoder() in filters
     # the client rate limit (priority -10) runs before it: REST is limited as REST
@@ -182,9 +181,12 @@ def test_resilience_follows_the_design() -> None:
     assert services["query"].matches[0] == ("prefix", "/ragmesh.v1.QueryService/")
 
 
+T = "charts/ragmesh/templates/"  # the chart's templates, from the repository root
+
+
 @pytest.fixture
 def repo_copy(tmp_path: Path) -> Path:
-    for part in ("mesh", "rollouts"):
+    for part in ("mesh", "charts"):
         shutil.copytree(ROOT / part, tmp_path / part)
     return tmp_path
 
@@ -193,17 +195,22 @@ def repo_copy(tmp_path: Path) -> Path:
     ("path", "old", "new", "named"),
     [
         (
-            "rollouts/query/canary.yaml",
+            T + "query/canary.yaml",
             "    trafficPolicy:\n",
             "    trafficPolicy:\n      loadBalancer:\n        simple: ROUND_ROBIN\n",
             "trafficPolicy.loadBalancer",
         ),
-        ("rollouts/retrieval/canary.yaml", "perTryTimeout", "perTryTimout", "perTryTimout"),
-        ("mesh/authorization/retrieval.yaml", "principals:\n", "namespaces:\n", "namespaces"),
-        ("mesh/authorization/query.yaml", "paths:", "notPaths:", "notPaths"),
-        ("mesh/sidecars.yaml", "mode: REGISTRY_ONLY", "mode: ALLOW_ANY", "outboundTrafficPolicy"),
-        ("mesh/openai-api.yaml", "attempts: 0", "attempts: 2", "retries"),
-        ("mesh/openai-api.yaml", "    - ragmesh-gateway", "    - mesh", "gateways"),
+        (T + "retrieval/canary.yaml", "perTryTimeout", "perTryTimout", "perTryTimout"),
+        (T + "mesh/authorization/retrieval.yaml", "principals:\n", "namespaces:\n", "namespaces"),
+        (T + "mesh/authorization/query.yaml", "paths:", "notPaths:", "notPaths"),
+        (
+            T + "mesh/sidecars.yaml",
+            "mode: REGISTRY_ONLY",
+            "mode: ALLOW_ANY",
+            "outboundTrafficPolicy",
+        ),
+        (T + "mesh/openai-api.yaml", "attempts: 0", "attempts: 2", "retries"),
+        (T + "mesh/openai-api.yaml", "    - ragmesh-gateway", "    - mesh", "gateways"),
     ],
 )
 def test_translator_rejects_what_it_cannot_translate(

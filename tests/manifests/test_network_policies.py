@@ -1,7 +1,8 @@
-"""The NetworkPolicies (mesh/network-policies.yaml) admit exactly what the authorization matrix
-grants, by workload and port, plus the documented exceptions: Istio's agent ports for the
-kubelet, and Flagger reaching its load tester. Checked on the rendered overlays, with the
-callers' pods and namespaces as the cluster labels them."""
+"""The NetworkPolicies (the chart's mesh/network-policies.yaml) admit exactly what the
+authorization matrix grants, by workload and port, plus the documented exceptions: Istio's
+agent ports for the kubelet, and Flagger reaching its load tester. Checked on the rendered
+chart, with the callers' pods and namespaces as the cluster labels them (a namespace carries
+only the label Kubernetes gives it: the chart labels none)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import pytest
 import yaml
 
 from tests.support.contract import ROOT
-from tests.support.tools import kustomize
+from tests.support.tools import chart
 
 WL = "ragmesh.io/workload"
 GRPC_WORKLOADS = ("query", "embedding", "retrieval", "generation", "ingest")
@@ -27,7 +28,7 @@ CALLERS = {
     ),
     "keda/keda-operator": ({"kubernetes.io/metadata.name": "keda"}, {"app": "keda-operator"}),
     "rag-prod/flagger-loadtester": (
-        {"kubernetes.io/metadata.name": "rag-prod", "ragmesh.io/role": "workloads"},
+        {"kubernetes.io/metadata.name": "rag-prod"},
         {"app": "flagger-loadtester"},
     ),
 }
@@ -39,7 +40,7 @@ def caller_pod(principal: str) -> tuple[str, dict[str, str], dict[str, str]]:
     if f"{ns}/{sa}" in CALLERS:
         ns_labels, labels = CALLERS[f"{ns}/{sa}"]
     else:  # ragmesh-<workload>, running with its workload label (primary and canary alike)
-        ns_labels = {"kubernetes.io/metadata.name": ns, "ragmesh.io/role": "workloads"}
+        ns_labels = {"kubernetes.io/metadata.name": ns}
         labels = {WL: sa.removeprefix("ragmesh-"), "app": sa.removeprefix("ragmesh-") + "-primary"}
     return ns, ns_labels, labels
 
@@ -74,7 +75,7 @@ def admits(policies: list[dict[str, Any]], target_ns: str, target: dict[str, str
 
 @pytest.mark.parametrize("environment", ["prod"])
 def test_network_policies_admit_exactly_the_matrix(environment: str) -> None:
-    policies = [d for d in kustomize(f"deploy/{environment}") if d["kind"] == "NetworkPolicy"]
+    policies = [d for d in chart(environment) if d["kind"] == "NetworkPolicy"]
     matrix = yaml.safe_load((ROOT / "mesh/authorization-matrix.yaml").read_text())["grants"]
     granted: set[tuple[str, int, str]] = set()
     for grant in matrix:

@@ -1,5 +1,5 @@
 """The canaries' webhooks as Flagger's load tester runs them, through real Envoy sidecars with
-the load tester's identity: each command exactly as rollouts/<service>/canary.yaml writes it,
+the load tester's identity: each command exactly as the chart's Canary of <service> writes it,
 under bash, with the load tester's volumes (the protoset) and tools."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
 
+from ragmesh_lab import chart
 from ragmesh_lab.meshlab.manifests import spiffe
 from ragmesh_lab.rehearsal.webhooks import LoadTester
 from tests.mesh.conftest import FakeMesh
@@ -22,7 +22,7 @@ CANARIED = ("embedding", "retrieval", "generation", "query")
 
 
 def hooks(service: str, name: str) -> dict[str, object]:
-    doc = yaml.safe_load((ROOT / "rollouts" / service / "canary.yaml").read_text())
+    doc = chart.find(ROOT, "Canary", service)
     return next(h for h in doc["spec"]["analysis"]["webhooks"] if h["name"] == name)
 
 
@@ -30,7 +30,7 @@ def loadtester(mesh: FakeMesh, home: Path) -> LoadTester:
     sidecar = mesh.client(LOADTESTER)
     hosts = {f"{s}-canary:50051": f"127.0.0.1:{sidecar.outbound[s]}" for s in CANARIED}
     hosts.update({f"{s}:50051": f"127.0.0.1:{sidecar.outbound[s]}" for s in CANARIED})
-    mounts = {"/etc/ragmesh": str(ROOT / "rollouts/loadtester")}  # the ragmesh-protoset volume
+    mounts = {"/etc/ragmesh": str(ROOT / chart.FILES)}  # the ragmesh-protoset volume
     return LoadTester(home, hosts, mounts, timescale=40.0)  # ghz -z 40s runs for 1 s
 
 

@@ -11,14 +11,14 @@ from pathlib import Path
 from typing import Any
 
 from tests.support.promql import promtool_test
-from tests.support.tools import kustomize
+from tests.support.tools import chart
 
 NS = "rag-prod"
 
 
 def scaled(name: str) -> tuple[dict[str, Any], dict[str, str]]:
     """The rendered prod ScaledObject and the Canary's primary queries."""
-    docs = kustomize("deploy/prod")
+    docs = chart("prod")
     so = next(d for d in docs if d["kind"] == "ScaledObject" and d["metadata"]["name"] == name)
     canary = next(d for d in docs if d["kind"] == "Canary" and d["metadata"]["name"] == name)
     return so, canary["spec"]["autoscalerRef"]["primaryScalerQueries"]

@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
+from ragmesh_lab import chart
 from tests.support.contract import ROOT
 from tests.support.flagger import canary_metrics, passes, render, templates
 from tests.support.promql import promtool_test
@@ -96,8 +96,7 @@ def test_a_template_without_the_grpc_status_would_be_caught(tmp_path: Path) -> N
 
 
 def _slo_rules() -> dict[str, Any]:
-    text = (ROOT / "rollouts/alerts/slo-rules.yaml").read_text()
-    return {"groups": yaml.safe_load(text)["spec"]["groups"]}
+    return {"groups": chart.find(ROOT, "PrometheusRule", "ragmesh-slo")["spec"]["groups"]}
 
 
 @pytest.mark.parametrize(

@@ -7,8 +7,7 @@ from __future__ import annotations
 from functools import cache
 from typing import Any
 
-import yaml
-
+from ragmesh_lab import chart
 from ragmesh_lab.rehearsal import canary
 from ragmesh_lab.rehearsal.canary import passes, render
 from tests.support.contract import ROOT
@@ -18,11 +17,11 @@ __all__ = ["canary_metrics", "passes", "render", "templates"]
 
 @cache
 def templates() -> dict[str, str]:
-    """MetricTemplate name → query, from rollouts/templates."""
+    """MetricTemplate name → query, as the chart renders them."""
     return canary.templates(ROOT)
 
 
 def canary_metrics(name: str) -> dict[str, dict[str, Any]]:
-    """The metrics of the named Canary (rollouts/<name>/canary.yaml), by metric name."""
-    doc = yaml.safe_load((ROOT / "rollouts" / name / "canary.yaml").read_text())
+    """The metrics of the named Canary (as the chart renders it), by metric name."""
+    doc = chart.find(ROOT, "Canary", name)
     return {m["name"]: m for m in doc["spec"]["analysis"]["metrics"]}

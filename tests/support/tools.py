@@ -10,6 +10,7 @@ from typing import Any
 
 import yaml
 
+from ragmesh_lab import chart as rendered
 from tests.support.contract import ROOT
 
 
@@ -27,6 +28,16 @@ def buf() -> Path:
     if not path.exists():
         raise FileNotFoundError(f"{path} is missing: run `make tools`")
     return path
+
+
+def chart(environment: str | None = None, *args: str) -> tuple[dict[str, Any], ...]:
+    """The objects the Helm chart renders (``helm template``) for ``environment`` (its
+    namespace rag-<environment> and ``deploy/<environment>/values.yaml``), or with the chart's
+    defaults in rag-prod; ``args`` are more of helm's (``--set k=v``)."""
+    if environment is None:
+        return rendered.objects(ROOT, *args)
+    values = ("-f", str(ROOT / "deploy" / environment / "values.yaml"))
+    return rendered.objects(ROOT, *values, *args, namespace=f"rag-{environment}")
 
 
 @functools.cache

@@ -2,9 +2,9 @@
 
 Sources: the chart's rendered objects (``helm template charts/ragmesh``): those of its
 ``templates/mesh/`` (AuthorizationPolicy, Sidecar, ...) and the Canaries (their ``service``
-block: retries, timeouts, connection pool, outlier detection). Every field of those objects that changes traffic is
-either translated or rejected with :class:`TranslationError` naming it; nothing is
-silently ignored. Kinds the local mesh has no counterpart for (Namespace, Gateway,
+block: retries, timeouts, connection pool, outlier detection). Every field of those objects
+that changes traffic is either translated or rejected with :class:`TranslationError` naming
+it; nothing is silently ignored. Kinds the local mesh has no counterpart for (Namespace, Gateway,
 Telemetry, PeerAuthentication STRICT) are checked for the values it assumes.
 """
 

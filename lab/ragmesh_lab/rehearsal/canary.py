@@ -97,9 +97,7 @@ def load(root: Path, service: str) -> Canary:
     """The Canary of ``service``, as the chart renders it."""
     path = f"the chart's Canary {service}"
     found = [
-        d
-        for d in chart.objects(root)
-        if d["kind"] == "Canary" and d["metadata"]["name"] == service
+        d for d in chart.objects(root) if d["kind"] == "Canary" and d["metadata"]["name"] == service
     ]
     if not found:
         raise FileNotFoundError(f"{service} has no Canary in the chart")
