@@ -120,10 +120,10 @@ lint: venv ## ruff, and the import contracts of pyproject.toml (lint-imports)
 typecheck: venv ## mypy --strict on svc/, bench/ and scripts/
 	$(VENV)/bin/mypy
 
-demo: venv system-deps ## start everything locally, ingest samples/corpus, ask a cited question
+demo: venv system-deps $(HELM) ## start everything locally, ingest samples/corpus, ask a cited question
 	bash scripts/demo.sh
 
-demo-llm: venv system-deps llm ## the demo with a real model (SmolLM2) generating the answer
+demo-llm: venv system-deps llm $(HELM) ## the demo with a real model (SmolLM2) generating the answer
 	LLM=1 bash scripts/demo.sh
 
 test-unit: venv system-deps tools buf-deps llm ## pytest only
@@ -139,16 +139,16 @@ $(STAMP)/bench: bench/requirements.lock $(STAMP)/venv
 bench-peers: venv system-deps $(STAMP)/bench ## the peers' own venvs (infinity-emb, Milvus Lite) from bench/peers/*.lock
 	bash scripts/bench-peers.sh
 
-bench: bench-peers ## every benchmark side by side with its peers, 3 repeats: bench/results/full and docs/benchmarks.md
+bench: bench-peers $(HELM) ## every benchmark side by side with its peers, 3 repeats: bench/results/full and docs/benchmarks.md
 	$(PY) -m bench.run
 
-bench-quick: bench-peers ## the same table in under 5 minutes (shorter runs, 2 repeats): bench/results/quick
+bench-quick: bench-peers $(HELM) ## the same table in under 5 minutes (shorter runs, 2 repeats): bench/results/quick
 	$(PY) -m bench.run --quick
 
 bench-llm: venv llm ## SmolLM2's first token and tokens/s here, and the openai engine's relay overhead
 	$(PY) -m bench.llm
 
-bench-mesh: venv system-deps $(STAMP)/bench ## added latency of one sidecar pair with mTLS (Search on loopback)
+bench-mesh: venv system-deps $(STAMP)/bench $(HELM) ## added latency of one sidecar pair with mTLS (Search on loopback)
 	$(PY) -m bench.run --only mesh
 
 SERVICE ?= embedding

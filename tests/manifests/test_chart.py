@@ -192,6 +192,8 @@ def _other(leaf: str, value: Any) -> Any:
         return not value
     if isinstance(value, (int, float)):
         return value + 1
+    if isinstance(value, list):
+        return [*value, "other"]
     if isinstance(value, dict):  # an empty map: give it an entry
         return {"tag": "9.9.9"} if leaf.endswith(".image") else {"ragmesh.io/pool": "x"}
     text = str(value)

@@ -92,3 +92,13 @@ ServiceEntry in this namespace).
 {{ $root.Values.redis.namespace }}/{{ $host }}.{{ $root.Values.redis.namespace }}.svc.cluster.local
 {{- end -}}
 {{- end }}
+
+{{/* The pod's imagePullSecrets (image.pullSecrets: a private registry or mirror), or nothing. */}}
+{{- define "ragmesh.pullSecrets" -}}
+{{- with .Values.image.pullSecrets }}
+imagePullSecrets:
+{{- range . }}
+- name: {{ . }}
+{{- end }}
+{{- end }}
+{{- end }}

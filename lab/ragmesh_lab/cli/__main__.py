@@ -373,7 +373,7 @@ def cmd_mesh(args: argparse.Namespace) -> int:
     from ragmesh_lab.meshlab.lab import MeshLab
 
     lab = MeshLab(args.manifests, args.data_dir, rest_port=args.rest_port)
-    print(f"starting the local mesh from {args.manifests}/mesh and rollouts/ ...", flush=True)
+    print(f"starting the local mesh from the chart in {args.manifests}/charts ...", flush=True)
     try:
         if args.trace:
             lab.start_trace_receiver()
@@ -517,7 +517,7 @@ def parser() -> argparse.ArgumentParser:
     mesh_sub = mesh.add_subparsers(dest="mesh_command", required=True)
     mesh_up = mesh_sub.add_parser("up", help="start the stack behind sidecars; Ctrl-C stops")
     mesh_up.add_argument(
-        "--manifests", type=Path, default=Path("."), help="directory holding mesh/ and rollouts/"
+        "--manifests", type=Path, default=Path("."), help="the repository: charts/ragmesh and mesh/"
     )
     mesh_up.add_argument(
         "--rest-port",
@@ -543,7 +543,7 @@ def parser() -> argparse.ArgumentParser:
     tk.add_argument("--subject", default="developer", help="the end user (the sub claim)")
     tk.add_argument("--ttl", type=float, default=3600.0, help="seconds until it expires")
     tk.add_argument(
-        "--manifests", type=Path, default=Path("."), help="directory holding mesh/ and rollouts/"
+        "--manifests", type=Path, default=Path("."), help="the repository: charts/ragmesh and mesh/"
     )
     keys = sub.add_parser("keys", help="API keys for machine clients (the ingress checks them)")
     keys_sub = keys.add_subparsers(dest="keys_command", required=True)
@@ -583,7 +583,7 @@ def parser() -> argparse.ArgumentParser:
         help="compress Flagger's clock N times (default 12: a 1m interval takes 5 s)",
     )
     rh.add_argument(
-        "--manifests", type=Path, default=Path("."), help="directory holding mesh/ and rollouts/"
+        "--manifests", type=Path, default=Path("."), help="the repository: charts/ragmesh and mesh/"
     )
     tr = sub.add_parser("traces", help="print the traces of ragmesh mesh up --trace as trees")
     tr.add_argument("trace_id", nargs="?", default="", help="a trace id (or its prefix)")

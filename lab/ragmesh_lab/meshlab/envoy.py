@@ -609,7 +609,7 @@ def _outbound(
             }
         ], [cluster]
     if service is None:
-        raise TranslationError(f"no Canary service block for {out.host}: rollouts/*/canary.yaml")
+        raise TranslationError(f"no Canary service block for {out.host} in the chart")
     options: Json = {"explicit_http_config": {"http2_protocol_options": {}}}
     common: Json = {}
     if service.idle_timeout:

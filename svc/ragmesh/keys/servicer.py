@@ -6,7 +6,7 @@ the request's method and ``/check`` + its path, and no body. The answer decides:
 
 - 200 with ``x-ragmesh-tenant`` and ``x-ragmesh-subject``: allowed; the gateway writes these
   over any copy the client sent, as it does for a verified token's claims (the key itself
-  goes no further: the route to query removes it, rollouts/query/canary.yaml);
+  goes no further: the route to query removes it, the chart's templates/query/canary.yaml);
 - 401 (``www-authenticate: ApiKey``): no key, a malformed, unknown, revoked or expired key,
   or a key sent with a bearer token;
 - 403: the key lacks the scope of the path (mesh/authentication.yaml's table).
