@@ -354,9 +354,10 @@ def test_the_vllm_server_serves_generation_only() -> None:
             kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
     config = by[("ConfigMap", "generation-config")]["data"]
     assert config["RAGMESH_GEN_ENGINE"] == "openai" and config["RAGMESH_GEN_MODEL"] == "generation"
-    service = by[("Service", "vllm")]
-    assert service["metadata"]["namespace"] == namespace
-    port = service["spec"]["ports"][0]["port"]
+    # the Service vllm is Flagger's, made from the Canary's service block, in its namespace
+    served = by[("Canary", "vllm")]["spec"]["service"]
+    assert by[("Canary", "vllm")]["metadata"]["namespace"] == namespace
+    port = served["port"]
     assert (
         config["RAGMESH_GEN_OPENAI_URL"] == f"http://vllm.{namespace}.svc.cluster.local:{port}/v1"
     )
@@ -387,7 +388,7 @@ def test_the_vllm_server_serves_generation_only() -> None:
     spec = canary["spec"]
     networking.TrafficPolicy.model_validate(spec["service"]["trafficPolicy"], extra="forbid")
     networking.HttpModel.model_validate({"retries": spec["service"]["retries"]}, extra="forbid")
-    assert spec["service"]["port"] == service["spec"]["ports"][0]["port"]
+    assert {p["containerPort"] for p in container["ports"]} >= {spec["service"]["targetPort"]}
     assert spec["service"]["retries"] == {"attempts": 0}
     assert spec["analysis"]["stepWeight"] and spec["analysis"]["maxWeight"] <= 50
     gates = {m["name"]: m for m in spec["analysis"]["metrics"]}
@@ -803,3 +804,33 @@ def test_istio_system_identities_keep_their_namespace_in_every_environment(
                             ident(doc),
                             principal,
                         )
+
+
+@validated
+def test_every_pod_asks_for_its_sidecar_and_the_release_namespace_is_helms(
+    environment: str,
+) -> None:
+    """The chart never renders the release namespace (helm install --create-namespace makes
+    it, and owning it would fail that install), so no namespace label injects the sidecars:
+    each pod asks for its own with Istio's pod label. Redis's namespace is the chart's."""
+    docs = render(environment)
+    release = f"rag-{environment.split('+')[0]}"
+    namespaces = {d["metadata"]["name"] for d in docs if d["kind"] == "Namespace"}
+    assert release not in namespaces
+    for doc in docs:
+        if doc["kind"] in ("Deployment", "StatefulSet"):
+            labels = doc["spec"]["template"]["metadata"]["labels"]
+            assert labels.get("sidecar.istio.io/inject") == "true", ident(doc)
+            assert doc["metadata"]["namespace"] in namespaces | {release}, ident(doc)
+
+
+@validated
+def test_flagger_makes_the_services_of_every_canaried_workload(environment: str) -> None:
+    """Flagger makes <name>, <name>-primary and <name>-canary and points <name> at the primary;
+    a Service of the chart's would have its selector put back on the (scaled-down) canary by
+    every helm upgrade. Services of workloads without a Canary are the chart's."""
+    docs = render(environment)
+    services = {d["metadata"]["name"] for d in docs if d["kind"] == "Service"}
+    canaried = {d["spec"]["targetRef"]["name"] for d in docs if d["kind"] == "Canary"}
+    assert canaried and not services & canaried, services & canaried
+    assert {"keys", "gate", "flagger-loadtester", "retrieval-writer"} <= services
