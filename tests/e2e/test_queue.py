@@ -53,6 +53,7 @@ class Store:
         self.chunks: dict[str, str] = {}  # chunk id -> text, of tenant T
         self.tenants: dict[tuple[str, str], str] = {}  # (tenant, chunk id) -> document id
         self.upserts = 0
+        self.version = 0  # the index version: one more per write, as the writer counts
 
     async def embed(self, texts: Sequence[str], purpose: Purpose) -> Embedded:
         if any("BAD" in t for t in texts):
@@ -60,7 +61,12 @@ class Store:
         return Embedded(np.zeros((len(texts), 4), dtype=np.float32), "fake")
 
     async def search(
-        self, tenant: str, vector: object, top_k: int, filter: Mapping[str, str]
+        self,
+        tenant: str,
+        vector: object,
+        top_k: int,
+        filter: Mapping[str, str],
+        min_index_version: int = 0,
     ) -> SearchResult:
         return SearchResult((), 0)
 
@@ -69,7 +75,8 @@ class Store:
         if tenant == T:
             self.chunks.update({c.chunk_id: c.text for c in chunks})
         self.tenants.update({(tenant, c.chunk_id): c.document_id for c in chunks})
-        return 0
+        self.version += 1
+        return self.version
 
     async def delete(
         self, tenant: str, chunk_ids: Sequence[str] = (), document_ids: Sequence[str] = ()
@@ -80,7 +87,8 @@ class Store:
             del self.tenants[key]
             if tenant == T:
                 self.chunks.pop(key[1], None)
-        return len(gone), 0
+        self.version += 1
+        return len(gone), self.version
 
 
 def worker(queue: JobQueue, store: Store, name: str, **env: str) -> IngestWorker:
@@ -110,8 +118,11 @@ async def test_a_dead_consumers_entry_is_claimed_and_counted_once(queue: JobQueu
     status = await queue.job(T, job)
     assert status.state is JobState.SUCCEEDED
     assert (status.documents_done, status.chunks_done) == (2, len(store.chunks))
-    await queue.finish(dead[0], True, 99)  # the dead worker's late ack changes nothing
-    assert (await queue.job(T, job)).chunks_done == len(store.chunks)
+    # read your writes: the job names the index version its last write reached
+    assert status.index_version == store.version > 0
+    await queue.finish(dead[0], True, 99, index_version=1)  # a late ack changes nothing
+    late = await queue.job(T, job)
+    assert (late.chunks_done, late.index_version) == (len(store.chunks), store.version)
 
 
 async def test_an_invalid_document_fails_the_job_with_its_error(queue: JobQueue) -> None:
@@ -176,6 +187,7 @@ async def test_jobs_are_their_tenants_and_deletion_is_a_job_of_its_own(
     status = await queue.job(T, deletion)
     assert status.state is JobState.SUCCEEDED
     assert (status.documents_done, status.chunks_done) == (1, chunks)
+    assert status.index_version == store.version  # an Ask with it no longer finds them
     assert store.chunks == {} and {k[0] for k in store.tenants} == {"globex"}
     assert await queue.previous_chunks(T, "manual") == 0
     # re-ingesting after the deletion starts from nothing (no stale tail to drop)

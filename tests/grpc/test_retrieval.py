@@ -398,3 +398,44 @@ async def test_an_undecodable_request_is_invalid_argument(tmp_path: Path, method
         await host.drain_and_stop()
     assert reply.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
     assert reply.message.startswith(f"request: cannot be decoded as ragmesh.v1.{method}Request")
+
+
+async def test_a_reader_behind_the_writer_catches_up_to_min_index_version(tmp_path: Path) -> None:
+    """Read your writes across replicas: a reader that would apply the writer's log only in
+    a minute serves a Search with min_index_version = the Upsert's version at once (it reads
+    the log now); a version nobody wrote is UNAVAILABLE after RAGMESH_SEARCH_CATCH_UP_SECONDS
+    (the mesh retries another replica), naming both versions. Without it, the reader answers
+    from what it has."""
+    common = {"RAGMESH_INDEX_DIM": str(DIM), "RAGMESH_SEARCH_CATCH_UP_SECONDS": "0.3"}
+    writer_settings = settings_for(tmp_path, **common)
+    writer = await start(writer_settings, build(RetrievalService(writer_settings.retrieval)))
+    reader_settings = settings_for(
+        tmp_path, RAGMESH_INDEX_ROLE="reader", RAGMESH_INDEX_REFRESH_MS="60000", **common
+    )
+    reader = await start(reader_settings, build(RetrievalService(reader_settings.retrieval)))
+    channels = [grpc.aio.insecure_channel(f"127.0.0.1:{h.port}") for h in (writer, reader)]
+    try:
+        to_writer, to_reader = (pb_grpc.RetrievalServiceStub(c) for c in channels)
+        up = await to_writer.Upsert(pb.UpsertRequest(tenant="t", chunks=[chunk(1)]), timeout=5)
+        search = pb.SearchRequest(tenant="t", queries=queries(1), top_k=1)
+        stale = await to_reader.Search(search, timeout=5)
+        assert stale.index_version < up.index_version and not stale.results[0].passages
+        search.min_index_version = up.index_version
+        fresh = await to_reader.Search(search, timeout=5)
+        assert fresh.index_version >= up.index_version
+        assert [p.chunk_id for p in fresh.results[0].passages] == ["c1"]
+        search.min_index_version = up.index_version + 10
+        with pytest.raises(grpc.aio.AioRpcError) as e:
+            await to_reader.Search(search, timeout=5)
+        assert e.value.code() is grpc.StatusCode.UNAVAILABLE
+        details = e.value.details() or ""
+        assert details.startswith("min_index_version:")
+        assert f"{fresh.index_version}" in details and f"{up.index_version + 10}" in details
+        with pytest.raises(grpc.aio.AioRpcError) as e:  # the writer has no later version either
+            await to_writer.Search(search, timeout=5)
+        assert e.value.code() is grpc.StatusCode.UNAVAILABLE
+    finally:
+        for c in channels:
+            await c.close()
+        await reader.drain_and_stop()
+        await writer.drain_and_stop()

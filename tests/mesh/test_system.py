@@ -17,6 +17,7 @@ import pytest
 
 from ragmesh.v1 import query_service_pb2 as q
 from ragmesh.v1 import query_service_pb2_grpc
+from ragmesh_lab.cli.__main__ import WRITES_FILE
 from ragmesh_lab.cli.__main__ import main as cli
 from ragmesh_lab.meshlab import traces
 from ragmesh_lab.meshlab.lab import MeshLab
@@ -60,6 +61,12 @@ def ask(stub: query_service_pb2_grpc.QueryServiceStub, token: str) -> str:
     return "".join(answer)
 
 
+def written(mesh: MeshLab) -> int:
+    """The index version the CLI's writes into this mesh reached (what its asks read)."""
+    path = mesh.stack.workdir / WRITES_FILE
+    return max(json.loads(path.read_text()).values()) if path.exists() else 0
+
+
 def test_cli_ingests_and_asks_through_the_ingress(
     mesh: MeshLab, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -73,14 +80,10 @@ def test_cli_ingests_and_asks_through_the_ingress(
     base = ["--data-dir", data_dir, "--token", token]
     assert cli([*base, "ingest", str(ROOT / "samples/corpus")]) == 0
     capsys.readouterr()
-    # the reader replica applies the writer's log within RAGMESH_INDEX_REFRESH_MS
-    deadline = time.monotonic() + 5
-    while True:
-        assert cli([*base, "ask", QUESTION]) == 0
-        out = capsys.readouterr().out
-        if FACT in out or time.monotonic() > deadline:
-            break
-        time.sleep(0.1)
+    # read your writes: the CLI's ask waits for the index version its ingest reached, on
+    # whichever replica answers (the reader follows the writer's log)
+    assert cli([*base, "ask", QUESTION]) == 0
+    out = capsys.readouterr().out
     assert FACT in out and "Sources:" in out
     assert cli(["--data-dir", data_dir, "status"]) == 0
     status = capsys.readouterr().out
@@ -131,7 +134,10 @@ def test_one_ask_is_one_trace_through_every_sidecar_and_service(
         stub = query_service_pb2_grpc.QueryServiceStub(channel)
         ask(stub, token)  # the query service learns the models' names: the cache is next
         since = time.time_ns()
-        question = q.AskRequest(question="Which apples does the orchard grow?")
+        # on an index with the corpus the CLI ingested, whichever replica answers
+        question = q.AskRequest(
+            question="Which apples does the orchard grow?", min_index_version=written(mesh)
+        )
         events = list(stub.Ask(question, timeout=30, metadata=bearer(token)))
     assert events[-1].WhichOneof("event") == "done"
     # ingress 1, query 11 (sidecar in + out ×3, server, 3 clients, 2 cache lookups), embedding 3,
@@ -278,15 +284,15 @@ def test_rest_ingest_and_job_round_trip(mesh: MeshLab, token: str) -> None:
         assert time.monotonic() < deadline, job
         time.sleep(0.1)
     assert job["state"] == "INGEST_JOB_STATE_SUCCEEDED" and job["chunksDone"] == 1
-    # the reader replica applies the writer's log within RAGMESH_INDEX_REFRESH_MS
-    question = {"question": "When was the tide gauge installed?", "skipCache": True}
-    deadline = time.monotonic() + 5
-    while True:
-        status, lines = rest.stream(f"{url}/v1/ask", question, token)
-        cited = lines[0][1]["citations"]["citations"][0]["documentId"]
-        if cited == "rest-note" or time.monotonic() > deadline:
-            break
-        time.sleep(0.1)
+    # read your writes: the job's index version, asked for (proto3 JSON: uint64 as a string)
+    assert int(job["indexVersion"]) > 0
+    question = {
+        "question": "When was the tide gauge installed?",
+        "skipCache": True,
+        "minIndexVersion": job["indexVersion"],
+    }
+    status, lines = rest.stream(f"{url}/v1/ask", question, token)
+    cited = lines[0][1]["citations"]["citations"][0]["documentId"]
     assert status == 200 and cited == "rest-note"
 
 
@@ -352,10 +358,14 @@ def cited(
     token: str,
     extra: tuple[tuple[str, str], ...] = (),
     skip_cache: bool = True,
+    version: int = 0,
 ) -> tuple[list[str], str, bool]:
-    """(the cited snippets, the answer, whether it came from the cache) of SECRET_QUESTION."""
+    """(the cited snippets, the answer, whether it came from the cache) of SECRET_QUESTION,
+    from an index of at least ``version``."""
     snippets, answer, hit = [], [], False
-    request = q.AskRequest(question=SECRET_QUESTION, skip_cache=skip_cache)
+    request = q.AskRequest(
+        question=SECRET_QUESTION, skip_cache=skip_cache, min_index_version=version
+    )
     for event in stub.Ask(request, timeout=30, metadata=bearer(token) + extra):
         kind = event.WhichOneof("event")
         if kind == "citations":
@@ -377,14 +387,15 @@ def test_tenants_never_read_each_others_documents(mesh: MeshLab) -> None:
         stub = query_service_pb2_grpc.QueryServiceStub(channel)
         doc = q.Document(document_id="vault", title="Vault", text=SECRET)
         job = stub.Ingest(q.IngestRequest(documents=[doc]), timeout=10, metadata=bearer(acme))
-        assert wait_job(stub, job.job_id, acme).state == q.INGEST_JOB_STATE_SUCCEEDED
+        written = wait_job(stub, job.job_id, acme)
+        assert written.state == q.INGEST_JOB_STATE_SUCCEEDED
         # another tenant's job id is unknown to globex, exactly as a made-up one
         with pytest.raises(grpc.RpcError) as e:
             wait_job(stub, job.job_id, globex)
         assert e.value.code() == grpc.StatusCode.NOT_FOUND
-        deadline = time.monotonic() + 5  # the reader replica follows the writer's log
-        while "4711" not in " ".join(cited(stub, acme)[0]) and time.monotonic() < deadline:
-            time.sleep(0.1)
+        # read your writes: from the job's index version on, on any replica
+        version = written.index_version
+        assert "4711" in " ".join(cited(stub, acme, version=version)[0])
         assert "4711" in " ".join(cited(stub, acme, skip_cache=False)[0])  # cached for acme
         assert cited(stub, acme, skip_cache=False)[2]
         # the same question from globex: acme's cached answer is not globex's
@@ -413,10 +424,9 @@ def test_tenants_never_read_each_others_documents(mesh: MeshLab) -> None:
         )
         done = wait_job(stub, job.job_id, acme)
         assert done.state == q.INGEST_JOB_STATE_SUCCEEDED and done.chunks_done == 1
-        deadline = time.monotonic() + 5
-        while "4711" in " ".join(cited(stub, acme, skip_cache=False)[0]):
-            assert time.monotonic() < deadline, "the deleted document is still cited"
-            time.sleep(0.1)
+        assert done.index_version > version
+        snippets = cited(stub, acme, skip_cache=False, version=done.index_version)[0]
+        assert "4711" not in " ".join(snippets), "the deleted document is still cited"
 
 
 ROBOT_FACT = "The Tinmoor signal box is painted ochre."
@@ -439,13 +449,9 @@ def test_a_machine_client_with_an_api_key_works_only_in_its_keys_tenant(
     assert cli(["--data-dir", data_dir, "--api-key", key, "ingest", str(document)]) == 0
     capsys.readouterr()
     question = "What colour is the Tinmoor signal box painted?"
-    deadline = time.monotonic() + 5  # the reader replica follows the writer's log
-    while True:
-        assert cli(["--data-dir", data_dir, "--api-key", key, "ask", question]) == 0
-        out = capsys.readouterr().out
-        if "signal-box.txt" in out or time.monotonic() > deadline:
-            break
-        time.sleep(0.1)
+    # read your writes: the CLI asks for the index version its ingest reached
+    assert cli(["--data-dir", data_dir, "--api-key", key, "ask", question]) == 0
+    out = capsys.readouterr().out
     assert "signal-box.txt" in out and "ochre" in out
     status, lines = rest.stream(f"{mesh.rest_url}/v1/ask", {"question": question}, api_key=key)
     assert status == 200 and "signal-box.txt" in json.dumps(lines)

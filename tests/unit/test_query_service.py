@@ -32,16 +32,23 @@ class Peers:
         self.generations = 0
         self.version = 7
         self.tenants: list[str] = []  # the tenant of each search
+        self.min_versions: list[int] = []  # the min_index_version of each search
 
     async def embed(self, texts: Sequence[str], purpose: Purpose) -> Embedded:
         self.embeds += 1
         return Embedded(np.ones((len(texts), 4), dtype=np.float32), "mini")
 
     async def search(
-        self, tenant: str, vector: object, top_k: int, filter: Mapping[str, str]
+        self,
+        tenant: str,
+        vector: object,
+        top_k: int,
+        filter: Mapping[str, str],
+        min_index_version: int = 0,
     ) -> SearchResult:
         self.searches += 1
         self.tenants.append(tenant)
+        self.min_versions.append(min_index_version)
         hits = tuple(
             Hit(f"d{i}#0", f"d{i}", f"{tenant} text {i}", 1.0 - i / 10) for i in range(top_k)
         )
@@ -106,6 +113,19 @@ async def test_stream_shape_and_answer_cache_replay() -> None:
     peers.version = 8  # new documents: the cached answer no longer applies
     assert not (await run(p, top_k=3))[-1].cache_hit  # type: ignore[attr-defined]
     assert not (await run(p, top_k=3, skip_cache=True))[-1].cache_hit  # type: ignore[attr-defined]
+
+
+async def test_an_ask_reads_your_writes_through_every_search() -> None:
+    """min_index_version reaches retrieval on every Ask, cached or not: the answer cache is
+    keyed by the version the search ran against, so a replayed answer never predates it."""
+    redis, peers = MemoryRedis(), Peers()
+    p = pipeline(redis, peers)
+    await run(p, top_k=3, min_index_version=7)
+    replayed = await run(p, top_k=3, min_index_version=7)
+    assert replayed[-1].cache_hit  # type: ignore[attr-defined]
+    assert peers.min_versions == [7, 7]
+    await run(p)
+    assert peers.min_versions[-1] == 0
 
 
 async def test_question_embedding_is_cached() -> None:

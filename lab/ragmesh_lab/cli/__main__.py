@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import signal
 import sys
 import textwrap
@@ -62,6 +63,30 @@ def query_address(args: argparse.Namespace) -> str:
     if "query" not in state:
         raise CliError(f"no running stack in {args.data_dir} (start one: ragmesh up) and no --addr")
     return state["query"]["grpc"]
+
+
+#: the index version this data directory's CLI writes reached, per query address: `ask`
+#: reads its own writes (min_index_version) after an `ingest` or `delete`
+WRITES_FILE = "read-your-writes.json"
+
+
+def _writes(args: argparse.Namespace) -> dict[str, int]:
+    try:
+        data = json.loads((Path(args.data_dir) / WRITES_FILE).read_text())
+    except (FileNotFoundError, ValueError):
+        return {}
+    return {str(k): int(v) for k, v in data.items()} if isinstance(data, dict) else {}
+
+
+def remember_writes(args: argparse.Namespace, address: str, version: int) -> None:
+    """After this CLI's writes through ``address``: the index version they reached."""
+    writes = _writes(args)
+    if version <= writes.get(address, 0):
+        return
+    writes[address] = version
+    path = Path(args.data_dir) / WRITES_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(writes))
 
 
 def run_until_stopped(stack: Stack) -> None:
@@ -189,6 +214,7 @@ def report_jobs(
         raise CliError(f"query service at {address}: {e}{token_hint(e, args)}") from None
     failed = sum(s.documents_failed for s in status)
     print(file=sys.stderr)
+    remember_writes(args, address, max((s.index_version for s in status), default=0))
     for s in status:
         if s.last_error:
             print(f"job {s.job_id}: {s.last_error}", file=sys.stderr)
@@ -232,6 +258,12 @@ def cmd_ask(args: argparse.Namespace) -> int:
         filter=filters,
         params=Params(max_tokens=args.max_tokens),
         skip_cache=args.no_cache,
+        # read your writes: this CLI's last ingest or delete through the same address
+        min_index_version=(
+            _writes(args).get(address, 0)
+            if args.min_index_version is None
+            else args.min_index_version
+        ),
     )
 
     async def stream() -> tuple[tuple[Citation, ...], str, AskDone | None]:
@@ -511,6 +543,13 @@ def parser() -> argparse.ArgumentParser:
     ask.add_argument("--max-tokens", type=int, default=0)
     ask.add_argument("--filter", action="append", default=[], metavar="KEY=VALUE")
     ask.add_argument("--no-cache", action="store_true")
+    ask.add_argument(
+        "--min-index-version",
+        type=int,
+        default=None,
+        help="answer from an index of at least this version (default: the one this data "
+        "directory's last ingest or delete reached; 0: any)",
+    )
     ask.add_argument("--timeout", type=float, default=120.0)
     sub.add_parser("status", help="health of every service of the running stack")
     mesh = sub.add_parser("mesh", help="the local mesh: every service behind an Envoy sidecar")

@@ -149,12 +149,13 @@ class IngestWorker:
         )
         metadata = {k: v for k, v in (("title", doc.title), ("source", doc.source)) if v}
         metadata.update(doc.metadata)
+        version = 0  # the index version this document's last write reached
         try:
             step = self.settings.embed_batch
             for start in range(0, len(pieces), step):
                 batch = pieces[start : start + step]
                 embedded = await self.embedder.embed([c.text for c in batch], Purpose.DOCUMENT)
-                await self.retriever.upsert(
+                version = await self.retriever.upsert(
                     entry.tenant,
                     [
                         ChunkRecord(c.chunk_id, doc.document_id, c.text, metadata, v)
@@ -164,7 +165,7 @@ class IngestWorker:
             previous = await self.queue.previous_chunks(entry.tenant, doc.document_id)
             if previous > len(pieces):  # the document shrank: drop its old tail
                 stale = [chunk_id(doc.document_id, i) for i in range(len(pieces), previous)]
-                await self.retriever.delete(entry.tenant, chunk_ids=stale)
+                _, version = await self.retriever.delete(entry.tenant, chunk_ids=stale)
             await self.queue.set_chunks(entry.tenant, doc.document_id, len(pieces))
         except InvalidArgument as e:
             DOCUMENTS.labels("failed").inc()
@@ -173,14 +174,14 @@ class IngestWorker:
             return
         CHUNKS.inc(len(pieces))
         DOCUMENTS.labels("done").inc()
-        await self.queue.finish(entry, True, len(pieces))
+        await self.queue.finish(entry, True, len(pieces), index_version=version)
 
     async def _delete(self, entry: Entry) -> None:
         """Remove the tenant's chunks of one document; the job counts the chunks removed."""
         document_id = entry.document.document_id
-        removed, _ = await self.retriever.delete(entry.tenant, document_ids=[document_id])
+        removed, version = await self.retriever.delete(entry.tenant, document_ids=[document_id])
         await self.queue.set_chunks(entry.tenant, document_id, 0)
         DELETED.inc(removed)
         DOCUMENTS.labels("deleted").inc()
         log.info("document %s deleted: %d chunks", document_id, removed)
-        await self.queue.finish(entry, True, removed)
+        await self.queue.finish(entry, True, removed, index_version=version)

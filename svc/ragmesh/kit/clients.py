@@ -93,12 +93,14 @@ class RetrievalClient:
         vector: Matrix,
         top_k: int,
         filter: Mapping[str, str],
+        min_index_version: int = 0,
     ) -> SearchResult:
         request = retrieval_service_pb2.SearchRequest(
             queries=codec.matrix_to_proto(np.asarray(vector).reshape(1, -1)),
             top_k=top_k,
             filter=dict(filter),
             tenant=tenant,
+            min_index_version=min_index_version,
         )
         try:
             reply = await self._stub.Search(request)

@@ -119,6 +119,7 @@ def ask_from_proto(r: query_service_pb2.AskRequest) -> AskInput:
         filter=dict(r.filter),
         params=params_from_proto(r.params),
         skip_cache=r.skip_cache,
+        min_index_version=r.min_index_version,
     )
 
 
@@ -129,6 +130,7 @@ def ask_to_proto(a: AskInput) -> query_service_pb2.AskRequest:
         filter=dict(a.filter),
         params=params_to_proto(a.params),
         skip_cache=a.skip_cache,
+        min_index_version=a.min_index_version,
     )
 
 
@@ -216,6 +218,7 @@ def job_to_proto(job: JobStatus) -> query_service_pb2.GetIngestJobResponse:
         chunks_done=job.chunks_done,
         chunks_failed=job.chunks_failed,
         last_error=job.last_error,
+        index_version=job.index_version,
     )
 
 
@@ -233,4 +236,5 @@ def job_from_proto(r: query_service_pb2.GetIngestJobResponse) -> JobStatus:
         r.chunks_done,
         r.chunks_failed,
         r.last_error,
+        r.index_version,
     )

@@ -231,6 +231,14 @@ class RetrievalSettings:
         services="retrieval",
         minimum=10,
     )
+    catch_up_seconds: float = setting(
+        "RAGMESH_SEARCH_CATCH_UP_SECONDS",
+        "2",
+        "Longest a Search with min_index_version waits for this replica to apply that version "
+        "of the writer's log before it answers UNAVAILABLE (the mesh retries another replica).",
+        services="retrieval",
+        minimum=0,
+    )
     dim: int = setting(
         "RAGMESH_INDEX_DIM",
         "384",

@@ -146,6 +146,8 @@ class AskInput:
     filter: Mapping[str, str] = field(default_factory=dict)
     params: Params = Params()
     skip_cache: bool = False
+    #: read your writes: answer from an index of at least this version (0: any)
+    min_index_version: int = 0
 
 
 @dataclass(frozen=True)
@@ -212,6 +214,8 @@ class JobStatus:
     chunks_done: int
     chunks_failed: int
     last_error: str
+    #: the index version the job's writes reached (an Ask with it sees them); 0: none yet
+    index_version: int = 0
 
 
 _DOCUMENT_ID = re.compile(r"[^\s#]{1,256}")

@@ -14,6 +14,7 @@ Engines raise these; they never import grpc. One table in
     ├── DependencyUnavailable→ UNAVAILABLE
     │   └── StorageFailure   → UNAVAILABLE        (the index disk failed a write, rolled back)
     ├── ReadOnlyReplica      → UNAVAILABLE        (a write reached a reader: retry elsewhere)
+    ├── IndexBehind          → UNAVAILABLE        (a replica has not applied the version asked)
     ├── DeadlineExceeded     → DEADLINE_EXCEEDED  (a downstream call ran out of the caller's time)
     ├── NotReady             → FAILED_PRECONDITION (model or index not loaded)
     └── DataCorruption       → DATA_LOSS
@@ -85,6 +86,11 @@ class InjectedFault(RagmeshError):
 
 class ReadOnlyReplica(RagmeshError):
     """A write reached a replica that only serves reads; another replica takes writes."""
+
+
+class IndexBehind(RagmeshError):
+    """A replica has not applied the index version a read asked for (min_index_version);
+    another replica, or this one a moment later, has."""
 
 
 class DeadlineExceeded(RagmeshError):

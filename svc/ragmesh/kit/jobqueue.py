@@ -108,9 +108,14 @@ def parse_entry(entry_id: str, fields: Mapping[bytes, bytes]) -> Entry:
     return Entry(entry_id, job_id, seq, doc, trace=carried, tenant=tenant, delete=delete)
 
 
-# Counts a document once (SADD), updates the job, and acknowledges + deletes the entry.
+# Counts a document once (SADD), updates the job (its index_version: the highest its writes
+# reached, set before the state can say SUCCEEDED), and acknowledges + deletes the entry.
 _FINISH = """
 if redis.call('SADD', KEYS[2], ARGV[1]) == 1 then
+  local version = tonumber(ARGV[8]) or 0
+  if version > tonumber(redis.call('HGET', KEYS[1], 'index_version') or '0') then
+    redis.call('HSET', KEYS[1], 'index_version', ARGV[8])
+  end
   if ARGV[2] == '1' then
     redis.call('HINCRBY', KEYS[1], 'documents_done', 1)
     redis.call('HINCRBY', KEYS[1], 'chunks_done', ARGV[3])
@@ -257,6 +262,7 @@ class JobQueue:
             chunks_done=int(h["chunks_done"]),
             chunks_failed=int(h["chunks_failed"]),
             last_error=h.get("last_error", ""),
+            index_version=int(h.get("index_version", "0")),
         )
 
     # --- consumer side -------------------------------------------------------------------
@@ -355,8 +361,11 @@ class JobQueue:
                 pipe.xdel(self.stream, entry.entry_id)
                 await pipe.execute()
 
-    async def finish(self, entry: Entry, ok: bool, chunks: int, error: str = "") -> None:
-        """Count the document once in its job and acknowledge the entry, atomically."""
+    async def finish(
+        self, entry: Entry, ok: bool, chunks: int, error: str = "", index_version: int = 0
+    ) -> None:
+        """Count the document once in its job (with the index version its writes reached)
+        and acknowledge the entry, atomically."""
         key = self._job_key(entry.job_id)
         async with redis_errors("job progress"):
             await self._finish(
@@ -369,5 +378,6 @@ class JobQueue:
                     GROUP,
                     entry.entry_id,
                     self.ttl,
+                    index_version,
                 ],
             )

@@ -31,9 +31,15 @@ class Retriever(Protocol):
     """Every call names its tenant; ids are scoped to it."""
 
     async def search(
-        self, tenant: str, vector: Matrix, top_k: int, filter: Mapping[str, str]
+        self,
+        tenant: str,
+        vector: Matrix,
+        top_k: int,
+        filter: Mapping[str, str],
+        min_index_version: int = 0,
     ) -> SearchResult:
-        """Nearest chunks of ``tenant`` to one query vector."""
+        """Nearest chunks of ``tenant`` to one query vector, from an index of at least
+        ``min_index_version``."""
 
     async def upsert(self, tenant: str, chunks: Sequence[ChunkRecord]) -> int:
         """Insert or replace chunks; returns the index version."""

@@ -170,7 +170,9 @@ class AskPipeline:
         vector = await self._embed(tenant, request.question)
         embed_ms = _ms(t)
         t = time.perf_counter()
-        result = await self.retriever.search(tenant, vector, top_k, request.filter)
+        result = await self.retriever.search(
+            tenant, vector, top_k, request.filter, request.min_index_version
+        )
         search_ms = _ms(t)
         use_cache = not request.skip_cache and self.settings.answer_cache_ttl > 0
         key = ""

@@ -21,11 +21,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TypeVar
 
-from prometheus_client import Gauge, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 from ragmesh.kit.config import RetrievalSettings
 from ragmesh.kit.domain import Hit
-from ragmesh.kit.errors import NotReady, ReadOnlyReplica
+from ragmesh.kit.errors import IndexBehind, NotReady, ReadOnlyReplica
 from ragmesh.kit.tracing import tracer
 from ragmesh.retrieval import requests
 from ragmesh.retrieval.index import IndexParams
@@ -49,6 +49,15 @@ RESULTS = Histogram(
 )
 INDEX_CHUNKS = Gauge("ragmesh_retrieval_index_chunks", "Chunks in the index.")
 INDEX_VERSION = Gauge("ragmesh_retrieval_index_version", "Index version (writes applied).")
+CAUGHT_UP = Counter(
+    "ragmesh_retrieval_catch_ups_total",
+    "Searches with a min_index_version this replica had not applied yet, served after it did.",
+)
+BEHIND = Counter(
+    "ragmesh_retrieval_behind_total",
+    "Searches refused (UNAVAILABLE): the replica did not reach their min_index_version in time.",
+)
+CATCH_UP_POLL_S = 0.01  # how often a waiting Search looks at the log again
 
 
 @dataclass(frozen=True)
@@ -96,6 +105,7 @@ class RetrievalService:
         self._open = False
         self.writable = settings.role == "writer"
         self._refresh_s = settings.refresh_ms / 1000
+        self._catch_up_s = settings.catch_up_seconds
         self._follower: asyncio.Task[None] | None = None
 
     async def _run(self, fn: Callable[[], T]) -> T:
@@ -184,12 +194,15 @@ class RetrievalService:
         data: bytes,
         top_k: int,
         where: Mapping[str, str],
+        min_version: int = 0,
     ) -> tuple[list[list[Hit]], int]:
-        """Validate and run a batched search of ``tenant``'s chunks; returns (hits per query,
-        index version)."""
+        """Validate and run a batched search of ``tenant``'s chunks on an index of at least
+        ``min_version``; returns (hits per query, index version)."""
         self._check()
         requests.tenant(tenant)
         queries = requests.queries(count, dimension, data, top_k, self.limits, self.store.dim)
+        if self.store.version < min_version:
+            await self._catch_up(min_version)
 
         def work() -> tuple[list[list[Hit]], int]:
             started = time.perf_counter()
@@ -217,6 +230,25 @@ class RetrievalService:
                 span.set_attribute("ragmesh.search.results", sum(len(h) for h in hits))
                 span.set_attribute("ragmesh.index.version", version)
             return hits, version
+
+    async def _catch_up(self, version: int) -> None:
+        """Read your writes: apply the writer's log now (a reader), and again every few
+        milliseconds, until the index has ``version``; past RAGMESH_SEARCH_CATCH_UP_SECONDS,
+        IndexBehind (UNAVAILABLE: the caller's retry may reach a replica that has it)."""
+        deadline = time.monotonic() + self._catch_up_s
+        while True:
+            if not self.writable:
+                await self._run(self.store.refresh)
+            if self.store.version >= version:
+                CAUGHT_UP.inc()
+                return
+            if time.monotonic() >= deadline:
+                BEHIND.inc()
+                raise IndexBehind(
+                    f"min_index_version: this replica has applied index version "
+                    f"{self.store.version}, not yet {version}"
+                )
+            await asyncio.sleep(CATCH_UP_POLL_S)
 
     async def info(self) -> IndexInfo:
         self._check()

@@ -26,7 +26,13 @@ class RetrievalServicer(pb_grpc.RetrievalServiceServicer):
     async def Search(self, request: pb.SearchRequest, context: Context) -> pb.SearchResponse:
         q = request.queries
         results, version = await self.service.search(
-            request.tenant, q.count, q.dimension, q.data, request.top_k, request.filter
+            request.tenant,
+            q.count,
+            q.dimension,
+            q.data,
+            request.top_k,
+            request.filter,
+            request.min_index_version,
         )
         response = pb.SearchResponse(index_version=version)
         for hits in results:

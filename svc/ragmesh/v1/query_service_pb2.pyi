@@ -23,7 +23,7 @@ INGEST_JOB_STATE_SUCCEEDED: IngestJobState
 INGEST_JOB_STATE_FAILED: IngestJobState
 
 class AskRequest(_message.Message):
-    __slots__ = ("question", "top_k", "filter", "params", "skip_cache")
+    __slots__ = ("question", "top_k", "filter", "params", "skip_cache", "min_index_version")
     class FilterEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -36,12 +36,14 @@ class AskRequest(_message.Message):
     FILTER_FIELD_NUMBER: _ClassVar[int]
     PARAMS_FIELD_NUMBER: _ClassVar[int]
     SKIP_CACHE_FIELD_NUMBER: _ClassVar[int]
+    MIN_INDEX_VERSION_FIELD_NUMBER: _ClassVar[int]
     question: str
     top_k: int
     filter: _containers.ScalarMap[str, str]
     params: _common_pb2.GenerationParams
     skip_cache: bool
-    def __init__(self, question: _Optional[str] = ..., top_k: _Optional[int] = ..., filter: _Optional[_Mapping[str, str]] = ..., params: _Optional[_Union[_common_pb2.GenerationParams, _Mapping]] = ..., skip_cache: _Optional[bool] = ...) -> None: ...
+    min_index_version: int
+    def __init__(self, question: _Optional[str] = ..., top_k: _Optional[int] = ..., filter: _Optional[_Mapping[str, str]] = ..., params: _Optional[_Union[_common_pb2.GenerationParams, _Mapping]] = ..., skip_cache: _Optional[bool] = ..., min_index_version: _Optional[int] = ...) -> None: ...
 
 class Citation(_message.Message):
     __slots__ = ("marker", "chunk_id", "document_id", "score", "snippet", "metadata")
@@ -162,7 +164,7 @@ class GetIngestJobRequest(_message.Message):
     def __init__(self, job_id: _Optional[str] = ...) -> None: ...
 
 class GetIngestJobResponse(_message.Message):
-    __slots__ = ("job_id", "state", "documents_total", "documents_done", "documents_failed", "chunks_done", "chunks_failed", "last_error")
+    __slots__ = ("job_id", "state", "documents_total", "documents_done", "documents_failed", "chunks_done", "chunks_failed", "last_error", "index_version")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     DOCUMENTS_TOTAL_FIELD_NUMBER: _ClassVar[int]
@@ -171,6 +173,7 @@ class GetIngestJobResponse(_message.Message):
     CHUNKS_DONE_FIELD_NUMBER: _ClassVar[int]
     CHUNKS_FAILED_FIELD_NUMBER: _ClassVar[int]
     LAST_ERROR_FIELD_NUMBER: _ClassVar[int]
+    INDEX_VERSION_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     state: IngestJobState
     documents_total: int
@@ -179,4 +182,5 @@ class GetIngestJobResponse(_message.Message):
     chunks_done: int
     chunks_failed: int
     last_error: str
-    def __init__(self, job_id: _Optional[str] = ..., state: _Optional[_Union[IngestJobState, str]] = ..., documents_total: _Optional[int] = ..., documents_done: _Optional[int] = ..., documents_failed: _Optional[int] = ..., chunks_done: _Optional[int] = ..., chunks_failed: _Optional[int] = ..., last_error: _Optional[str] = ...) -> None: ...
+    index_version: int
+    def __init__(self, job_id: _Optional[str] = ..., state: _Optional[_Union[IngestJobState, str]] = ..., documents_total: _Optional[int] = ..., documents_done: _Optional[int] = ..., documents_failed: _Optional[int] = ..., chunks_done: _Optional[int] = ..., chunks_failed: _Optional[int] = ..., last_error: _Optional[str] = ..., index_version: _Optional[int] = ...) -> None: ...

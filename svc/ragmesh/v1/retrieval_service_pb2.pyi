@@ -41,7 +41,7 @@ class Chunk(_message.Message):
     def __init__(self, chunk_id: _Optional[str] = ..., document_id: _Optional[str] = ..., text: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., vector: _Optional[bytes] = ...) -> None: ...
 
 class SearchRequest(_message.Message):
-    __slots__ = ("queries", "top_k", "filter", "tenant")
+    __slots__ = ("queries", "top_k", "filter", "tenant", "min_index_version")
     class FilterEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -53,11 +53,13 @@ class SearchRequest(_message.Message):
     TOP_K_FIELD_NUMBER: _ClassVar[int]
     FILTER_FIELD_NUMBER: _ClassVar[int]
     TENANT_FIELD_NUMBER: _ClassVar[int]
+    MIN_INDEX_VERSION_FIELD_NUMBER: _ClassVar[int]
     queries: _common_pb2.VectorBatch
     top_k: int
     filter: _containers.ScalarMap[str, str]
     tenant: str
-    def __init__(self, queries: _Optional[_Union[_common_pb2.VectorBatch, _Mapping]] = ..., top_k: _Optional[int] = ..., filter: _Optional[_Mapping[str, str]] = ..., tenant: _Optional[str] = ...) -> None: ...
+    min_index_version: int
+    def __init__(self, queries: _Optional[_Union[_common_pb2.VectorBatch, _Mapping]] = ..., top_k: _Optional[int] = ..., filter: _Optional[_Mapping[str, str]] = ..., tenant: _Optional[str] = ..., min_index_version: _Optional[int] = ...) -> None: ...
 
 class QueryHits(_message.Message):
     __slots__ = ("passages",)
