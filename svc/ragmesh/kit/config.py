@@ -233,9 +233,11 @@ class RetrievalSettings:
     )
     catch_up_seconds: float = setting(
         "RAGMESH_SEARCH_CATCH_UP_SECONDS",
-        "2",
+        "0.3",
         "Longest a Search with min_index_version waits for this replica to apply that version "
-        "of the writer's log before it answers UNAVAILABLE (the mesh retries another replica).",
+        "of the writer's log (never past the caller's deadline) before it answers UNAVAILABLE, "
+        "which the mesh and the client retry, on other replicas too (up to 9 tries: keep 9 x "
+        "this under RAGMESH_CALL_TIMEOUT_SECONDS).",
         services="retrieval",
         minimum=0,
     )

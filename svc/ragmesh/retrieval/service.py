@@ -23,6 +23,7 @@ from typing import TypeVar
 
 from prometheus_client import Counter, Gauge, Histogram
 
+from ragmesh.kit import callcontext
 from ragmesh.kit.config import RetrievalSettings
 from ragmesh.kit.domain import Hit
 from ragmesh.kit.errors import IndexBehind, NotReady, ReadOnlyReplica
@@ -58,6 +59,7 @@ BEHIND = Counter(
     "Searches refused (UNAVAILABLE): the replica did not reach their min_index_version in time.",
 )
 CATCH_UP_POLL_S = 0.01  # how often a waiting Search looks at the log again
+CATCH_UP_MARGIN_S = 0.1  # the refusal's time to reach a caller before its deadline
 
 
 @dataclass(frozen=True)
@@ -235,7 +237,12 @@ class RetrievalService:
         """Read your writes: apply the writer's log now (a reader), and again every few
         milliseconds, until the index has ``version``; past RAGMESH_SEARCH_CATCH_UP_SECONDS,
         IndexBehind (UNAVAILABLE: the caller's retry may reach a replica that has it)."""
-        deadline = time.monotonic() + self._catch_up_s
+        wait = self._catch_up_s
+        caller = callcontext.current()
+        left = caller.remaining() if caller is not None else None
+        if left is not None:  # answer UNAVAILABLE while the caller still listens
+            wait = min(wait, max(0.0, left - CATCH_UP_MARGIN_S))
+        deadline = time.monotonic() + wait
         while True:
             if not self.writable:
                 await self._run(self.store.refresh)
