@@ -157,3 +157,17 @@ def test_malformed_json_is_a_400_in_openais_shape(base_url: str) -> None:
     assert reply.json()["error"]["param"] == "body"
     assert reply.json()["error"]["type"] == "invalid_request_error"
     assert reply.headers["x-request-id"]
+
+
+def test_min_index_version_reads_your_writes_through_the_sdks_extra_body(
+    client: openai.OpenAI,
+) -> None:
+    """ragmesh's extension reaches retrieval: the version the corpus reached answers, a
+    version nobody wrote is 503 (UNAVAILABLE) naming both versions."""
+    ask = {"model": "ragmesh", "messages": [{"role": "user", "content": QUESTION}]}
+    done = client.chat.completions.create(**ask, extra_body={"min_index_version": 1})
+    assert done.choices[0].message.content
+    with pytest.raises(openai.InternalServerError) as behind:
+        client.chat.completions.create(**ask, extra_body={"min_index_version": 10**9})
+    assert behind.value.status_code == 503
+    assert "not yet 1000000000" in behind.value.message

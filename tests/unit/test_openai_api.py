@@ -36,10 +36,12 @@ def test_a_chat_request_is_an_ask_of_the_last_user_message() -> None:
             "seed": 3,
             "stream": True,
             "stream_options": {"include_usage": True},
+            "min_index_version": 12,  # ragmesh's extension (the SDKs' extra_body)
         },
         NAMES,
     )
     assert chat.ask.question == "second" and chat.ask.top_k == 5
+    assert chat.ask.min_index_version == 12
     assert chat.ask.params == Params(
         max_tokens=7, temperature=0.5, top_p=0.0, stop=("END",), seed=3
     )
@@ -68,6 +70,8 @@ def test_a_chat_request_is_an_ask_of_the_last_user_message() -> None:
         ({"model": "ragmesh", "messages": USER, "temperature": True}, "temperature"),
         ({"model": "ragmesh", "messages": USER, "stop": ["a", "b", "c", "d", "e"]}, "stop"),
         ({"model": "ragmesh", "messages": USER, "stream": "yes"}, "stream"),
+        ({"model": "ragmesh", "messages": USER, "min_index_version": "4"}, "min_index_version"),
+        ({"model": "ragmesh", "messages": USER, "min_index_version": -1}, "min_index_version"),
     ],
 )
 def test_bad_requests_name_the_field(body: object, field: str) -> None:

@@ -181,9 +181,16 @@ def chat_request(body: object, names: Mapping[str, int]) -> ChatRequest:
         stop=_stop(body.get("stop")),
         seed=_integer(body, "seed"),
     )
+    # ragmesh's extension, as the SDKs' extra_body sends it: read your writes (an ingest job's
+    # index_version)
+    min_version = _integer(body, "min_index_version") or 0
+    if min_version < 0:
+        raise InvalidArgument("min_index_version", "must be at least 0")
     return ChatRequest(
         name,
-        AskInput(question=question, top_k=names[name], params=params),
+        AskInput(
+            question=question, top_k=names[name], params=params, min_index_version=min_version
+        ),
         stream,
         bool(options.get("include_usage")),
     )
