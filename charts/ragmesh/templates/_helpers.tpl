@@ -64,16 +64,22 @@ ServiceEntry in this namespace).
 {{- end -}}
 {{- end }}
 
-{{/* Redis of a role ("queue" or "cache"): host:port, the chart's or redis.external's. */}}
-{{- define "ragmesh.redisAddress" -}}
+{{/* Redis of a role ("queue" or "cache"): its host, the chart's or redis.external's. */}}
+{{- define "ragmesh.redisHost" -}}
 {{- $root := index . 0 -}}
 {{- $role := index . 1 -}}
 {{- if $root.Values.redis.external.enabled -}}
-{{- $server := index $root.Values.redis.external $role -}}
-{{- printf "%s:%v" $server.host $server.port -}}
+{{- (index $root.Values.redis.external $role).host -}}
 {{- else -}}
-{{- printf "%s.%s.svc.cluster.local:6379" (ternary "redis" "redis-cache" (eq $role "queue")) $root.Values.redis.namespace -}}
+{{- printf "%s.%s.svc.cluster.local" (ternary "redis" "redis-cache" (eq $role "queue")) $root.Values.redis.namespace -}}
 {{- end -}}
+{{- end }}
+
+{{/* Redis of a role: host:port. */}}
+{{- define "ragmesh.redisAddress" -}}
+{{- $root := index . 0 -}}
+{{- $port := ternary (index $root.Values.redis.external (index . 1)).port 6379 $root.Values.redis.external.enabled -}}
+{{- printf "%s:%v" (include "ragmesh.redisHost" .) $port -}}
 {{- end }}
 
 {{/* The URL of Redis of a role, with the password from the pod's REDIS_PASSWORD. */}}
@@ -85,12 +91,7 @@ ServiceEntry in this namespace).
 {{/* The Sidecar egress host of Redis of a role (external: this namespace's ServiceEntry). */}}
 {{- define "ragmesh.redisEgress" -}}
 {{- $root := index . 0 -}}
-{{- if $root.Values.redis.external.enabled -}}
-./{{ (index $root.Values.redis.external (index . 1)).host }}
-{{- else -}}
-{{- $host := ternary "redis" "redis-cache" (eq (index . 1) "queue") -}}
-{{ $root.Values.redis.namespace }}/{{ $host }}.{{ $root.Values.redis.namespace }}.svc.cluster.local
-{{- end -}}
+{{- ternary "." $root.Values.redis.namespace $root.Values.redis.external.enabled }}/{{ include "ragmesh.redisHost" . }}
 {{- end }}
 
 {{/* The pod's imagePullSecrets (image.pullSecrets: a private registry or mirror), or nothing. */}}

@@ -25,6 +25,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from ragmesh.kit import cpus
+from ragmesh_lab import chart
 
 LISTENING = re.compile(r"listening: grpc [\d.]+:(\d+), metrics [\d.]+:(\d+)")
 HTTP_LISTENING = re.compile(r"openai listening: http [\d.]+:(\d+)")  # query's HTTP API
@@ -44,7 +45,7 @@ REPOSITORY = Path(__file__).resolve().parents[3]
 
 def shipped_redis_conf(role: str) -> str:
     """``queue.conf`` or ``cache.conf``: the chart's file its redis-config ConfigMap holds."""
-    path = REPOSITORY / "charts" / "ragmesh" / "files" / "redis" / role
+    path = REPOSITORY / chart.FILES / "redis" / role
     if not path.exists():
         raise StackError(f"{path.relative_to(REPOSITORY)} is missing")
     return path.read_text()
