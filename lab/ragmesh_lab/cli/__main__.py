@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import signal
 import sys
 import textwrap
@@ -107,6 +108,8 @@ def cmd_up(args: argparse.Namespace) -> int:
     try:
         if args.llm:
             start_llm(stack)
+        if wants_milvus(args):
+            start_milvus(stack)
         stack.up()
         print(f"{'service':<11} {'pid':>7}  {'grpc':<21} {'metrics':<21}")
         for name, port in (("redis", stack.redis_port), ("redis-cache", stack.cache_port)):
@@ -123,6 +126,22 @@ def cmd_up(args: argparse.Namespace) -> int:
     finally:
         stack.down()
         print("stopped", flush=True)
+
+
+def wants_milvus(args: argparse.Namespace) -> bool:
+    """--milvus, or RAGMESH_INDEX_BACKEND=milvus without a server of one's own."""
+    backend = os.environ.get("RAGMESH_INDEX_BACKEND", "").lower()
+    return bool(args.milvus) or (backend == "milvus" and not os.environ.get("RAGMESH_MILVUS_URI"))
+
+
+def start_milvus(stack: Stack) -> None:
+    """The Milvus server first, then retrieval's milvus backend points at it."""
+    from ragmesh_lab.cli import milvus
+
+    stack.workdir.mkdir(parents=True, exist_ok=True)
+    print("starting milvus (about a minute the first time) ...", flush=True)
+    proc = milvus.start_milvus(stack)
+    print(f"milvus: {stack.env['RAGMESH_MILVUS_URI']}, pid {proc.popen.pid}", flush=True)
 
 
 def start_llm(stack: Stack) -> None:
@@ -563,6 +582,12 @@ def parser() -> argparse.ArgumentParser:
         type=int,
         default=8080,
         help="the ingress gateway's REST port on 127.0.0.1 (0: any free port)",
+    )
+    up.add_argument(
+        "--milvus",
+        action="store_true",
+        help="keep the index in a real Milvus server started here (RAGMESH_INDEX_BACKEND=milvus "
+        "does the same; with RAGMESH_MILVUS_URI set, retrieval uses that server instead)",
     )
     for command in (up, mesh_up):
         command.add_argument(

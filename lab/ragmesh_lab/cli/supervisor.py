@@ -7,6 +7,7 @@ supervisor reads the ports from the log, so nothing races for a port it picked.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -66,6 +67,7 @@ class Proc:
     metrics_port: int = 0
     http_port: int = 0  # query's OpenAI-compatible API
     offset: int = 0  # where this run's output starts in the (appended) log
+    stop_signal: int = signal.SIGTERM  # what asks it to stop
 
     def output(self) -> str:
         with open(self.log, "rb") as f:
@@ -314,14 +316,15 @@ class Stack:
         order = list(reversed(self.procs))
         for name in order:
             if self.procs[name].popen.poll() is None:
-                self.procs[name].popen.send_signal(signal.SIGTERM)
+                self.procs[name].popen.send_signal(self.procs[name].stop_signal)
         deadline = time.monotonic() + timeout
         for name in order:
             popen = self.procs[name].popen
             try:
                 popen.wait(timeout=max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                popen.kill()
+                with contextlib.suppress(ProcessLookupError):  # its children too
+                    os.killpg(popen.pid, signal.SIGKILL)
                 popen.wait()
         self.procs.clear()
         (self.workdir / STATE_FILE).unlink(missing_ok=True)

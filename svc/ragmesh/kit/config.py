@@ -208,12 +208,49 @@ class EmbeddingSettings:
 
 @dataclass(frozen=True)
 class RetrievalSettings:
-    """The FAISS index, its durable store, and the request limits."""
+    """The index (embedded FAISS or a Milvus server), its durable store, and the limits."""
 
+    backend: str = setting(
+        "RAGMESH_INDEX_BACKEND",
+        "faiss",
+        "faiss (embedded: the index in this process, durable in RAGMESH_INDEX_DIR) or milvus "
+        "(a Milvus server at RAGMESH_MILVUS_URI holds the index; every replica reads and "
+        "writes).",
+        services="retrieval",
+        choices=("faiss", "milvus"),
+    )
+    milvus_uri: str = setting(
+        "RAGMESH_MILVUS_URI",
+        "http://127.0.0.1:19530",
+        "The Milvus server's gRPC address (backend milvus).",
+        services="retrieval",
+    )
+    milvus_token: str = setting(
+        "RAGMESH_MILVUS_TOKEN",
+        "",
+        "Milvus credentials, user:password or an API key (backend milvus; empty: none).",
+        services="retrieval",
+    )
+    milvus_collection: str = setting(
+        "RAGMESH_MILVUS_COLLECTION",
+        "ragmesh_chunks",
+        "The Milvus collection of the chunks, created at start when missing (backend milvus).",
+        services="retrieval",
+    )
+    milvus_consistency: str = setting(
+        "RAGMESH_MILVUS_CONSISTENCY",
+        "strong",
+        "strong: every Search sees every write acknowledged before it, by any replica (waits "
+        "for Milvus's next time tick); session: a Search sees this replica's writes and those "
+        "up to its min_index_version, and may miss other replicas' most recent writes for "
+        "about a second (backend milvus).",
+        services="retrieval",
+        choices=("strong", "session"),
+    )
     index_dir: Path = setting(
         "RAGMESH_INDEX_DIR",
         "var/index",
-        "Directory of the write-ahead log and snapshots.",
+        "Directory of the write-ahead log and snapshots (backend faiss).",
         services="retrieval",
     )
     role: str = setting(
@@ -251,14 +288,16 @@ class RetrievalSettings:
     kind: str = setting(
         "RAGMESH_INDEX_KIND",
         "flat",
-        "flat (exact), hnsw or ivf.",
+        "flat (exact), hnsw or ivf. On Milvus: FLAT, HNSW and IVF_FLAT; with "
+        "RAGMESH_INDEX_DEVICE=cuda, GPU_BRUTE_FORCE, GPU_CAGRA and GPU_IVF_FLAT.",
         services="retrieval",
         choices=("flat", "hnsw", "ivf"),
     )
     device: str = setting(
         "RAGMESH_INDEX_DEVICE",
         "auto",
-        "auto (GPU when faiss has GPUs), cpu or cuda.",
+        "auto (GPU when faiss has GPUs), cpu or cuda (backend milvus: cuda builds Milvus's GPU "
+        "index kinds, auto and cpu its CPU ones).",
         services="retrieval",
         choices=("auto", "cpu", "cuda"),
     )

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from ragmesh.kit import config
-from ragmesh.retrieval.service import store_for
+from ragmesh.retrieval.service import faiss_store
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     if not settings.index_dir.is_dir():
         print(f"no index directory at {settings.index_dir}", file=sys.stderr)
         return 2
-    report = store_for(settings).recover()
+    report = faiss_store(settings).recover()
     print(f"snapshot: version {report.snapshot_version}")
     print(f"log: {report.frames} intact frames, {report.applied} applied")
     for offset, length in report.dropped:

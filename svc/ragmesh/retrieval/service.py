@@ -1,41 +1,46 @@
-"""The retrieval service layer: the chunk store (the index engine) behind one worker thread.
+"""The retrieval service layer: the chunk store (the index engine) behind worker threads.
 
-FAISS and the store are not safe for concurrent writes and reads, so every operation runs
-under one lock, on one dedicated thread (searches still use FAISS's own OpenMP threads):
-the event loop stays free to accept calls meanwhile. A search expected to take less than
-the hop to that thread and back (HNSW, IVF, small flat indexes: a fraction of a
-millisecond) runs on the event loop instead, when no write holds the lock. Replicas share
-one index directory: the writer owns the log and snapshots, readers follow them (and
-refuse writes). No grpc here.
+Two stores keep the same contract. The embedded FAISS store (:mod:`ragmesh.retrieval.store`)
+is not safe for concurrent writes and reads, so every operation runs under one lock, on one
+dedicated thread (searches still use FAISS's own OpenMP threads): the event loop stays free
+to accept calls meanwhile. A search expected to take less than the hop to that thread and
+back (HNSW, IVF, small flat indexes: a fraction of a millisecond) runs on the event loop
+instead, when no write holds the lock. FAISS replicas share one index directory: the writer
+owns the log and snapshots, readers follow them (and refuse writes). The Milvus store
+(:mod:`ragmesh.retrieval.milvus`) is a client of a Milvus server: its calls run in parallel
+on a few threads, and every replica writes. No grpc here.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 from prometheus_client import Counter, Gauge, Histogram
 
 from ragmesh.kit import callcontext
 from ragmesh.kit.config import RetrievalSettings
-from ragmesh.kit.domain import Hit
+from ragmesh.kit.domain import Hit, Matrix
 from ragmesh.kit.errors import IndexBehind, NotReady, ReadOnlyReplica
 from ragmesh.kit.tracing import tracer
 from ragmesh.retrieval import requests
 from ragmesh.retrieval.index import IndexParams
+from ragmesh.retrieval.milvus import MilvusStore
 from ragmesh.retrieval.store import ChunkIn, ChunkStore
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 INLINE_SEARCH_S = 0.0005  # searches expected to be shorter run on the event loop
+CLIENT_THREADS = 8  # a store whose calls may run in parallel (Milvus) gets this many
 
 
 SEARCH_SECONDS = Histogram(
@@ -73,21 +78,64 @@ class IndexInfo:
     version: int
 
 
-def store_for(settings: RetrievalSettings) -> ChunkStore:
-    """The chunk store the settings describe (not opened)."""
-    return ChunkStore(
-        settings.index_dir,
-        IndexParams(
-            kind=settings.kind,
-            dim=settings.dim,
-            device=settings.device,
-            hnsw_m=settings.hnsw_m,
-            hnsw_ef_search=settings.hnsw_ef_search,
-            ivf_nlist=settings.ivf_nlist,
-            ivf_nprobe=settings.ivf_nprobe,
-        ),
-        settings.snapshot_every,
+class Store(Protocol):
+    """What the service needs of a chunk store (FAISS's or Milvus's)."""
+
+    follows_log: bool  # a reader catches up by applying the writer's log
+    concurrent: bool  # calls may run in parallel
+    params: IndexParams
+    dim: int
+    version: int
+
+    @property
+    def count(self) -> int: ...
+    @property
+    def device(self) -> str: ...
+    def counted(self) -> int: ...
+    def open(self, writable: bool = True) -> None: ...
+    def refresh(self) -> int: ...
+    def close(self) -> None: ...
+    def check(self, chunks: Sequence[ChunkIn]) -> None: ...
+    def upsert(self, tenant: str, chunks: Sequence[ChunkIn], vectors: Matrix) -> int: ...
+    def delete(self, tenant: str, chunk_ids: Sequence[str], document_ids: Sequence[str]) -> int: ...
+    def search(
+        self,
+        tenant: str,
+        queries: Matrix,
+        top_k: int,
+        where: Mapping[str, str],
+        min_version: int = 0,
+    ) -> list[list[Hit]]: ...
+
+
+def index_params(settings: RetrievalSettings) -> IndexParams:
+    return IndexParams(
+        kind=settings.kind,
+        dim=settings.dim,
+        device=settings.device,
+        hnsw_m=settings.hnsw_m,
+        hnsw_ef_search=settings.hnsw_ef_search,
+        ivf_nlist=settings.ivf_nlist,
+        ivf_nprobe=settings.ivf_nprobe,
     )
+
+
+def faiss_store(settings: RetrievalSettings) -> ChunkStore:
+    """The embedded FAISS store the settings describe (not opened)."""
+    return ChunkStore(settings.index_dir, index_params(settings), settings.snapshot_every)
+
+
+def store_for(settings: RetrievalSettings) -> Store:
+    """The chunk store the settings describe (not opened)."""
+    if settings.backend == "milvus":
+        return MilvusStore(
+            settings.milvus_uri,
+            settings.milvus_token,
+            settings.milvus_collection,
+            index_params(settings),
+            settings.milvus_consistency,
+        )
+    return faiss_store(settings)
 
 
 class RetrievalService:
@@ -101,7 +149,10 @@ class RetrievalService:
             max_chunks=settings.max_chunks,
             max_chunk_chars=settings.max_chunk_chars,
         )
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="index")
+        self.backend = settings.backend
+        workers = CLIENT_THREADS if self.store.concurrent else 1
+        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="index")
+        self._serial = not self.store.concurrent  # one call at a time, under the lock
         self._lock = threading.Lock()
         self._per_query_s = 0.0  # running mean of one query's search time
         self._open = False
@@ -112,15 +163,23 @@ class RetrievalService:
 
     async def _run(self, fn: Callable[[], T]) -> T:
         def locked() -> T:
+            if not self._serial:
+                return fn()
             with self._lock:
                 return fn()
 
-        return await asyncio.get_running_loop().run_in_executor(self._executor, locked)
+        # the call's context (its deadline) travels to the thread
+        context = contextvars.copy_context()
+        return await asyncio.get_running_loop().run_in_executor(self._executor, context.run, locked)
 
     async def _run_search(self, fn: Callable[[], T], count: int) -> T:
         """Run a search inline when it should be quicker than a thread hop (by the running
         mean of one query's search time), else on the index thread."""
-        if self._per_query_s * count < INLINE_SEARCH_S and self._lock.acquire(blocking=False):
+        if (
+            self._serial
+            and self._per_query_s * count < INLINE_SEARCH_S
+            and self._lock.acquire(blocking=False)
+        ):
             try:
                 return fn()
             finally:
@@ -134,11 +193,12 @@ class RetrievalService:
         # Read at scrape time: readers follow the writer's log without a write of their own.
         INDEX_CHUNKS.set_function(lambda: self.store.count)
         INDEX_VERSION.set_function(lambda: self.store.version)
-        if not self.writable:
+        if not self.writable or not self.store.follows_log:
             self._follower = asyncio.create_task(self._follow())
 
     async def _follow(self) -> None:
-        """Reader: apply the writer's log every refresh interval."""
+        """FAISS reader: apply the writer's log every refresh interval (Milvus: count the
+        collection for the gauge now and then)."""
         while True:
             await asyncio.sleep(self._refresh_s)
             try:
@@ -175,6 +235,7 @@ class RetrievalService:
         self._check_writable()
         requests.tenant(tenant)
         vectors = requests.upsert(chunks, self.limits, self.store.dim)
+        self.store.check(chunks)
         n = await self._run(lambda: self.store.upsert(tenant, chunks, vectors))
         return n, self.store.version
 
@@ -203,20 +264,20 @@ class RetrievalService:
         self._check()
         requests.tenant(tenant)
         queries = requests.queries(count, dimension, data, top_k, self.limits, self.store.dim)
-        if self.store.version < min_version:
+        if self.store.follows_log and self.store.version < min_version:
             await self._catch_up(min_version)
 
         def work() -> tuple[list[list[Hit]], int]:
             started = time.perf_counter()
-            hits = self.store.search(tenant, queries, top_k, where)
+            hits = self.store.search(tenant, queries, top_k, where, min_version)
             seconds = time.perf_counter() - started
             SEARCH_SECONDS.observe(seconds)
             self._per_query_s = 0.9 * self._per_query_s + 0.1 * seconds / count
             for found in hits:
                 RESULTS.observe(len(found))
-            return hits, self.store.version
+            return hits, max(self.store.version, min_version)
 
-        with tracer.start_as_current_span("faiss.search") as span:
+        with tracer.start_as_current_span(f"{self.backend}.search") as span:
             recording = span.is_recording()  # no attribute work when tracing is off
             if recording:
                 span.set_attributes(
@@ -224,7 +285,7 @@ class RetrievalService:
                         "ragmesh.search.queries": count,
                         "ragmesh.search.top_k": top_k,
                         "ragmesh.index.kind": self.store.params.kind,
-                        "ragmesh.index.device": self.store.index.device,
+                        "ragmesh.index.device": self.store.device,
                     }
                 )
             hits, version = await self._run_search(work, count)
@@ -260,4 +321,5 @@ class RetrievalService:
     async def info(self) -> IndexInfo:
         self._check()
         s = self.store
-        return IndexInfo(s.count, s.dim, s.params.kind, s.index.device, s.version)
+        count = await self._run(s.counted)
+        return IndexInfo(count, s.dim, s.params.kind, s.device, s.version)

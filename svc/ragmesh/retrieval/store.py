@@ -104,6 +104,9 @@ def _hit(p: Payload | None, score: float) -> Hit:
 class ChunkStore:
     """Chunks by id, their vectors in a FAISS index, durable through a log and snapshots."""
 
+    follows_log = True  # readers apply the writer's log
+    concurrent = False  # one call at a time
+
     def __init__(self, directory: Path, params: IndexParams, snapshot_every: int) -> None:
         self.dir = directory
         self.params = params
@@ -269,6 +272,16 @@ class ChunkStore:
     @property
     def count(self) -> int:
         return self._n - self._dead
+
+    def counted(self) -> int:
+        return self.count
+
+    @property
+    def device(self) -> str:
+        return self.index.device
+
+    def check(self, chunks: Sequence[ChunkIn]) -> None:
+        """No limits of the store's own beyond the request's."""
 
     # -- writes -----------------------------------------------------------------------------
 
@@ -504,10 +517,15 @@ class ChunkStore:
     # -- reads ------------------------------------------------------------------------------
 
     def search(
-        self, tenant: str, queries: Matrix, top_k: int, where: Mapping[str, str]
+        self,
+        tenant: str,
+        queries: Matrix,
+        top_k: int,
+        where: Mapping[str, str],
+        min_version: int = 0,
     ) -> list[list[Hit]]:
         """Top-k hits of ``tenant``'s chunks per query (already validated), optionally
-        filtered on metadata."""
+        filtered on metadata (the service caught up to ``min_version`` before)."""
         code = self._tenant_code.get(tenant)
         if code is None or self._tenant_live.get(code, 0) == 0:
             return [[] for _ in range(len(queries))]
