@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import urllib.request
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
 from pathlib import Path
 
 import pytest
@@ -59,3 +59,11 @@ async def stop_hosts() -> AsyncIterator[list[ServiceHost]]:
     yield hosts
     for h in hosts:
         await h.drain_and_stop()
+
+
+@pytest.fixture(scope="session")
+def milvus_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real Milvus server for the session (started on first use)."""
+    from tests.support import milvus
+
+    yield from milvus.server(tmp_path_factory.mktemp("milvus"))

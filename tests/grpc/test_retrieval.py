@@ -1,4 +1,8 @@
-"""RetrievalService over real gRPC: writes, search, filters, versions, and bad input."""
+"""RetrievalService over real gRPC: writes, search, filters, versions, and bad input.
+
+The tests taking the ``stub`` fixture are the API's contract: each runs against the embedded
+FAISS store and against a real Milvus server (started once per session by the lab).
+"""
 
 from __future__ import annotations
 
@@ -23,7 +27,7 @@ from ragmesh.v1 import (
     retrieval_service_pb2_grpc as pb_grpc,
 )
 from tests.conftest import settings_for, start
-from tests.support import rawh2
+from tests.support import milvus, rawh2
 
 DIM = 32
 
@@ -43,21 +47,46 @@ def queries(*seeds: int) -> common_pb2.VectorBatch:
     return common_pb2.VectorBatch(count=len(seeds), dimension=DIM, data=data)
 
 
+COLLECTION = "contract"
+
+
+@pytest.fixture(params=["faiss", "milvus"])
+def backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
 @pytest.fixture
-async def stub(tmp_path: Path) -> AsyncIterator[pb_grpc.RetrievalServiceStub]:
-    settings = settings_for(tmp_path, RAGMESH_INDEX_DIM=str(DIM), RAGMESH_SEARCH_MAX_TOP_K="20")
+async def stub(
+    backend: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> AsyncIterator[pb_grpc.RetrievalServiceStub]:
+    env = {"RAGMESH_INDEX_DIM": str(DIM), "RAGMESH_SEARCH_MAX_TOP_K": "20"}
+    uri = ""
+    if backend == "milvus":
+        uri = request.getfixturevalue("milvus_uri")
+        env |= {
+            "RAGMESH_INDEX_BACKEND": "milvus",
+            "RAGMESH_MILVUS_URI": uri,
+            "RAGMESH_MILVUS_COLLECTION": COLLECTION,
+        }
+    settings = settings_for(tmp_path, **env)
     host = await start(settings, build(RetrievalService(settings.retrieval)))
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{host.port}")
-    yield pb_grpc.RetrievalServiceStub(channel)
-    await channel.close()
-    await host.drain_and_stop()
+    try:
+        yield pb_grpc.RetrievalServiceStub(channel)
+    finally:
+        await channel.close()
+        await host.drain_and_stop()
+        if uri:
+            await asyncio.to_thread(milvus.clear, uri, COLLECTION)
 
 
 async def info(stub: pb_grpc.RetrievalServiceStub) -> pb.GetIndexInfoResponse:
     return await stub.GetIndexInfo(pb.GetIndexInfoRequest(), timeout=5)
 
 
-async def test_upsert_search_delete_round_trip(stub: pb_grpc.RetrievalServiceStub) -> None:
+async def test_upsert_search_delete_round_trip(
+    stub: pb_grpc.RetrievalServiceStub, backend: str
+) -> None:
     v0 = (await info(stub)).index_version
     up = await stub.Upsert(
         pb.UpsertRequest(
@@ -72,7 +101,7 @@ async def test_upsert_search_delete_round_trip(stub: pb_grpc.RetrievalServiceStu
         10,
         DIM,
         pb.INDEX_KIND_FLAT,
-        "cpu",
+        "cpu" if backend == "faiss" else "milvus/FLAT",
         up.index_version,
     )
 
@@ -249,16 +278,21 @@ async def test_error_messages_echo_only_a_short_prefix_of_the_input(
 
 
 async def test_deleting_unknown_ids_writes_nothing_and_large_deletes_are_refused(
-    stub: pb_grpc.RetrievalServiceStub, tmp_path: Path
+    stub: pb_grpc.RetrievalServiceStub, tmp_path: Path, backend: str
 ) -> None:
     await stub.Upsert(pb.UpsertRequest(tenant="default", chunks=[chunk(1)]), timeout=5)
     before = await info(stub)
-    log_size = (tmp_path / "index" / "wal.log").stat().st_size
+    wal = tmp_path / "index" / "wal.log"
+    log_size = wal.stat().st_size if backend == "faiss" else 0
     reply = await stub.Delete(
         pb.DeleteRequest(tenant="default", chunk_ids=[f"nope{i}" for i in range(1000)]), timeout=5
     )
     assert reply.deleted_count == 0 and reply.index_version == before.index_version
-    assert (tmp_path / "index" / "wal.log").stat().st_size == log_size
+    if backend == "faiss":
+        assert wal.stat().st_size == log_size
+    else:  # another tenant's chunk of that id is not this tenant's to delete
+        reply = await stub.Delete(pb.DeleteRequest(tenant="other", chunk_ids=["c1"]), timeout=5)
+        assert reply.deleted_count == 0 and (await info(stub)).count == 1
     with pytest.raises(grpc.aio.AioRpcError) as e:
         await stub.Delete(
             pb.DeleteRequest(tenant="default", chunk_ids=[f"c{i}" for i in range(100_000)]),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import shutil
 import signal
+import socket
 import sys
 from pathlib import Path
 
@@ -18,16 +19,34 @@ from ragmesh_lab.cli.supervisor import Proc, Stack, StackError, free_port
 READY = "Ctrl+C to exit"  # printed once its health endpoint answers OK
 
 
+ETCD_PEER_PORT = 2380  # its embedded etcd's peer port: fixed, so one server per machine
+
+
 def server_argv(data: Path, port: int) -> list[str]:
     binary = shutil.which("milvus-server", path=str(Path(sys.executable).parent))
     if binary is None:
         raise StackError("milvus-server is not installed: run `make venv`")
-    return [binary, "--data", str(data), "--proxy-port", str(port)]
+    return [binary, "--data", str(data), "--proxy-port", str(port), "--etcd-port", str(free_port())]
+
+
+def check_peer_port() -> None:
+    """The embedded etcd binds 127.0.0.1:2380 whatever the other ports: name the conflict
+    rather than let the server crash after a minute."""
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", ETCD_PEER_PORT))
+        except OSError as e:
+            raise StackError(
+                f"port {ETCD_PEER_PORT} is in use ({e.strerror}): another Milvus server's "
+                "embedded etcd? One lab Milvus runs per machine; stop the other, or set "
+                "RAGMESH_MILVUS_URI to use it"
+            ) from e
 
 
 def start_milvus(stack: Stack, port: int = 0, timeout: float = 240.0) -> Proc:
     """Start the Milvus server as ``milvus`` (data in ``<workdir>/milvus``), wait until it is
     healthy, and point the stack's retrieval at it."""
+    check_peer_port()
     port = port or free_port()
     data = stack.workdir / "milvus"
     data.mkdir(parents=True, exist_ok=True)
