@@ -158,6 +158,8 @@ CONTEXT = {
         "redis.external.cache.host": "c.example.com",
     },
     "models": {"gpu.enabled": True, "generation.engine": "vllm"},
+    "retrieval.milvus": {"retrieval.backend": "milvus"},
+    "retrieval.writer.replicas": {"retrieval.backend": "milvus"},
 }
 #: a different valid value, where changing the type's way would not be valid (None: skip)
 OTHER = {
@@ -166,7 +168,10 @@ OTHER = {
     "image.pullPolicy": "Always",
     "image.tag": "9.9.9",
     "generation.openai.url": "https://other.example.com/v1",
-    "retrieval.backend": None,  # one choice in this release: nothing to change it to
+    "retrieval.backend": "milvus",
+    "retrieval.milvus.uri": "https://milvus.example.com:19530",
+    "retrieval.milvus.consistency": "session",
+    "retrieval.milvus.indexKind": "ivf",
     # switches that need others changed with them: test_deploy.py renders them (VARIANTS)
     "vllmServer.enabled": None,
     "redis.external.enabled": None,

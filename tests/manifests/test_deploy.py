@@ -64,6 +64,12 @@ VARIANTS = {
         "redis.external.cache.host=cache.redis.example.com",
     ),
     "prod+idle-to-zero": ("--set", "generation.idleToZero=true"),
+    "prod+milvus": ("--set", "retrieval.backend=milvus"),
+    "staging+managed-milvus": (
+        "--set",
+        "retrieval.backend=milvus,retrieval.milvus.uri=https://in01.milvus.example.com:19530,"
+        "retrieval.milvus.tokenSecret=milvus-token,retrieval.milvus.consistency=session",
+    ),
 }
 
 
@@ -834,3 +840,86 @@ def test_flagger_makes_the_services_of_every_canaried_workload(environment: str)
     canaried = {d["spec"]["targetRef"]["name"] for d in docs if d["kind"] == "Canary"}
     assert canaried and not services & canaried, services & canaried
     assert {"keys", "gate", "flagger-loadtester", "retrieval-writer"} <= services
+
+
+def test_only_retrieval_reaches_milvus() -> None:
+    """backend milvus: Milvus's namespace admits, from outside it, retrieval's identity on
+    Milvus's port and Prometheus on its metrics, at both layers (Istio, NetworkPolicy); only
+    retrieval's sidecars know the host; retrieval keeps no index volume of its own."""
+    docs = render("prod+milvus")
+    (policy,) = [
+        d
+        for d in docs
+        if d["kind"] == "AuthorizationPolicy" and d["metadata"]["namespace"] == "rag-milvus"
+    ]
+    assert "selector" not in policy["spec"] and policy["spec"]["action"] == "ALLOW"
+    outside = []
+    for rule in policy["spec"]["rules"]:
+        (source,) = [f["source"] for f in rule["from"]]
+        if source.get("namespaces") == ["rag-milvus"]:
+            continue  # Milvus's own components
+        ports = [p for op in rule["to"] for p in op["operation"]["ports"]]
+        outside += [(p, ports) for p in source["principals"]]
+    assert outside == [
+        ("cluster.local/ns/rag-prod/sa/ragmesh-retrieval", ["19530"]),
+        ("cluster.local/ns/istio-system/sa/prometheus", ["9091"]),
+    ]
+    (netpol,) = [
+        d
+        for d in docs
+        if d["kind"] == "NetworkPolicy" and d["metadata"]["namespace"] == "rag-milvus"
+    ]
+    assert netpol["spec"]["podSelector"] == {}
+    on_port = [
+        peer["podSelector"]["matchLabels"]["ragmesh.io/workload"]
+        for rule in netpol["spec"]["ingress"]
+        if rule.get("ports") == [{"protocol": "TCP", "port": 19530}]
+        for peer in rule["from"]
+    ]
+    assert on_port == ["retrieval", "retrieval-writer"]
+    host = "rag-milvus/milvus.rag-milvus.svc.cluster.local"
+    knowing = sorted(
+        d["metadata"]["name"]
+        for d in docs
+        if d["kind"] == "Sidecar" and any(host in e["hosts"] for e in d["spec"]["egress"])
+    )
+    assert knowing == ["retrieval", "retrieval-writer"]
+    configs = {d["metadata"]["name"]: d.get("data") for d in docs if d["kind"] == "ConfigMap"}
+    for name in ("retrieval-config", "retrieval-writer-config"):
+        assert configs[name]["RAGMESH_INDEX_BACKEND"] == "milvus"
+        assert (
+            configs[name]["RAGMESH_MILVUS_URI"]
+            == "http://milvus.rag-milvus.svc.cluster.local:19530"
+        )
+    assert "retrieval-index" not in {d["metadata"]["name"] for d in docs}
+    for d in docs:
+        if d["kind"] == "Deployment" and d["metadata"]["name"].startswith("retrieval"):
+            pod = d["spec"]["template"]["spec"]
+            assert [v["name"] for v in pod["volumes"]] == ["tmp"] and "nodeSelector" not in pod
+
+
+def test_a_managed_milvus_enters_the_registry_for_retrieval_alone() -> None:
+    docs = render("staging+managed-milvus")
+    (entry,) = [
+        d for d in docs if d["kind"] == "ServiceEntry" and d["metadata"]["name"] == "milvus"
+    ]
+    assert entry["spec"]["hosts"] == ["in01.milvus.example.com"]
+    assert entry["spec"]["exportTo"] == ["."]
+    assert entry["spec"]["ports"] == [{"number": 19530, "name": "tls", "protocol": "TLS"}]
+    knowing = sorted(
+        d["metadata"]["name"]
+        for d in docs
+        if d["kind"] == "Sidecar"
+        and any("./in01.milvus.example.com" in e["hosts"] for e in d["spec"]["egress"])
+    )
+    assert knowing == ["retrieval", "retrieval-writer"]
+    assert not [d for d in docs if d["metadata"].get("namespace") == "rag-milvus"]
+    for d in docs:
+        if d["kind"] == "Deployment" and d["metadata"]["name"].startswith("retrieval"):
+            (container,) = d["spec"]["template"]["spec"]["containers"]
+            assert container["env"] == [
+                {
+                    "name": "RAGMESH_MILVUS_TOKEN",
+                    "valueFrom": {"secretKeyRef": {"name": "milvus-token", "key": "token"}},
+                }
+            ]

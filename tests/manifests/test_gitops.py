@@ -8,6 +8,7 @@ rewrites during a canary are ones Argo CD ignores (or a sync would undo every pr
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +45,7 @@ def deployed(app: dict[str, Any]) -> tuple[dict[str, Any], ...]:
 def test_every_object_matches_the_closed_schema() -> None:
     docs = kustomize("deploy/argocd")
     assert sorted(d["kind"] for d in docs) == ["AppProject", "Application", "Application"]
+    docs += kustomize("deploy/argocd/milvus")
     for doc in docs:
         jsonschema.validate(doc, {"$defs": SCHEMAS["$defs"], **SCHEMAS[doc["kind"]]})
 
@@ -100,3 +102,49 @@ def test_sync_is_automated_and_ignores_what_flagger_rewrites(environment: str) -
         if scaler:
             group = scaler["apiVersion"].rpartition("/")[0]
             assert (group, scaler["kind"], "/spec/scaleTargetRef") in ignored, scaler
+
+
+def milvus_applications() -> dict[str, dict[str, Any]]:
+    return {
+        d["metadata"]["name"]: d
+        for d in kustomize("deploy/argocd/milvus")
+        if d["kind"] == "Application"
+    }
+
+
+@pytest.mark.parametrize("environment", ENVIRONMENTS)
+def test_milvus_is_milvus_chart_at_a_pinned_version_with_this_repositorys_values(
+    environment: str,
+) -> None:
+    """deploy/argocd/milvus: Milvus's own chart, referenced (never vendored) at an exact
+    version, with values files that exist here, as release "milvus" in the namespace the
+    ragmesh chart's retrieval expects and guards, where the project allows."""
+    doc = milvus_applications()[f"ragmesh-milvus-{environment}"]
+    jsonschema.validate(doc, {"$defs": SCHEMAS["$defs"], **SCHEMAS["Application"]})
+    app = doc["spec"]
+    project = argocd("AppProject")[app["project"]]["spec"]
+    (milvus,) = [s for s in app["sources"] if "chart" in s]
+    (values,) = [s for s in app["sources"] if "ref" in s]
+    assert milvus["chart"] == "milvus" and milvus["repoURL"] in project["sourceRepos"]
+    assert re.fullmatch(r"[0-9]+\.[0-9]+\.[0-9]+", milvus["targetRevision"])
+    assert values["repoURL"] == application(environment)["spec"]["source"]["repoURL"]
+    files = milvus["helm"]["valueFiles"]
+    assert files[0] == "$values/deploy/milvus/values.yaml"
+    for f in files:
+        assert (ROOT / f.removeprefix(f"${values['ref']}/")).is_file(), f
+    defaults = yaml.safe_load((ROOT / chart.CHART / "values.yaml").read_text())
+    namespace = defaults["retrieval"]["milvus"]["namespace"]
+    assert milvus["helm"]["releaseName"] == "milvus"  # the Service retrieval dials
+    assert app["destination"]["namespace"] == namespace
+    cluster = app["destination"]["name"]
+    assert cluster == application(environment)["spec"]["destination"]["name"]
+    allowed = {d["namespace"] for d in project["destinations"] if d["name"] == cluster}
+    assert namespace in allowed
+    # what the ragmesh chart renders with backend milvus may go where the project allows
+    source = application(environment)["spec"]["source"]
+    chart_dir = ROOT / source["path"]
+    args = [a for f in source["helm"]["valueFiles"] for a in ("-f", str(chart_dir / f))]
+    rendered = chart.objects(
+        ROOT, *args, "--set", "retrieval.backend=milvus", namespace=f"rag-{environment}"
+    )
+    assert {d["metadata"].get("namespace") for d in rendered} - {None} <= allowed

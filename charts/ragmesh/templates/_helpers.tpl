@@ -103,3 +103,51 @@ imagePullSecrets:
 {{- end }}
 {{- end }}
 {{- end }}
+
+{{/* retrieval.backend milvus: the server's URI (default: the release deploy/milvus installs). */}}
+{{- define "ragmesh.milvusUri" -}}
+{{- .Values.retrieval.milvus.uri | default (printf "http://milvus.%s.svc.cluster.local:19530" .Values.retrieval.milvus.namespace) -}}
+{{- end }}
+
+{{/*
+The Sidecar egress host of the Milvus server: an in-cluster Service (a .svc.cluster.local name)
+in its namespace, any other host as ./<host> (its ServiceEntry in this namespace).
+*/}}
+{{- define "ragmesh.milvusEgress" -}}
+{{- $host := splitList ":" (urlParse (include "ragmesh.milvusUri" .)).host | first -}}
+{{- if hasSuffix ".svc.cluster.local" $host -}}{{ index (splitList "." $host) 1 }}/{{ $host }}{{- else -}}./{{ $host }}{{- end -}}
+{{- end }}
+
+{{/* The retrieval ConfigMap's index settings for a role (reader or writer). */}}
+{{- define "ragmesh.retrievalIndex" -}}
+{{- $root := index . 0 -}}
+{{- $role := index . 1 -}}
+{{- if eq $root.Values.retrieval.backend "milvus" }}
+RAGMESH_INDEX_BACKEND: milvus
+RAGMESH_MILVUS_URI: {{ include "ragmesh.milvusUri" $root }}
+RAGMESH_MILVUS_COLLECTION: {{ $root.Values.retrieval.milvus.collection }}
+RAGMESH_MILVUS_CONSISTENCY: {{ $root.Values.retrieval.milvus.consistency }}
+RAGMESH_INDEX_ROLE: {{ $role }}
+RAGMESH_INDEX_KIND: {{ $root.Values.retrieval.milvus.indexKind }}
+RAGMESH_INDEX_DEVICE: {{ ternary "cuda" "cpu" $root.Values.retrieval.milvus.gpuIndex }}
+{{- else }}
+RAGMESH_INDEX_DIR: /var/lib/ragmesh/index
+RAGMESH_INDEX_ROLE: {{ $role }}
+RAGMESH_INDEX_KIND: flat
+RAGMESH_INDEX_DEVICE: {{ ternary (ternary "cuda" "auto" $root.Values.gpu.enabled) "cpu" (eq $role "reader") }}
+# malloc asks for transparent huge pages: FAISS scans in 2 MiB pages (docs/benchmarks.md)
+GLIBC_TUNABLES: glibc.malloc.hugetlb=1
+{{- end }}
+{{- end }}
+
+{{/* The Milvus token of retrieval's pods (retrieval.milvus.tokenSecret), or nothing. */}}
+{{- define "ragmesh.milvusToken" -}}
+{{- if and (eq .Values.retrieval.backend "milvus") .Values.retrieval.milvus.tokenSecret }}
+env:
+- name: RAGMESH_MILVUS_TOKEN
+  valueFrom:
+    secretKeyRef:
+      name: {{ .Values.retrieval.milvus.tokenSecret }}
+      key: token
+{{- end }}
+{{- end }}
