@@ -1,5 +1,6 @@
-"""Retrieval: Search over gRPC vs the same FAISS index in process vs Milvus Lite, on
-clustered 384-d unit vectors, one query per call and 64 per call, at measured recall@10."""
+"""Retrieval: Search over gRPC on each backend (embedded FAISS, a Milvus server) vs the same
+FAISS index in process vs Milvus Lite, on clustered 384-d unit vectors, one query per call
+and 64 per call, at measured recall@10; and Upsert throughput on each backend."""
 
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ from bench.common import (
 )
 from bench.vectors import Dataset, K, clustered, search_result
 from ragmesh.v1 import common_pb2, retrieval_service_pb2, retrieval_service_pb2_grpc
+from ragmesh_lab.cli.milvus import start_milvus
 from ragmesh_lab.cli.supervisor import PROCESS_ENV, Stack
 
 TEXT = "A passage of about two hundred characters stands in for each chunk's text, as a " * 3
@@ -93,9 +95,10 @@ def measure(
 
 def run(quick: bool, repeats: int, kinds: tuple[str, ...] = ("flat", "hnsw", "ivf")) -> Section:
     """Quick mode measures Milvus Lite on the flat index only (its HNSW build alone takes
-    minutes here)."""
+    minutes here), and ragmesh on the Milvus server on flat and HNSW."""
     n = 100_000
     milvus_kinds = ("flat",) if quick else kinds
+    server_kinds = ("flat", "hnsw") if quick else kinds
     single = (
         {"flat": 300, "hnsw": 2000, "ivf": 1000}
         if quick
@@ -104,12 +107,15 @@ def run(quick: bool, repeats: int, kinds: tuple[str, ...] = ("flat", "hnsw", "iv
     batches = {"flat": 5, "hnsw": 30, "ivf": 15} if quick else {"flat": 15, "hnsw": 100, "ivf": 50}
     section = Section(
         "retrieval",
-        "Retrieval: Search over gRPC vs FAISS in process vs Milvus Lite",
+        "Retrieval: Search and Upsert over gRPC on FAISS and on a Milvus server, vs FAISS in "
+        "process and Milvus Lite",
         f"{n:,} clustered 384-d unit vectors (1,000 clusters), held-out queries, top_k 10, "
         f"200-character chunk texts; one query per call (sequential) and {BATCH} per call. "
         "Indexes at ragmesh's defaults: flat; HNSW M 32, efSearch 64; IVF 256 lists, "
-        "nprobe 16. Milvus Lite uses the same index types and parameters. Server and "
-        "in-process runs on the server cores, clients on the client core.",
+        "nprobe 16. Milvus Lite and the Milvus server (2.3.5 standalone, local storage) use "
+        "the same index types and parameters. Services and in-process runs on the server "
+        "cores, clients on the client core; the Milvus server is not pinned (it uses every "
+        "core). Upsert: 1,000 chunks a call, acknowledged = durable.",
         [
             "index",
             "system",
@@ -118,6 +124,7 @@ def run(quick: bool, repeats: int, kinds: tuple[str, ...] = ("flat", "hnsw", "iv
             "single p50 ms",
             "single p99 ms",
             f"batched QPS ({BATCH}/call)",
+            "upsert chunks/s",
         ],
     )
     with tempfile.TemporaryDirectory(prefix="ragmesh-bench-") as tmp:
@@ -141,13 +148,15 @@ def run(quick: bool, repeats: int, kinds: tuple[str, ...] = ("flat", "hnsw", "iv
                     ) as channel,
                 ):
                     stub = retrieval_service_pb2_grpc.RetrievalServiceStub(channel)
-                    section.notes.append(
-                        f"{kind}: loading {n:,} chunks took {load(stub, data.base):.0f} s"
-                    )
+                    loaded = load(stub, data.base)
+                    section.notes.append(f"{kind}: loading {n:,} chunks took {loaded:.0f} s")
                     measure(stub, data, 200, 2)  # warm up
                     for _ in range(repeats):
                         results.setdefault((kind, "ragmesh"), []).append(
-                            measure(stub, data, single[kind], batches[kind])
+                            {
+                                **measure(stub, data, single[kind], batches[kind]),
+                                "upsert_per_s": n / loaded,
+                            }
                         )
                         results.setdefault((kind, "faiss"), []).append(
                             _inprocess(folder, kind, single[kind], batches[kind])
@@ -165,9 +174,79 @@ def run(quick: bool, repeats: int, kinds: tuple[str, ...] = ("flat", "hnsw", "iv
                     )
                     for r in range(1 if quick else repeats)
                 ]
+        results.update(
+            _on_milvus_server(
+                Path(tmp), data, server_kinds, {k: v // 10 for k, v in single.items()}, batches
+            )
+        )
         results[("-", "floor")] = [floor.measure(2000 if quick else 5000) for _ in range(repeats)]
     _tabulate(section, results, kinds)
     return section
+
+
+def _on_milvus_server(
+    tmp: Path,
+    data: Dataset,
+    kinds: tuple[str, ...],
+    single: dict[str, int],
+    batches: dict[str, int],
+) -> dict[tuple[str, str], list[dict[str, float]]]:
+    """ragmesh's retrieval on a real Milvus server: load through Upsert, wait until Milvus has
+    built the index, then search at each consistency level."""
+    results: dict[tuple[str, str], list[dict[str, float]]] = {}
+    stack = Stack(tmp / "milvus-server")
+    try:
+        start_milvus(stack)
+        uri = stack.env["RAGMESH_MILVUS_URI"]
+        for kind in kinds:
+            loaded = 0.0
+            for consistency in ("strong", "session"):
+                name = f"retrieval-milvus-{kind}-{consistency}"
+                env = {
+                    "RAGMESH_INDEX_KIND": kind,
+                    "RAGMESH_MILVUS_COLLECTION": f"bench_{kind}",
+                    "RAGMESH_MILVUS_CONSISTENCY": consistency,
+                }
+                proc = start_pinned(stack, name, "retrieval", env)
+                with (
+                    on_cpus(client_cpus()),
+                    grpc.insecure_channel(
+                        proc.address, options=[("grpc.max_receive_message_length", 1 << 26)]
+                    ) as channel,
+                ):
+                    stub = retrieval_service_pb2_grpc.RetrievalServiceStub(channel)
+                    if not loaded:
+                        loaded = load(stub, data.base)
+                        _indexed(uri, f"bench_{kind}", len(data.base))
+                    measure(stub, data, 20, 1)  # warm up
+                    results[(kind, f"milvus-{consistency}")] = [
+                        {
+                            **measure(stub, data, single[kind], batches[kind]),
+                            "upsert_per_s": len(data.base) / loaded,
+                        }
+                    ]
+                stack.kill(name, 15)
+    finally:
+        stack.down()
+    return results
+
+
+def _indexed(uri: str, collection: str, rows: int, timeout: float = 600) -> None:
+    """Seal the collection's segments and wait until Milvus has indexed every row."""
+    from pymilvus import MilvusClient
+
+    client = MilvusClient(uri=uri)
+    try:
+        client.flush(collection)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            index = client.describe_index(collection, "vector")
+            if int(index.get("indexed_rows", 0)) >= rows:
+                return
+            time.sleep(2)
+        raise SystemExit(f"milvus did not index {collection} in {timeout:.0f} s: {index}")
+    finally:
+        client.close()
 
 
 def _inprocess(folder: Path, kind: str, single: int, batches: int) -> dict[str, float]:
@@ -198,14 +277,17 @@ def _tabulate(
 
     floors = Spread([r["p50_ms"] for r in results[("-", "floor")]])
     names = {
-        "ragmesh": "ragmesh Search (gRPC)",
+        "ragmesh": "ragmesh Search (gRPC), FAISS backend",
+        "milvus-strong": "ragmesh Search (gRPC), Milvus server, strong",
+        "milvus-session": "ragmesh Search (gRPC), Milvus server, session",
         "faiss": "FAISS in process",
         "milvus": "Milvus Lite",
     }
     for kind in kinds:
-        for system in ("ragmesh", "faiss", "milvus"):
+        for system in names:
             if (kind, system) not in results:
                 continue
+            upserts = [r["upsert_per_s"] for r in results[(kind, system)] if "upsert_per_s" in r]
             section.rows.append(
                 [
                     kind,
@@ -215,6 +297,7 @@ def _tabulate(
                     spread(kind, system, "single_p50_ms").text(3),
                     spread(kind, system, "single_p99_ms").text(3),
                     spread(kind, system, "batched_qps").text(0),
+                    Spread(upserts).text(0) if upserts else "",
                 ]
             )
         ours, base = results[(kind, "ragmesh")], results[(kind, "faiss")]
@@ -273,6 +356,7 @@ def _tabulate(
             "",
             floors.text(3),
             Spread([r["p99_ms"] for r in results[("-", "floor")]]).text(3),
+            "",
             "",
         ]
     )
