@@ -16,7 +16,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from ragmesh.ingest.__main__ import build
 from ragmesh.ingest.worker import IngestWorker
 from ragmesh.kit.domain import ChunkRecord, DocumentIn, Embedded, JobState, Purpose, SearchResult
-from ragmesh.kit.errors import InvalidArgument
+from ragmesh.kit.errors import InvalidArgument, ModelMismatch
 from ragmesh.kit.jobqueue import JobQueue, connect
 from ragmesh.kit.server import ServiceHost
 from ragmesh_lab import chart
@@ -54,6 +54,7 @@ class Store:
         self.tenants: dict[tuple[str, str], str] = {}  # (tenant, chunk id) -> document id
         self.upserts = 0
         self.version = 0  # the index version: one more per write, as the writer counts
+        self.model = ""  # the embedding model the index records: the first upsert's
 
     async def embed(self, texts: Sequence[str], purpose: Purpose) -> Embedded:
         if any("BAD" in t for t in texts):
@@ -67,10 +68,14 @@ class Store:
         top_k: int,
         filter: Mapping[str, str],
         min_index_version: int = 0,
+        model: str = "",
     ) -> SearchResult:
         return SearchResult((), 0)
 
-    async def upsert(self, tenant: str, chunks: Sequence[ChunkRecord]) -> int:
+    async def upsert(self, tenant: str, chunks: Sequence[ChunkRecord], model: str = "") -> int:
+        self.model = self.model or model
+        if model != self.model:
+            raise ModelMismatch(f"embedding_model: the index holds {self.model!r}, not {model!r}")
         self.upserts += 1
         if tenant == T:
             self.chunks.update({c.chunk_id: c.text for c in chunks})
@@ -135,6 +140,21 @@ async def test_an_invalid_document_fails_the_job_with_its_error(queue: JobQueue)
     assert status.state is JobState.FAILED
     assert (status.documents_done, status.documents_failed) == (1, 1)
     assert status.last_error.startswith("bad: texts[0]")
+
+
+async def test_vectors_of_another_embedding_model_fail_the_document(queue: JobQueue) -> None:
+    """The worker names its vectors' model on every upsert; an index of another model refuses
+    them (FAILED_PRECONDITION), and the document fails with that message, not retried."""
+    store = Store()
+    store.model = "an-older-model"
+    job = await queue.enqueue(T, [DocumentIn("ok", "", TEXT)])
+    w = worker(queue, store, "w1")
+    while await w.step():
+        pass
+    status = await queue.job(T, job)
+    assert status.state is JobState.FAILED and status.documents_failed == 1
+    assert status.last_error == "ok: embedding_model: the index holds 'an-older-model', not 'fake'"
+    assert store.upserts == 0
 
 
 async def test_a_document_that_keeps_killing_workers_is_given_up(queue: JobQueue) -> None:

@@ -473,3 +473,56 @@ async def test_a_reader_behind_the_writer_catches_up_to_min_index_version(tmp_pa
             await c.close()
         await reader.drain_and_stop()
         await writer.drain_and_stop()
+
+
+async def test_the_index_records_its_embedding_model_and_refuses_another(tmp_path: Path) -> None:
+    """The first write that names its embedding model is recorded with the index's
+    dimension; writes and searches of another model are FAILED_PRECONDITION naming both (and
+    write nothing), after a restart and on a reader too."""
+    settings = settings_for(tmp_path, RAGMESH_INDEX_DIM=str(DIM))
+    reader_settings = settings_for(
+        tmp_path, RAGMESH_INDEX_DIM=str(DIM), RAGMESH_INDEX_ROLE="reader"
+    )
+    for restart in (False, True):
+        writer = await start(settings, build(RetrievalService(settings.retrieval)))
+        reader = await start(reader_settings, build(RetrievalService(reader_settings.retrieval)))
+        channels = [grpc.aio.insecure_channel(f"127.0.0.1:{h.port}") for h in (writer, reader)]
+        try:
+            to_writer, to_reader = (pb_grpc.RetrievalServiceStub(c) for c in channels)
+            if not restart:
+                assert (await info(to_writer)).embedding_model == ""
+                await to_writer.Upsert(
+                    pb.UpsertRequest(tenant="t", chunks=[chunk(1)], embedding_model="minilm"),
+                    timeout=5,
+                )
+            before = await info(to_writer)
+            assert before.embedding_model == "minilm"
+            with pytest.raises(grpc.aio.AioRpcError) as e:
+                await to_writer.Upsert(
+                    pb.UpsertRequest(tenant="t", chunks=[chunk(2)], embedding_model="e5-small"),
+                    timeout=5,
+                )
+            assert e.value.code() is grpc.StatusCode.FAILED_PRECONDITION
+            details = e.value.details() or ""
+            assert details.startswith("embedding_model:")
+            assert (
+                "'minilm'" in details and "'e5-small'" in details and f"dimension {DIM}" in details
+            )
+            after = await info(to_writer)
+            assert (after.count, after.index_version) == (before.count, before.index_version)
+            for stub in (to_writer, to_reader):
+                search = pb.SearchRequest(
+                    tenant="t", queries=queries(1), top_k=1, embedding_model="e5-small"
+                )
+                with pytest.raises(grpc.aio.AioRpcError) as e:
+                    await stub.Search(search, timeout=5)
+                assert e.value.code() is grpc.StatusCode.FAILED_PRECONDITION
+                search.embedding_model = "minilm"
+                search.min_index_version = before.index_version
+                found = await stub.Search(search, timeout=5)
+                assert [p.chunk_id for p in found.results[0].passages] == ["c1"]
+        finally:
+            for c in channels:
+                await c.close()
+            await reader.drain_and_stop()
+            await writer.drain_and_stop()

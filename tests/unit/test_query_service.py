@@ -33,6 +33,7 @@ class Peers:
         self.version = 7
         self.tenants: list[str] = []  # the tenant of each search
         self.min_versions: list[int] = []  # the min_index_version of each search
+        self.models: list[str] = []  # the embedding model each search names
 
     async def embed(self, texts: Sequence[str], purpose: Purpose) -> Embedded:
         self.embeds += 1
@@ -45,16 +46,18 @@ class Peers:
         top_k: int,
         filter: Mapping[str, str],
         min_index_version: int = 0,
+        model: str = "",
     ) -> SearchResult:
         self.searches += 1
         self.tenants.append(tenant)
         self.min_versions.append(min_index_version)
+        self.models.append(model)
         hits = tuple(
             Hit(f"d{i}#0", f"d{i}", f"{tenant} text {i}", 1.0 - i / 10) for i in range(top_k)
         )
         return SearchResult(hits, self.version)
 
-    async def upsert(self, tenant: str, chunks: Sequence[ChunkRecord]) -> int:
+    async def upsert(self, tenant: str, chunks: Sequence[ChunkRecord], model: str = "") -> int:
         return self.version
 
     async def delete(
@@ -126,6 +129,8 @@ async def test_an_ask_reads_your_writes_through_every_search() -> None:
     assert peers.min_versions == [7, 7]
     await run(p)
     assert peers.min_versions[-1] == 0
+    # every search names the model its question's vector came from: the index refuses another
+    assert peers.models == ["mini", "mini", "mini"]
 
 
 async def test_question_embedding_is_cached() -> None:

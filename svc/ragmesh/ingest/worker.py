@@ -24,7 +24,7 @@ from prometheus_client import Counter, Gauge
 from ragmesh.kit import tracing
 from ragmesh.kit.config import IngestSettings
 from ragmesh.kit.domain import ChunkRecord, Purpose
-from ragmesh.kit.errors import InvalidArgument, RagmeshError
+from ragmesh.kit.errors import InvalidArgument, ModelMismatch, RagmeshError
 from ragmesh.kit.jobqueue import Entry, JobQueue
 from ragmesh.kit.peers import Embedder, Retriever
 from ragmesh.kit.text import chunk, chunk_id
@@ -161,13 +161,14 @@ class IngestWorker:
                         ChunkRecord(c.chunk_id, doc.document_id, c.text, metadata, v)
                         for c, v in zip(batch, embedded.vectors, strict=True)
                     ],
+                    embedded.model,
                 )
             previous = await self.queue.previous_chunks(entry.tenant, doc.document_id)
             if previous > len(pieces):  # the document shrank: drop its old tail
                 stale = [chunk_id(doc.document_id, i) for i in range(len(pieces), previous)]
                 _, version = await self.retriever.delete(entry.tenant, chunk_ids=stale)
             await self.queue.set_chunks(entry.tenant, doc.document_id, len(pieces))
-        except InvalidArgument as e:
+        except (InvalidArgument, ModelMismatch) as e:
             DOCUMENTS.labels("failed").inc()
             log.warning("document %s rejected: %s", doc.document_id, e)
             await self.queue.finish(entry, False, len(pieces), f"{doc.document_id}: {e}")

@@ -32,6 +32,7 @@ from ragmesh.kit.errors import (
     DeadlineExceeded,
     DependencyUnavailable,
     InvalidArgument,
+    ModelMismatch,
     NotFound,
     Overloaded,
     RagmeshError,
@@ -60,6 +61,8 @@ def translate(error: grpc.aio.AioRpcError, peer: str) -> RagmeshError:
         return DeadlineExceeded(f"{peer} did not answer within the deadline")
     if code == grpc.StatusCode.NOT_FOUND:
         return NotFound(details)
+    if code == grpc.StatusCode.FAILED_PRECONDITION and details.startswith("embedding_model: "):
+        return ModelMismatch(details)
     return DependencyUnavailable(f"{peer} {code.name.lower()}: {details}")
 
 
@@ -94,6 +97,7 @@ class RetrievalClient:
         top_k: int,
         filter: Mapping[str, str],
         min_index_version: int = 0,
+        model: str = "",
     ) -> SearchResult:
         request = retrieval_service_pb2.SearchRequest(
             queries=codec.matrix_to_proto(np.asarray(vector).reshape(1, -1)),
@@ -101,6 +105,7 @@ class RetrievalClient:
             filter=dict(filter),
             tenant=tenant,
             min_index_version=min_index_version,
+            embedding_model=model,
         )
         try:
             reply = await self._stub.Search(request)
@@ -109,8 +114,9 @@ class RetrievalClient:
         hits = tuple(codec.hit_from_proto(p) for p in reply.results[0].passages)
         return SearchResult(hits, reply.index_version)
 
-    async def upsert(self, tenant: str, chunks: Sequence[ChunkRecord]) -> int:
+    async def upsert(self, tenant: str, chunks: Sequence[ChunkRecord], model: str = "") -> int:
         request = retrieval_service_pb2.UpsertRequest(
+            embedding_model=model,
             chunks=[
                 retrieval_service_pb2.Chunk(
                     chunk_id=c.chunk_id,

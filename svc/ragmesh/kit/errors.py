@@ -17,6 +17,7 @@ Engines raise these; they never import grpc. One table in
     ├── IndexBehind          → UNAVAILABLE        (a replica has not applied the version asked)
     ├── DeadlineExceeded     → DEADLINE_EXCEEDED  (a downstream call ran out of the caller's time)
     ├── NotReady             → FAILED_PRECONDITION (model or index not loaded)
+    ├── ModelMismatch        → FAILED_PRECONDITION (vectors of another model than the index's)
     └── DataCorruption       → DATA_LOSS
     ConfigError (not an RPC error: the process refuses to start)
 """
@@ -99,6 +100,10 @@ class DeadlineExceeded(RagmeshError):
 
 class NotReady(RagmeshError):
     """The model or index is not loaded yet."""
+
+
+class ModelMismatch(RagmeshError):
+    """Vectors of one embedding model met an index of another's; the message names both."""
 
 
 class DataCorruption(RagmeshError):

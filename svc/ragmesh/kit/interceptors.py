@@ -32,6 +32,7 @@ from ragmesh.kit.errors import (
     IndexBehind,
     InjectedFault,
     InvalidArgument,
+    ModelMismatch,
     NotFound,
     NotReady,
     Overloaded,
@@ -59,6 +60,7 @@ ERROR_TABLE: dict[type[RagmeshError], grpc.StatusCode] = {
     InjectedFault: grpc.StatusCode.UNAVAILABLE,
     DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
     NotReady: grpc.StatusCode.FAILED_PRECONDITION,
+    ModelMismatch: grpc.StatusCode.FAILED_PRECONDITION,
     DataCorruption: grpc.StatusCode.DATA_LOSS,
 }
 

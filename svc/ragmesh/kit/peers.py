@@ -37,12 +37,14 @@ class Retriever(Protocol):
         top_k: int,
         filter: Mapping[str, str],
         min_index_version: int = 0,
+        model: str = "",
     ) -> SearchResult:
-        """Nearest chunks of ``tenant`` to one query vector, from an index of at least
-        ``min_index_version``."""
+        """Nearest chunks of ``tenant`` to one query vector (of embedding ``model``), from an
+        index of at least ``min_index_version``."""
 
-    async def upsert(self, tenant: str, chunks: Sequence[ChunkRecord]) -> int:
-        """Insert or replace chunks; returns the index version."""
+    async def upsert(self, tenant: str, chunks: Sequence[ChunkRecord], model: str = "") -> int:
+        """Insert or replace chunks (vectors of embedding ``model``); returns the index
+        version."""
 
     async def delete(
         self, tenant: str, chunk_ids: Sequence[str] = (), document_ids: Sequence[str] = ()

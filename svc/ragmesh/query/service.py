@@ -171,7 +171,7 @@ class AskPipeline:
         embed_ms = _ms(t)
         t = time.perf_counter()
         result = await self.retriever.search(
-            tenant, vector, top_k, request.filter, request.min_index_version
+            tenant, vector, top_k, request.filter, request.min_index_version, self.embed_model
         )
         search_ms = _ms(t)
         use_cache = not request.skip_cache and self.settings.answer_cache_ttl > 0

@@ -118,6 +118,7 @@ class MilvusStore:
         self.device = f"milvus/{self.index.index_type}"
         self.strong = consistency == "strong"
         self.version = 0
+        self.model = ""  # not recorded on Milvus
         self._count = 0
         self._counted_at = 0.0
         self._client: Any = None
@@ -255,6 +256,9 @@ class MilvusStore:
                 raise InvalidArgument(
                     f"chunks[{i}].metadata", f"more than {MAX_BYTES} bytes as JSON (Milvus's limit)"
                 )
+
+    def record_model(self, model: str) -> None:
+        """Not recorded on Milvus (yet): writes and searches are not checked against it."""
 
     def _note(self, timestamp: int) -> None:
         self.version = max(self.version, int(timestamp) or self._now())

@@ -29,7 +29,7 @@ from prometheus_client import Counter, Gauge, Histogram
 from ragmesh.kit import callcontext
 from ragmesh.kit.config import RetrievalSettings
 from ragmesh.kit.domain import Hit, Matrix
-from ragmesh.kit.errors import IndexBehind, NotReady, ReadOnlyReplica
+from ragmesh.kit.errors import IndexBehind, ModelMismatch, NotReady, ReadOnlyReplica, quoted
 from ragmesh.kit.tracing import tracer
 from ragmesh.retrieval import requests
 from ragmesh.retrieval.index import IndexParams
@@ -76,6 +76,7 @@ class IndexInfo:
     kind: str
     device: str
     version: int
+    model: str
 
 
 class Store(Protocol):
@@ -86,6 +87,7 @@ class Store(Protocol):
     params: IndexParams
     dim: int
     version: int
+    model: str  # the embedding model the index records ("": none yet)
 
     @property
     def count(self) -> int: ...
@@ -96,6 +98,7 @@ class Store(Protocol):
     def refresh(self) -> int: ...
     def close(self) -> None: ...
     def check(self, chunks: Sequence[ChunkIn]) -> None: ...
+    def record_model(self, model: str) -> None: ...
     def upsert(self, tenant: str, chunks: Sequence[ChunkIn], vectors: Matrix) -> int: ...
     def delete(self, tenant: str, chunk_ids: Sequence[str], document_ids: Sequence[str]) -> int: ...
     def search(
@@ -230,13 +233,34 @@ class RetrievalService:
         if not self.writable:
             raise ReadOnlyReplica("this retrieval replica is a reader; writes go to the writer")
 
-    async def upsert(self, tenant: str, chunks: Sequence[ChunkIn]) -> tuple[int, int]:
-        """Durably write ``tenant``'s ``chunks``; returns (count, index version)."""
+    def _check_model(self, model: str) -> None:
+        """Vectors of ``model`` meet an index of its own model (or of none yet)."""
+        have = self.store.model
+        if model and have and model != have:
+            raise ModelMismatch(
+                f"embedding_model: the index holds vectors of {quoted(have)} (dimension "
+                f"{self.store.dim}), these are of {quoted(model)}; serve the index's model, or "
+                "reindex into a new index for the new one (docs/operations.md)"
+            )
+
+    async def upsert(
+        self, tenant: str, chunks: Sequence[ChunkIn], model: str = ""
+    ) -> tuple[int, int]:
+        """Durably write ``tenant``'s ``chunks`` (vectors of embedding ``model``); returns
+        (count, index version)."""
         self._check_writable()
         requests.tenant(tenant)
         vectors = requests.upsert(chunks, self.limits, self.store.dim)
         self.store.check(chunks)
-        n = await self._run(lambda: self.store.upsert(tenant, chunks, vectors))
+        self._check_model(model)
+
+        def write() -> int:
+            self._check_model(model)  # again, under the lock
+            if model and not self.store.model:
+                self.store.record_model(model)
+            return self.store.upsert(tenant, chunks, vectors)
+
+        n = await self._run(write)
         return n, self.store.version
 
     async def delete(
@@ -258,12 +282,17 @@ class RetrievalService:
         top_k: int,
         where: Mapping[str, str],
         min_version: int = 0,
+        model: str = "",
     ) -> tuple[list[list[Hit]], int]:
-        """Validate and run a batched search of ``tenant``'s chunks on an index of at least
-        ``min_version``; returns (hits per query, index version)."""
+        """Validate and run a batched search of ``tenant``'s chunks (with query vectors of
+        embedding ``model``) on an index of at least ``min_version``; returns (hits per
+        query, index version)."""
         self._check()
         requests.tenant(tenant)
         queries = requests.queries(count, dimension, data, top_k, self.limits, self.store.dim)
+        if model and not self.store.model and not self.writable:
+            await self._run(self.store.refresh)  # has the writer recorded one meanwhile?
+        self._check_model(model)
         if self.store.follows_log and self.store.version < min_version:
             await self._catch_up(min_version)
 
@@ -322,4 +351,4 @@ class RetrievalService:
         self._check()
         s = self.store
         count = await self._run(s.counted)
-        return IndexInfo(count, s.dim, s.params.kind, s.device, s.version)
+        return IndexInfo(count, s.dim, s.params.kind, s.device, s.version, s.model)

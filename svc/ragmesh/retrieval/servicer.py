@@ -33,6 +33,7 @@ class RetrievalServicer(pb_grpc.RetrievalServiceServicer):
             request.top_k,
             request.filter,
             request.min_index_version,
+            request.embedding_model,
         )
         response = pb.SearchResponse(index_version=version)
         for hits in results:
@@ -54,7 +55,7 @@ class RetrievalServicer(pb_grpc.RetrievalServiceServicer):
             ChunkIn(c.chunk_id, c.document_id, c.text, dict(c.metadata), c.vector)
             for c in request.chunks
         ]
-        count, version = await self.service.upsert(request.tenant, chunks)
+        count, version = await self.service.upsert(request.tenant, chunks, request.embedding_model)
         return pb.UpsertResponse(upserted_count=count, index_version=version)
 
     async def Delete(self, request: pb.DeleteRequest, context: Context) -> pb.DeleteResponse:
@@ -73,6 +74,7 @@ class RetrievalServicer(pb_grpc.RetrievalServiceServicer):
             kind=KINDS[info.kind],
             device=info.device,
             index_version=info.version,
+            embedding_model=info.model,
         )
 
 

@@ -48,6 +48,7 @@ _OP = struct.Struct("<BQI")  # op, version, json length
 _UPSERT, _DELETE = 1, 2
 SNAPSHOT = "snapshot.npz"
 LOG = "wal.log"
+MODEL = "model.json"  # the embedding model whose vectors the index holds
 #: the tenant of chunks stored before tenants existed
 LEGACY_TENANT = DEFAULT_TENANT
 #: a tenant with fewer live chunks than this (or than a tenth of the index) is searched by
@@ -113,6 +114,7 @@ class ChunkStore:
         self.snapshot_every = snapshot_every
         self.dim = params.dim
         self._log: WriteAheadLog | None = None
+        self.model = ""
         self._reset()
 
     def _reset(self) -> None:
@@ -147,6 +149,7 @@ class ChunkStore:
         what the writer appends.
         """
         self.dir.mkdir(parents=True, exist_ok=True)
+        self._read_model()
         self._snapshot_id = self._stat_snapshot()
         log_exists = (self.dir / LOG).exists()
         found = replay(self.dir / LOG) if writable and log_exists else None
@@ -243,11 +246,38 @@ class ChunkStore:
         self._log_offset += used
         return sum(self._apply_record(p) for p in payloads)
 
+    def _read_model(self) -> None:
+        try:
+            recorded = json.loads((self.dir / MODEL).read_text())
+        except FileNotFoundError:
+            return
+        if recorded["dimension"] != self.dim:
+            raise InvalidArgument(
+                "RAGMESH_INDEX_DIM",
+                f"the index holds {recorded['dimension']}-dimensional vectors of "
+                f"{recorded['embedding_model']!r}, not {self.dim}",
+            )
+        self.model = str(recorded["embedding_model"])
+
+    def record_model(self, model: str) -> None:
+        """Writer: record the embedding model of the first write that names one (durably,
+        before that write is logged)."""
+        tmp = self.dir / (MODEL + ".tmp")
+        tmp.write_text(json.dumps({"embedding_model": model, "dimension": self.dim}))
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, self.dir / MODEL)
+        fsync_dir(self.dir)
+        self.model = model
+        log.info("index records embedding model %r (dimension %d)", model, self.dim)
+
     def refresh(self) -> int:
         """Reader: apply the writer's new log records, or reload after it took a snapshot.
 
         Returns how many records were applied (a reload counts as one).
         """
+        if not self.model:
+            self._read_model()
         try:
             size = (self.dir / LOG).stat().st_size
         except FileNotFoundError:

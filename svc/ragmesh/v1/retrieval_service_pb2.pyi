@@ -41,7 +41,7 @@ class Chunk(_message.Message):
     def __init__(self, chunk_id: _Optional[str] = ..., document_id: _Optional[str] = ..., text: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., vector: _Optional[bytes] = ...) -> None: ...
 
 class SearchRequest(_message.Message):
-    __slots__ = ("queries", "top_k", "filter", "tenant", "min_index_version")
+    __slots__ = ("queries", "top_k", "filter", "tenant", "min_index_version", "embedding_model")
     class FilterEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -54,12 +54,14 @@ class SearchRequest(_message.Message):
     FILTER_FIELD_NUMBER: _ClassVar[int]
     TENANT_FIELD_NUMBER: _ClassVar[int]
     MIN_INDEX_VERSION_FIELD_NUMBER: _ClassVar[int]
+    EMBEDDING_MODEL_FIELD_NUMBER: _ClassVar[int]
     queries: _common_pb2.VectorBatch
     top_k: int
     filter: _containers.ScalarMap[str, str]
     tenant: str
     min_index_version: int
-    def __init__(self, queries: _Optional[_Union[_common_pb2.VectorBatch, _Mapping]] = ..., top_k: _Optional[int] = ..., filter: _Optional[_Mapping[str, str]] = ..., tenant: _Optional[str] = ..., min_index_version: _Optional[int] = ...) -> None: ...
+    embedding_model: str
+    def __init__(self, queries: _Optional[_Union[_common_pb2.VectorBatch, _Mapping]] = ..., top_k: _Optional[int] = ..., filter: _Optional[_Mapping[str, str]] = ..., tenant: _Optional[str] = ..., min_index_version: _Optional[int] = ..., embedding_model: _Optional[str] = ...) -> None: ...
 
 class QueryHits(_message.Message):
     __slots__ = ("passages",)
@@ -76,12 +78,14 @@ class SearchResponse(_message.Message):
     def __init__(self, results: _Optional[_Iterable[_Union[QueryHits, _Mapping]]] = ..., index_version: _Optional[int] = ...) -> None: ...
 
 class UpsertRequest(_message.Message):
-    __slots__ = ("chunks", "tenant")
+    __slots__ = ("chunks", "tenant", "embedding_model")
     CHUNKS_FIELD_NUMBER: _ClassVar[int]
     TENANT_FIELD_NUMBER: _ClassVar[int]
+    EMBEDDING_MODEL_FIELD_NUMBER: _ClassVar[int]
     chunks: _containers.RepeatedCompositeFieldContainer[Chunk]
     tenant: str
-    def __init__(self, chunks: _Optional[_Iterable[_Union[Chunk, _Mapping]]] = ..., tenant: _Optional[str] = ...) -> None: ...
+    embedding_model: str
+    def __init__(self, chunks: _Optional[_Iterable[_Union[Chunk, _Mapping]]] = ..., tenant: _Optional[str] = ..., embedding_model: _Optional[str] = ...) -> None: ...
 
 class UpsertResponse(_message.Message):
     __slots__ = ("upserted_count", "index_version")
@@ -114,15 +118,17 @@ class GetIndexInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class GetIndexInfoResponse(_message.Message):
-    __slots__ = ("count", "dimension", "kind", "device", "index_version")
+    __slots__ = ("count", "dimension", "kind", "device", "index_version", "embedding_model")
     COUNT_FIELD_NUMBER: _ClassVar[int]
     DIMENSION_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     DEVICE_FIELD_NUMBER: _ClassVar[int]
     INDEX_VERSION_FIELD_NUMBER: _ClassVar[int]
+    EMBEDDING_MODEL_FIELD_NUMBER: _ClassVar[int]
     count: int
     dimension: int
     kind: IndexKind
     device: str
     index_version: int
-    def __init__(self, count: _Optional[int] = ..., dimension: _Optional[int] = ..., kind: _Optional[_Union[IndexKind, str]] = ..., device: _Optional[str] = ..., index_version: _Optional[int] = ...) -> None: ...
+    embedding_model: str
+    def __init__(self, count: _Optional[int] = ..., dimension: _Optional[int] = ..., kind: _Optional[_Union[IndexKind, str]] = ..., device: _Optional[str] = ..., index_version: _Optional[int] = ..., embedding_model: _Optional[str] = ...) -> None: ...
