@@ -489,6 +489,24 @@ def http_health(address: str) -> str:
     return "SERVING" if status == 200 else f"HTTP {status}"
 
 
+def cmd_index(args: argparse.Namespace) -> int:
+    from ragmesh.retrieval import backup
+
+    index = args.index_dir or args.data_dir / "index"
+    try:
+        if args.index_command == "backup":
+            m = backup.create(index, args.destination)
+            print(f"backed up {index} at index version {m.version} into {args.destination}")
+            return 0
+        if read_state(args.data_dir):
+            raise CliError(f"the stack in {args.data_dir} is running: stop it before a restore")
+        m = backup.restore(args.backup, index, args.force)
+        print(f"restored index version {m.version} into {index}")
+        return 0
+    except backup.BackupError as e:
+        raise CliError(str(e)) from None
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     state = read_state(args.data_dir)
     if not state:
@@ -649,6 +667,17 @@ def parser() -> argparse.ArgumentParser:
     rh.add_argument(
         "--manifests", type=Path, default=Path("."), help="the repository: charts/ragmesh and mesh/"
     )
+    ix = sub.add_parser("index", help="back up and restore the stack's FAISS index")
+    ix_sub = ix.add_subparsers(dest="index_command", required=True)
+    bk = ix_sub.add_parser("backup", help="a consistent copy, taken while the stack serves")
+    bk.add_argument("destination", type=Path, help="a new directory")
+    rs = ix_sub.add_parser("restore", help="put a backup back (the stack stopped)")
+    rs.add_argument("backup", type=Path)
+    rs.add_argument("--force", action="store_true", help="replace the index there")
+    for command in (bk, rs):
+        command.add_argument(
+            "--index-dir", type=Path, default=None, help="default: <data-dir>/index"
+        )
     tr = sub.add_parser("traces", help="print the traces of ragmesh mesh up --trace as trees")
     tr.add_argument("trace_id", nargs="?", default="", help="a trace id (or its prefix)")
     tr.add_argument("--last", type=int, default=1, help="how many of the latest traces")
@@ -668,6 +697,7 @@ def main(argv: list[str] | None = None) -> int:
         "rehearse": cmd_rehearse,
         "token": cmd_token,
         "keys": cmd_keys,
+        "index": cmd_index,
     }
     try:
         return commands[args.command](args)
