@@ -145,3 +145,15 @@ def test_a_damaged_backup_is_refused(tmp_path: Path) -> None:
     with pytest.raises(backup.BackupError, match="does not match its checksum"):
         backup.restore(saved, tmp_path / "elsewhere")
     assert not (tmp_path / "elsewhere" / "wal.log").exists()
+
+
+def test_scheduled_backups_are_named_by_time_and_the_oldest_pruned(tmp_path: Path) -> None:
+    store = ChunkStore(tmp_path / "index", IndexParams("flat", DIM), 10_000)
+    store.open()
+    store.close()
+    argv = ["create", "--index-dir", str(tmp_path / "index"), "--into", str(tmp_path / "b")]
+    for _ in range(3):
+        assert backup.main([*argv, "--keep", "2"]) == 0
+        time.sleep(1.1)  # one second apart: the names are UTC seconds
+    kept = sorted(p.name for p in (tmp_path / "b").iterdir())
+    assert len(kept) == 2 and all(len(name) == 16 and name.endswith("Z") for name in kept)

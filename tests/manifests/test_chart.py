@@ -160,6 +160,9 @@ CONTEXT = {
     "models": {"gpu.enabled": True, "generation.engine": "vllm"},
     "retrieval.milvus": {"retrieval.backend": "milvus"},
     "retrieval.writer.replicas": {"retrieval.backend": "milvus"},
+    "retrieval.backup.schedule": {"retrieval.backup.enabled": True},
+    "retrieval.backup.keep": {"retrieval.backup.enabled": True},
+    "retrieval.backup.storage": {"retrieval.backup.enabled": True},
 }
 #: a different valid value, where changing the type's way would not be valid (None: skip)
 OTHER = {
@@ -172,6 +175,7 @@ OTHER = {
     "retrieval.milvus.uri": "https://milvus.example.com:19530",
     "retrieval.milvus.consistency": "session",
     "retrieval.milvus.indexKind": "ivf",
+    "retrieval.backup.schedule": "@hourly",
     # switches that need others changed with them: test_deploy.py renders them (VARIANTS)
     "vllmServer.enabled": None,
     "redis.external.enabled": None,

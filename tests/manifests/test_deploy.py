@@ -29,7 +29,7 @@ from tests.support.tools import chart, promtool
 
 K8S_VERSION = "1.35.0"
 ENVIRONMENTS = ("prod", "staging", "dev")
-CORE_APIS = {"v1", "apps/v1", "autoscaling/v2", "policy/v1", "networking.k8s.io/v1"}
+CORE_APIS = {"v1", "apps/v1", "batch/v1", "autoscaling/v2", "policy/v1", "networking.k8s.io/v1"}
 ISTIO_APIS = {"networking.istio.io/v1", "security.istio.io/v1", "telemetry.istio.io/v1"}
 SCHEMA_APIS = {"flagger.app/v1beta1": "flagger.yaml", "keda.sh/v1alpha1": "keda.yaml"}
 KNOWN_APIS = CORE_APIS | ISTIO_APIS | set(SCHEMA_APIS) | {"monitoring.coreos.com/v1"}
@@ -65,6 +65,7 @@ VARIANTS = {
     ),
     "prod+idle-to-zero": ("--set", "generation.idleToZero=true"),
     "prod+milvus": ("--set", "retrieval.backend=milvus"),
+    "prod+backups": ("--set", "retrieval.backup.enabled=true"),
     "staging+managed-milvus": (
         "--set",
         "retrieval.backend=milvus,retrieval.milvus.uri=https://in01.milvus.example.com:19530,"
@@ -923,3 +924,43 @@ def test_a_managed_milvus_enters_the_registry_for_retrieval_alone() -> None:
                     "valueFrom": {"secretKeyRef": {"name": "milvus-token", "key": "token"}},
                 }
             ]
+
+
+def test_scheduled_backups_copy_the_index_read_only_and_need_no_network(
+    tmp_path: Path,
+) -> None:
+    """retrieval.backup: a CronJob runs the image's backup tool (its arguments are the
+    tool's own: it runs them here on a real index) on the index volume mounted read-only,
+    with no sidecar and a NetworkPolicy admitting nothing in or out."""
+    from ragmesh.retrieval import backup
+    from ragmesh.retrieval.index import IndexParams
+    from ragmesh.retrieval.store import ChunkStore
+
+    docs = render("prod+backups")
+    (job,) = [d for d in docs if d["kind"] == "CronJob"]
+    template = job["spec"]["jobTemplate"]["spec"]["template"]
+    assert template["metadata"]["labels"]["sidecar.istio.io/inject"] == "false"
+    pod = template["spec"]
+    (container,) = pod["containers"]
+    assert container["command"] == ["/opt/ragmesh/bin/python", "-m", "ragmesh.retrieval.backup"]
+    mounts = {m["name"]: m for m in container["volumeMounts"]}
+    assert mounts["index"].get("readOnly") is True
+    claims = {v["name"]: v["persistentVolumeClaim"] for v in pod["volumes"]}
+    assert claims["index"] == {"claimName": "retrieval-index", "readOnly": True}
+    (policy,) = [
+        d
+        for d in docs
+        if d["kind"] == "NetworkPolicy" and d["metadata"]["name"] == "retrieval-backup"
+    ]
+    assert policy["spec"]["policyTypes"] == ["Ingress", "Egress"]
+    assert "ingress" not in policy["spec"] and "egress" not in policy["spec"]
+    # the same arguments, on a real index, with the mount points as local folders
+    index, into = tmp_path / "index", tmp_path / "backups"
+    store = ChunkStore(index, IndexParams("flat", 4), 100)
+    store.open()
+    store.close()
+    args = [
+        {"/var/lib/ragmesh/index": str(index), "/backups": str(into)}.get(a, a)
+        for a in container["args"]
+    ]
+    assert backup.main(args) == 0 and len(list(into.iterdir())) == 1

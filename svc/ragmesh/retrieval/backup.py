@@ -189,8 +189,10 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     make = sub.add_parser("create", help="copy the index (the writer may be serving)")
     make.add_argument("--index-dir", type=Path, required=True)
-    make.add_argument("destination", type=Path, help="a new directory")
-    make.add_argument("--keep", type=int, default=0, help="then keep only the newest N here")
+    where = make.add_mutually_exclusive_group(required=True)
+    where.add_argument("destination", type=Path, nargs="?", help="a new directory")
+    where.add_argument("--into", type=Path, help="a new directory in this one, named by the time")
+    make.add_argument("--keep", type=int, default=0, help="then keep only the newest N there")
     check = sub.add_parser("verify", help="check a backup's files against its manifest")
     check.add_argument("backup", type=Path)
     back = sub.add_parser("restore", help="put a backup into an index directory (writer stopped)")
@@ -200,10 +202,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.command == "create":
-            m = create(args.index_dir, args.destination)
-            print(f"backup {args.destination}: version {m.version}, {len(m.files)} files")
+            into = args.into / time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) if args.into else None
+            destination = into or args.destination
+            m = create(args.index_dir, destination)
+            print(f"backup {destination}: version {m.version}, {len(m.files)} files")
             if args.keep:
-                prune(args.destination.parent, args.keep)
+                prune(destination.parent, args.keep)
         elif args.command == "verify":
             m = verify(args.backup)
             print(f"backup {args.backup}: version {m.version}, intact")
