@@ -530,7 +530,11 @@ def cmd_status(args: argparse.Namespace) -> int:
             index = retrieval_service_pb2_grpc.RetrievalServiceStub(channel).GetIndexInfo(
                 retrieval_service_pb2.GetIndexInfoRequest(), timeout=5
             )
-        print(f"index: {index.count} chunks, dim {index.dimension}, version {index.index_version}")
+        model = f", vectors of {index.embedding_model}" if index.embedding_model else ""
+        print(
+            f"index: {index.count} chunks, dim {index.dimension}, version {index.index_version}"
+            + model
+        )
     return 0 if ok else 1
 
 
