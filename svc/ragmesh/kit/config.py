@@ -261,6 +261,16 @@ class RetrievalSettings:
         services="retrieval",
         choices=("writer", "reader"),
     )
+    lease_seconds: float = setting(
+        "RAGMESH_INDEX_LEASE_SECONDS",
+        "0",
+        "Backend faiss, role writer: above 0, several writers may run on one index directory; "
+        "the holder of its writer lease writes, the others follow as readers and take over "
+        "when the lease has not been renewed for this long (the old writer is fenced off the "
+        "log). 0: one writer, no lease.",
+        services="retrieval",
+        minimum=0,
+    )
     refresh_ms: int = setting(
         "RAGMESH_INDEX_REFRESH_MS",
         "200",

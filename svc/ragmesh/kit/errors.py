@@ -14,6 +14,7 @@ Engines raise these; they never import grpc. One table in
     ├── DependencyUnavailable→ UNAVAILABLE
     │   └── StorageFailure   → UNAVAILABLE        (the index disk failed a write, rolled back)
     ├── ReadOnlyReplica      → UNAVAILABLE        (a write reached a reader: retry elsewhere)
+    │   └── Fenced           → UNAVAILABLE        (a writer that another has taken over from)
     ├── IndexBehind          → UNAVAILABLE        (a replica has not applied the version asked)
     ├── DeadlineExceeded     → DEADLINE_EXCEEDED  (a downstream call ran out of the caller's time)
     ├── NotReady             → FAILED_PRECONDITION (model or index not loaded)
@@ -87,6 +88,10 @@ class InjectedFault(RagmeshError):
 
 class ReadOnlyReplica(RagmeshError):
     """A write reached a replica that only serves reads; another replica takes writes."""
+
+
+class Fenced(ReadOnlyReplica):
+    """This replica was the index writer, and another took over: it writes no more."""
 
 
 class IndexBehind(RagmeshError):

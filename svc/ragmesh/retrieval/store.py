@@ -271,6 +271,12 @@ class ChunkStore:
         self.model = model
         log.info("index records embedding model %r (dimension %d)", model, self.dim)
 
+    def reopen(self, writable: bool) -> None:
+        """Load the index again from the directory (a reader becoming the writer)."""
+        self.close()
+        self._reset()
+        self.open(writable)
+
     def refresh(self) -> int:
         """Reader: apply the writer's new log records, or reload after it took a snapshot.
 
@@ -281,6 +287,8 @@ class ChunkStore:
         try:
             size = (self.dir / LOG).stat().st_size
         except FileNotFoundError:
+            if self._snapshot_id is not None:
+                return 0  # a new writer is fencing the log: it is back in a moment
             size = 0
         if self._stat_snapshot() != self._snapshot_id or size < self._log_offset:
             self._reset()
@@ -294,7 +302,7 @@ class ChunkStore:
 
     def close(self) -> None:
         if self._log is not None:
-            if self._since_snapshot:
+            if self._since_snapshot and not self._log.fenced:
                 self._try_snapshot()
             self._log.close()
             self._log = None
@@ -511,6 +519,7 @@ class ChunkStore:
             f.write(buffer.getbuffer())
             f.flush()
             os.fsync(f.fileno())
+        self._log.check_current()  # a writer taken over from must not replace the snapshot
         os.replace(tmp, self.dir / SNAPSHOT)
         fsync_dir(self.dir)
         self._log.reset(self.version)

@@ -27,7 +27,7 @@ import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ragmesh.kit.errors import DataCorruption, StorageFailure, StorageFull
+from ragmesh.kit.errors import DataCorruption, Fenced, StorageFailure, StorageFull
 
 log = logging.getLogger(__name__)
 
@@ -74,8 +74,10 @@ class WriteAheadLog:
         self.base_version = base_version
         created = not path.exists()
         self._fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
+        self._inode = os.fstat(self._fd).st_ino
         self._size = os.lseek(self._fd, 0, os.SEEK_END)
         self._broken: str = ""
+        self.fenced = False
         if created:
             fsync_dir(path.parent)
         if self._size == 0:
@@ -84,7 +86,7 @@ class WriteAheadLog:
     def _write_at_end(self, data: bytes) -> None:
         """Write ``data`` at the end and fsync; on failure truncate back, then raise."""
         if self._broken:
-            raise StorageFailure(self._broken)
+            raise (Fenced if self.fenced else StorageFailure)(self._broken)
         start = self._size
         try:
             view = memoryview(data)
@@ -108,11 +110,26 @@ class WriteAheadLog:
         self._size = start + len(data)
 
     def append(self, payload: bytes) -> None:
-        """Write one frame and fsync it (after a file header if the file is empty)."""
+        """Write one frame and fsync it (after a file header if the file is empty); raises
+        Fenced, after the fact, when another writer has taken the log over."""
         frame = encode(payload)
         if self._size == 0:  # a reset that truncated but could not write the header
             frame = file_header(self.base_version) + frame
         self._write_at_end(frame)
+        self.check_current()
+
+    def check_current(self) -> None:
+        """Fenced when ``path`` is no longer this log's file: another writer took over
+        (:mod:`ragmesh.retrieval.lease`), and what this one writes from now on is read by no
+        one. A write must not be acknowledged after this."""
+        try:
+            current = os.stat(self.path).st_ino == self._inode
+        except FileNotFoundError:
+            current = False
+        if not current or self.fenced:
+            self.fenced = True
+            self._broken = "this replica lost the writer lease; writes go to the new writer"
+            raise Fenced(self._broken)
 
     def reset(self, base_version: int) -> None:
         """Empty the log after a snapshot at ``base_version`` made its records redundant."""
