@@ -159,7 +159,6 @@ CONTEXT = {
     },
     "models": {"gpu.enabled": True, "generation.engine": "vllm"},
     "retrieval.milvus": {"retrieval.backend": "milvus"},
-    "retrieval.writer.replicas": {"retrieval.backend": "milvus"},
     "retrieval.backup.schedule": {"retrieval.backup.enabled": True},
     "retrieval.backup.keep": {"retrieval.backup.enabled": True},
     "retrieval.backup.storage": {"retrieval.backup.enabled": True},

@@ -133,6 +133,10 @@ RAGMESH_INDEX_DEVICE: {{ ternary "cuda" "cpu" $root.Values.retrieval.milvus.gpuI
 {{- else }}
 RAGMESH_INDEX_DIR: /var/lib/ragmesh/index
 RAGMESH_INDEX_ROLE: {{ $role }}
+{{- if eq $role "writer" }}
+# writer candidates: the lease holder writes (docs/operations.md, writer failover)
+RAGMESH_INDEX_LEASE_SECONDS: {{ $root.Values.retrieval.writer.leaseSeconds | quote }}
+{{- end }}
 RAGMESH_INDEX_KIND: flat
 RAGMESH_INDEX_DEVICE: {{ ternary (ternary "cuda" "auto" $root.Values.gpu.enabled) "cpu" (eq $role "reader") }}
 # malloc asks for transparent huge pages: FAISS scans in 2 MiB pages (docs/benchmarks.md)
