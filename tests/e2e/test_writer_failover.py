@@ -121,6 +121,7 @@ def test_writes_resume_on_the_other_candidate_and_no_acknowledged_chunk_is_lost(
         while time.monotonic() < deadline and not resumed():
             time.sleep(0.05)
         assert resumed(), "writes did not resume"
+        print(f"{how}: writes resumed after {resumed()[0] - failed_at:.2f} s")
         assert resumed()[0] - failed_at < BOUND_S
         assert holder(stack, index) != first
         if how == "freeze":  # woken, it finds itself fenced: it acknowledges nothing more
