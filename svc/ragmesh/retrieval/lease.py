@@ -19,14 +19,21 @@ before the fence, and the new writer replays the log after it.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
+import logging
 import os
 import socket
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from ragmesh.retrieval.store import LOG, ChunkStore
 from ragmesh.retrieval.wal import fsync_dir
+
+log = logging.getLogger(__name__)
 
 LEASE = "writer.lease"
 
@@ -90,3 +97,67 @@ def fence(log: Path) -> None:
     os.replace(fresh, log)
     fenced.unlink()
     fsync_dir(log.parent)
+
+
+class Candidate:
+    """One writer candidate: takes the lease when it is free or expired, renews it while it
+    holds it, and calls ``lost`` when another took it over."""
+
+    def __init__(
+        self,
+        store: ChunkStore,
+        ttl: float,
+        run: Callable[[Callable[[], None]], Awaitable[None]],
+        won: Callable[[], None],
+        lost: Callable[[str], None],
+    ) -> None:
+        self.store, self.ttl = store, ttl
+        self._run, self._won, self._lost = run, won, lost  # run: on the index thread
+        self.token = 0
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        await self.tick()  # a free (or expired) lease is taken at once
+        self._task = asyncio.create_task(self._keep())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _keep(self) -> None:
+        while True:
+            await asyncio.sleep(self.ttl / 3)
+            try:
+                await self.tick()
+            except Exception:  # a failed renewal is tried again; the lease outlasts a few
+                log.exception("writer lease")
+
+    async def tick(self) -> None:
+        """The holder renews the lease; a candidate takes it over once it expired."""
+        held = await asyncio.to_thread(read, self.store.dir)
+        if self.token:
+            if held is None or held.token != self.token:
+                self.token = 0
+                self._lost(f"another writer holds the lease ({held})")
+                return
+            await asyncio.to_thread(write, self.store.dir, Lease(me(), self.token, time.time()))
+        elif held is None or held.expired(self.ttl):
+            token = (held.token if held else 0) + 1
+            if await asyncio.to_thread(claim, self.store.dir, token):
+                await self._run(lambda: self._take_over(token))
+
+    def _take_over(self, token: int) -> None:
+        started = time.monotonic()
+        fence(self.store.dir / LOG)
+        self.store.reopen(writable=True)
+        write(self.store.dir, Lease(me(), token, time.time()))
+        self.token = token
+        self._won()
+        log.warning(
+            "took the writer lease (token %d) in %.2f s: index version %d",
+            token,
+            time.monotonic() - started,
+            self.store.version,
+        )

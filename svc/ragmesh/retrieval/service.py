@@ -43,7 +43,7 @@ from ragmesh.kit.tracing import tracer
 from ragmesh.retrieval import lease, requests
 from ragmesh.retrieval.index import IndexParams
 from ragmesh.retrieval.milvus import MilvusStore
-from ragmesh.retrieval.store import LOG, ChunkIn, ChunkStore
+from ragmesh.retrieval.store import ChunkIn, ChunkStore
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -170,11 +170,12 @@ class RetrievalService:
         self._open = False
         self.writable = settings.role == "writer"
         # several writer candidates on one FAISS directory: the lease holder writes
-        self._faiss = self.store if isinstance(self.store, ChunkStore) else None
-        self._lease_s = settings.lease_seconds if self.writable and self._faiss else 0.0
-        self.writable = self.writable and not self._lease_s  # a candidate holds no lease yet
-        self._token = 0
-        self._leaser: asyncio.Task[None] | None = None
+        self._candidate: lease.Candidate | None = None
+        if self.writable and isinstance(self.store, ChunkStore) and settings.lease_seconds:
+            self._candidate = lease.Candidate(
+                self.store, settings.lease_seconds, self._run, self._became_writer, self._step_down
+            )
+            self.writable = False  # until it holds the lease
         self._refresh_s = settings.refresh_ms / 1000
         self._catch_up_s = settings.catch_up_seconds
         self._follower: asyncio.Task[None] | None = None
@@ -213,48 +214,11 @@ class RetrievalService:
         INDEX_VERSION.set_function(lambda: self.store.version)
         if not self.writable or not self.store.follows_log:
             self._follower = asyncio.create_task(self._follow())
-        if self._lease_s:
-            await self._lease_tick()  # a free (or expired) lease is taken at once
-            self._leaser = asyncio.create_task(self._keep_lease())
+        if self._candidate is not None:
+            await self._candidate.start()
 
-    async def _keep_lease(self) -> None:
-        while True:
-            await asyncio.sleep(self._lease_s / 3)
-            try:
-                await self._lease_tick()
-            except Exception:  # a failed renewal is tried again; the lease outlasts a few
-                log.exception("writer lease")
-
-    async def _lease_tick(self) -> None:
-        """The holder renews the writer lease; a candidate takes it over once it expired."""
-        assert self._faiss is not None
-        directory = self._faiss.dir
-        held = await asyncio.to_thread(lease.read, directory)
-        if self.writable:
-            if held is None or held.token != self._token:
-                self._step_down(f"another writer holds the lease ({held})")
-                return
-            renewed = lease.Lease(lease.me(), self._token, time.time())
-            await asyncio.to_thread(lease.write, directory, renewed)
-        elif held is None or held.expired(self._lease_s):
-            token = (held.token if held else 0) + 1
-            if await asyncio.to_thread(lease.claim, directory, token):
-                await self._run(lambda: self._take_over(token))
-
-    def _take_over(self, token: int) -> None:
-        started = time.monotonic()
-        assert self._faiss is not None
-        directory = self._faiss.dir
-        lease.fence(directory / LOG)
-        self._faiss.reopen(writable=True)
-        lease.write(directory, lease.Lease(lease.me(), token, time.time()))
-        self._token, self.writable = token, True
-        log.warning(
-            "took the writer lease (token %d) in %.2f s: index version %d",
-            token,
-            time.monotonic() - started,
-            self.store.version,
-        )
+    def _became_writer(self) -> None:
+        self.writable = True
 
     def _step_down(self, why: str) -> None:
         """A writer taken over from stops; it restarts as a candidate."""
@@ -282,10 +246,8 @@ class RetrievalService:
         return self._open and follower_alive
 
     async def close(self) -> None:
-        if self._leaser is not None:
-            self._leaser.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._leaser
+        if self._candidate is not None:
+            await self._candidate.stop()
         if self._follower is not None:
             self._follower.cancel()
             with contextlib.suppress(asyncio.CancelledError):
