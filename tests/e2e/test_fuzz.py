@@ -22,6 +22,7 @@ from ragmesh.v1 import common_pb2
 from ragmesh.v1 import embedding_service_pb2 as e
 from ragmesh.v1 import generation_service_pb2 as g
 from ragmesh.v1 import query_service_pb2 as q
+from ragmesh.v1 import query_service_pb2_grpc as q_grpc
 from ragmesh.v1 import retrieval_service_pb2 as r
 from ragmesh_lab.cli.supervisor import SERVICES, Stack, health
 from tests.support import fuzz, rawh2
@@ -97,9 +98,22 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     s = Stack(tmp_path_factory.mktemp("fuzz"), env={"RAGMESH_INGEST_CLAIM_IDLE_MS": "1000"})
     try:
         s.up()
+        _ingest(s)  # an index in use: it records the served embedding model before the fuzzing
         yield s
     finally:
         s.down()
+
+
+def _ingest(s: Stack) -> None:
+    with grpc.insecure_channel(s.procs["query"].address) as channel:
+        stub = q_grpc.QueryServiceStub(channel)
+        job = stub.Ingest(q.IngestRequest(documents=[DOC]), timeout=30).job_id
+        deadline = time.monotonic() + 120
+        while stub.GetIngestJob(q.GetIngestJobRequest(job_id=job), timeout=10).state != (
+            q.INGEST_JOB_STATE_SUCCEEDED
+        ):
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
 
 
 async def _one(channel: grpc.aio.Channel, path: str, body: bytes, streams: bool) -> str:

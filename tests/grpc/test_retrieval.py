@@ -254,6 +254,10 @@ BAD_UPSERTS = [
         ),
         "chunks[0].metadata",
     ),
+    (
+        pb.UpsertRequest(tenant="default", chunks=[chunk(1)], embedding_model="m\x00"),
+        "embedding_model",
+    ),
 ]
 
 
@@ -350,6 +354,10 @@ BAD_SEARCHES = [
     (pb.SearchRequest(tenant="a/b", queries=queries(1), top_k=1), "tenant"),
     (pb.SearchRequest(tenant="default", queries=queries(1), top_k=0), "top_k"),
     (pb.SearchRequest(tenant="default", queries=queries(1), top_k=21), "top_k"),
+    (
+        pb.SearchRequest(tenant="default", queries=queries(1), top_k=1, embedding_model="a b"),
+        "embedding_model",
+    ),
 ]
 
 

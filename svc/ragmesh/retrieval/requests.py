@@ -41,6 +41,17 @@ def _unit(vectors: Matrix, field_name: str) -> Matrix:
 MAX_ID_CHARS = 512  # chunk and document ids
 
 
+MAX_MODEL_CHARS = 256
+
+
+def model(name: str) -> None:
+    """Check an embedding model name (empty: none given)."""
+    if len(name) > MAX_MODEL_CHARS or not all("!" <= c <= "~" for c in name):
+        raise InvalidArgument(
+            "embedding_model", f"must be at most {MAX_MODEL_CHARS} visible ASCII characters"
+        )
+
+
 def tenant(name: str) -> None:
     """Check the tenant every Search, Upsert and Delete names."""
     found = tenant_problem(name)

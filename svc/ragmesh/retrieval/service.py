@@ -170,6 +170,7 @@ class RetrievalService:
         self._open = False
         self.writable = settings.role == "writer"
         # several writer candidates on one FAISS directory: the lease holder writes
+        self._faiss_store = self.store if isinstance(self.store, ChunkStore) else None
         self._candidate: lease.Candidate | None = None
         if self.writable and isinstance(self.store, ChunkStore) and settings.lease_seconds:
             self._candidate = lease.Candidate(
@@ -212,13 +213,27 @@ class RetrievalService:
         # Read at scrape time: readers follow the writer's log without a write of their own.
         INDEX_CHUNKS.set_function(lambda: self.store.count)
         INDEX_VERSION.set_function(lambda: self.store.version)
-        if not self.writable or not self.store.follows_log:
-            self._follower = asyncio.create_task(self._follow())
+        # readers follow the log; the writer, the generation (reindex.py); Milvus, its count
+        self._follower = asyncio.create_task(self._follow())
         if self._candidate is not None:
             await self._candidate.start()
 
     def _became_writer(self) -> None:
         self.writable = True
+
+    async def _follow_generation(self) -> None:
+        """Writer: a reindex switched the index directory to another generation: serve it."""
+        store = self._faiss_store
+        if store is not None and store.switched():
+            await self._run(lambda: store.reopen(writable=True))
+            log.warning("serving the index generation %s", store.dir.resolve().name)
+
+    def _fenced(self, e: Fenced) -> None:
+        """A write refused by the fence: a reindex switched generations (the next refresh
+        serves the new one), or another writer took the lease (this one stops)."""
+        store = self._faiss_store
+        if self._candidate is not None or store is None or not store.switched():
+            self._step_down(str(e))
 
     def _step_down(self, why: str) -> None:
         """A writer taken over from stops; it restarts as a candidate."""
@@ -234,7 +249,8 @@ class RetrievalService:
         while True:
             await asyncio.sleep(self._refresh_s)
             if self.writable and self.store.follows_log:
-                continue  # a candidate that took the lease over writes the log itself
+                await self._follow_generation()
+                continue  # the writer writes the log itself
             try:
                 await self._run(self.store.refresh)
             except Exception:  # a torn read is retried on the next tick
@@ -285,6 +301,7 @@ class RetrievalService:
         requests.tenant(tenant)
         vectors = requests.upsert(chunks, self.limits, self.store.dim)
         self.store.check(chunks)
+        requests.model(model)
         self._check_model(model)
 
         def write() -> int:
@@ -296,7 +313,7 @@ class RetrievalService:
         try:
             n = await self._run(write)
         except Fenced as e:
-            self._step_down(str(e))
+            self._fenced(e)
             raise
         return n, self.store.version
 
@@ -310,7 +327,7 @@ class RetrievalService:
         try:
             n = await self._run(lambda: self.store.delete(tenant, chunk_ids, document_ids))
         except Fenced as e:
-            self._step_down(str(e))
+            self._fenced(e)
             raise
         return n, self.store.version
 
@@ -331,6 +348,7 @@ class RetrievalService:
         self._check()
         requests.tenant(tenant)
         queries = requests.queries(count, dimension, data, top_k, self.limits, self.store.dim)
+        requests.model(model)
         if model and not self.store.model and not self.writable:
             await self._run(self.store.refresh)  # has the writer recorded one meanwhile?
         self._check_model(model)

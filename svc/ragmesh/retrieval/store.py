@@ -30,7 +30,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ragmesh.kit.domain import DEFAULT_TENANT, Hit, Matrix
-from ragmesh.kit.errors import DataCorruption, InvalidArgument
+from ragmesh.kit.errors import DataCorruption, Fenced, InvalidArgument
 from ragmesh.retrieval.index import Bitmap, FaissIndex, IndexParams
 from ragmesh.retrieval.wal import (
     RECOVER_HINT,
@@ -114,6 +114,7 @@ class ChunkStore:
         self.snapshot_every = snapshot_every
         self.dim = params.dim
         self._log: WriteAheadLog | None = None
+        self._generation = directory
         self.model = ""
         self._reset()
 
@@ -149,6 +150,7 @@ class ChunkStore:
         what the writer appends.
         """
         self.dir.mkdir(parents=True, exist_ok=True)
+        self._generation = self.dir.resolve()  # a link to a generation: reindex.py
         self._read_model()
         self._snapshot_id = self._stat_snapshot()
         log_exists = (self.dir / LOG).exists()
@@ -271,6 +273,14 @@ class ChunkStore:
         self.model = model
         log.info("index records embedding model %r (dimension %d)", model, self.dim)
 
+    def switched(self) -> bool:
+        """The index directory now names another generation than the one open."""
+        return self.dir.resolve() != self._generation
+
+    def live(self) -> list[Payload]:
+        """Every live chunk's payload (a reindex reads them)."""
+        return [p for p in self._payloads[: self._n] if p is not None]
+
     def reopen(self, writable: bool) -> None:
         """Load the index again from the directory (a reader becoming the writer)."""
         self.close()
@@ -368,6 +378,8 @@ class ChunkStore:
     def _try_snapshot(self) -> None:
         try:
             self.snapshot()
+        except Fenced:
+            log.warning("no snapshot: this writer's log is no longer the index's")
         except OSError as e:
             (self.dir / (SNAPSHOT + ".tmp")).unlink(missing_ok=True)
             self._since_snapshot = self.snapshot_every // 2  # try again half an interval on
@@ -502,6 +514,7 @@ class ChunkStore:
     def snapshot(self) -> None:
         """Save the whole state atomically, then empty the log."""
         assert self._log is not None
+        self._log.check_current()  # not into another writer's (or generation's) directory
         tmp = self.dir / (SNAPSHOT + ".tmp")
         records = [
             None if p is None else [p.chunk_id, p.document_id, p.text, p.metadata, p.tenant]
