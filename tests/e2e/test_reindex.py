@@ -97,6 +97,7 @@ async def test_reindex_switch_rollback_confirm(tmp_path: Path) -> None:
         with pytest.raises(SystemExit, match="took writes since the build"):
             await asyncio.to_thread(reindex.switch, index, first)
         target = await asyncio.to_thread(reindex.build, index, address)
+        before = await to_writer.GetIndexInfo(pb.GetIndexInfoRequest(), timeout=5)
         await asyncio.to_thread(reindex.switch, index, target)
         assert index.is_symlink() and index.resolve() == target
 
@@ -108,6 +109,8 @@ async def test_reindex_switch_rollback_confirm(tmp_path: Path) -> None:
 
             await wait_for(new_model)
             assert (await ask(stub, MINILM))[0] == "lighthouse#0"
+            info = await stub.GetIndexInfo(pb.GetIndexInfoRequest(), timeout=5)
+            assert info.index_version > before.index_version  # versions go on, never back
             with pytest.raises(grpc.aio.AioRpcError) as e:
                 await ask(stub, "old-model")
             assert e.value.code() is grpc.StatusCode.FAILED_PRECONDITION

@@ -91,6 +91,7 @@ def build(index: Path, embedding: str, kind: str = "flat") -> Path:
     target.mkdir(parents=True)
     new = ChunkStore(target, IndexParams(kind, dim), 1 << 62)
     new.open()
+    new.continue_from(copy.version)
     if model:
         new.record_model(model)
     by_tenant: dict[str, list[int]] = {}

@@ -273,6 +273,13 @@ class ChunkStore:
         self.model = model
         log.info("index records embedding model %r (dimension %d)", model, self.dim)
 
+    def continue_from(self, version: int) -> None:
+        """Writer of an empty index: number the next write ``version + 1`` (a new generation
+        continues its predecessor's versions, so a caller's min_index_version stays valid)."""
+        assert self._log is not None and self.count == 0 and self.version == 0
+        self.version = version
+        self._log.reset(version)
+
     def switched(self) -> bool:
         """The index directory now names another generation than the one open."""
         return self.dir.resolve() != self._generation
