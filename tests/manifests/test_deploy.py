@@ -960,7 +960,7 @@ def test_scheduled_backups_copy_the_index_read_only_and_need_no_network(
     store.open()
     store.close()
     args = [
-        {"/var/lib/ragmesh/index": str(index), "/backups": str(into)}.get(a, a)
+        {"/var/lib/ragmesh/volume/index": str(index), "/backups": str(into)}.get(a, a)
         for a in container["args"]
     ]
     assert backup.main(args) == 0 and len(list(into.iterdir())) == 1

@@ -282,3 +282,19 @@ def test_a_tenant_is_required_and_checked() -> None:
             requests.tenant(bad)
         assert e.value.field == "tenant"
     requests.tenant("acme-corp_2.eu")
+
+
+def test_a_writer_moves_an_index_kept_in_its_parent_in(tmp_path: Path) -> None:
+    """The chart's layout before generations kept the index at the volume's root; the
+    writer of <volume>/index moves it in (readers never move anything)."""
+    s = open_store(tmp_path, every=2)
+    put(s, [chunk(i) for i in range(3)])
+    version = s.version
+    s.close()
+    reader = ChunkStore(tmp_path / "index", IndexParams("flat", DIM, "cpu"), 1000)
+    reader.open(writable=False)
+    assert reader.count == 0 and (tmp_path / "wal.log").exists()
+    writer = open_store(tmp_path / "index")
+    assert (writer.version, writer.count) == (version, 3)
+    assert not (tmp_path / "wal.log").exists() and not (tmp_path / "snapshot.npz").exists()
+    writer.close()

@@ -131,7 +131,7 @@ RAGMESH_INDEX_ROLE: {{ $role }}
 RAGMESH_INDEX_KIND: {{ $root.Values.retrieval.milvus.indexKind }}
 RAGMESH_INDEX_DEVICE: {{ ternary "cuda" "cpu" $root.Values.retrieval.milvus.gpuIndex }}
 {{- else }}
-RAGMESH_INDEX_DIR: /var/lib/ragmesh/index
+RAGMESH_INDEX_DIR: /var/lib/ragmesh/volume/index
 RAGMESH_INDEX_ROLE: {{ $role }}
 {{- if eq $role "writer" }}
 # writer candidates: the lease holder writes (docs/operations.md, writer failover)

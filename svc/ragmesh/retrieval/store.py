@@ -149,6 +149,8 @@ class ChunkStore:
         A reader (``writable=False``) never modifies the directory; :meth:`refresh` follows
         what the writer appends.
         """
+        if writable:
+            self._adopt_parent()
         self.dir.mkdir(parents=True, exist_ok=True)
         self._generation = self.dir.resolve()  # a link to a generation: reindex.py
         self._read_model()
@@ -182,6 +184,20 @@ class ChunkStore:
             self.params.kind,
             self.index.device,
         )
+
+    def _adopt_parent(self) -> None:
+        """An index directory that holds no index yet, beside an index kept in its parent
+        (the chart's layout before generations: the index at the volume's root): move that
+        index in."""
+        legacy = [n for n in (SNAPSHOT, LOG, MODEL) if (self.dir.parent / n).exists()]
+        if LOG not in legacy or (self.dir / LOG).exists() or (self.dir / SNAPSHOT).exists():
+            return
+        self.dir.mkdir(exist_ok=True)  # a reader may have made it, empty
+        for name in legacy:
+            os.rename(self.dir.parent / name, self.dir / name)
+        fsync_dir(self.dir)
+        fsync_dir(self.dir.parent)
+        log.warning("moved the index at %s into %s", self.dir.parent, self.dir)
 
     def _check_files(self, log_exists: bool, base_version: int) -> None:
         """A snapshot without its log, or a log that continues a missing snapshot, means
