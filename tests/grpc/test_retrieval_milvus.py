@@ -208,3 +208,33 @@ async def test_milvus_out_of_reach_is_unavailable_naming_it_then_serves_again(
             assert found is not None and ids(found) == ["c1"]
     finally:
         await cable.close()
+
+
+async def test_the_collection_records_its_embedding_model_for_every_replica(
+    milvus_uri: str,
+) -> None:
+    """The first write naming its model records it on the collection: every replica (one
+    that opened before, one that opens after) refuses another model's writes and searches."""
+    async with replicas(milvus_uri, 2) as (a, b):
+        await a.Upsert(
+            pb.UpsertRequest(tenant="t", chunks=[chunk(1)], embedding_model="minilm"), timeout=10
+        )
+        for stub in (a, b):
+            with pytest.raises(grpc.aio.AioRpcError) as e:
+                await stub.Upsert(
+                    pb.UpsertRequest(tenant="t", chunks=[chunk(2)], embedding_model="e5-small"),
+                    timeout=10,
+                )
+            assert e.value.code() is grpc.StatusCode.FAILED_PRECONDITION
+            assert "'minilm'" in (e.value.details() or "")
+            search = pb.SearchRequest(
+                tenant="t", queries=queries(1), top_k=2, embedding_model="e5-small"
+            )
+            with pytest.raises(grpc.aio.AioRpcError) as e:
+                await stub.Search(search, timeout=10)
+            assert e.value.code() is grpc.StatusCode.FAILED_PRECONDITION
+            search.embedding_model = "minilm"
+            assert ids(await stub.Search(search, timeout=10)) == ["c1"]
+        async with replicas(milvus_uri, 1) as (later,):
+            info = await later.GetIndexInfo(pb.GetIndexInfoRequest(), timeout=10)
+            assert info.embedding_model == "minilm"

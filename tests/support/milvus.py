@@ -21,12 +21,14 @@ def server(workdir: Path) -> Iterator[str]:
 
 
 def clear(uri: str, collection: str) -> None:
-    """Delete every row of ``collection`` (cheaper than a new collection per test)."""
+    """Empty ``collection`` (cheaper than a new collection per test)."""
     from pymilvus import MilvusClient
 
     client = MilvusClient(uri=uri)
     try:
         if client.has_collection(collection):
             client.delete(collection, filter='pk != ""')
+            # and the embedding model it recorded
+            client.alter_collection_properties(collection, {"ragmesh.embedding_model": ""})
     finally:
         client.close()

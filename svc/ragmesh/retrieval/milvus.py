@@ -41,6 +41,7 @@ CALL_TIMEOUT_S = 10.0  # one Milvus call, when the caller set no deadline
 COUNT_EVERY_S = 5.0  # how often refresh() counts the collection for the gauge
 FUTURE_SLACK_MS = 5000  # a min_index_version this far ahead of the clock was never issued
 OUTPUT = ["chunk_id", "document_id", "text", "metadata"]
+MODEL_PROPERTY = "ragmesh.embedding_model"
 
 
 def key(*parts: str) -> str:
@@ -118,7 +119,7 @@ class MilvusStore:
         self.device = f"milvus/{self.index.index_type}"
         self.strong = consistency == "strong"
         self.version = 0
-        self.model = ""  # not recorded on Milvus
+        self.model = ""  # the collection's property ragmesh.embedding_model
         self._count = 0
         self._counted_at = 0.0
         self._client: Any = None
@@ -149,6 +150,7 @@ class MilvusStore:
         else:
             self._check_schema()
         self._call("load_collection", c.load_collection, self.collection)
+        self.refresh_model()
         self._recount()
         log.info(
             "milvus collection %s at %s open: %d chunks, index %s, %s consistency",
@@ -212,6 +214,8 @@ class MilvusStore:
         """Count the collection for the gauge now and then; Milvus applies writes itself."""
         if time.monotonic() - self._counted_at >= COUNT_EVERY_S:
             self._recount()
+            if not self.model:
+                self.refresh_model()
         return 0
 
     def _recount(self) -> None:
@@ -258,7 +262,21 @@ class MilvusStore:
                 )
 
     def record_model(self, model: str) -> None:
-        """Not recorded on Milvus (yet): writes and searches are not checked against it."""
+        """Record the embedding model as a property of the collection."""
+        self._call(
+            "alter_collection_properties",
+            self._client.alter_collection_properties,
+            self.collection,
+            properties={MODEL_PROPERTY: model},
+        )
+        self.model = model
+
+    def refresh_model(self) -> None:
+        """Read the model another replica may have recorded (while none is known here)."""
+        described = self._call(
+            "describe_collection", self._client.describe_collection, self.collection
+        )
+        self.model = str((described.get("properties") or {}).get(MODEL_PROPERTY, ""))
 
     def _note(self, timestamp: int) -> None:
         self.version = max(self.version, int(timestamp) or self._now())

@@ -108,6 +108,7 @@ class Store(Protocol):
     def close(self) -> None: ...
     def check(self, chunks: Sequence[ChunkIn]) -> None: ...
     def record_model(self, model: str) -> None: ...
+    def refresh_model(self) -> None: ...
     def upsert(self, tenant: str, chunks: Sequence[ChunkIn], vectors: Matrix) -> int: ...
     def delete(self, tenant: str, chunk_ids: Sequence[str], document_ids: Sequence[str]) -> int: ...
     def search(
@@ -302,6 +303,8 @@ class RetrievalService:
         vectors = requests.upsert(chunks, self.limits, self.store.dim)
         self.store.check(chunks)
         requests.model(model)
+        if model and not self.store.model and not self.store.follows_log:
+            await self._run(self.store.refresh_model)  # another replica's, on Milvus
         self._check_model(model)
 
         def write() -> int:
@@ -349,8 +352,8 @@ class RetrievalService:
         requests.tenant(tenant)
         queries = requests.queries(count, dimension, data, top_k, self.limits, self.store.dim)
         requests.model(model)
-        if model and not self.store.model and not self.writable:
-            await self._run(self.store.refresh)  # has the writer recorded one meanwhile?
+        if model and not self.store.model and not (self.writable and self.store.follows_log):
+            await self._run(self.store.refresh_model)  # has a writer recorded one meanwhile?
         self._check_model(model)
         if self.store.follows_log and self.store.version < min_version:
             await self._catch_up(min_version)

@@ -277,6 +277,10 @@ class ChunkStore:
             )
         self.model = str(recorded["embedding_model"])
 
+    def refresh_model(self) -> None:
+        """Read the model the writer may have recorded (while none is known here)."""
+        self._read_model()
+
     def record_model(self, model: str) -> None:
         """Writer: record the embedding model of the first write that names one (durably,
         before that write is logged)."""
