@@ -61,6 +61,15 @@ async def test_strong_an_acknowledged_upsert_is_in_the_next_search_on_any_replic
                 pb.SearchRequest(tenant="t", queries=queries(i), top_k=1), timeout=10
             )
             assert ids(found) == [f"c{i}"] and up.upserted_count == 1
+        search = pb.SearchRequest(  # a version no write was given (an hour ahead): refused
+            tenant="t",
+            queries=queries(1),
+            top_k=1,
+            min_index_version=up.index_version + (3_600_000 << 18),
+        )
+        with pytest.raises(grpc.aio.AioRpcError) as e:
+            await b.Search(search, timeout=10)
+        assert e.value.code() is grpc.StatusCode.UNAVAILABLE
         gone = await b.Delete(pb.DeleteRequest(tenant="t", chunk_ids=["c4"]), timeout=10)
         found = await a.Search(
             pb.SearchRequest(tenant="t", queries=queries(4), top_k=5), timeout=10

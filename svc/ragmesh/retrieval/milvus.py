@@ -344,12 +344,12 @@ class MilvusStore:
         for k, v in sorted(where.items()):
             expr += f' and array_contains(tags, "{key(k, v)}")'
         consistency: dict[str, Any] = {"consistency_level": "Strong"}
+        if min_version > self._now() + (FUTURE_SLACK_MS << 18):
+            raise IndexBehind(
+                f"min_index_version: {min_version} is later than any write Milvus has "
+                f"acknowledged (this replica is at {self.version})"
+            )
         if not self.strong:
-            if min_version > self._now() + (FUTURE_SLACK_MS << 18):
-                raise IndexBehind(
-                    f"min_index_version: {min_version} is later than any write Milvus has "
-                    f"acknowledged (this replica is at {self.version})"
-                )
             at = max(self.version, min_version)
             consistency = (
                 {"consistency_level": "Customized", "guarantee_timestamp": at}
