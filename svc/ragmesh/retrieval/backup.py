@@ -29,11 +29,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ragmesh.retrieval.store import LOG, MODEL, SNAPSHOT
+from ragmesh.retrieval.store import LOG, MODEL, SNAPSHOT, record_version
 from ragmesh.retrieval.wal import MAGIC, file_header, frames, fsync_dir
 
 MANIFEST = "manifest.json"
-_OP = struct.Struct("<BQI")  # a log record's op, version, header length (store.py)
 ATTEMPTS = 50
 
 
@@ -80,6 +79,23 @@ def _snapshot_version(data: bytes) -> int:
         return int(snap["version"][0])
 
 
+def version(index: Path) -> int:
+    """The version of the index in ``index`` now, read without copying it (the latest of
+    the snapshot's, the log's base and its records')."""
+    try:
+        with np.load(index / SNAPSHOT) as snap:  # reads the version member only
+            at = int(snap["version"][0])
+    except FileNotFoundError:
+        at = 0
+    try:
+        log = (index / LOG).read_bytes()
+    except FileNotFoundError:
+        return at
+    if log.startswith(MAGIC):
+        at = max(at, struct.unpack_from("<Q", log, len(MAGIC))[0])
+    return max([at, *map(record_version, frames(log, 0)[0])])
+
+
 def _read_snapshot(index: Path) -> tuple[int, bytes]:
     """The snapshot's inode and bytes ((0, b"") when there is none)."""
     try:
@@ -106,9 +122,7 @@ def _copy_once(index: Path, staging: Path) -> tuple[int, int, int] | None:
     if now != inode or (log and base != snapshot_version):
         return None
     payloads, used = frames(log, 0)
-    version = snapshot_version
-    for p in payloads:
-        version = max(version, _OP.unpack_from(p)[1])
+    version = max([snapshot_version, *map(record_version, payloads)])
     if snapshot:
         _write(staging / SNAPSHOT, snapshot)
     _write(staging / LOG, log[:used] if log else file_header(snapshot_version))

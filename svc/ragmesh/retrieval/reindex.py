@@ -130,11 +130,6 @@ def _dimension(directory: Path) -> int:
         return int(snap["vectors"].shape[1])
 
 
-def _version(directory: Path) -> int:
-    with tempfile.TemporaryDirectory(dir=directory.parent) as tmp:
-        return backup.create(directory, Path(tmp) / "v").version
-
-
 def _link(index: Path, target: Path) -> None:
     """Point ``index`` at ``target`` in one rename."""
     tmp = index.with_name(index.name + ".switching")
@@ -148,7 +143,7 @@ def switch(index: Path, target: Path) -> None:
     built = json.loads((target / GENERATION).read_text())
     if _serving(index) != built["from"]:
         raise SystemExit(f"{target.name} was built from {built['from']}, not the current index")
-    now = _version(current(index))
+    now = backup.version(current(index))
     if now != built["from_version"]:
         raise SystemExit(
             f"the index took writes since the build (version {built['from_version']} → {now}): "

@@ -173,9 +173,13 @@ class RetrievalService:
         # several writer candidates on one FAISS directory: the lease holder writes
         self._faiss_store = self.store if isinstance(self.store, ChunkStore) else None
         self._candidate: lease.Candidate | None = None
-        if self.writable and isinstance(self.store, ChunkStore) and settings.lease_seconds:
+        if self.writable and self._faiss_store is not None and settings.lease_seconds:
             self._candidate = lease.Candidate(
-                self.store, settings.lease_seconds, self._run, self._became_writer, self._step_down
+                self._faiss_store,
+                settings.lease_seconds,
+                self._run,
+                self._became_writer,
+                self._step_down,
             )
             self.writable = False  # until it holds the lease
         self._refresh_s = settings.refresh_ms / 1000
@@ -283,6 +287,15 @@ class RetrievalService:
         if not self.writable:
             raise ReadOnlyReplica("this retrieval replica is a reader; writes go to the writer")
 
+    async def _check_model_known(self, model: str) -> None:
+        """Check ``model`` against the index's, first reading the model another process may
+        have recorded while none is known here (a FAISS reader, any Milvus replica; the FAISS
+        writer records it itself)."""
+        requests.model(model)
+        if model and not self.store.model and not (self.writable and self.store.follows_log):
+            await self._run(self.store.refresh_model)
+        self._check_model(model)
+
     def _check_model(self, model: str) -> None:
         """Vectors of ``model`` meet an index of its own model (or of none yet)."""
         have = self.store.model
@@ -302,10 +315,7 @@ class RetrievalService:
         requests.tenant(tenant)
         vectors = requests.upsert(chunks, self.limits, self.store.dim)
         self.store.check(chunks)
-        requests.model(model)
-        if model and not self.store.model and not self.store.follows_log:
-            await self._run(self.store.refresh_model)  # another replica's, on Milvus
-        self._check_model(model)
+        await self._check_model_known(model)
 
         def write() -> int:
             self._check_model(model)  # again, under the lock
@@ -351,10 +361,7 @@ class RetrievalService:
         self._check()
         requests.tenant(tenant)
         queries = requests.queries(count, dimension, data, top_k, self.limits, self.store.dim)
-        requests.model(model)
-        if model and not self.store.model and not (self.writable and self.store.follows_log):
-            await self._run(self.store.refresh_model)  # has a writer recorded one meanwhile?
-        self._check_model(model)
+        await self._check_model_known(model)
         if self.store.follows_log and self.store.version < min_version:
             await self._catch_up(min_version)
 

@@ -56,6 +56,11 @@ LEGACY_TENANT = DEFAULT_TENANT
 EXACT_TENANT_CHUNKS = 4096
 
 
+def record_version(payload: bytes) -> int:
+    """The index version a log record (a frame's payload) brings the index to."""
+    return int(_OP.unpack_from(payload)[1])
+
+
 @dataclass(frozen=True)
 class ChunkIn:
     """A chunk to write, as the servicer decodes it."""
