@@ -36,6 +36,17 @@ def gate(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Stack, str]
             env={"RAGMESH_INDEX_DIR": str(stack.workdir / "empty-index")},
         )
         stack.wait_ready("retrieval-empty")
+        # a generation canary that answers worse (three words), behind a query of its own
+        stack.start_service(
+            "generation-terse", module="generation", env={"RAGMESH_GEN_DEFAULT_MAX_TOKENS": "3"}
+        )
+        stack.wait_ready("generation-terse", timeout=300)
+        stack.start_service(
+            "query-terse",
+            module="query",
+            env={"RAGMESH_GENERATION_ADDR": stack.procs["generation-terse"].address},
+        )
+        stack.wait_ready("query-terse")
         port = free_port()
         env = stack.service_env("gate")
         env.update(
@@ -87,6 +98,19 @@ def test_a_query_canary_is_judged_by_its_citations(gate: tuple[Stack, str]) -> N
     assert status == 200 and body["recall"] == 1.0, body
 
 
+def test_a_generation_canary_that_answers_worse_fails_on_its_answers(
+    gate: tuple[Stack, str],
+) -> None:
+    """Same citations, worse answers: recall passes, fact-in-answer does not (412)."""
+    stack, url = gate
+    probe = {"k": "3", "min_fact": "0.8", "canary": "true"}
+    status, body = post(url, {"query": stack.procs["query"].address, **probe})
+    assert (status, body["fact"], body["fact_misses"]) == (200, 1.0, []), body
+    status, body = post(url, {"query": stack.procs["query-terse"].address, **probe})
+    assert status == 412 and body["recall"] == 1.0 and body["fact"] < 0.8, body
+    assert body["passed"] is False and body["fact_misses"], body
+
+
 def test_a_canary_missing_the_corpus_fails(gate: tuple[Stack, str]) -> None:
     stack, url = gate
     status, body = post(
@@ -107,6 +131,9 @@ def test_a_canary_missing_the_corpus_fails(gate: tuple[Stack, str]) -> None:
         ({"embedding": "x:1"}, "metadata.retrieval"),
         ({"query": "x:1", "min_recall": "2"}, "metadata.min_recall"),
         ({"qery": "x:1"}, "metadata.qery"),
+        ({"query": "x:1", "min_fact": "x"}, "metadata.min_fact"),
+        ({"embedding": "x:1", "retrieval": "y:1", "min_fact": "0.5"}, "metadata.min_fact"),
+        ({"query": "x:1", "canary": "yes"}, "metadata.canary"),
     ],
 )
 def test_a_bad_probe_is_400_naming_the_field(

@@ -100,3 +100,14 @@ def test_escaped_markup_in_html_stays_text() -> None:
     assert title == "&lt;b&gt;Bold&lt;/b&gt; & co"
     assert text == "Use &lt;script&gt;alert(1)&lt;/script&gt; &lt;img&gt; © AT&T"
     assert "<" not in text and "evil" not in text
+
+
+def test_groundedness_is_the_share_of_sentences_a_passage_supports() -> None:
+    from ragmesh.kit.text import groundedness
+
+    passages = ["The open call returns a file descriptor. Flags select the access mode."]
+    assert groundedness("The open call returns a file descriptor [1].", passages) == 1.0
+    half = "The open call returns a file descriptor [1]. Bananas grow on tall green plants."
+    assert groundedness(half, passages) == 0.5
+    assert groundedness("", passages) == 0.0
+    assert groundedness("Yes [1].", passages) == 0.0  # no sentence long enough to judge

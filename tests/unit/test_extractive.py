@@ -69,3 +69,30 @@ def test_the_sentence_vectors_kept_are_bounded_least_recently_used_first(
     model.encoded.clear()
     e._compose("q", PASSAGES[:1], 100)
     assert model.encoded[1:] == ["The lighthouse keeper climbed the stairs every night."]
+
+
+def test_a_sentence_under_a_term_or_signature_names_what_it_describes() -> None:
+    passage = (
+        "The full list of flags is as follows:\n\n"
+        "O_APPEND\n\n"
+        "The file is opened in append mode. O_APPEND may corrupt files on NFS.\n\n"
+        "## Description\n\n"
+        "This paragraph is under a heading that names nothing at all.\n\n"
+        "int pipe(int pipefd[2]);\n\n"
+        "Creates a unidirectional data channel between two descriptors."
+    )
+    out = [extractive.named(s, label) for s, label in extractive.labelled_sentences(passage)]
+    assert out == [
+        "The full list of flags is as follows:",
+        "O_APPEND: The file is opened in append mode.",
+        "O_APPEND may corrupt files on NFS.",  # names it already
+        "This paragraph is under a heading that names nothing at all.",
+        "int pipe(int pipefd[2]);: Creates a unidirectional data channel between two descriptors.",
+    ]
+
+
+def test_the_composed_answer_carries_the_name() -> None:
+    e, _ = engine()
+    source = Source(1, "HIGHEST_PROTOCOL\n\nThe highest protocol version available to you.")
+    words = e._compose("which constant gives the newest version?", (source,), 100)
+    assert " ".join(words) == "HIGHEST_PROTOCOL: The highest protocol version available to you. [1]"

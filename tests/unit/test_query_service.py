@@ -34,6 +34,8 @@ class Peers:
         self.tenants: list[str] = []  # the tenant of each search
         self.min_versions: list[int] = []  # the min_index_version of each search
         self.models: list[str] = []  # the embedding model each search names
+        self.texts: list[str] = []  # the query text each search carries (hybrid search)
+        self.best = 1.0  # the similarity of the best hit
 
     async def embed(self, texts: Sequence[str], purpose: Purpose) -> Embedded:
         self.embeds += 1
@@ -47,13 +49,21 @@ class Peers:
         filter: Mapping[str, str],
         min_index_version: int = 0,
         model: str = "",
+        text: str = "",
     ) -> SearchResult:
         self.searches += 1
+        self.texts.append(text)
         self.tenants.append(tenant)
         self.min_versions.append(min_index_version)
         self.models.append(model)
         hits = tuple(
-            Hit(f"d{i}#0", f"d{i}", f"{tenant} text {i}", 1.0 - i / 10) for i in range(top_k)
+            Hit(
+                f"d{i}#0",
+                f"d{i}",
+                f"{tenant} text {i}: the default text says so",
+                self.best - i / 10,
+            )
+            for i in range(top_k)
         )
         return SearchResult(hits, self.version)
 
@@ -69,7 +79,7 @@ class Peers:
         self, question: str, passages: Sequence[Hit], params: Params
     ) -> AsyncIterator[Delta | Done]:
         self.generations += 1
-        for word in ("It", " is", " so", " [1]."):
+        for word in ("It is so,", " as the default text says", " [1]."):
             yield Delta(word)
         yield Done(Finish.STOP, 50, 4, "gen-model")
 
@@ -107,7 +117,7 @@ async def test_stream_shape_and_answer_cache_replay() -> None:
     first = await run(p, top_k=3)
     assert isinstance(first[0], Citations) and isinstance(first[-1], AskDone)
     assert [c.marker for c in first[0].citations] == [1, 2, 3]
-    assert "".join(e.text for e in first[1:-1]) == "It is so [1]."  # type: ignore[attr-defined]
+    assert "".join(e.text for e in first[1:-1]) == "It is so, as the default text says [1]."  # type: ignore[attr-defined]
     assert not first[-1].cache_hit and first[-1].index_version == 7
     again = await run(p, "  what IS it? ", top_k=3)
     assert again[-1].cache_hit  # type: ignore[attr-defined]
@@ -281,3 +291,41 @@ async def test_a_malformed_tenant_claim_is_refused_never_served_in_the_default_t
     no_default = AskPipeline(q, peers, peers, peers, RedisCache(MemoryRedis()))  # type: ignore[arg-type]
     with pytest.raises(PermissionDenied, match="no verified tenant"):
         await ask_in(no_default, [])
+
+
+async def test_below_the_relevance_floor_the_answer_is_no_answer_and_counted() -> None:
+    from ragmesh.kit.domain import Outcome
+    from ragmesh.query.service import ANSWERS, NO_ANSWER
+
+    redis, peers = MemoryRedis(), Peers()
+    p = pipeline(redis, peers)
+    floor = settings_for().query.min_relevance
+    assert floor > 0  # on by default
+    before = ANSWERS.labels("no_answer")._value.get()
+    peers.best = floor - 0.01
+    events = await run(p, "the recipe for banana bread?")
+    assert events[0] == Citations(())  # cites nothing
+    assert "".join(e.text for e in events[1:-1]) == NO_ANSWER  # type: ignore[attr-defined]
+    done = events[-1]
+    assert isinstance(done, AskDone) and done.outcome is Outcome.NO_ANSWER
+    assert done.groundedness == 0.0
+    assert peers.generations == 0
+    assert ANSWERS.labels("no_answer")._value.get() == before + 1
+    assert peers.texts == ["the recipe for banana bread?"]  # the search was hybrid
+
+
+async def test_an_answer_reports_its_outcome_and_groundedness_also_when_replayed() -> None:
+    from ragmesh.kit.domain import Outcome
+    from ragmesh.query.service import ANSWERS
+
+    redis, peers = MemoryRedis(), Peers()
+    p = pipeline(redis, peers)
+    before = ANSWERS.labels("answered")._value.get()
+    first = await run(p)
+    replayed = await run(p)
+    for done in (first[-1], replayed[-1]):
+        assert isinstance(done, AskDone) and done.outcome is Outcome.ANSWERED
+    assert first[-1].groundedness == 1.0  # type: ignore[attr-defined]  # the passage says so
+    assert replayed[-1].groundedness == 1.0  # type: ignore[attr-defined]
+    assert replayed[-1].cache_hit  # type: ignore[attr-defined]
+    assert ANSWERS.labels("answered")._value.get() == before + 2

@@ -39,6 +39,7 @@ from ragmesh.v1 import (
     retrieval_service_pb2,
     retrieval_service_pb2_grpc,
 )
+from ragmesh_lab.cli import evaluate
 from ragmesh_lab.cli.documents import FileDocument, find_files, read_document
 from ragmesh_lab.cli.supervisor import SERVICES, Stack, StackError, health, read_state
 from ragmesh_lab.meshlab.manifests import TranslationError
@@ -320,6 +321,33 @@ def cmd_ask(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eval(args: argparse.Namespace) -> int:
+    """Answer quality over a golden set; 1 when a --min-* threshold is not met."""
+    address = query_address(args)
+    try:
+        queries = evaluate.golden(args.golden)
+    except (OSError, RagmeshError) as e:
+        raise CliError(str(e)) from None
+    version = _writes(args).get(address, 0)
+    try:
+        answers = asyncio.run(
+            evaluate.ask_all(address, queries, args.token, api_key(args), args.timeout, version)
+        )
+    except RagmeshError as e:
+        raise CliError(f"query service at {address}: {e}{token_hint(e, args)}") from None
+    scores = evaluate.score(queries, answers)
+    print(evaluate.report(args.golden, scores, args.json))
+    failed = [
+        f"{label} {getattr(scores, name):.3f} < {limit}"
+        for name, label, _ in evaluate.FIGURES
+        if (limit := getattr(args, f"min_{name}", None)) is not None
+        and getattr(scores, name) < limit
+    ]
+    for line in failed:
+        print(f"ragmesh eval: {line}", file=sys.stderr)
+    return 1 if failed else 0
+
+
 def token_hint(error: Exception, args: argparse.Namespace) -> str:
     """What to do when the ingress refused the caller."""
     text = str(error)
@@ -592,6 +620,16 @@ def parser() -> argparse.ArgumentParser:
         "directory's last ingest or delete reached; 0: any)",
     )
     ask.add_argument("--timeout", type=float, default=120.0)
+    ev = sub.add_parser(
+        "eval", help="answer quality of the running stack over a golden set (JSON lines)"
+    )
+    ev.add_argument("golden", type=Path, metavar="GOLDEN.jsonl")
+    ev.add_argument("--json", action="store_true", help="print the figures as JSON")
+    for name in ("hit1", "hit5", "fact", "refused"):
+        ev.add_argument(
+            f"--min-{name}", type=float, default=None, help=f"exit 1 when {name} is lower"
+        )
+    ev.add_argument("--timeout", type=float, default=120.0)
     sub.add_parser("status", help="health of every service of the running stack")
     mesh = sub.add_parser("mesh", help="the local mesh: every service behind an Envoy sidecar")
     mesh_sub = mesh.add_subparsers(dest="mesh_command", required=True)
@@ -695,6 +733,7 @@ def main(argv: list[str] | None = None) -> int:
         "ingest": cmd_ingest,
         "delete": cmd_delete,
         "ask": cmd_ask,
+        "eval": cmd_eval,
         "status": cmd_status,
         "mesh": cmd_mesh,
         "traces": cmd_traces,

@@ -19,10 +19,18 @@ from typing import Any
 
 import grpc
 
-from ragmesh.gate.service import GoldenQuery, Probe, Retrieve, Verdict, measure, parse_probe
+from ragmesh.gate.service import (
+    GoldenQuery,
+    Probe,
+    Retrieve,
+    Retrieved,
+    Verdict,
+    measure,
+    parse_probe,
+)
 from ragmesh.kit.channels import open_channel
 from ragmesh.kit.clients import EmbeddingClient, QueryClient, RetrievalClient
-from ragmesh.kit.domain import AskInput, Citations, Purpose
+from ragmesh.kit.domain import AskInput, Citations, Delta, Purpose
 from ragmesh.kit.errors import DependencyUnavailable, InvalidArgument, RagmeshError
 
 log = logging.getLogger(__name__)
@@ -46,28 +54,38 @@ class Retrievers:
 
     def for_probe(self, probe: Probe) -> Retrieve:
         if probe.query:
-            client = QueryClient(self.channel(probe.query), timeout=self.call_timeout * 6)
+            routing = {"x-ragmesh-canary": "true"} if probe.canary else {}
+            client = QueryClient(
+                self.channel(probe.query), timeout=self.call_timeout * 6, routing=routing
+            )
+            answers = probe.min_fact is not None
 
-            async def ask(question: str, k: int) -> Sequence[str]:
+            async def ask(question: str, k: int) -> Retrieved:
                 request = AskInput(question=question, top_k=k, skip_cache=True)
                 documents: list[str] = []
+                answer = ""
                 try:
                     async for event in client.ask(request):
                         if isinstance(event, Citations):
                             documents += [c.document_id for c in event.citations]
-                            break  # citations come first; the answer is not needed
+                            if not answers:
+                                break  # citations come first; the answer is not needed
+                        elif isinstance(event, Delta):
+                            answer += event.text
                 except RagmeshError as e:
                     raise DependencyUnavailable(f"query at {probe.query}: {e}") from None
-                return documents
+                return Retrieved(documents, answer)
 
             return ask
         embedder = EmbeddingClient(self.channel(probe.embedding))
         retriever = RetrievalClient(self.channel(probe.retrieval))
 
-        async def search(question: str, k: int) -> Sequence[str]:
+        async def search(question: str, k: int) -> Retrieved:
             embedded = await embedder.embed([question], Purpose.QUERY)
-            result = await retriever.search(self.tenant, embedded.vectors[0], k, {})
-            return [hit.document_id for hit in result.hits]
+            result = await retriever.search(
+                self.tenant, embedded.vectors[0], k, {}, 0, embedded.model, question
+            )
+            return Retrieved([hit.document_id for hit in result.hits])
 
         return search
 

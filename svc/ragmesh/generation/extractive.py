@@ -27,6 +27,11 @@ from ragmesh.kit.errors import NotReady
 from ragmesh.kit.text import sentences
 
 _WORD = re.compile(r"\S+")
+#: what makes a heading or term line a name: an identifier with an underscore or digits, a
+#: call ``name(``, a capitalised constant, or code in backticks
+_NAME = re.compile(r"`[^`]+`|\b[A-Za-z_]\w*(?=\()|\b\w*_\w+\b|\b[A-Z][A-Z0-9]{2,}\b")
+_CALL = re.compile(r"\b([A-Za-z_]\w*)\s*\(")
+MAX_LABEL_CHARS = 120
 MAX_SENTENCES = 3
 MAX_SENTENCE_WORDS = 60
 #: sentence vectors kept (384 float32 each for MiniLM: about 12 MiB)
@@ -37,13 +42,62 @@ NOTHING_FOUND = "The indexed documents do not contain an answer to this question
 def split_sentences(text: str) -> list[str]:
     """Answer candidates: the sentences the ingest chunker sees, less headings and less
     sentences that give orders to whoever answers (document content is data)."""
-    out = []
-    for raw in sentences(text, limit=len(text) + 1):
-        sentence = raw.lstrip("#*- ").strip()
-        words = len(_WORD.findall(sentence))
-        if (words >= 6 or (words >= 3 and sentence[-1] in ".!?")) and not is_instruction(sentence):
-            out.append(sentence)
+    return [sentence for sentence, _ in labelled_sentences(text)]
+
+
+def _is_candidate(sentence: str) -> bool:
+    words = len(_WORD.findall(sentence))
+    return (words >= 6 or (words >= 3 and sentence[-1] in ".!?")) and not is_instruction(sentence)
+
+
+def _label(paragraph: str) -> str | None:
+    """What a paragraph heads: the name it introduces when it is a heading, a term line (a
+    few words, no sentence) or a signature (``int open(const char *path, int flags);``) that
+    names something (a call, an identifier, a capitalised constant); "" for a heading that
+    names nothing (a new section: no name); None for prose."""
+    line = " ".join(paragraph.split())
+    heading = line.startswith("#")
+    line = line.lstrip("#*- ").rstrip(":*").strip()
+    signature = line.endswith((");", ")")) and "(" in line
+    term = len(line.split()) <= 8 and line[-1:] not in ".!?"
+    if not line or not (heading or signature or term) or len(line) > MAX_LABEL_CHARS:
+        return "" if heading else None
+    return line if _key(line) else ("" if heading else None)
+
+
+def _key(label: str) -> str:
+    """The name in a label: the function a signature declares, else the first name."""
+    calls = _CALL.findall(label)
+    if calls:
+        return str(calls[-1] if label.endswith(";") else calls[0])
+    found = _NAME.search(label)
+    return found.group().strip("`") if found else ""
+
+
+def labelled_sentences(text: str) -> list[tuple[str, str]]:
+    """Answer candidates with the name each one describes ("" when none): the last heading,
+    term line or signature before it in its passage."""
+    out: list[tuple[str, str]] = []
+    label = ""
+    for paragraph in re.split(r"\n\s*\n", text):
+        found = _label(paragraph)
+        if found is not None:
+            label = found
+            continue
+        for raw in sentences(paragraph, limit=len(paragraph) + 1):
+            sentence = raw.lstrip("#*- ").strip()
+            if _is_candidate(sentence):
+                out.append((sentence, label))
     return out
+
+
+def named(sentence: str, label: str) -> str:
+    """``sentence`` with the name it describes in front, unless it already names it."""
+    if not label:
+        return sentence
+    if _key(label).casefold() in sentence.casefold():
+        return sentence
+    return f"{label}: {sentence}"
 
 
 class ExtractiveEngine:
@@ -87,13 +141,15 @@ class ExtractiveEngine:
         if self._model is None:
             raise NotReady("extractive engine not loaded")
         candidates: list[tuple[str, int]] = []
+        labels: list[str] = []
         seen: set[str] = set()
         for source in sources:
-            for sentence in split_sentences(source.text):
+            for sentence, label in labelled_sentences(source.text):
                 key = sentence.lower()
                 if key not in seen:
                     seen.add(key)
                     candidates.append((sentence, source.marker))
+                    labels.append(label)
         if not candidates:
             return NOTHING_FOUND.split(" ")
         q = self._model.encode([question], Purpose.QUERY)[0]
@@ -102,6 +158,7 @@ class ExtractiveEngine:
         words: list[str] = []
         for i in order[:MAX_SENTENCES]:
             sentence, marker = candidates[int(i)]
+            sentence = named(sentence, labels[int(i)])
             tokens = _WORD.findall(sentence)[:MAX_SENTENCE_WORDS] + [f"[{marker}]"]
             if words and len(words) + len(tokens) > max_tokens:
                 break

@@ -98,6 +98,7 @@ class RetrievalClient:
         filter: Mapping[str, str],
         min_index_version: int = 0,
         model: str = "",
+        text: str = "",
     ) -> SearchResult:
         request = retrieval_service_pb2.SearchRequest(
             queries=codec.matrix_to_proto(np.asarray(vector).reshape(1, -1)),
@@ -106,6 +107,7 @@ class RetrievalClient:
             tenant=tenant,
             min_index_version=min_index_version,
             embedding_model=model,
+            query_texts=[text] if text else None,
         )
         try:
             reply = await self._stub.Search(request)
@@ -187,7 +189,12 @@ class QueryClient:
     domain events in and out, errors translated into domain errors."""
 
     def __init__(
-        self, channel: grpc.aio.Channel, timeout: float = 60.0, token: str = "", api_key: str = ""
+        self,
+        channel: grpc.aio.Channel,
+        timeout: float = 60.0,
+        token: str = "",
+        api_key: str = "",
+        routing: Mapping[str, str] | None = None,
     ) -> None:
         self._stub = query_service_pb2_grpc.QueryServiceStub(channel)
         self._timeout = timeout
@@ -198,6 +205,8 @@ class QueryClient:
         # or a machine client's API key (x-api-key), which the gateway checks instead
         if api_key:
             self._metadata += (("x-api-key", api_key),)
+        # routing headers the mesh acts on (x-ragmesh-canary: true reaches the canaries)
+        self._metadata += tuple((routing or {}).items())
 
     async def ask(self, request: AskInput) -> AsyncIterator[codec.AskEvent]:
         """The Ask stream: Citations, deltas, then one AskDone."""

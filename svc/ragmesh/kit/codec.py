@@ -22,6 +22,7 @@ from ragmesh.kit.domain import (
     JobState,
     JobStatus,
     Matrix,
+    Outcome,
     Params,
     Purpose,
     Timings,
@@ -168,6 +169,8 @@ def ask_event_to_proto(event: AskEvent) -> query_service_pb2.AskResponse:
             ),
             cache_hit=event.cache_hit,
             index_version=event.index_version,
+            outcome=cast(query_service_pb2.AnswerOutcome, event.outcome.value),
+            groundedness=event.groundedness,
         )
     )
 
@@ -191,6 +194,8 @@ def ask_event_from_proto(r: query_service_pb2.AskResponse) -> AskEvent:
         Timings(t.embed_ms, t.search_ms, t.first_token_ms, t.total_ms),
         d.cache_hit,
         d.index_version,
+        Outcome(d.outcome) if d.outcome else Outcome.ANSWERED,
+        d.groundedness,
     )
 
 

@@ -247,6 +247,30 @@ class RetrievalSettings:
         services="retrieval",
         choices=("strong", "session"),
     )
+    lexical_weight: float = setting(
+        "RAGMESH_SEARCH_LEXICAL_WEIGHT",
+        "1.0",
+        "Hybrid search: the weight of the BM25 ranking in the reciprocal rank fusion with the "
+        "dense ranking, for searches that carry their query text (Ask does). 0: dense only. "
+        "Backend milvus re-ranks the dense candidates (Milvus 2.3 keeps no lexical index).",
+        services="retrieval",
+        minimum=0,
+    )
+    dense_weight: float = setting(
+        "RAGMESH_SEARCH_DENSE_WEIGHT",
+        "1.0",
+        "Hybrid search: the weight of the dense (vector) ranking in the fusion.",
+        services="retrieval",
+        minimum=0,
+    )
+    hybrid_candidates: int = setting(
+        "RAGMESH_SEARCH_HYBRID_CANDIDATES",
+        "50",
+        "Hybrid search: how many candidates each ranking brings to the fusion (at least the "
+        "request's top_k).",
+        services="retrieval",
+        minimum=1,
+    )
     index_dir: Path = setting(
         "RAGMESH_INDEX_DIR",
         "var/index",
@@ -569,6 +593,15 @@ class QuerySettings:
 
     max_question_chars: int  # RAGMESH_QUESTION_MAX_CHARS, declared by GenerationSettings
 
+    min_relevance: float = setting(
+        "RAGMESH_ANSWER_MIN_RELEVANCE",
+        "0.3",
+        "The relevance floor: when no retrieved passage's cosine similarity to the question "
+        "reaches it, Ask answers that the documents do not contain the answer, cites nothing "
+        "and reports outcome NO_ANSWER (no generation runs). 0: always answer.",
+        services="query",
+        minimum=0,
+    )
     answer_cache_ttl: int = setting(
         "RAGMESH_ANSWER_CACHE_TTL_SECONDS",
         "3600",

@@ -88,6 +88,14 @@ class Finish(enum.Enum):
     CONTENT_FILTER = 3
 
 
+class Outcome(enum.Enum):
+    """Whether an Ask was answered from the documents (values match AnswerOutcome)."""
+
+    ANSWERED = 1
+    NO_ANSWER = 2
+    FILTERED = 3
+
+
 @dataclass(frozen=True)
 class Delta:
     """Text to send to the client."""
@@ -189,6 +197,8 @@ class AskDone:
     timings: Timings
     cache_hit: bool
     index_version: int
+    outcome: Outcome = Outcome.ANSWERED
+    groundedness: float = 0.0
 
 
 @dataclass(frozen=True)

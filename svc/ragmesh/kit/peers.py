@@ -38,9 +38,10 @@ class Retriever(Protocol):
         filter: Mapping[str, str],
         min_index_version: int = 0,
         model: str = "",
+        text: str = "",
     ) -> SearchResult:
         """Nearest chunks of ``tenant`` to one query vector (of embedding ``model``), from an
-        index of at least ``min_index_version``."""
+        index of at least ``min_index_version``; with the query's ``text``, hybrid search."""
 
     async def upsert(self, tenant: str, chunks: Sequence[ChunkRecord], model: str = "") -> int:
         """Insert or replace chunks (vectors of embedding ``model``); returns the index

@@ -7,6 +7,7 @@ ids and a redelivered document overwrites its chunks instead of duplicating them
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 _TERMINAL = frozenset(".!?\"')]")
@@ -101,3 +102,29 @@ def chunk(document_id: str, text: str, size: int, overlap: int) -> list[TextChun
     if current and fresh:
         chunks.append(join(current))
     return [TextChunk(chunk_id(document_id, i), i, c) for i, c in enumerate(chunks)]
+
+
+_WORDS = re.compile(r"[0-9a-z_]+")
+_MARKER = re.compile(r"\[\d+\]")
+#: a sentence is supported when this share of its words occurs in one cited passage
+SUPPORTED_SHARE = 0.7
+
+
+def _words(text: str) -> set[str]:
+    return {w for w in _WORDS.findall(text.lower()) if len(w) > 2}
+
+
+def groundedness(answer: str, passages: Sequence[str]) -> float:
+    """The share of the answer's sentences supported by a passage: most of the sentence's
+    words (three letters or more, citation markers aside) occur in one of ``passages``.
+    Sentences of fewer than three such words are not counted; 0.0 without any."""
+    bags = [_words(p) for p in passages]
+    counted = supported = 0
+    for sentence in sentences(_MARKER.sub(" ", answer), limit=len(answer) + 1):
+        words = _words(sentence)
+        if len(words) < 3:
+            continue
+        counted += 1
+        if any(len(words & bag) >= SUPPORTED_SHARE * len(words) for bag in bags):
+            supported += 1
+    return supported / counted if counted else 0.0

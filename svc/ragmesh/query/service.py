@@ -18,7 +18,7 @@ from dataclasses import asdict
 
 import numpy as np
 from opentelemetry import trace
-from prometheus_client import Histogram
+from prometheus_client import Counter, Histogram
 
 from ragmesh.kit import callcontext
 from ragmesh.kit.config import QuerySettings
@@ -32,6 +32,7 @@ from ragmesh.kit.domain import (
     Done,
     Finish,
     Matrix,
+    Outcome,
     Purpose,
     Timings,
     document_problem,
@@ -40,6 +41,7 @@ from ragmesh.kit.domain import (
 )
 from ragmesh.kit.errors import InvalidArgument, PermissionDenied, quoted
 from ragmesh.kit.peers import Embedder, Generator, Retriever
+from ragmesh.kit.text import groundedness
 from ragmesh.kit.tracing import tracer
 from ragmesh.query.budget import TokenBudget
 from ragmesh.query.cache import LOOKUPS, Cache
@@ -51,6 +53,30 @@ TTFT = Histogram(
     ["cache_hit"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
+
+
+ANSWERS = Counter(
+    "ragmesh_answers_total",
+    "Ask answers by outcome: answered from the documents, no_answer (no passage reached "
+    "RAGMESH_ANSWER_MIN_RELEVANCE), or filtered (withheld by the safety filter).",
+    ["outcome"],
+)
+for _outcome in Outcome:
+    ANSWERS.labels(_outcome.name.lower())
+GROUNDEDNESS = Histogram(
+    "ragmesh_answer_groundedness",
+    "Share of an answer's sentences supported by a cited passage (answered outcomes).",
+    buckets=(0.1, 0.25, 0.5, 0.75, 0.9, 1.0),
+)
+NO_ANSWER = "The indexed documents do not contain an answer to this question."
+
+
+def counted(done: AskDone) -> AskDone:
+    """Count an answer's outcome (and its groundedness) as it is sent."""
+    ANSWERS.labels(done.outcome.name.lower()).inc()
+    if done.outcome is Outcome.ANSWERED:
+        GROUNDEDNESS.observe(done.groundedness)
+    return done
 
 
 def normalize(question: str) -> str:
@@ -171,9 +197,19 @@ class AskPipeline:
         embed_ms = _ms(t)
         t = time.perf_counter()
         result = await self.retriever.search(
-            tenant, vector, top_k, request.filter, request.min_index_version, self.embed_model
+            tenant,
+            vector,
+            top_k,
+            request.filter,
+            request.min_index_version,
+            self.embed_model,
+            request.question,
         )
         search_ms = _ms(t)
+        if not result.hits or max(h.score for h in result.hits) < self.settings.min_relevance:
+            for event in self._no_answer(started, embed_ms, search_ms, result.index_version):
+                yield event
+            return
         use_cache = not request.skip_cache and self.settings.answer_cache_ttl > 0
         key = ""
         if use_cache and self.generation_model:
@@ -217,6 +253,8 @@ class AskPipeline:
                 done = generated
         if done is None:
             raise RuntimeError("generation stream ended without done")
+        outcome = Outcome.FILTERED if done.finish is Finish.CONTENT_FILTER else Outcome.ANSWERED
+        grounded = groundedness("".join(deltas), [h.text for h in result.hits])
         if self.budget is not None:
             await self.budget.charge(verified, done.completion_tokens)
         if use_cache:
@@ -229,16 +267,42 @@ class AskPipeline:
                 "finish": done.finish.name,
                 "usage": [done.prompt_tokens, done.completion_tokens],
                 "index_version": result.index_version,
+                "outcome": outcome.name,
+                "groundedness": grounded,
             }
             await self.cache.set(key, json.dumps(value).encode(), self.settings.answer_cache_ttl)
-        yield AskDone(
-            done.finish,
-            done.prompt_tokens,
-            done.completion_tokens,
+        yield counted(
+            AskDone(
+                done.finish,
+                done.prompt_tokens,
+                done.completion_tokens,
+                Timings(embed_ms, search_ms, first_ms, _ms(started)),
+                False,
+                result.index_version,
+                outcome,
+                grounded,
+            )
+        )
+
+    def _no_answer(
+        self, started: float, embed_ms: float, search_ms: float, index_version: int
+    ) -> list[Citations | Delta | AskDone]:
+        """The answer when no passage reaches RAGMESH_ANSWER_MIN_RELEVANCE: it says so and
+        cites nothing; no generation runs."""
+        words = NO_ANSWER.split(" ")
+        first_ms = _ms(started)
+        TTFT.labels("false").observe(first_ms / 1000.0)
+        done = AskDone(
+            Finish.STOP,
+            0,
+            len(words),
             Timings(embed_ms, search_ms, first_ms, _ms(started)),
             False,
-            result.index_version,
+            index_version,
+            Outcome.NO_ANSWER,
+            0.0,
         )
+        return [Citations(()), Delta(NO_ANSWER), counted(done)]
 
     async def _replay(
         self, stored: bytes, started: float, embed_ms: float, search_ms: float
@@ -253,13 +317,17 @@ class AskPipeline:
                 trace.get_current_span().add_event("first_token", {"ragmesh.cache_hit": True})
             yield Delta(text)
         prompt_tokens, completion_tokens = value["usage"]
-        yield AskDone(
-            Finish[value["finish"]],
-            prompt_tokens,
-            completion_tokens,
-            Timings(embed_ms, search_ms, first_ms, _ms(started)),
-            True,
-            value["index_version"],
+        yield counted(
+            AskDone(
+                Finish[value["finish"]],
+                prompt_tokens,
+                completion_tokens,
+                Timings(embed_ms, search_ms, first_ms, _ms(started)),
+                True,
+                value["index_version"],
+                Outcome[value.get("outcome", "ANSWERED")],
+                value.get("groundedness", 0.0),
+            )
         )
 
 

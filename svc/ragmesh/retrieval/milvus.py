@@ -29,6 +29,7 @@ from ragmesh.kit import callcontext
 from ragmesh.kit.domain import Hit, Matrix
 from ragmesh.kit.errors import DependencyUnavailable, IndexBehind, InvalidArgument
 from ragmesh.retrieval.index import IndexParams
+from ragmesh.retrieval.lexical import HYBRID, Fusion, rerank
 from ragmesh.retrieval.store import ChunkIn
 
 log = logging.getLogger(__name__)
@@ -108,9 +109,16 @@ class MilvusStore:
     concurrent = True  # pymilvus calls may run in parallel
 
     def __init__(
-        self, uri: str, token: str, collection: str, params: IndexParams, consistency: str
+        self,
+        uri: str,
+        token: str,
+        collection: str,
+        params: IndexParams,
+        consistency: str,
+        fusion: Fusion = HYBRID,
     ) -> None:
         self.uri = uri
+        self.fusion = fusion
         self.token = token
         self.collection = collection
         self.params = params
@@ -339,7 +347,13 @@ class MilvusStore:
         top_k: int,
         where: Mapping[str, str],
         min_version: int = 0,
+        texts: Sequence[str] = (),
     ) -> list[list[Hit]]:
+        """Top-k hits per query; with the queries' ``texts``, the dense candidates re-ranked
+        with BM25 (:func:`ragmesh.retrieval.lexical.rerank`: Milvus 2.3 keeps no lexical
+        index, so a chunk outside the dense candidates is not found by its words)."""
+        hybrid = bool(texts) and self.fusion.lexical_weight > 0
+        limit = max(top_k, self.fusion.candidates) if hybrid else top_k
         expr = f'tenant == "{key(tenant)}"'
         for k, v in sorted(where.items()):
             expr += f' and array_contains(tags, "{key(k, v)}")'
@@ -361,13 +375,13 @@ class MilvusStore:
             self._client.search,
             self.collection,
             data=[row.tolist() for row in queries],
-            limit=top_k,
+            limit=limit,
             filter=expr,
             output_fields=OUTPUT,
-            search_params=self.index.search_params(top_k),
+            search_params=self.index.search_params(limit),
             **consistency,
         )
-        return [
+        results = [
             [
                 Hit(
                     str(e["chunk_id"]),
@@ -380,4 +394,10 @@ class MilvusStore:
                 if (e := h["entity"])
             ]
             for hits in found
+        ]
+        if not hybrid:
+            return results
+        return [
+            rerank(hits, text, top_k, self.fusion)
+            for hits, text in zip(results, texts, strict=True)
         ]

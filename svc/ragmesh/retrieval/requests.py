@@ -122,6 +122,20 @@ def queries(
     return _unit(raw, "queries.data[{}]")
 
 
+def query_texts(texts: Sequence[str], count: int, limits: Limits) -> None:
+    """Check a Search request's query texts: none (dense search), or one per query vector."""
+    if texts and len(texts) != count:
+        raise InvalidArgument(
+            "query_texts", f"give one text per query vector ({count}) or none, got {len(texts)}"
+        )
+    for i, text in enumerate(texts):
+        if len(text) > limits.max_chunk_chars:
+            raise InvalidArgument(
+                f"query_texts[{i}]",
+                f"{len(text)} characters exceed the limit of {limits.max_chunk_chars}",
+            )
+
+
 def delete(chunk_ids: Sequence[str], document_ids: Sequence[str], limits: Limits) -> None:
     """Check a Delete request."""
     if not chunk_ids and not document_ids:

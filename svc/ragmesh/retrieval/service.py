@@ -42,6 +42,7 @@ from ragmesh.kit.errors import (
 from ragmesh.kit.tracing import tracer
 from ragmesh.retrieval import lease, requests
 from ragmesh.retrieval.index import IndexParams
+from ragmesh.retrieval.lexical import Fusion
 from ragmesh.retrieval.milvus import MilvusStore
 from ragmesh.retrieval.store import ChunkIn, ChunkStore
 
@@ -118,6 +119,7 @@ class Store(Protocol):
         top_k: int,
         where: Mapping[str, str],
         min_version: int = 0,
+        texts: Sequence[str] = (),
     ) -> list[list[Hit]]: ...
 
 
@@ -133,9 +135,15 @@ def index_params(settings: RetrievalSettings) -> IndexParams:
     )
 
 
+def fusion(settings: RetrievalSettings) -> Fusion:
+    return Fusion(settings.dense_weight, settings.lexical_weight, settings.hybrid_candidates)
+
+
 def faiss_store(settings: RetrievalSettings) -> ChunkStore:
     """The embedded FAISS store the settings describe (not opened)."""
-    return ChunkStore(settings.index_dir, index_params(settings), settings.snapshot_every)
+    return ChunkStore(
+        settings.index_dir, index_params(settings), settings.snapshot_every, fusion(settings)
+    )
 
 
 def store_for(settings: RetrievalSettings) -> Store:
@@ -147,6 +155,7 @@ def store_for(settings: RetrievalSettings) -> Store:
             settings.milvus_collection,
             index_params(settings),
             settings.milvus_consistency,
+            fusion(settings),
         )
     return faiss_store(settings)
 
@@ -354,20 +363,22 @@ class RetrievalService:
         where: Mapping[str, str],
         min_version: int = 0,
         model: str = "",
+        texts: Sequence[str] = (),
     ) -> tuple[list[list[Hit]], int]:
         """Validate and run a batched search of ``tenant``'s chunks (with query vectors of
-        embedding ``model``) on an index of at least ``min_version``; returns (hits per
-        query, index version)."""
+        embedding ``model``, and their ``texts`` for the lexical half of hybrid search) on an
+        index of at least ``min_version``; returns (hits per query, index version)."""
         self._check()
         requests.tenant(tenant)
         queries = requests.queries(count, dimension, data, top_k, self.limits, self.store.dim)
+        requests.query_texts(texts, count, self.limits)
         await self._check_model_known(model)
         if self.store.follows_log and self.store.version < min_version:
             await self._catch_up(min_version)
 
         def work() -> tuple[list[list[Hit]], int]:
             started = time.perf_counter()
-            hits = self.store.search(tenant, queries, top_k, where, min_version)
+            hits = self.store.search(tenant, queries, top_k, where, min_version, texts)
             seconds = time.perf_counter() - started
             SEARCH_SECONDS.observe(seconds)
             self._per_query_s = 0.9 * self._per_query_s + 0.1 * seconds / count
@@ -382,6 +393,7 @@ class RetrievalService:
                     {
                         "ragmesh.search.queries": count,
                         "ragmesh.search.top_k": top_k,
+                        "ragmesh.search.hybrid": bool(texts),
                         "ragmesh.index.kind": self.store.params.kind,
                         "ragmesh.index.device": self.store.device,
                     }

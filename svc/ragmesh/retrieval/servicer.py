@@ -34,6 +34,7 @@ class RetrievalServicer(pb_grpc.RetrievalServiceServicer):
             request.filter,
             request.min_index_version,
             request.embedding_model,
+            request.query_texts,
         )
         response = pb.SearchResponse(index_version=version)
         for hits in results:

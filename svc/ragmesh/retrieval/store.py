@@ -32,6 +32,7 @@ import numpy.typing as npt
 from ragmesh.kit.domain import DEFAULT_TENANT, Hit, Matrix
 from ragmesh.kit.errors import DataCorruption, Fenced, InvalidArgument
 from ragmesh.retrieval.index import Bitmap, FaissIndex, IndexParams
+from ragmesh.retrieval.lexical import HYBRID, Fusion, LexicalIndex, fuse
 from ragmesh.retrieval.wal import (
     RECOVER_HINT,
     WriteAheadLog,
@@ -104,7 +105,7 @@ class Recovery:
 
 def _hit(p: Payload | None, score: float) -> Hit:
     assert p is not None  # candidates are live slots
-    return Hit(p.chunk_id, p.document_id, p.text, score, p.metadata)
+    return Hit(p.chunk_id, p.document_id, p.text, float(score), p.metadata)
 
 
 class ChunkStore:
@@ -113,9 +114,16 @@ class ChunkStore:
     follows_log = True  # readers apply the writer's log
     concurrent = False  # one call at a time
 
-    def __init__(self, directory: Path, params: IndexParams, snapshot_every: int) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        params: IndexParams,
+        snapshot_every: int,
+        fusion: Fusion = HYBRID,
+    ) -> None:
         self.dir = directory
         self.params = params
+        self.fusion = fusion
         self.snapshot_every = snapshot_every
         self.dim = params.dim
         self._log: WriteAheadLog | None = None
@@ -125,6 +133,7 @@ class ChunkStore:
 
     def _reset(self) -> None:
         self.index = FaissIndex(self.params)
+        self.lexical = LexicalIndex()
         self.version = 0
         self._vectors: Matrix = np.zeros((0, self.dim), dtype=np.float32)
         self._live: Bitmap = np.zeros(0, dtype=np.bool_)  # one flag per slot, for masked search
@@ -313,6 +322,12 @@ class ChunkStore:
         """Every live chunk's payload (a reindex reads them)."""
         return [p for p in self._payloads[: self._n] if p is not None]
 
+    def live_payload(self, slot: int) -> Payload:
+        """The payload of a live slot."""
+        p = self._payloads[slot]
+        assert p is not None, f"slot {slot} is not live"
+        return p
+
     def reopen(self, writable: bool) -> None:
         """Load the index again from the directory (a reader becoming the writer)."""
         self.close()
@@ -472,6 +487,7 @@ class ChunkStore:
         self._tenant_live[code] = self._tenant_live.get(code, 0) + 1
         self._owner[slot] = code
         self._live[slot] = True
+        self.lexical.add(code, slot, p.text)
         self._slot[p.tenant, p.chunk_id] = slot
         self._by_doc.setdefault((p.tenant, p.document_id), set()).add(slot)
         for kv in p.metadata.items():
@@ -496,6 +512,7 @@ class ChunkStore:
             self._payloads[slot] = None
             self._live[slot] = False
             self._tenant_live[int(self._owner[slot])] -= 1
+            self.lexical.remove(int(self._owner[slot]), slot, p.text)
             self._owner[slot] = -1
             del self._slot[p.tenant, p.chunk_id]
             self._discard(self._by_doc, (p.tenant, p.document_id), slot)
@@ -536,6 +553,7 @@ class ChunkStore:
         self._owner = np.full(0, -1, dtype=np.int32)
         self._payloads, self._slot, self._by_doc, self._by_meta = [], {}, {}, {}
         self._tenant_code, self._tenant_live = {}, {}
+        self.lexical = LexicalIndex()
         self._n = self._dead = 0
         items = [_item(p) for p in payloads if p]
         self._apply_upsert(items, vectors, index=False)
@@ -607,35 +625,68 @@ class ChunkStore:
         top_k: int,
         where: Mapping[str, str],
         min_version: int = 0,
+        texts: Sequence[str] = (),
     ) -> list[list[Hit]]:
         """Top-k hits of ``tenant``'s chunks per query (already validated), optionally
-        filtered on metadata (the service caught up to ``min_version`` before)."""
+        filtered on metadata (the service caught up to ``min_version`` before). With the
+        queries' ``texts``, hybrid: dense and BM25 rankings fused (:mod:`.lexical`); a hit's
+        score is always its cosine similarity to the query."""
         code = self._tenant_code.get(tenant)
         if code is None or self._tenant_live.get(code, 0) == 0:
             return [[] for _ in range(len(queries))]
-        owned = self._tenant_live[code]
+        hybrid = bool(texts) and self.fusion.lexical_weight > 0
+        k = max(top_k, self.fusion.candidates) if hybrid else top_k
+        allowed: Bitmap | None = None
         if where:
             sets = [self._by_meta.get(kv, set()) for kv in where.items()]
             found = np.array(sorted(set.intersection(*sets)), dtype=np.int64)
-            return self._exact(queries, top_k, found[self._owner[found] == code])
+            found = found[self._owner[found] == code]
+            dense = self._exact(queries, k, found)
+            if hybrid:
+                allowed = np.zeros(len(self._owner), dtype=np.bool_)
+                allowed[found] = True
+        else:
+            dense = self._dense(code, queries, k)
+        if not hybrid:
+            return [self._hits(slots, scores) for slots, scores in dense]
+        results = []
+        for query, text, (slots, _) in zip(queries, texts, dense, strict=True):
+            lexical = self.lexical.search(code, text, k, self._owner, allowed)
+            order = fuse(
+                slots,
+                [slot for slot, _ in lexical],
+                top_k,
+                self.fusion.dense_weight,
+                self.fusion.lexical_weight,
+            )
+            results.append(self._hits(order, (self._vectors[order] @ query).tolist()))
+        return results
+
+    def _hits(self, slots: Sequence[int], scores: Sequence[float]) -> list[Hit]:
+        return [_hit(self._payloads[s], score) for s, score in zip(slots, scores, strict=True)]
+
+    def _dense(self, code: int, queries: Matrix, k: int) -> list[tuple[list[int], list[float]]]:
+        """The top ``k`` (slots, cosine similarities) of tenant ``code`` per query."""
+        owned = self._tenant_live[code]
         if owned < max(EXACT_TENANT_CHUNKS, self.count // 10) and owned < self.count:
             if code not in self._tenant_slots:
                 self._tenant_slots[code] = np.flatnonzero(self._mask(code))
-            return self._exact(queries, top_k, self._tenant_slots[code])
+            return self._exact(queries, k, self._tenant_slots[code])
         allowed: Bitmap | None = None
         if owned < self.count:
             allowed = self._mask(code)
         elif self._dead:
             allowed = self._live[: self._n]
-        scores, ids = self.index.search(queries, top_k, allowed)
-        return [
-            [
-                Hit(p.chunk_id, p.document_id, p.text, float(s), p.metadata)
-                for s, i in zip(srow, irow, strict=True)
-                if i >= 0 and (p := self._payloads[i])
+        scores, ids = self.index.search(queries, k, allowed)
+        results = []
+        for srow, irow in zip(scores, ids, strict=True):
+            keep = [
+                (int(i), float(sc))
+                for sc, i in zip(srow, irow, strict=True)
+                if i >= 0 and self._payloads[i] is not None
             ]
-            for srow, irow in zip(scores, ids, strict=True)
-        ]
+            results.append(([i for i, _ in keep], [sc for _, sc in keep]))
+        return results
 
     def _mask(self, code: int) -> Bitmap:
         """The live slots of the tenant ``code`` (cached until the next write)."""
@@ -645,15 +696,15 @@ class ChunkStore:
 
     def _exact(
         self, queries: Matrix, top_k: int, candidates: npt.NDArray[np.int64]
-    ) -> list[list[Hit]]:
+    ) -> list[tuple[list[int], list[float]]]:
         """Exact scoring over the ``candidates`` slots (live, of one tenant)."""
         if len(candidates) == 0:
-            return [[] for _ in range(len(queries))]
+            return [([], []) for _ in range(len(queries))]
         scores = queries @ self._vectors[candidates].T
         k = min(top_k, len(candidates))
         results = []
         for row in scores:
             top = np.argpartition(-row, k - 1)[:k]
             top = top[np.argsort(-row[top])]
-            results.append([_hit(self._payloads[candidates[j]], float(row[j])) for j in top])
+            results.append((candidates[top].tolist(), row[top].tolist()))
         return results

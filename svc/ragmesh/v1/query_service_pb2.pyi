@@ -9,6 +9,13 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class AnswerOutcome(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    ANSWER_OUTCOME_UNSPECIFIED: _ClassVar[AnswerOutcome]
+    ANSWER_OUTCOME_ANSWERED: _ClassVar[AnswerOutcome]
+    ANSWER_OUTCOME_NO_ANSWER: _ClassVar[AnswerOutcome]
+    ANSWER_OUTCOME_FILTERED: _ClassVar[AnswerOutcome]
+
 class IngestJobState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     INGEST_JOB_STATE_UNSPECIFIED: _ClassVar[IngestJobState]
@@ -16,6 +23,10 @@ class IngestJobState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     INGEST_JOB_STATE_RUNNING: _ClassVar[IngestJobState]
     INGEST_JOB_STATE_SUCCEEDED: _ClassVar[IngestJobState]
     INGEST_JOB_STATE_FAILED: _ClassVar[IngestJobState]
+ANSWER_OUTCOME_UNSPECIFIED: AnswerOutcome
+ANSWER_OUTCOME_ANSWERED: AnswerOutcome
+ANSWER_OUTCOME_NO_ANSWER: AnswerOutcome
+ANSWER_OUTCOME_FILTERED: AnswerOutcome
 INGEST_JOB_STATE_UNSPECIFIED: IngestJobState
 INGEST_JOB_STATE_QUEUED: IngestJobState
 INGEST_JOB_STATE_RUNNING: IngestJobState
@@ -87,18 +98,22 @@ class Timings(_message.Message):
     def __init__(self, embed_ms: _Optional[float] = ..., search_ms: _Optional[float] = ..., first_token_ms: _Optional[float] = ..., total_ms: _Optional[float] = ...) -> None: ...
 
 class AskDone(_message.Message):
-    __slots__ = ("finish_reason", "usage", "timings", "cache_hit", "index_version")
+    __slots__ = ("finish_reason", "usage", "timings", "cache_hit", "index_version", "outcome", "groundedness")
     FINISH_REASON_FIELD_NUMBER: _ClassVar[int]
     USAGE_FIELD_NUMBER: _ClassVar[int]
     TIMINGS_FIELD_NUMBER: _ClassVar[int]
     CACHE_HIT_FIELD_NUMBER: _ClassVar[int]
     INDEX_VERSION_FIELD_NUMBER: _ClassVar[int]
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    GROUNDEDNESS_FIELD_NUMBER: _ClassVar[int]
     finish_reason: _common_pb2.FinishReason
     usage: _common_pb2.Usage
     timings: Timings
     cache_hit: bool
     index_version: int
-    def __init__(self, finish_reason: _Optional[_Union[_common_pb2.FinishReason, str]] = ..., usage: _Optional[_Union[_common_pb2.Usage, _Mapping]] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ..., cache_hit: _Optional[bool] = ..., index_version: _Optional[int] = ...) -> None: ...
+    outcome: AnswerOutcome
+    groundedness: float
+    def __init__(self, finish_reason: _Optional[_Union[_common_pb2.FinishReason, str]] = ..., usage: _Optional[_Union[_common_pb2.Usage, _Mapping]] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ..., cache_hit: _Optional[bool] = ..., index_version: _Optional[int] = ..., outcome: _Optional[_Union[AnswerOutcome, str]] = ..., groundedness: _Optional[float] = ...) -> None: ...
 
 class AskResponse(_message.Message):
     __slots__ = ("citations", "delta", "done")

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from ragmesh.v1 import common_pb2 as ragmesh_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"ragmesh/v1/retrieval_service.proto\x12\nragmesh.v1\x1a\x17ragmesh/v1/common.proto\"\xb0\x01\n\x05\x43hunk\x12\x10\n\x08\x63hunk_id\x18\x01 \x01(\t\x12\x13\n\x0b\x64ocument_id\x18\x02 \x01(\t\x12\x0c\n\x04text\x18\x03 \x01(\t\x12\x31\n\x08metadata\x18\x04 \x03(\x0b\x32\x1f.ragmesh.v1.Chunk.MetadataEntry\x12\x0e\n\x06vector\x18\x05 \x01(\x0c\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xf2\x01\n\rSearchRequest\x12(\n\x07queries\x18\x01 \x01(\x0b\x32\x17.ragmesh.v1.VectorBatch\x12\r\n\x05top_k\x18\x02 \x01(\r\x12\x35\n\x06\x66ilter\x18\x03 \x03(\x0b\x32%.ragmesh.v1.SearchRequest.FilterEntry\x12\x0e\n\x06tenant\x18\x04 \x01(\t\x12\x19\n\x11min_index_version\x18\x05 \x01(\x04\x12\x17\n\x0f\x65mbedding_model\x18\x06 \x01(\t\x1a-\n\x0b\x46ilterEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"2\n\tQueryHits\x12%\n\x08passages\x18\x01 \x03(\x0b\x32\x13.ragmesh.v1.Passage\"O\n\x0eSearchResponse\x12&\n\x07results\x18\x01 \x03(\x0b\x32\x15.ragmesh.v1.QueryHits\x12\x15\n\rindex_version\x18\x02 \x01(\x04\"[\n\rUpsertRequest\x12!\n\x06\x63hunks\x18\x01 \x03(\x0b\x32\x11.ragmesh.v1.Chunk\x12\x0e\n\x06tenant\x18\x02 \x01(\t\x12\x17\n\x0f\x65mbedding_model\x18\x03 \x01(\t\"?\n\x0eUpsertResponse\x12\x16\n\x0eupserted_count\x18\x01 \x01(\r\x12\x15\n\rindex_version\x18\x02 \x01(\x04\"H\n\rDeleteRequest\x12\x11\n\tchunk_ids\x18\x01 \x03(\t\x12\x14\n\x0c\x64ocument_ids\x18\x02 \x03(\t\x12\x0e\n\x06tenant\x18\x03 \x01(\t\">\n\x0e\x44\x65leteResponse\x12\x15\n\rdeleted_count\x18\x01 \x01(\r\x12\x15\n\rindex_version\x18\x02 \x01(\x04\"\x15\n\x13GetIndexInfoRequest\"\x9d\x01\n\x14GetIndexInfoResponse\x12\r\n\x05\x63ount\x18\x01 \x01(\x04\x12\x11\n\tdimension\x18\x02 \x01(\r\x12#\n\x04kind\x18\x03 \x01(\x0e\x32\x15.ragmesh.v1.IndexKind\x12\x0e\n\x06\x64\x65vice\x18\x04 \x01(\t\x12\x15\n\rindex_version\x18\x05 \x01(\x04\x12\x17\n\x0f\x65mbedding_model\x18\x06 \x01(\t*e\n\tIndexKind\x12\x1a\n\x16INDEX_KIND_UNSPECIFIED\x10\x00\x12\x13\n\x0fINDEX_KIND_FLAT\x10\x01\x12\x13\n\x0fINDEX_KIND_HNSW\x10\x02\x12\x12\n\x0eINDEX_KIND_IVF\x10\x03\x32\xbc\x02\n\x10RetrievalService\x12\x44\n\x06Search\x12\x19.ragmesh.v1.SearchRequest\x1a\x1a.ragmesh.v1.SearchResponse\"\x03\x90\x02\x01\x12\x44\n\x06Upsert\x12\x19.ragmesh.v1.UpsertRequest\x1a\x1a.ragmesh.v1.UpsertResponse\"\x03\x90\x02\x02\x12\x44\n\x06\x44\x65lete\x12\x19.ragmesh.v1.DeleteRequest\x1a\x1a.ragmesh.v1.DeleteResponse\"\x03\x90\x02\x02\x12V\n\x0cGetIndexInfo\x12\x1f.ragmesh.v1.GetIndexInfoRequest\x1a .ragmesh.v1.GetIndexInfoResponse\"\x03\x90\x02\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"ragmesh/v1/retrieval_service.proto\x12\nragmesh.v1\x1a\x17ragmesh/v1/common.proto\"\xb0\x01\n\x05\x43hunk\x12\x10\n\x08\x63hunk_id\x18\x01 \x01(\t\x12\x13\n\x0b\x64ocument_id\x18\x02 \x01(\t\x12\x0c\n\x04text\x18\x03 \x01(\t\x12\x31\n\x08metadata\x18\x04 \x03(\x0b\x32\x1f.ragmesh.v1.Chunk.MetadataEntry\x12\x0e\n\x06vector\x18\x05 \x01(\x0c\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x87\x02\n\rSearchRequest\x12(\n\x07queries\x18\x01 \x01(\x0b\x32\x17.ragmesh.v1.VectorBatch\x12\r\n\x05top_k\x18\x02 \x01(\r\x12\x35\n\x06\x66ilter\x18\x03 \x03(\x0b\x32%.ragmesh.v1.SearchRequest.FilterEntry\x12\x0e\n\x06tenant\x18\x04 \x01(\t\x12\x19\n\x11min_index_version\x18\x05 \x01(\x04\x12\x17\n\x0f\x65mbedding_model\x18\x06 \x01(\t\x12\x13\n\x0bquery_texts\x18\x07 \x03(\t\x1a-\n\x0b\x46ilterEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"2\n\tQueryHits\x12%\n\x08passages\x18\x01 \x03(\x0b\x32\x13.ragmesh.v1.Passage\"O\n\x0eSearchResponse\x12&\n\x07results\x18\x01 \x03(\x0b\x32\x15.ragmesh.v1.QueryHits\x12\x15\n\rindex_version\x18\x02 \x01(\x04\"[\n\rUpsertRequest\x12!\n\x06\x63hunks\x18\x01 \x03(\x0b\x32\x11.ragmesh.v1.Chunk\x12\x0e\n\x06tenant\x18\x02 \x01(\t\x12\x17\n\x0f\x65mbedding_model\x18\x03 \x01(\t\"?\n\x0eUpsertResponse\x12\x16\n\x0eupserted_count\x18\x01 \x01(\r\x12\x15\n\rindex_version\x18\x02 \x01(\x04\"H\n\rDeleteRequest\x12\x11\n\tchunk_ids\x18\x01 \x03(\t\x12\x14\n\x0c\x64ocument_ids\x18\x02 \x03(\t\x12\x0e\n\x06tenant\x18\x03 \x01(\t\">\n\x0e\x44\x65leteResponse\x12\x15\n\rdeleted_count\x18\x01 \x01(\r\x12\x15\n\rindex_version\x18\x02 \x01(\x04\"\x15\n\x13GetIndexInfoRequest\"\x9d\x01\n\x14GetIndexInfoResponse\x12\r\n\x05\x63ount\x18\x01 \x01(\x04\x12\x11\n\tdimension\x18\x02 \x01(\r\x12#\n\x04kind\x18\x03 \x01(\x0e\x32\x15.ragmesh.v1.IndexKind\x12\x0e\n\x06\x64\x65vice\x18\x04 \x01(\t\x12\x15\n\rindex_version\x18\x05 \x01(\x04\x12\x17\n\x0f\x65mbedding_model\x18\x06 \x01(\t*e\n\tIndexKind\x12\x1a\n\x16INDEX_KIND_UNSPECIFIED\x10\x00\x12\x13\n\x0fINDEX_KIND_FLAT\x10\x01\x12\x13\n\x0fINDEX_KIND_HNSW\x10\x02\x12\x12\n\x0eINDEX_KIND_IVF\x10\x03\x32\xbc\x02\n\x10RetrievalService\x12\x44\n\x06Search\x12\x19.ragmesh.v1.SearchRequest\x1a\x1a.ragmesh.v1.SearchResponse\"\x03\x90\x02\x01\x12\x44\n\x06Upsert\x12\x19.ragmesh.v1.UpsertRequest\x1a\x1a.ragmesh.v1.UpsertResponse\"\x03\x90\x02\x02\x12\x44\n\x06\x44\x65lete\x12\x19.ragmesh.v1.DeleteRequest\x1a\x1a.ragmesh.v1.DeleteResponse\"\x03\x90\x02\x02\x12V\n\x0cGetIndexInfo\x12\x1f.ragmesh.v1.GetIndexInfoRequest\x1a .ragmesh.v1.GetIndexInfoResponse\"\x03\x90\x02\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -44,32 +44,32 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RETRIEVALSERVICE'].methods_by_name['Delete']._serialized_options = b'\220\002\002'
   _globals['_RETRIEVALSERVICE'].methods_by_name['GetIndexInfo']._loaded_options = None
   _globals['_RETRIEVALSERVICE'].methods_by_name['GetIndexInfo']._serialized_options = b'\220\002\001'
-  _globals['_INDEXKIND']._serialized_start=1111
-  _globals['_INDEXKIND']._serialized_end=1212
+  _globals['_INDEXKIND']._serialized_start=1132
+  _globals['_INDEXKIND']._serialized_end=1233
   _globals['_CHUNK']._serialized_start=76
   _globals['_CHUNK']._serialized_end=252
   _globals['_CHUNK_METADATAENTRY']._serialized_start=205
   _globals['_CHUNK_METADATAENTRY']._serialized_end=252
   _globals['_SEARCHREQUEST']._serialized_start=255
-  _globals['_SEARCHREQUEST']._serialized_end=497
-  _globals['_SEARCHREQUEST_FILTERENTRY']._serialized_start=452
-  _globals['_SEARCHREQUEST_FILTERENTRY']._serialized_end=497
-  _globals['_QUERYHITS']._serialized_start=499
-  _globals['_QUERYHITS']._serialized_end=549
-  _globals['_SEARCHRESPONSE']._serialized_start=551
-  _globals['_SEARCHRESPONSE']._serialized_end=630
-  _globals['_UPSERTREQUEST']._serialized_start=632
-  _globals['_UPSERTREQUEST']._serialized_end=723
-  _globals['_UPSERTRESPONSE']._serialized_start=725
-  _globals['_UPSERTRESPONSE']._serialized_end=788
-  _globals['_DELETEREQUEST']._serialized_start=790
-  _globals['_DELETEREQUEST']._serialized_end=862
-  _globals['_DELETERESPONSE']._serialized_start=864
-  _globals['_DELETERESPONSE']._serialized_end=926
-  _globals['_GETINDEXINFOREQUEST']._serialized_start=928
-  _globals['_GETINDEXINFOREQUEST']._serialized_end=949
-  _globals['_GETINDEXINFORESPONSE']._serialized_start=952
-  _globals['_GETINDEXINFORESPONSE']._serialized_end=1109
-  _globals['_RETRIEVALSERVICE']._serialized_start=1215
-  _globals['_RETRIEVALSERVICE']._serialized_end=1531
+  _globals['_SEARCHREQUEST']._serialized_end=518
+  _globals['_SEARCHREQUEST_FILTERENTRY']._serialized_start=473
+  _globals['_SEARCHREQUEST_FILTERENTRY']._serialized_end=518
+  _globals['_QUERYHITS']._serialized_start=520
+  _globals['_QUERYHITS']._serialized_end=570
+  _globals['_SEARCHRESPONSE']._serialized_start=572
+  _globals['_SEARCHRESPONSE']._serialized_end=651
+  _globals['_UPSERTREQUEST']._serialized_start=653
+  _globals['_UPSERTREQUEST']._serialized_end=744
+  _globals['_UPSERTRESPONSE']._serialized_start=746
+  _globals['_UPSERTRESPONSE']._serialized_end=809
+  _globals['_DELETEREQUEST']._serialized_start=811
+  _globals['_DELETEREQUEST']._serialized_end=883
+  _globals['_DELETERESPONSE']._serialized_start=885
+  _globals['_DELETERESPONSE']._serialized_end=947
+  _globals['_GETINDEXINFOREQUEST']._serialized_start=949
+  _globals['_GETINDEXINFOREQUEST']._serialized_end=970
+  _globals['_GETINDEXINFORESPONSE']._serialized_start=973
+  _globals['_GETINDEXINFORESPONSE']._serialized_end=1130
+  _globals['_RETRIEVALSERVICE']._serialized_start=1236
+  _globals['_RETRIEVALSERVICE']._serialized_end=1552
 # @@protoc_insertion_point(module_scope)

@@ -41,7 +41,7 @@ class Chunk(_message.Message):
     def __init__(self, chunk_id: _Optional[str] = ..., document_id: _Optional[str] = ..., text: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., vector: _Optional[bytes] = ...) -> None: ...
 
 class SearchRequest(_message.Message):
-    __slots__ = ("queries", "top_k", "filter", "tenant", "min_index_version", "embedding_model")
+    __slots__ = ("queries", "top_k", "filter", "tenant", "min_index_version", "embedding_model", "query_texts")
     class FilterEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -55,13 +55,15 @@ class SearchRequest(_message.Message):
     TENANT_FIELD_NUMBER: _ClassVar[int]
     MIN_INDEX_VERSION_FIELD_NUMBER: _ClassVar[int]
     EMBEDDING_MODEL_FIELD_NUMBER: _ClassVar[int]
+    QUERY_TEXTS_FIELD_NUMBER: _ClassVar[int]
     queries: _common_pb2.VectorBatch
     top_k: int
     filter: _containers.ScalarMap[str, str]
     tenant: str
     min_index_version: int
     embedding_model: str
-    def __init__(self, queries: _Optional[_Union[_common_pb2.VectorBatch, _Mapping]] = ..., top_k: _Optional[int] = ..., filter: _Optional[_Mapping[str, str]] = ..., tenant: _Optional[str] = ..., min_index_version: _Optional[int] = ..., embedding_model: _Optional[str] = ...) -> None: ...
+    query_texts: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, queries: _Optional[_Union[_common_pb2.VectorBatch, _Mapping]] = ..., top_k: _Optional[int] = ..., filter: _Optional[_Mapping[str, str]] = ..., tenant: _Optional[str] = ..., min_index_version: _Optional[int] = ..., embedding_model: _Optional[str] = ..., query_texts: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class QueryHits(_message.Message):
     __slots__ = ("passages",)
