@@ -39,6 +39,7 @@ PAGES = {
     ),
 }
 _HEADING = re.compile(r"^[A-Z][A-Z0-9 ,/-]*$")
+_BORDER = re.compile(r"^[\s─━┌┐└┘├┤┬┴┼═╔╗╚╝╠╣╦╩╬+-]*$")
 
 
 def download(workdir: Path) -> Path:
@@ -74,8 +75,11 @@ def markdown(text: str) -> str:
     out = [f"# {title}", ""]
     previous_indent = 0
     for line in lines:
-        if line in (header, footer):
-            continue
+        if line in (header, footer) or (line.strip() and _BORDER.match(line)):
+            continue  # table borders
+        if "│" in line:  # a table row, as a Markdown table row
+            cells = [" ".join(c.split()) for c in line.strip().strip("│").split("│")]
+            line = "       " + " | ".join(cells)
         stripped = line.strip()
         if not stripped:
             if out[-1]:

@@ -30,6 +30,6 @@ def test_commands_without_a_running_stack_say_so(
 def test_ingest_rejects_unsupported_files(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    (tmp_path / "a.pdf").write_bytes(b"%PDF")
-    assert main(["--addr", "127.0.0.1:1", "ingest", str(tmp_path / "a.pdf")]) == 1
-    assert "unsupported type" in capsys.readouterr().err
+    (tmp_path / "a.odt").write_bytes(b"PK")
+    assert main(["--addr", "127.0.0.1:1", "ingest", str(tmp_path / "a.odt")]) == 1
+    assert "unsupported type (txt, md, html, pdf, docx)" in capsys.readouterr().err

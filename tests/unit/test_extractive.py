@@ -96,3 +96,15 @@ def test_the_composed_answer_carries_the_name() -> None:
     source = Source(1, "HIGHEST_PROTOCOL\n\nThe highest protocol version available to you.")
     words = e._compose("which constant gives the newest version?", (source,), 100)
     assert " ".join(words) == "HIGHEST_PROTOCOL: The highest protocol version available to you. [1]"
+
+
+def test_a_passage_deep_in_a_document_is_named_by_the_document_title() -> None:
+    passage = "## Description\n\nThe contents of the array are sorted in ascending order."
+    assert [
+        extractive.named(s, label)
+        for s, label in extractive.labelled_sentences(passage, title="qsort(3)")
+    ] == ["qsort(3): The contents of the array are sorted in ascending order."]
+    # a title that names nothing (prose) is not put in front of anything
+    assert extractive.labelled_sentences(passage, title="The Lighthouse") == [
+        ("The contents of the array are sorted in ascending order.", "")
+    ]

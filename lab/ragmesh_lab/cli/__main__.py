@@ -16,7 +16,7 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +46,7 @@ from ragmesh_lab.meshlab.manifests import TranslationError
 
 DEFAULT_DIR = Path("var/ragmesh")
 BATCH_DOCUMENTS = 64
+BATCH_BYTES = 8 << 20
 DONE_STATES = (JobState.SUCCEEDED, JobState.FAILED)
 
 
@@ -164,6 +165,22 @@ def _progress(job: JobStatus, width: int = 30) -> str:
     )
 
 
+def batches(docs: Sequence[FileDocument]) -> Iterator[Sequence[FileDocument]]:
+    """Ingest calls of at most BATCH_DOCUMENTS documents and about BATCH_BYTES (a file
+    larger than that goes alone), well below the servers' message limit."""
+    batch: list[FileDocument] = []
+    size = 0
+    for d in docs:
+        weight = len(d.text) + len(d.content)
+        if batch and (len(batch) == BATCH_DOCUMENTS or size + weight > BATCH_BYTES):
+            yield batch
+            batch, size = [], 0
+        batch.append(d)
+        size += weight
+    if batch:
+        yield batch
+
+
 def cmd_ingest(args: argparse.Namespace) -> int:
     address = query_address(args)
     cwd = Path.cwd().resolve()
@@ -175,18 +192,25 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     except ValueError as e:
         raise CliError(str(e)) from None
     if not docs:
-        raise CliError("no .txt, .md or .html files found")
+        raise CliError("no .txt, .md, .html, .pdf or .docx files found")
 
     async def run() -> list[JobStatus]:
         async with grpc.aio.insecure_channel(address) as channel:
             client = QueryClient(channel, timeout=30, token=args.token, api_key=api_key(args))
             jobs = []
-            for i in range(0, len(docs), BATCH_DOCUMENTS):
-                batch = docs[i : i + BATCH_DOCUMENTS]
+            for batch in batches(docs):
                 jobs.append(
                     await client.ingest(
                         [
-                            DocumentIn(d.document_id, d.title, d.text, {"type": d.kind}, d.source)
+                            DocumentIn(
+                                d.document_id,
+                                d.title,
+                                d.text,
+                                {"type": d.kind},
+                                d.source,
+                                d.content,
+                                d.media_type,
+                            )
                             for d in batch
                         ]
                     )
@@ -241,6 +265,42 @@ def report_jobs(
     return 1 if failed else 0
 
 
+def cmd_jobs(args: argparse.Namespace) -> int:
+    """The caller's recent ingest jobs and their failed documents; ``jobs retry ID`` queues a
+    job's failed documents again and waits for them."""
+    address = query_address(args)
+    if args.jobs_command == "retry":
+
+        async def retry() -> list[JobStatus]:
+            async with grpc.aio.insecure_channel(address) as channel:
+                client = QueryClient(channel, timeout=30, token=args.token, api_key=api_key(args))
+                job = await client.retry(args.job_id)
+                print(f"queued the failed documents again as job {job}", file=sys.stderr)
+                return await wait_for_jobs(client, [job], args.timeout)
+
+        return report_jobs(address, retry, args)
+
+    async def listed() -> list[JobStatus]:
+        async with grpc.aio.insecure_channel(address) as channel:
+            client = QueryClient(channel, timeout=30, token=args.token, api_key=api_key(args))
+            return await client.jobs(args.limit)
+
+    try:
+        jobs = asyncio.run(listed())
+    except RagmeshError as e:
+        raise CliError(f"query service at {address}: {e}{token_hint(e, args)}") from None
+    if not jobs:
+        print("no ingest jobs (jobs are kept for RAGMESH_INGEST_JOB_TTL_SECONDS)")
+    for j in jobs:
+        print(
+            f"{j.job_id}  {j.state.name.lower():<9}  {j.documents_done}/{j.documents_total} "
+            f"documents, {j.documents_failed} failed, {j.chunks_done} chunks"
+        )
+        for document_id, error in j.failed_documents:
+            print(f"    failed {document_id}: {error}")
+    return 0
+
+
 def cmd_delete(args: argparse.Namespace) -> int:
     """Remove documents (by the ids ingest gave them) from the caller's tenant."""
     address = query_address(args)
@@ -263,6 +323,8 @@ def render_sources(citations: Sequence[Citation], answer: str) -> str:
         used = "*" if f"[{c.marker}]" in answer else " "
         title = c.metadata.get("title", "")
         head = f"{used}[{c.marker}] {c.document_id}" + (f" — {title}" if title else "")
+        if c.metadata.get("page"):
+            head += f", page {c.metadata['page']}"
         lines.append(f"{head}  (score {c.score:.3f})")
         snippet = textwrap.shorten(c.snippet, 160, placeholder=" …")
         lines.append(textwrap.indent(snippet, "      "))
@@ -600,9 +662,17 @@ def parser() -> argparse.ArgumentParser:
     )
     sub = p.add_subparsers(dest="command", required=True)
     up = sub.add_parser("up", help="start Redis and every service locally; Ctrl-C stops")
-    ingest = sub.add_parser("ingest", help="ingest .txt, .md and .html files or directories")
+    ingest = sub.add_parser(
+        "ingest", help="ingest .txt, .md, .html, .pdf and .docx files or directories"
+    )
     ingest.add_argument("paths", nargs="+", type=Path)
     ingest.add_argument("--timeout", type=float, default=600.0)
+    jobs = sub.add_parser("jobs", help="recent ingest jobs and their failed documents")
+    jobs.add_argument("--limit", type=int, default=20)
+    jobs_sub = jobs.add_subparsers(dest="jobs_command")
+    retry = jobs_sub.add_parser("retry", help="queue a job's failed documents again")
+    retry.add_argument("job_id", metavar="JOB_ID")
+    retry.add_argument("--timeout", type=float, default=600.0)
     delete = sub.add_parser("delete", help="remove ingested documents by their ids")
     delete.add_argument("document_ids", nargs="+", metavar="DOCUMENT_ID")
     delete.add_argument("--timeout", type=float, default=120.0)
@@ -734,6 +804,7 @@ def main(argv: list[str] | None = None) -> int:
         "delete": cmd_delete,
         "ask": cmd_ask,
         "eval": cmd_eval,
+        "jobs": cmd_jobs,
         "status": cmd_status,
         "mesh": cmd_mesh,
         "traces": cmd_traces,

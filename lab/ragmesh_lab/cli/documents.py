@@ -1,4 +1,5 @@
-"""Reading files into documents for ``ragmesh ingest``: plain text, Markdown and HTML."""
+"""Reading files into documents for ``ragmesh ingest``: plain text, Markdown and HTML are
+read here; PDF and DOCX files travel as they are (the ingest worker reads them)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,13 @@ SUFFIXES = {
     ".markdown": "markdown",
     ".html": "html",
     ".htm": "html",
+    ".pdf": "pdf",
+    ".docx": "docx",
+}
+#: files sent as content, with their media type
+FILES = {
+    "pdf": "application/pdf",
+    "docx": "application/vnd.openxmlformats-officedocument.wordprocessingml.document",
 }
 _BLOCK = {
     "p",
@@ -50,6 +58,8 @@ class FileDocument:
     text: str
     source: str
     kind: str
+    content: bytes = b""  # a PDF or DOCX file, read by the ingest worker
+    media_type: str = ""
 
 
 # Characters that would turn back into markup: a reference to one stays a reference, so
@@ -141,6 +151,16 @@ def document_id_for(path: Path, root: Path) -> str:
 
 def read_document(path: Path, root: Path) -> FileDocument:
     kind = SUFFIXES[path.suffix.lower()]
+    if kind in FILES:
+        return FileDocument(  # the title is the file's own (the worker reads it), else its name
+            document_id_for(path, root),
+            "",
+            "",
+            relative_source(path, root),
+            kind,
+            path.read_bytes(),
+            FILES[kind],
+        )
     raw = path.read_text(encoding="utf-8", errors="replace")
     title = ""
     if kind == "html":
@@ -162,7 +182,7 @@ def find_files(paths: Iterable[Path]) -> Iterator[Path]:
                     yield child
         elif path.is_file():
             if path.suffix.lower() not in SUFFIXES:
-                raise ValueError(f"{path}: unsupported type (txt, md, html)")
+                raise ValueError(f"{path}: unsupported type (txt, md, html, pdf, docx)")
             yield path
         else:
             raise ValueError(f"{path}: no such file or directory")

@@ -21,6 +21,7 @@ class Source:
 
     marker: int
     text: str
+    title: str = ""  # its document's title (metadata "title"), "" when none
 
 
 @dataclass(frozen=True)

@@ -74,15 +74,17 @@ def _key(label: str) -> str:
     return found.group().strip("`") if found else ""
 
 
-def labelled_sentences(text: str) -> list[tuple[str, str]]:
+def labelled_sentences(text: str, title: str = "") -> list[tuple[str, str]]:
     """Answer candidates with the name each one describes ("" when none): the last heading,
-    term line or signature before it in its passage."""
+    term line or signature before it in its passage, else the document's ``title`` when it
+    names something (a passage cut from deep in a document has lost its top heading)."""
     out: list[tuple[str, str]] = []
-    label = ""
+    base = title if _label(f"# {title}") else ""
+    label = base
     for paragraph in re.split(r"\n\s*\n", text):
         found = _label(paragraph)
         if found is not None:
-            label = found
+            label = found or base
             continue
         for raw in sentences(paragraph, limit=len(paragraph) + 1):
             sentence = raw.lstrip("#*- ").strip()
@@ -144,7 +146,7 @@ class ExtractiveEngine:
         labels: list[str] = []
         seen: set[str] = set()
         for source in sources:
-            for sentence, label in labelled_sentences(source.text):
+            for sentence, label in labelled_sentences(source.text, source.title):
                 key = sentence.lower()
                 if key not in seen:
                     seen.add(key)

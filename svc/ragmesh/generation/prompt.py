@@ -76,7 +76,7 @@ def fit(
         overhead = count(_entry(Source(passage.marker, "")))
         room = left - overhead
         if room >= MIN_PASSAGE_TOKENS:
-            kept.append(Source(passage.marker, truncate(passage.text, room)))
+            kept.append(Source(passage.marker, truncate(passage.text, room), passage.title))
         break
     prompt = render(question, kept)
     tokens = count(prompt)
@@ -84,7 +84,7 @@ def fit(
         last = kept.pop()
         room = count(last.text) - (tokens - budget) - 1
         if room >= MIN_PASSAGE_TOKENS:
-            kept.append(Source(last.marker, truncate(last.text, room)))
+            kept.append(Source(last.marker, truncate(last.text, room), last.title))
         prompt = render(question, kept)
         tokens = count(prompt)
     return Rendered(prompt, tuple(kept), tokens)

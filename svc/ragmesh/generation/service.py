@@ -154,7 +154,7 @@ class GenerationService:
                 question,
                 # a blank passage has nothing to quote: skipped, the others keep their numbers
                 [
-                    Source(i + 1, neutralize(p.text))
+                    Source(i + 1, neutralize(p.text), neutralize(p.metadata.get("title", "")))
                     for i, p in enumerate(passages)
                     if p.text.strip()
                 ],

@@ -18,16 +18,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from pathlib import PurePosixPath
 
 from prometheus_client import Counter, Gauge
 
+from ragmesh.ingest.parsers import Page, Unreadable, parse
 from ragmesh.kit import tracing
 from ragmesh.kit.config import IngestSettings
 from ragmesh.kit.domain import ChunkRecord, Purpose
 from ragmesh.kit.errors import InvalidArgument, ModelMismatch, RagmeshError
 from ragmesh.kit.jobqueue import Entry, JobQueue
 from ragmesh.kit.peers import Embedder, Retriever
-from ragmesh.kit.text import chunk, chunk_id
+from ragmesh.kit.text import TextChunk, chunk, chunk_id, in_context, summary
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +41,10 @@ PENDING = Gauge(
 )
 LAG = Gauge("ragmesh_ingest_queue_lag", "Stream entries not yet delivered to any worker.")
 RETRIES = Counter("ragmesh_ingest_retries_total", "Documents left pending after an outage.")
+
+
+def _on_page(metadata: dict[str, str], page: str) -> dict[str, str]:
+    return {**metadata, "page": page} if page else metadata
 
 
 class IngestWorker:
@@ -144,21 +150,49 @@ class IngestWorker:
         if entry.delete:
             await self._delete(entry)
             return
-        pieces = chunk(
-            doc.document_id, doc.text, self.settings.chunk_chars, self.settings.overlap_chars
-        )
-        metadata = {k: v for k, v in (("title", doc.title), ("source", doc.source)) if v}
+        try:
+            parsed = parse(doc.content, doc.media_type) if doc.content else None
+        except Unreadable as e:
+            DOCUMENTS.labels("failed").inc()
+            log.warning("document %s unreadable: %s", doc.document_id, e)
+            await self.queue.finish(entry, False, 0, f"{doc.document_id}: {e}")
+            return
+        pages = parsed.pages if parsed is not None else (Page(0, doc.text),)
+        title = doc.title
+        if parsed is not None and not title:  # the file's own title, else its name
+            title = parsed.title or PurePosixPath(doc.source or doc.document_id).stem
+        about = summary(next((p.text for p in pages if p.text.strip()), ""))
+        metadata = {
+            k: v for k, v in (("title", title), ("source", doc.source), ("summary", about)) if v
+        }
         metadata.update(doc.metadata)
+        pieces: list[TextChunk] = []
+        page_of: list[str] = []  # the page of each piece ("" without pages)
+        for page in pages:  # a PDF's pages are chunked apart: a chunk is on one page
+            for c in chunk("", page.text, self.settings.chunk_chars, self.settings.overlap_chars):
+                index = len(pieces)
+                pieces.append(TextChunk(chunk_id(doc.document_id, index), index, c.text))
+                page_of.append(str(page.number) if page.number else "")
         version = 0  # the index version this document's last write reached
         try:
             step = self.settings.embed_batch
             for start in range(0, len(pieces), step):
                 batch = pieces[start : start + step]
-                embedded = await self.embedder.embed([c.text for c in batch], Purpose.DOCUMENT)
+                embedded = await self.embedder.embed(
+                    [in_context(title, about, c.text) for c in batch], Purpose.DOCUMENT
+                )
                 version = await self.retriever.upsert(
                     entry.tenant,
                     [
-                        ChunkRecord(c.chunk_id, doc.document_id, c.text, metadata, v)
+                        ChunkRecord(
+                            c.chunk_id,
+                            doc.document_id,
+                            c.text,
+                            {**metadata, "page": page_of[c.index]}
+                            if page_of[c.index]
+                            else metadata,
+                            v,
+                        )
                         for c, v in zip(batch, embedded.vectors, strict=True)
                     ],
                     embedded.model,

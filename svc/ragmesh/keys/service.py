@@ -48,7 +48,10 @@ SCOPE_PATHS: Mapping[str, tuple[str, ...]] = {
     "ingest": (
         "/ragmesh.v1.QueryService/Ingest",
         "/ragmesh.v1.QueryService/GetIngestJob",
+        "/ragmesh.v1.QueryService/ListIngestJobs",
+        "/ragmesh.v1.QueryService/RetryIngestJob",
         "/v1/documents:ingest",
+        "/v1/ingest-jobs",
         "/v1/ingest-jobs/*",
     ),
     "delete": ("/ragmesh.v1.QueryService/DeleteDocument", "/v1/documents/*"),

@@ -242,6 +242,18 @@ class QueryClient:
         reply = await self._unary(self._stub.DeleteDocument, request)
         return str(reply.job_id)
 
+    async def jobs(self, page_size: int = 0) -> list[JobStatus]:
+        """The caller's tenant's ingest jobs, newest first."""
+        request = query_service_pb2.ListIngestJobsRequest(page_size=page_size)
+        reply = await self._unary(self._stub.ListIngestJobs, request)
+        return [codec.job_from_proto(j) for j in reply.jobs]
+
+    async def retry(self, job_id: str) -> str:
+        """Queue a job's failed documents again; returns the new job's id."""
+        request = query_service_pb2.RetryIngestJobRequest(job_id=job_id)
+        reply = await self._unary(self._stub.RetryIngestJob, request)
+        return str(reply.job_id)
+
     async def job(self, job_id: str) -> JobStatus:
         """The progress of an Ingest or DeleteDocument call."""
         request = query_service_pb2.GetIngestJobRequest(job_id=job_id)

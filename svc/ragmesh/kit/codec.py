@@ -206,11 +206,15 @@ def document_to_proto(d: DocumentIn) -> query_service_pb2.Document:
         text=d.text,
         metadata=dict(d.metadata),
         source=d.source,
+        content=d.content,
+        media_type=d.media_type,
     )
 
 
 def document_from_proto(d: query_service_pb2.Document) -> DocumentIn:
-    return DocumentIn(d.document_id, d.title, d.text, dict(d.metadata), d.source)
+    return DocumentIn(
+        d.document_id, d.title, d.text, dict(d.metadata), d.source, d.content, d.media_type
+    )
 
 
 def job_to_proto(job: JobStatus) -> query_service_pb2.GetIngestJobResponse:
@@ -224,6 +228,10 @@ def job_to_proto(job: JobStatus) -> query_service_pb2.GetIngestJobResponse:
         chunks_failed=job.chunks_failed,
         last_error=job.last_error,
         index_version=job.index_version,
+        failed_documents=[
+            query_service_pb2.FailedDocument(document_id=d, error=e)
+            for d, e in job.failed_documents
+        ],
     )
 
 
@@ -242,4 +250,5 @@ def job_from_proto(r: query_service_pb2.GetIngestJobResponse) -> JobStatus:
         r.chunks_failed,
         r.last_error,
         r.index_version,
+        tuple((d.document_id, d.error) for d in r.failed_documents),
     )

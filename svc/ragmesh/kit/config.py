@@ -671,7 +671,8 @@ class QuerySettings:
     max_document_chars: int = setting(
         "RAGMESH_INGEST_MAX_DOCUMENT_CHARS",
         "1000000",
-        "Most characters in one document.",
+        "Most characters in one document's text, and most bytes in one document's file "
+        "(content: PDF, DOCX).",
         services="query",
         minimum=1,
     )
@@ -696,14 +697,16 @@ class IngestSettings:
     )
     chunk_chars: int = setting(
         "RAGMESH_CHUNK_SIZE_CHARS",
-        "800",
-        "Target chunk size (whole sentences).",
+        "500",
+        "Target chunk size (whole sentences). A chunk is embedded after its document's title and "
+        "summary: together they should fit the embedding model's window (MiniLM: 256 word "
+        "pieces), or the end of the chunk is not seen.",
         services="ingest",
         minimum=50,
     )
     overlap_chars: int = setting(
         "RAGMESH_CHUNK_OVERLAP_CHARS",
-        "150",
+        "100",
         "Trailing sentences repeated at the start of the next chunk, up to this size.",
         services="ingest",
     )

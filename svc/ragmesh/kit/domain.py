@@ -210,6 +210,17 @@ class DocumentIn:
     text: str
     metadata: Mapping[str, str] = field(default_factory=dict)
     source: str = ""
+    content: bytes = b""  # a file instead of text (its type in media_type)
+    media_type: str = ""
+
+
+#: the types of file an Ingest document may give as content
+MEDIA_TYPES = (
+    "application/pdf",
+    "application/vnd.openxmlformats-officedocument.wordprocessingml.document",
+    "text/plain",
+    "text/markdown",
+)
 
 
 @dataclass(frozen=True)
@@ -226,6 +237,8 @@ class JobStatus:
     last_error: str
     #: the index version the job's writes reached (an Ask with it sees them); 0: none yet
     index_version: int = 0
+    #: (document id, error) of each document that failed
+    failed_documents: tuple[tuple[str, str], ...] = ()
 
 
 _DOCUMENT_ID = re.compile(r"[^\s#]{1,256}")
@@ -267,7 +280,14 @@ def document_problem(d: DocumentIn) -> tuple[str, str] | None:
         return found
     if len(d.title) > 1000:
         return "title", "longer than 1000 characters"
-    if not d.text.strip():
+    if d.content or d.media_type:
+        if d.text:
+            return "text", "give text or content, not both"
+        if d.media_type not in MEDIA_TYPES:
+            return "media_type", f"must be one of {', '.join(MEDIA_TYPES)}"
+        if not d.content:
+            return "content", "must not be empty"
+    elif not d.text.strip():
         return "text", "must not be empty"
     if len(d.source) > 2048:
         return "source", "longer than 2048 characters"

@@ -19,6 +19,8 @@ Engines raise these; they never import grpc. One table in
     ├── DeadlineExceeded     → DEADLINE_EXCEEDED  (a downstream call ran out of the caller's time)
     ├── NotReady             → FAILED_PRECONDITION (model or index not loaded)
     ├── ModelMismatch        → FAILED_PRECONDITION (vectors of another model than the index's)
+    ├── FailedPrecondition   → FAILED_PRECONDITION (the state does not allow it: retry of a job
+    │                                              with nothing failed)
     └── DataCorruption       → DATA_LOSS
     ConfigError (not an RPC error: the process refuses to start)
 """
@@ -109,6 +111,10 @@ class NotReady(RagmeshError):
 
 class ModelMismatch(RagmeshError):
     """Vectors of one embedding model met an index of another's; the message names both."""
+
+
+class FailedPrecondition(RagmeshError):
+    """The request is valid but the state it acts on does not allow it."""
 
 
 class DataCorruption(RagmeshError):

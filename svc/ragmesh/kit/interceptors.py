@@ -29,6 +29,7 @@ from ragmesh.kit.errors import (
     DataCorruption,
     DeadlineExceeded,
     DependencyUnavailable,
+    FailedPrecondition,
     IndexBehind,
     InjectedFault,
     InvalidArgument,
@@ -61,6 +62,7 @@ ERROR_TABLE: dict[type[RagmeshError], grpc.StatusCode] = {
     DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
     NotReady: grpc.StatusCode.FAILED_PRECONDITION,
     ModelMismatch: grpc.StatusCode.FAILED_PRECONDITION,
+    FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
     DataCorruption: grpc.StatusCode.DATA_LOSS,
 }
 

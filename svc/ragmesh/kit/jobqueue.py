@@ -11,6 +11,7 @@ become DependencyUnavailable.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import time
@@ -33,7 +34,7 @@ from ragmesh.kit.domain import (
     is_job_id,
     tenant_problem,
 )
-from ragmesh.kit.errors import DependencyUnavailable, NotFound, quoted
+from ragmesh.kit.errors import DependencyUnavailable, FailedPrecondition, NotFound, quoted
 
 GROUP = "ingest-workers"
 
@@ -55,6 +56,8 @@ class Entry:
     tenant: str = DEFAULT_TENANT
     #: remove the document's chunks instead of indexing it (``document`` has only its id)
     delete: bool = False
+    #: the document as queued (a failed one is kept so RetryIngestJob can queue it again)
+    body: dict[str, Any] = field(default_factory=dict)
 
 
 def _text(value: object) -> str:
@@ -92,6 +95,8 @@ def parse_entry(entry_id: str, fields: Mapping[bytes, bytes]) -> Entry:
                 text=_text(body["text"]),
                 metadata={_text(k): _text(v) for k, v in metadata.items()},
                 source=_text(body.get("source", "")),
+                content=base64.b64decode(_text(body.get("content", "")), validate=True),
+                media_type=_text(body.get("media_type", "")),
             )
             found = document_problem(doc)
         if found is not None:
@@ -100,12 +105,12 @@ def parse_entry(entry_id: str, fields: Mapping[bytes, bytes]) -> Entry:
         if not isinstance(trace, dict):
             trace = {}
         carried = {k: v for k, v in trace.items() if isinstance(k, str) and isinstance(v, str)}
-    except (KeyError, ValueError, TypeError, AttributeError) as e:
+    except (KeyError, ValueError, TypeError, AttributeError) as e:  # binascii.Error too
         problem = f"malformed queue entry {entry_id}: {type(e).__name__}: {str(e)[:200]}"
         return Entry(entry_id, job_id, seq, DocumentIn("", "", ""), problem=problem)
     if not job_id:
         return Entry(entry_id, "", seq, doc, problem=f"malformed queue entry {entry_id}: no job id")
-    return Entry(entry_id, job_id, seq, doc, trace=carried, tenant=tenant, delete=delete)
+    return Entry(entry_id, job_id, seq, doc, trace=carried, tenant=tenant, delete=delete, body=body)
 
 
 # Counts a document once (SADD), updates the job (its index_version: the highest its writes
@@ -184,6 +189,9 @@ class JobQueue:
     def _job_key(self, job_id: str) -> str:
         return f"{self.stream}:job:{job_id}"
 
+    def _jobs_key(self, tenant: str) -> str:
+        return f"{self.stream}:jobs:{tenant}"
+
     def _doc_key(self, tenant: str, document_id: str) -> str:
         if tenant == DEFAULT_TENANT:  # the key documents had before tenants existed
             return f"{self.stream}:doc:{document_id}:chunks"
@@ -198,6 +206,11 @@ class JobQueue:
                 "text": d.text,
                 "metadata": dict(d.metadata),
                 "source": d.source,
+                **(
+                    {"content": base64.b64encode(d.content).decode(), "media_type": d.media_type}
+                    if d.content
+                    else {}
+                ),
             }
             for d in docs
         ]
@@ -232,6 +245,10 @@ class JobQueue:
                     },
                 )
                 pipe.expire(key, self.ttl)
+                now = time.time()
+                pipe.zadd(self._jobs_key(tenant), {job_id: now})
+                pipe.zremrangebyscore(self._jobs_key(tenant), "-inf", now - self.ttl)
+                pipe.expire(self._jobs_key(tenant), self.ttl)
                 for seq, body in enumerate(bodies):
                     fields = {
                         "job": job_id,
@@ -263,7 +280,38 @@ class JobQueue:
             chunks_failed=int(h["chunks_failed"]),
             last_error=h.get("last_error", ""),
             index_version=int(h.get("index_version", "0")),
+            failed_documents=tuple(
+                (str(f["document_id"]), str(f["error"])) for f in await self._failed(job_id)
+            ),
         )
+
+    async def _failed(self, job_id: str) -> list[dict[str, Any]]:
+        """The failed documents of a job: their queue bodies and errors, in job order."""
+        async with redis_errors("GetIngestJob"):
+            raw: Any = await self.redis.hgetall(self._job_key(job_id) + ":failed")
+        rows = sorted((int(k), json.loads(v)) for k, v in (raw or {}).items())
+        return [row for _, row in rows]
+
+    async def jobs(self, tenant: str, limit: int) -> list[JobStatus]:
+        """``tenant``'s jobs, newest first (those not expired)."""
+        async with redis_errors("ListIngestJobs"):
+            ids: Any = await self.redis.zrevrange(self._jobs_key(tenant), 0, limit * 2)
+        found = []
+        for raw_id in ids:
+            with contextlib.suppress(NotFound):  # expired meanwhile
+                found.append(await self.job(tenant, raw_id.decode()))
+            if len(found) == limit:
+                break
+        return found
+
+    async def retry(self, tenant: str, job_id: str) -> str:
+        """Queue the failed documents of ``tenant``'s job again, as a new job."""
+        await self.job(tenant, job_id)  # NotFound for another tenant's
+        failed = await self._failed(job_id)
+        bodies = [f["body"] for f in failed if f.get("body")]
+        if not bodies:
+            raise FailedPrecondition(f"job_id: job {quoted(job_id)} has no failed documents")
+        return await self._enqueue(tenant, "ingest", bodies, "RetryIngestJob")
 
     # --- consumer side -------------------------------------------------------------------
 
@@ -368,6 +416,14 @@ class JobQueue:
         and acknowledge the entry, atomically."""
         key = self._job_key(entry.job_id)
         async with redis_errors("job progress"):
+            if not ok and entry.seq >= 0 and not entry.delete:
+                failed = {
+                    "document_id": entry.document.document_id,
+                    "error": error.removeprefix(f"{entry.document.document_id}: ")[:500],
+                    "body": entry.body,
+                }
+                await self.redis.hset(f"{key}:failed", str(entry.seq), json.dumps(failed))
+                await self.redis.expire(f"{key}:failed", self.ttl)
             await self._finish(
                 keys=[key, f"{key}:finished", self.stream],
                 args=[

@@ -104,6 +104,29 @@ def chunk(document_id: str, text: str, size: int, overlap: int) -> list[TextChun
     return [TextChunk(chunk_id(document_id, i), i, c) for i, c in enumerate(chunks)]
 
 
+SUMMARY_CHARS = 200
+
+
+def summary(text: str, limit: int = SUMMARY_CHARS) -> str:
+    """What a document is about, in its own words: its first paragraph that is not a
+    heading, whitespace collapsed, cut at a word boundary within ``limit`` characters."""
+    for paragraph in re.split(r"\n\s*\n", text):
+        line = " ".join(paragraph.split())
+        if line and not line.startswith("#"):
+            if len(line) <= limit:
+                return line
+            cut = line.rfind(" ", 0, limit)
+            return line[: cut if cut > 0 else limit]
+    return ""
+
+
+def in_context(title: str, about: str, text: str) -> str:
+    """A chunk as it is embedded: its document's title and summary before it, so a passage
+    deep in a document still says what it belongs to."""
+    head = " — ".join(p for p in (title, about) if p)
+    return f"{head}\n\n{text}" if head else text
+
+
 _WORDS = re.compile(r"[0-9a-z_]+")
 _MARKER = re.compile(r"\[\d+\]")
 #: a sentence is supported when this share of its words occurs in one cited passage

@@ -359,3 +359,7 @@ def validate_documents(docs: Sequence[DocumentIn], max_documents: int, max_chars
             raise InvalidArgument(
                 f"documents[{i}].text", f"{len(d.text)} characters exceed the limit of {max_chars}"
             )
+        if len(d.content) > max_chars:
+            raise InvalidArgument(
+                f"documents[{i}].content", f"{len(d.content)} bytes exceed the limit of {max_chars}"
+            )

@@ -23,6 +23,9 @@ from ragmesh.v1 import query_service_pb2, query_service_pb2_grpc
 SERVICE_NAME = query_service_pb2.DESCRIPTOR.services_by_name["QueryService"].full_name
 
 
+DEFAULT_PAGE, MAX_PAGE = 20, 100  # ListIngestJobs
+
+
 class QueryServicer(query_service_pb2_grpc.QueryServiceServicer):
     """Serves Ask from an :class:`AskPipeline`; Ingest, DeleteDocument and GetIngestJob from a
     :class:`JobQueue`. Each in the caller's tenant."""
@@ -62,6 +65,28 @@ class QueryServicer(query_service_pb2_grpc.QueryServiceServicer):
         validate_job_id(request.job_id)
         tenant = self._tenant()
         return codec.job_to_proto(await self.queue.job(tenant, request.job_id))
+
+    async def ListIngestJobs(
+        self,
+        request: query_service_pb2.ListIngestJobsRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> query_service_pb2.ListIngestJobsResponse:
+        size = request.page_size or DEFAULT_PAGE
+        if size > MAX_PAGE:
+            raise InvalidArgument("page_size", f"{size} exceeds the limit of {MAX_PAGE}")
+        jobs = await self.queue.jobs(self._tenant(), size)
+        return query_service_pb2.ListIngestJobsResponse(jobs=[codec.job_to_proto(j) for j in jobs])
+
+    async def RetryIngestJob(
+        self,
+        request: query_service_pb2.RetryIngestJobRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> query_service_pb2.IngestResponse:
+        validate_job_id(request.job_id)
+        tenant = self._tenant()
+        job_id = await self.queue.retry(tenant, request.job_id)
+        job = await self.queue.job(tenant, job_id)
+        return query_service_pb2.IngestResponse(job_id=job_id, document_count=job.documents_total)
 
     async def DeleteDocument(
         self,

@@ -21,7 +21,7 @@ import math
 import re
 from array import array
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -60,6 +60,12 @@ _STEMMER = snowballstemmer.stemmer("english")
 @functools.lru_cache(maxsize=1 << 16)
 def _stem(word: str) -> str:
     return str(_STEMMER.stemWord(word))
+
+
+def indexed_text(text: str, metadata: Mapping[str, str]) -> str:
+    """What the lexical index reads of a chunk: its document's title and summary (metadata
+    ``title`` and ``summary``, as ingest sets them) and its text."""
+    return " ".join((metadata.get("title", ""), metadata.get("summary", ""), text))
 
 
 def terms(text: str) -> list[str]:
@@ -176,7 +182,7 @@ def rerank(hits: Sequence[Hit], query: str, top_k: int, fusion: Fusion) -> list[
         return list(hits[:top_k])
     index = LexicalIndex()
     for slot, hit in enumerate(hits):
-        index.add(0, slot, hit.text)
+        index.add(0, slot, indexed_text(hit.text, hit.metadata))
     owner = np.zeros(len(hits), dtype=np.int32)
     lexical = [slot for slot, _ in index.search(0, query, len(hits), owner)]
     order = fuse(range(len(hits)), lexical, top_k, fusion.dense_weight, fusion.lexical_weight)

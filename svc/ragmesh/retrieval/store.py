@@ -32,7 +32,7 @@ import numpy.typing as npt
 from ragmesh.kit.domain import DEFAULT_TENANT, Hit, Matrix
 from ragmesh.kit.errors import DataCorruption, Fenced, InvalidArgument
 from ragmesh.retrieval.index import Bitmap, FaissIndex, IndexParams
-from ragmesh.retrieval.lexical import HYBRID, Fusion, LexicalIndex, fuse
+from ragmesh.retrieval.lexical import HYBRID, Fusion, LexicalIndex, fuse, indexed_text
 from ragmesh.retrieval.wal import (
     RECOVER_HINT,
     WriteAheadLog,
@@ -487,7 +487,7 @@ class ChunkStore:
         self._tenant_live[code] = self._tenant_live.get(code, 0) + 1
         self._owner[slot] = code
         self._live[slot] = True
-        self.lexical.add(code, slot, p.text)
+        self.lexical.add(code, slot, indexed_text(p.text, p.metadata))
         self._slot[p.tenant, p.chunk_id] = slot
         self._by_doc.setdefault((p.tenant, p.document_id), set()).add(slot)
         for kv in p.metadata.items():
@@ -512,7 +512,7 @@ class ChunkStore:
             self._payloads[slot] = None
             self._live[slot] = False
             self._tenant_live[int(self._owner[slot])] -= 1
-            self.lexical.remove(int(self._owner[slot]), slot, p.text)
+            self.lexical.remove(int(self._owner[slot]), slot, indexed_text(p.text, p.metadata))
             self._owner[slot] = -1
             del self._slot[p.tenant, p.chunk_id]
             self._discard(self._by_doc, (p.tenant, p.document_id), slot)

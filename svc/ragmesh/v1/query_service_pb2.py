@@ -26,7 +26,7 @@ from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from ragmesh.v1 import common_pb2 as ragmesh_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1eragmesh/v1/query_service.proto\x12\nragmesh.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x17ragmesh/v1/common.proto\"\xed\x01\n\nAskRequest\x12\x10\n\x08question\x18\x01 \x01(\t\x12\r\n\x05top_k\x18\x02 \x01(\r\x12\x32\n\x06\x66ilter\x18\x03 \x03(\x0b\x32\".ragmesh.v1.AskRequest.FilterEntry\x12,\n\x06params\x18\x04 \x01(\x0b\x32\x1c.ragmesh.v1.GenerationParams\x12\x12\n\nskip_cache\x18\x05 \x01(\x08\x12\x19\n\x11min_index_version\x18\x06 \x01(\x04\x1a-\n\x0b\x46ilterEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xc8\x01\n\x08\x43itation\x12\x0e\n\x06marker\x18\x01 \x01(\r\x12\x10\n\x08\x63hunk_id\x18\x02 \x01(\t\x12\x13\n\x0b\x64ocument_id\x18\x03 \x01(\t\x12\r\n\x05score\x18\x04 \x01(\x02\x12\x0f\n\x07snippet\x18\x05 \x01(\t\x12\x34\n\x08metadata\x18\x06 \x03(\x0b\x32\".ragmesh.v1.Citation.MetadataEntry\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"4\n\tCitations\x12\'\n\tcitations\x18\x01 \x03(\x0b\x32\x14.ragmesh.v1.Citation\"X\n\x07Timings\x12\x10\n\x08\x65mbed_ms\x18\x01 \x01(\x01\x12\x11\n\tsearch_ms\x18\x02 \x01(\x01\x12\x16\n\x0e\x66irst_token_ms\x18\x03 \x01(\x01\x12\x10\n\x08total_ms\x18\x04 \x01(\x01\"\xee\x01\n\x07\x41skDone\x12/\n\rfinish_reason\x18\x01 \x01(\x0e\x32\x18.ragmesh.v1.FinishReason\x12 \n\x05usage\x18\x02 \x01(\x0b\x32\x11.ragmesh.v1.Usage\x12$\n\x07timings\x18\x03 \x01(\x0b\x32\x13.ragmesh.v1.Timings\x12\x11\n\tcache_hit\x18\x04 \x01(\x08\x12\x15\n\rindex_version\x18\x05 \x01(\x04\x12*\n\x07outcome\x18\x06 \x01(\x0e\x32\x19.ragmesh.v1.AnswerOutcome\x12\x14\n\x0cgroundedness\x18\x07 \x01(\x02\"x\n\x0b\x41skResponse\x12*\n\tcitations\x18\x01 \x01(\x0b\x32\x15.ragmesh.v1.CitationsH\x00\x12\x0f\n\x05\x64\x65lta\x18\x02 \x01(\tH\x00\x12#\n\x04\x64one\x18\x03 \x01(\x0b\x32\x13.ragmesh.v1.AskDoneH\x00\x42\x07\n\x05\x65vent\"\xb3\x01\n\x08\x44ocument\x12\x13\n\x0b\x64ocument_id\x18\x01 \x01(\t\x12\r\n\x05title\x18\x02 \x01(\t\x12\x0c\n\x04text\x18\x03 \x01(\t\x12\x34\n\x08metadata\x18\x04 \x03(\x0b\x32\".ragmesh.v1.Document.MetadataEntry\x12\x0e\n\x06source\x18\x05 \x01(\t\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"8\n\rIngestRequest\x12\'\n\tdocuments\x18\x01 \x03(\x0b\x32\x14.ragmesh.v1.Document\"8\n\x0eIngestResponse\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x16\n\x0e\x64ocument_count\x18\x02 \x01(\r\",\n\x15\x44\x65leteDocumentRequest\x12\x13\n\x0b\x64ocument_id\x18\x01 \x01(\t\"(\n\x16\x44\x65leteDocumentResponse\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"%\n\x13GetIngestJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\xf3\x01\n\x14GetIngestJobResponse\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12)\n\x05state\x18\x02 \x01(\x0e\x32\x1a.ragmesh.v1.IngestJobState\x12\x17\n\x0f\x64ocuments_total\x18\x03 \x01(\r\x12\x16\n\x0e\x64ocuments_done\x18\x04 \x01(\r\x12\x18\n\x10\x64ocuments_failed\x18\x05 \x01(\r\x12\x13\n\x0b\x63hunks_done\x18\x06 \x01(\r\x12\x15\n\rchunks_failed\x18\x07 \x01(\r\x12\x12\n\nlast_error\x18\x08 \x01(\t\x12\x15\n\rindex_version\x18\t \x01(\x04*\x87\x01\n\rAnswerOutcome\x12\x1e\n\x1a\x41NSWER_OUTCOME_UNSPECIFIED\x10\x00\x12\x1b\n\x17\x41NSWER_OUTCOME_ANSWERED\x10\x01\x12\x1c\n\x18\x41NSWER_OUTCOME_NO_ANSWER\x10\x02\x12\x1b\n\x17\x41NSWER_OUTCOME_FILTERED\x10\x03*\xaa\x01\n\x0eIngestJobState\x12 \n\x1cINGEST_JOB_STATE_UNSPECIFIED\x10\x00\x12\x1b\n\x17INGEST_JOB_STATE_QUEUED\x10\x01\x12\x1c\n\x18INGEST_JOB_STATE_RUNNING\x10\x02\x12\x1e\n\x1aINGEST_JOB_STATE_SUCCEEDED\x10\x03\x12\x1b\n\x17INGEST_JOB_STATE_FAILED\x10\x04\x32\xbb\x03\n\x0cQueryService\x12L\n\x03\x41sk\x12\x16.ragmesh.v1.AskRequest\x1a\x17.ragmesh.v1.AskResponse\"\x12\x82\xd3\xe4\x93\x02\x0c\"\x07/v1/ask:\x01*0\x01\x12`\n\x06Ingest\x12\x19.ragmesh.v1.IngestRequest\x1a\x1a.ragmesh.v1.IngestResponse\"\x1f\x82\xd3\xe4\x93\x02\x19\"\x14/v1/documents:ingest:\x01*\x12v\n\x0cGetIngestJob\x12\x1f.ragmesh.v1.GetIngestJobRequest\x1a .ragmesh.v1.GetIngestJobResponse\"#\x90\x02\x01\x82\xd3\xe4\x93\x02\x1a\x12\x18/v1/ingest-jobs/{job_id}\x12\x82\x01\n\x0e\x44\x65leteDocument\x12!.ragmesh.v1.DeleteDocumentRequest\x1a\".ragmesh.v1.DeleteDocumentResponse\")\x90\x02\x02\x82\xd3\xe4\x93\x02 *\x1e/v1/documents/{document_id=**}b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1eragmesh/v1/query_service.proto\x12\nragmesh.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x17ragmesh/v1/common.proto\"\xed\x01\n\nAskRequest\x12\x10\n\x08question\x18\x01 \x01(\t\x12\r\n\x05top_k\x18\x02 \x01(\r\x12\x32\n\x06\x66ilter\x18\x03 \x03(\x0b\x32\".ragmesh.v1.AskRequest.FilterEntry\x12,\n\x06params\x18\x04 \x01(\x0b\x32\x1c.ragmesh.v1.GenerationParams\x12\x12\n\nskip_cache\x18\x05 \x01(\x08\x12\x19\n\x11min_index_version\x18\x06 \x01(\x04\x1a-\n\x0b\x46ilterEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xc8\x01\n\x08\x43itation\x12\x0e\n\x06marker\x18\x01 \x01(\r\x12\x10\n\x08\x63hunk_id\x18\x02 \x01(\t\x12\x13\n\x0b\x64ocument_id\x18\x03 \x01(\t\x12\r\n\x05score\x18\x04 \x01(\x02\x12\x0f\n\x07snippet\x18\x05 \x01(\t\x12\x34\n\x08metadata\x18\x06 \x03(\x0b\x32\".ragmesh.v1.Citation.MetadataEntry\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"4\n\tCitations\x12\'\n\tcitations\x18\x01 \x03(\x0b\x32\x14.ragmesh.v1.Citation\"X\n\x07Timings\x12\x10\n\x08\x65mbed_ms\x18\x01 \x01(\x01\x12\x11\n\tsearch_ms\x18\x02 \x01(\x01\x12\x16\n\x0e\x66irst_token_ms\x18\x03 \x01(\x01\x12\x10\n\x08total_ms\x18\x04 \x01(\x01\"\xee\x01\n\x07\x41skDone\x12/\n\rfinish_reason\x18\x01 \x01(\x0e\x32\x18.ragmesh.v1.FinishReason\x12 \n\x05usage\x18\x02 \x01(\x0b\x32\x11.ragmesh.v1.Usage\x12$\n\x07timings\x18\x03 \x01(\x0b\x32\x13.ragmesh.v1.Timings\x12\x11\n\tcache_hit\x18\x04 \x01(\x08\x12\x15\n\rindex_version\x18\x05 \x01(\x04\x12*\n\x07outcome\x18\x06 \x01(\x0e\x32\x19.ragmesh.v1.AnswerOutcome\x12\x14\n\x0cgroundedness\x18\x07 \x01(\x02\"x\n\x0b\x41skResponse\x12*\n\tcitations\x18\x01 \x01(\x0b\x32\x15.ragmesh.v1.CitationsH\x00\x12\x0f\n\x05\x64\x65lta\x18\x02 \x01(\tH\x00\x12#\n\x04\x64one\x18\x03 \x01(\x0b\x32\x13.ragmesh.v1.AskDoneH\x00\x42\x07\n\x05\x65vent\"\xd8\x01\n\x08\x44ocument\x12\x13\n\x0b\x64ocument_id\x18\x01 \x01(\t\x12\r\n\x05title\x18\x02 \x01(\t\x12\x0c\n\x04text\x18\x03 \x01(\t\x12\x34\n\x08metadata\x18\x04 \x03(\x0b\x32\".ragmesh.v1.Document.MetadataEntry\x12\x0e\n\x06source\x18\x05 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x06 \x01(\x0c\x12\x12\n\nmedia_type\x18\x07 \x01(\t\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"8\n\rIngestRequest\x12\'\n\tdocuments\x18\x01 \x03(\x0b\x32\x14.ragmesh.v1.Document\"8\n\x0eIngestResponse\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x16\n\x0e\x64ocument_count\x18\x02 \x01(\r\",\n\x15\x44\x65leteDocumentRequest\x12\x13\n\x0b\x64ocument_id\x18\x01 \x01(\t\"(\n\x16\x44\x65leteDocumentResponse\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"%\n\x13GetIngestJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\xa9\x02\n\x14GetIngestJobResponse\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12)\n\x05state\x18\x02 \x01(\x0e\x32\x1a.ragmesh.v1.IngestJobState\x12\x17\n\x0f\x64ocuments_total\x18\x03 \x01(\r\x12\x16\n\x0e\x64ocuments_done\x18\x04 \x01(\r\x12\x18\n\x10\x64ocuments_failed\x18\x05 \x01(\r\x12\x13\n\x0b\x63hunks_done\x18\x06 \x01(\r\x12\x15\n\rchunks_failed\x18\x07 \x01(\r\x12\x12\n\nlast_error\x18\x08 \x01(\t\x12\x15\n\rindex_version\x18\t \x01(\x04\x12\x34\n\x10\x66\x61iled_documents\x18\n \x03(\x0b\x32\x1a.ragmesh.v1.FailedDocument\"4\n\x0e\x46\x61iledDocument\x12\x13\n\x0b\x64ocument_id\x18\x01 \x01(\t\x12\r\n\x05\x65rror\x18\x02 \x01(\t\"*\n\x15ListIngestJobsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\r\"H\n\x16ListIngestJobsResponse\x12.\n\x04jobs\x18\x01 \x03(\x0b\x32 .ragmesh.v1.GetIngestJobResponse\"\'\n\x15RetryIngestJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t*\x87\x01\n\rAnswerOutcome\x12\x1e\n\x1a\x41NSWER_OUTCOME_UNSPECIFIED\x10\x00\x12\x1b\n\x17\x41NSWER_OUTCOME_ANSWERED\x10\x01\x12\x1c\n\x18\x41NSWER_OUTCOME_NO_ANSWER\x10\x02\x12\x1b\n\x17\x41NSWER_OUTCOME_FILTERED\x10\x03*\xaa\x01\n\x0eIngestJobState\x12 \n\x1cINGEST_JOB_STATE_UNSPECIFIED\x10\x00\x12\x1b\n\x17INGEST_JOB_STATE_QUEUED\x10\x01\x12\x1c\n\x18INGEST_JOB_STATE_RUNNING\x10\x02\x12\x1e\n\x1aINGEST_JOB_STATE_SUCCEEDED\x10\x03\x12\x1b\n\x17INGEST_JOB_STATE_FAILED\x10\x04\x32\xac\x05\n\x0cQueryService\x12L\n\x03\x41sk\x12\x16.ragmesh.v1.AskRequest\x1a\x17.ragmesh.v1.AskResponse\"\x12\x82\xd3\xe4\x93\x02\x0c\"\x07/v1/ask:\x01*0\x01\x12`\n\x06Ingest\x12\x19.ragmesh.v1.IngestRequest\x1a\x1a.ragmesh.v1.IngestResponse\"\x1f\x82\xd3\xe4\x93\x02\x19\"\x14/v1/documents:ingest:\x01*\x12v\n\x0cGetIngestJob\x12\x1f.ragmesh.v1.GetIngestJobRequest\x1a .ragmesh.v1.GetIngestJobResponse\"#\x90\x02\x01\x82\xd3\xe4\x93\x02\x1a\x12\x18/v1/ingest-jobs/{job_id}\x12s\n\x0eListIngestJobs\x12!.ragmesh.v1.ListIngestJobsRequest\x1a\".ragmesh.v1.ListIngestJobsResponse\"\x1a\x90\x02\x01\x82\xd3\xe4\x93\x02\x11\x12\x0f/v1/ingest-jobs\x12z\n\x0eRetryIngestJob\x12!.ragmesh.v1.RetryIngestJobRequest\x1a\x1a.ragmesh.v1.IngestResponse\")\x82\xd3\xe4\x93\x02#\"\x1e/v1/ingest-jobs/{job_id}:retry:\x01*\x12\x82\x01\n\x0e\x44\x65leteDocument\x12!.ragmesh.v1.DeleteDocumentRequest\x1a\".ragmesh.v1.DeleteDocumentResponse\")\x90\x02\x02\x82\xd3\xe4\x93\x02 *\x1e/v1/documents/{document_id=**}b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -45,12 +45,16 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_QUERYSERVICE'].methods_by_name['Ingest']._serialized_options = b'\202\323\344\223\002\031\"\024/v1/documents:ingest:\001*'
   _globals['_QUERYSERVICE'].methods_by_name['GetIngestJob']._loaded_options = None
   _globals['_QUERYSERVICE'].methods_by_name['GetIngestJob']._serialized_options = b'\220\002\001\202\323\344\223\002\032\022\030/v1/ingest-jobs/{job_id}'
+  _globals['_QUERYSERVICE'].methods_by_name['ListIngestJobs']._loaded_options = None
+  _globals['_QUERYSERVICE'].methods_by_name['ListIngestJobs']._serialized_options = b'\220\002\001\202\323\344\223\002\021\022\017/v1/ingest-jobs'
+  _globals['_QUERYSERVICE'].methods_by_name['RetryIngestJob']._loaded_options = None
+  _globals['_QUERYSERVICE'].methods_by_name['RetryIngestJob']._serialized_options = b'\202\323\344\223\002#\"\036/v1/ingest-jobs/{job_id}:retry:\001*'
   _globals['_QUERYSERVICE'].methods_by_name['DeleteDocument']._loaded_options = None
   _globals['_QUERYSERVICE'].methods_by_name['DeleteDocument']._serialized_options = b'\220\002\002\202\323\344\223\002 *\036/v1/documents/{document_id=**}'
-  _globals['_ANSWEROUTCOME']._serialized_start=1723
-  _globals['_ANSWEROUTCOME']._serialized_end=1858
-  _globals['_INGESTJOBSTATE']._serialized_start=1861
-  _globals['_INGESTJOBSTATE']._serialized_end=2031
+  _globals['_ANSWEROUTCOME']._serialized_start=2027
+  _globals['_ANSWEROUTCOME']._serialized_end=2162
+  _globals['_INGESTJOBSTATE']._serialized_start=2165
+  _globals['_INGESTJOBSTATE']._serialized_end=2335
   _globals['_ASKREQUEST']._serialized_start=102
   _globals['_ASKREQUEST']._serialized_end=339
   _globals['_ASKREQUEST_FILTERENTRY']._serialized_start=294
@@ -68,21 +72,29 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ASKRESPONSE']._serialized_start=929
   _globals['_ASKRESPONSE']._serialized_end=1049
   _globals['_DOCUMENT']._serialized_start=1052
-  _globals['_DOCUMENT']._serialized_end=1231
+  _globals['_DOCUMENT']._serialized_end=1268
   _globals['_DOCUMENT_METADATAENTRY']._serialized_start=495
   _globals['_DOCUMENT_METADATAENTRY']._serialized_end=542
-  _globals['_INGESTREQUEST']._serialized_start=1233
-  _globals['_INGESTREQUEST']._serialized_end=1289
-  _globals['_INGESTRESPONSE']._serialized_start=1291
-  _globals['_INGESTRESPONSE']._serialized_end=1347
-  _globals['_DELETEDOCUMENTREQUEST']._serialized_start=1349
-  _globals['_DELETEDOCUMENTREQUEST']._serialized_end=1393
-  _globals['_DELETEDOCUMENTRESPONSE']._serialized_start=1395
-  _globals['_DELETEDOCUMENTRESPONSE']._serialized_end=1435
-  _globals['_GETINGESTJOBREQUEST']._serialized_start=1437
-  _globals['_GETINGESTJOBREQUEST']._serialized_end=1474
-  _globals['_GETINGESTJOBRESPONSE']._serialized_start=1477
-  _globals['_GETINGESTJOBRESPONSE']._serialized_end=1720
-  _globals['_QUERYSERVICE']._serialized_start=2034
-  _globals['_QUERYSERVICE']._serialized_end=2477
+  _globals['_INGESTREQUEST']._serialized_start=1270
+  _globals['_INGESTREQUEST']._serialized_end=1326
+  _globals['_INGESTRESPONSE']._serialized_start=1328
+  _globals['_INGESTRESPONSE']._serialized_end=1384
+  _globals['_DELETEDOCUMENTREQUEST']._serialized_start=1386
+  _globals['_DELETEDOCUMENTREQUEST']._serialized_end=1430
+  _globals['_DELETEDOCUMENTRESPONSE']._serialized_start=1432
+  _globals['_DELETEDOCUMENTRESPONSE']._serialized_end=1472
+  _globals['_GETINGESTJOBREQUEST']._serialized_start=1474
+  _globals['_GETINGESTJOBREQUEST']._serialized_end=1511
+  _globals['_GETINGESTJOBRESPONSE']._serialized_start=1514
+  _globals['_GETINGESTJOBRESPONSE']._serialized_end=1811
+  _globals['_FAILEDDOCUMENT']._serialized_start=1813
+  _globals['_FAILEDDOCUMENT']._serialized_end=1865
+  _globals['_LISTINGESTJOBSREQUEST']._serialized_start=1867
+  _globals['_LISTINGESTJOBSREQUEST']._serialized_end=1909
+  _globals['_LISTINGESTJOBSRESPONSE']._serialized_start=1911
+  _globals['_LISTINGESTJOBSRESPONSE']._serialized_end=1983
+  _globals['_RETRYINGESTJOBREQUEST']._serialized_start=1985
+  _globals['_RETRYINGESTJOBREQUEST']._serialized_end=2024
+  _globals['_QUERYSERVICE']._serialized_start=2338
+  _globals['_QUERYSERVICE']._serialized_end=3022
 # @@protoc_insertion_point(module_scope)

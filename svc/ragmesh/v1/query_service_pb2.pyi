@@ -126,7 +126,7 @@ class AskResponse(_message.Message):
     def __init__(self, citations: _Optional[_Union[Citations, _Mapping]] = ..., delta: _Optional[str] = ..., done: _Optional[_Union[AskDone, _Mapping]] = ...) -> None: ...
 
 class Document(_message.Message):
-    __slots__ = ("document_id", "title", "text", "metadata", "source")
+    __slots__ = ("document_id", "title", "text", "metadata", "source", "content", "media_type")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -139,12 +139,16 @@ class Document(_message.Message):
     TEXT_FIELD_NUMBER: _ClassVar[int]
     METADATA_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_FIELD_NUMBER: _ClassVar[int]
+    MEDIA_TYPE_FIELD_NUMBER: _ClassVar[int]
     document_id: str
     title: str
     text: str
     metadata: _containers.ScalarMap[str, str]
     source: str
-    def __init__(self, document_id: _Optional[str] = ..., title: _Optional[str] = ..., text: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., source: _Optional[str] = ...) -> None: ...
+    content: bytes
+    media_type: str
+    def __init__(self, document_id: _Optional[str] = ..., title: _Optional[str] = ..., text: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., source: _Optional[str] = ..., content: _Optional[bytes] = ..., media_type: _Optional[str] = ...) -> None: ...
 
 class IngestRequest(_message.Message):
     __slots__ = ("documents",)
@@ -179,7 +183,7 @@ class GetIngestJobRequest(_message.Message):
     def __init__(self, job_id: _Optional[str] = ...) -> None: ...
 
 class GetIngestJobResponse(_message.Message):
-    __slots__ = ("job_id", "state", "documents_total", "documents_done", "documents_failed", "chunks_done", "chunks_failed", "last_error", "index_version")
+    __slots__ = ("job_id", "state", "documents_total", "documents_done", "documents_failed", "chunks_done", "chunks_failed", "last_error", "index_version", "failed_documents")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     DOCUMENTS_TOTAL_FIELD_NUMBER: _ClassVar[int]
@@ -189,6 +193,7 @@ class GetIngestJobResponse(_message.Message):
     CHUNKS_FAILED_FIELD_NUMBER: _ClassVar[int]
     LAST_ERROR_FIELD_NUMBER: _ClassVar[int]
     INDEX_VERSION_FIELD_NUMBER: _ClassVar[int]
+    FAILED_DOCUMENTS_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     state: IngestJobState
     documents_total: int
@@ -198,4 +203,31 @@ class GetIngestJobResponse(_message.Message):
     chunks_failed: int
     last_error: str
     index_version: int
-    def __init__(self, job_id: _Optional[str] = ..., state: _Optional[_Union[IngestJobState, str]] = ..., documents_total: _Optional[int] = ..., documents_done: _Optional[int] = ..., documents_failed: _Optional[int] = ..., chunks_done: _Optional[int] = ..., chunks_failed: _Optional[int] = ..., last_error: _Optional[str] = ..., index_version: _Optional[int] = ...) -> None: ...
+    failed_documents: _containers.RepeatedCompositeFieldContainer[FailedDocument]
+    def __init__(self, job_id: _Optional[str] = ..., state: _Optional[_Union[IngestJobState, str]] = ..., documents_total: _Optional[int] = ..., documents_done: _Optional[int] = ..., documents_failed: _Optional[int] = ..., chunks_done: _Optional[int] = ..., chunks_failed: _Optional[int] = ..., last_error: _Optional[str] = ..., index_version: _Optional[int] = ..., failed_documents: _Optional[_Iterable[_Union[FailedDocument, _Mapping]]] = ...) -> None: ...
+
+class FailedDocument(_message.Message):
+    __slots__ = ("document_id", "error")
+    DOCUMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    document_id: str
+    error: str
+    def __init__(self, document_id: _Optional[str] = ..., error: _Optional[str] = ...) -> None: ...
+
+class ListIngestJobsRequest(_message.Message):
+    __slots__ = ("page_size",)
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    page_size: int
+    def __init__(self, page_size: _Optional[int] = ...) -> None: ...
+
+class ListIngestJobsResponse(_message.Message):
+    __slots__ = ("jobs",)
+    JOBS_FIELD_NUMBER: _ClassVar[int]
+    jobs: _containers.RepeatedCompositeFieldContainer[GetIngestJobResponse]
+    def __init__(self, jobs: _Optional[_Iterable[_Union[GetIngestJobResponse, _Mapping]]] = ...) -> None: ...
+
+class RetryIngestJobRequest(_message.Message):
+    __slots__ = ("job_id",)
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    def __init__(self, job_id: _Optional[str] = ...) -> None: ...

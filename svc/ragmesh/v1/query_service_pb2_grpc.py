@@ -50,6 +50,16 @@ class QueryServiceStub:
                 request_serializer=ragmesh_dot_v1_dot_query__service__pb2.GetIngestJobRequest.SerializeToString,
                 response_deserializer=ragmesh_dot_v1_dot_query__service__pb2.GetIngestJobResponse.FromString,
                 _registered_method=True)
+        self.ListIngestJobs = channel.unary_unary(
+                '/ragmesh.v1.QueryService/ListIngestJobs',
+                request_serializer=ragmesh_dot_v1_dot_query__service__pb2.ListIngestJobsRequest.SerializeToString,
+                response_deserializer=ragmesh_dot_v1_dot_query__service__pb2.ListIngestJobsResponse.FromString,
+                _registered_method=True)
+        self.RetryIngestJob = channel.unary_unary(
+                '/ragmesh.v1.QueryService/RetryIngestJob',
+                request_serializer=ragmesh_dot_v1_dot_query__service__pb2.RetryIngestJobRequest.SerializeToString,
+                response_deserializer=ragmesh_dot_v1_dot_query__service__pb2.IngestResponse.FromString,
+                _registered_method=True)
         self.DeleteDocument = channel.unary_unary(
                 '/ragmesh.v1.QueryService/DeleteDocument',
                 request_serializer=ragmesh_dot_v1_dot_query__service__pb2.DeleteDocumentRequest.SerializeToString,
@@ -82,6 +92,22 @@ class QueryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListIngestJobs(self, request, context):
+        """ListIngestJobs lists the caller's tenant's ingest jobs, newest first, each with the
+        documents that failed (jobs are kept for RAGMESH_INGEST_JOB_TTL_SECONDS).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RetryIngestJob(self, request, context):
+        """RetryIngestJob queues the documents of a job that failed again, as a new job. A job
+        without failed documents is FAILED_PRECONDITION.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def DeleteDocument(self, request, context):
         """DeleteDocument queues the removal of a document's chunks from the caller's tenant and
         returns the job that removes them (GetIngestJob reports it; chunks_done counts the chunks
@@ -108,6 +134,16 @@ def add_QueryServiceServicer_to_server(servicer, server):
                     servicer.GetIngestJob,
                     request_deserializer=ragmesh_dot_v1_dot_query__service__pb2.GetIngestJobRequest.FromString,
                     response_serializer=ragmesh_dot_v1_dot_query__service__pb2.GetIngestJobResponse.SerializeToString,
+            ),
+            'ListIngestJobs': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListIngestJobs,
+                    request_deserializer=ragmesh_dot_v1_dot_query__service__pb2.ListIngestJobsRequest.FromString,
+                    response_serializer=ragmesh_dot_v1_dot_query__service__pb2.ListIngestJobsResponse.SerializeToString,
+            ),
+            'RetryIngestJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.RetryIngestJob,
+                    request_deserializer=ragmesh_dot_v1_dot_query__service__pb2.RetryIngestJobRequest.FromString,
+                    response_serializer=ragmesh_dot_v1_dot_query__service__pb2.IngestResponse.SerializeToString,
             ),
             'DeleteDocument': grpc.unary_unary_rpc_method_handler(
                     servicer.DeleteDocument,
@@ -197,6 +233,60 @@ class QueryService:
             '/ragmesh.v1.QueryService/GetIngestJob',
             ragmesh_dot_v1_dot_query__service__pb2.GetIngestJobRequest.SerializeToString,
             ragmesh_dot_v1_dot_query__service__pb2.GetIngestJobResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListIngestJobs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ragmesh.v1.QueryService/ListIngestJobs',
+            ragmesh_dot_v1_dot_query__service__pb2.ListIngestJobsRequest.SerializeToString,
+            ragmesh_dot_v1_dot_query__service__pb2.ListIngestJobsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RetryIngestJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ragmesh.v1.QueryService/RetryIngestJob',
+            ragmesh_dot_v1_dot_query__service__pb2.RetryIngestJobRequest.SerializeToString,
+            ragmesh_dot_v1_dot_query__service__pb2.IngestResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -39,6 +39,14 @@ class QueryServiceStub:
     """Ingest validates documents, queues them for chunking and indexing, and returns a job id."""
     GetIngestJob: _grpc.UnaryUnaryMultiCallable[_query_service_pb2.GetIngestJobRequest, _query_service_pb2.GetIngestJobResponse]
     """GetIngestJob reports the state and progress of an ingest job."""
+    ListIngestJobs: _grpc.UnaryUnaryMultiCallable[_query_service_pb2.ListIngestJobsRequest, _query_service_pb2.ListIngestJobsResponse]
+    """ListIngestJobs lists the caller's tenant's ingest jobs, newest first, each with the
+    documents that failed (jobs are kept for RAGMESH_INGEST_JOB_TTL_SECONDS).
+    """
+    RetryIngestJob: _grpc.UnaryUnaryMultiCallable[_query_service_pb2.RetryIngestJobRequest, _query_service_pb2.IngestResponse]
+    """RetryIngestJob queues the documents of a job that failed again, as a new job. A job
+    without failed documents is FAILED_PRECONDITION.
+    """
     DeleteDocument: _grpc.UnaryUnaryMultiCallable[_query_service_pb2.DeleteDocumentRequest, _query_service_pb2.DeleteDocumentResponse]
     """DeleteDocument queues the removal of a document's chunks from the caller's tenant and
     returns the job that removes them (GetIngestJob reports it; chunks_done counts the chunks
@@ -56,6 +64,14 @@ class QueryServiceAsyncStub(QueryServiceStub):
     """Ingest validates documents, queues them for chunking and indexing, and returns a job id."""
     GetIngestJob: _aio.UnaryUnaryMultiCallable[_query_service_pb2.GetIngestJobRequest, _query_service_pb2.GetIngestJobResponse]  # type: ignore[assignment]
     """GetIngestJob reports the state and progress of an ingest job."""
+    ListIngestJobs: _aio.UnaryUnaryMultiCallable[_query_service_pb2.ListIngestJobsRequest, _query_service_pb2.ListIngestJobsResponse]  # type: ignore[assignment]
+    """ListIngestJobs lists the caller's tenant's ingest jobs, newest first, each with the
+    documents that failed (jobs are kept for RAGMESH_INGEST_JOB_TTL_SECONDS).
+    """
+    RetryIngestJob: _aio.UnaryUnaryMultiCallable[_query_service_pb2.RetryIngestJobRequest, _query_service_pb2.IngestResponse]  # type: ignore[assignment]
+    """RetryIngestJob queues the documents of a job that failed again, as a new job. A job
+    without failed documents is FAILED_PRECONDITION.
+    """
     DeleteDocument: _aio.UnaryUnaryMultiCallable[_query_service_pb2.DeleteDocumentRequest, _query_service_pb2.DeleteDocumentResponse]  # type: ignore[assignment]
     """DeleteDocument queues the removal of a document's chunks from the caller's tenant and
     returns the job that removes them (GetIngestJob reports it; chunks_done counts the chunks
@@ -88,6 +104,26 @@ class QueryServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_query_service_pb2.GetIngestJobResponse, _abc.Awaitable[_query_service_pb2.GetIngestJobResponse]]:
         """GetIngestJob reports the state and progress of an ingest job."""
+
+    @_abc_1.abstractmethod
+    def ListIngestJobs(
+        self,
+        request: _query_service_pb2.ListIngestJobsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_query_service_pb2.ListIngestJobsResponse, _abc.Awaitable[_query_service_pb2.ListIngestJobsResponse]]:
+        """ListIngestJobs lists the caller's tenant's ingest jobs, newest first, each with the
+        documents that failed (jobs are kept for RAGMESH_INGEST_JOB_TTL_SECONDS).
+        """
+
+    @_abc_1.abstractmethod
+    def RetryIngestJob(
+        self,
+        request: _query_service_pb2.RetryIngestJobRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_query_service_pb2.IngestResponse, _abc.Awaitable[_query_service_pb2.IngestResponse]]:
+        """RetryIngestJob queues the documents of a job that failed again, as a new job. A job
+        without failed documents is FAILED_PRECONDITION.
+        """
 
     @_abc_1.abstractmethod
     def DeleteDocument(
