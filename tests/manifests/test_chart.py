@@ -175,6 +175,9 @@ OTHER = {
     "retrieval.milvus.consistency": "session",
     "retrieval.milvus.indexKind": "ivf",
     "retrieval.backup.schedule": "@hourly",
+    "gate.minRecall": 0.8,
+    "gate.minFact": 0.7,
+    "gate.golden": '{"question": "Q?", "document": "d.md", "fact": "f"}\n',
     # switches that need others changed with them: test_deploy.py renders them (VARIANTS)
     "vllmServer.enabled": None,
     "redis.external.enabled": None,

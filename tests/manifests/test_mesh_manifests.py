@@ -135,6 +135,8 @@ def test_the_rest_bridge_filter_is_generated_from_the_protos() -> None:
         "Ask": ["post:", '"/v1/ask"', "body:", '"*"'],
         "Ingest": ["post:", '"/v1/documents:ingest"', "body:", '"*"'],
         "GetIngestJob": ["get:", '"/v1/ingest-jobs/{job_id}"'],
+        "ListIngestJobs": ["get:", '"/v1/ingest-jobs"'],
+        "RetryIngestJob": ["post:", '"/v1/ingest-jobs/{job_id}:retry"', "body:", '"*"'],
         "DeleteDocument": ["delete:", '"/v1/documents/{document_id=**}"'],
     }
     assert config["services"] == ["ragmesh.v1.QueryService"]

@@ -155,3 +155,8 @@ env:
       key: token
 {{- end }}
 {{- end }}
+
+{{- /* The quality gate's golden set: the deployment's own (gate.golden), else the chart's. */}}
+{{- define "ragmesh.golden" -}}
+{{- .Values.gate.golden | default (.Files.Get "files/golden.jsonl") -}}
+{{- end }}

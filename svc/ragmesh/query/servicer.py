@@ -81,12 +81,14 @@ class QueryServicer(query_service_pb2_grpc.QueryServiceServicer):
         self,
         request: query_service_pb2.RetryIngestJobRequest,
         context: grpc.aio.ServicerContext[Any, Any],
-    ) -> query_service_pb2.IngestResponse:
+    ) -> query_service_pb2.RetryIngestJobResponse:
         validate_job_id(request.job_id)
         tenant = self._tenant()
         job_id = await self.queue.retry(tenant, request.job_id)
         job = await self.queue.job(tenant, job_id)
-        return query_service_pb2.IngestResponse(job_id=job_id, document_count=job.documents_total)
+        return query_service_pb2.RetryIngestJobResponse(
+            job_id=job_id, document_count=job.documents_total
+        )
 
     async def DeleteDocument(
         self,

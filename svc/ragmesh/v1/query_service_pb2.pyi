@@ -231,3 +231,11 @@ class RetryIngestJobRequest(_message.Message):
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     def __init__(self, job_id: _Optional[str] = ...) -> None: ...
+
+class RetryIngestJobResponse(_message.Message):
+    __slots__ = ("job_id", "document_count")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    DOCUMENT_COUNT_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    document_count: int
+    def __init__(self, job_id: _Optional[str] = ..., document_count: _Optional[int] = ...) -> None: ...

@@ -58,7 +58,7 @@ class QueryServiceStub:
         self.RetryIngestJob = channel.unary_unary(
                 '/ragmesh.v1.QueryService/RetryIngestJob',
                 request_serializer=ragmesh_dot_v1_dot_query__service__pb2.RetryIngestJobRequest.SerializeToString,
-                response_deserializer=ragmesh_dot_v1_dot_query__service__pb2.IngestResponse.FromString,
+                response_deserializer=ragmesh_dot_v1_dot_query__service__pb2.RetryIngestJobResponse.FromString,
                 _registered_method=True)
         self.DeleteDocument = channel.unary_unary(
                 '/ragmesh.v1.QueryService/DeleteDocument',
@@ -143,7 +143,7 @@ def add_QueryServiceServicer_to_server(servicer, server):
             'RetryIngestJob': grpc.unary_unary_rpc_method_handler(
                     servicer.RetryIngestJob,
                     request_deserializer=ragmesh_dot_v1_dot_query__service__pb2.RetryIngestJobRequest.FromString,
-                    response_serializer=ragmesh_dot_v1_dot_query__service__pb2.IngestResponse.SerializeToString,
+                    response_serializer=ragmesh_dot_v1_dot_query__service__pb2.RetryIngestJobResponse.SerializeToString,
             ),
             'DeleteDocument': grpc.unary_unary_rpc_method_handler(
                     servicer.DeleteDocument,
@@ -286,7 +286,7 @@ class QueryService:
             target,
             '/ragmesh.v1.QueryService/RetryIngestJob',
             ragmesh_dot_v1_dot_query__service__pb2.RetryIngestJobRequest.SerializeToString,
-            ragmesh_dot_v1_dot_query__service__pb2.IngestResponse.FromString,
+            ragmesh_dot_v1_dot_query__service__pb2.RetryIngestJobResponse.FromString,
             options,
             channel_credentials,
             insecure,

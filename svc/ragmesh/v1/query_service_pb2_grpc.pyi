@@ -43,7 +43,7 @@ class QueryServiceStub:
     """ListIngestJobs lists the caller's tenant's ingest jobs, newest first, each with the
     documents that failed (jobs are kept for RAGMESH_INGEST_JOB_TTL_SECONDS).
     """
-    RetryIngestJob: _grpc.UnaryUnaryMultiCallable[_query_service_pb2.RetryIngestJobRequest, _query_service_pb2.IngestResponse]
+    RetryIngestJob: _grpc.UnaryUnaryMultiCallable[_query_service_pb2.RetryIngestJobRequest, _query_service_pb2.RetryIngestJobResponse]
     """RetryIngestJob queues the documents of a job that failed again, as a new job. A job
     without failed documents is FAILED_PRECONDITION.
     """
@@ -68,7 +68,7 @@ class QueryServiceAsyncStub(QueryServiceStub):
     """ListIngestJobs lists the caller's tenant's ingest jobs, newest first, each with the
     documents that failed (jobs are kept for RAGMESH_INGEST_JOB_TTL_SECONDS).
     """
-    RetryIngestJob: _aio.UnaryUnaryMultiCallable[_query_service_pb2.RetryIngestJobRequest, _query_service_pb2.IngestResponse]  # type: ignore[assignment]
+    RetryIngestJob: _aio.UnaryUnaryMultiCallable[_query_service_pb2.RetryIngestJobRequest, _query_service_pb2.RetryIngestJobResponse]  # type: ignore[assignment]
     """RetryIngestJob queues the documents of a job that failed again, as a new job. A job
     without failed documents is FAILED_PRECONDITION.
     """
@@ -120,7 +120,7 @@ class QueryServiceServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _query_service_pb2.RetryIngestJobRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_query_service_pb2.IngestResponse, _abc.Awaitable[_query_service_pb2.IngestResponse]]:
+    ) -> _typing.Union[_query_service_pb2.RetryIngestJobResponse, _abc.Awaitable[_query_service_pb2.RetryIngestJobResponse]]:
         """RetryIngestJob queues the documents of a job that failed again, as a new job. A job
         without failed documents is FAILED_PRECONDITION.
         """
