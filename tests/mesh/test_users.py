@@ -155,6 +155,8 @@ async def test_a_token_without_a_tenant_is_denied(fake_mesh: FakeMesh) -> None:
 INGEST = "/ragmesh.v1.QueryService/Ingest"
 JOB = "/ragmesh.v1.QueryService/GetIngestJob"
 DELETE = "/ragmesh.v1.QueryService/DeleteDocument"
+LIST_JOBS = "/ragmesh.v1.QueryService/ListIngestJobs"
+RETRY_JOB = "/ragmesh.v1.QueryService/RetryIngestJob"
 
 
 async def unary(mesh: FakeMesh, path: str, token: str) -> grpc.StatusCode:
@@ -191,6 +193,8 @@ async def test_a_token_needs_the_scope_of_what_it_asks_for(
     assert (await ask(fake_mesh, token))[0] == ask_code
     assert await unary(fake_mesh, INGEST, token) == ingest_code
     assert await unary(fake_mesh, JOB, token) == ingest_code  # reading one's ingest jobs
+    assert await unary(fake_mesh, LIST_JOBS, token) == ingest_code  # listing them
+    assert await unary(fake_mesh, RETRY_JOB, token) == ingest_code  # and retrying one
     assert await unary(fake_mesh, DELETE, token) == delete_code
 
 
@@ -204,10 +208,13 @@ async def test_scopes_hold_over_the_rest_bridge_too(fake_mesh: FakeMesh) -> None
         rest.call, f"{url}/v1/documents:ingest", body, token=ask_only
     )
     assert status == 403 and "RBAC" in str(error)
+    for path in (f"/v1/ingest-jobs/{'a' * 32}", "/v1/ingest-jobs"):
+        status, _, _ = await asyncio.to_thread(rest.call, f"{url}{path}", token=ask_only)
+        assert status == 403, path
     status, _, _ = await asyncio.to_thread(
-        rest.call, f"{url}/v1/ingest-jobs/{'a' * 32}", token=ask_only
+        rest.call, f"{url}/v1/ingest-jobs", token=fake_mesh.lab.token("acme", ("ingest",))
     )
-    assert status == 403
+    assert status == 200
     status, _, _ = await asyncio.to_thread(
         rest.call,
         f"{url}/v1/documents:ingest",
