@@ -36,6 +36,7 @@ class Peers:
         self.models: list[str] = []  # the embedding model each search names
         self.texts: list[str] = []  # the query text each search carries (hybrid search)
         self.best = 1.0  # the similarity of the best hit
+        self.words = ("It is so,", " as the default text says", " [1].")  # what generation says
 
     async def embed(self, texts: Sequence[str], purpose: Purpose) -> Embedded:
         self.embeds += 1
@@ -79,7 +80,7 @@ class Peers:
         self, question: str, passages: Sequence[Hit], params: Params
     ) -> AsyncIterator[Delta | Done]:
         self.generations += 1
-        for word in ("It is so,", " as the default text says", " [1]."):
+        for word in self.words:
             yield Delta(word)
         yield Done(Finish.STOP, 50, 4, "gen-model")
 
@@ -329,3 +330,13 @@ async def test_an_answer_reports_its_outcome_and_groundedness_also_when_replayed
     assert replayed[-1].groundedness == 1.0  # type: ignore[attr-defined]
     assert replayed[-1].cache_hit  # type: ignore[attr-defined]
     assert ANSWERS.labels("answered")._value.get() == before + 2
+
+
+async def test_an_engine_that_finds_nothing_to_say_is_a_no_answer_too() -> None:
+    from ragmesh.kit.domain import NO_ANSWER, Outcome
+
+    peers = Peers()
+    peers.words = tuple(f" {w}" if i else w for i, w in enumerate(NO_ANSWER.split(" ")))
+    done = (await run(pipeline(MemoryRedis(), peers)))[-1]
+    assert isinstance(done, AskDone) and done.outcome is Outcome.NO_ANSWER
+    assert peers.generations == 1  # the passages were relevant enough to ask

@@ -22,6 +22,7 @@ from typing import Any
 
 import grpc
 
+from ragmesh.gate.service import load_golden, score
 from ragmesh.kit.clients import QueryClient
 from ragmesh.kit.domain import (
     AskDone,
@@ -387,7 +388,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     """Answer quality over a golden set; 1 when a --min-* threshold is not met."""
     address = query_address(args)
     try:
-        queries = evaluate.golden(args.golden)
+        queries = load_golden(args.golden)
     except (OSError, RagmeshError) as e:
         raise CliError(str(e)) from None
     version = _writes(args).get(address, 0)
@@ -397,7 +398,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         )
     except RagmeshError as e:
         raise CliError(f"query service at {address}: {e}{token_hint(e, args)}") from None
-    scores = evaluate.score(queries, answers)
+    scores = score(queries, answers)
     print(evaluate.report(args.golden, scores, args.json))
     failed = [
         f"{label} {getattr(scores, name):.3f} < {limit}"

@@ -12,9 +12,7 @@ from pathlib import Path
 
 import grpc
 
-from ragmesh.gate.service import Answer, GoldenQuery, Scores, load_golden, score
-
-__all__ = ["score"]
+from ragmesh.gate.service import Answer, GoldenQuery, Scores
 from ragmesh.kit.clients import QueryClient
 from ragmesh.kit.domain import AskDone, AskInput, Citations, Delta, Outcome
 
@@ -73,7 +71,3 @@ def report(path: Path, scores: Scores, as_json: bool) -> str:
         lines.append("missed (first citation or fact):")
         lines += [f"  - {q}" for q in scores.misses]
     return "\n".join(lines)
-
-
-def golden(path: Path) -> tuple[GoldenQuery, ...]:
-    return load_golden(path)

@@ -21,7 +21,7 @@ import numpy as np
 from ragmesh.generation.engine import EngineRequest, Piece, Source
 from ragmesh.generation.untrusted import is_instruction
 from ragmesh.kit.config import EmbeddingSettings
-from ragmesh.kit.domain import Purpose
+from ragmesh.kit.domain import NO_ANSWER, Purpose
 from ragmesh.kit.encoder import EmbeddingModel
 from ragmesh.kit.errors import NotReady
 from ragmesh.kit.text import sentences
@@ -36,7 +36,7 @@ MAX_SENTENCES = 3
 MAX_SENTENCE_WORDS = 60
 #: sentence vectors kept (384 float32 each for MiniLM: about 12 MiB)
 SENTENCE_VECTORS = 8192
-NOTHING_FOUND = "The indexed documents do not contain an answer to this question."
+NOTHING_FOUND = NO_ANSWER
 
 
 def split_sentences(text: str) -> list[str]:

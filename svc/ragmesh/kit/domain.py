@@ -88,6 +88,11 @@ class Finish(enum.Enum):
     CONTENT_FILTER = 3
 
 
+#: the answer when the documents hold none (the relevance floor, or an engine that found
+#: nothing to say in the passages)
+NO_ANSWER = "The indexed documents do not contain an answer to this question."
+
+
 class Outcome(enum.Enum):
     """Whether an Ask was answered from the documents (values match AnswerOutcome)."""
 

@@ -23,6 +23,7 @@ from prometheus_client import Counter, Histogram
 from ragmesh.kit import callcontext
 from ragmesh.kit.config import QuerySettings
 from ragmesh.kit.domain import (
+    NO_ANSWER,
     AskDone,
     AskInput,
     Citation,
@@ -68,7 +69,6 @@ GROUNDEDNESS = Histogram(
     "Share of an answer's sentences supported by a cited passage (answered outcomes).",
     buckets=(0.1, 0.25, 0.5, 0.75, 0.9, 1.0),
 )
-NO_ANSWER = "The indexed documents do not contain an answer to this question."
 
 
 def counted(done: AskDone) -> AskDone:
@@ -253,8 +253,13 @@ class AskPipeline:
                 done = generated
         if done is None:
             raise RuntimeError("generation stream ended without done")
-        outcome = Outcome.FILTERED if done.finish is Finish.CONTENT_FILTER else Outcome.ANSWERED
-        grounded = groundedness("".join(deltas), [h.text for h in result.hits])
+        answer = "".join(deltas)
+        outcome = Outcome.ANSWERED
+        if done.finish is Finish.CONTENT_FILTER:
+            outcome = Outcome.FILTERED
+        elif answer.strip() == NO_ANSWER:  # the engine found nothing to say in the passages
+            outcome = Outcome.NO_ANSWER
+        grounded = groundedness(answer, [h.text for h in result.hits])
         if self.budget is not None:
             await self.budget.charge(verified, done.completion_tokens)
         if use_cache:
