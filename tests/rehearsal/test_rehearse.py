@@ -1,10 +1,11 @@
 """Releases rehearsed end to end on the local mesh (ragmesh rehearse): the shipped Canary's
 analysis against the real service's old and new release behind real Envoys, a real Prometheus
-and the webhooks as written. A good release is promoted; a release with errors, with latency
-or with worse retrieval quality is rolled back by the check that should catch it; a canary
-that receives no traffic is never promoted; users who opt in to the generation A/B test are
-served by the canary through the ingress and query; a query release whose OpenAI-compatible
-API does not answer never reaches a user; an ingest backlog raises KEDA's decision.
+and the webhooks as written. A good release is promoted; a release with errors, with latency,
+with worse retrieval quality or with worse answers is rolled back by the check that should
+catch it; a canary that receives no traffic is never promoted; users who opt in to the
+generation A/B test are served by the canary through the ingress and query; a query release
+whose OpenAI-compatible API does not answer never reaches a user; an ingest backlog raises
+KEDA's decision.
 Time runs 20 times faster (1m intervals: 3 s)."""
 
 from __future__ import annotations
@@ -105,6 +106,16 @@ def test_users_who_opt_in_reach_the_generation_canary_through_query(tmp_path: Pa
     # sidecar, whose A/B route sent them to the canary; the others stayed on the primary
     assert inbound_callers(r, "generation-sidecar").get("ragmesh-query", 0) > 20
     assert inbound_callers(r, "generation-primary-sidecar").get("ragmesh-query", 0) > 20
+
+
+def test_a_generation_release_that_answers_worse_is_rolled_back(tmp_path: Path) -> None:
+    """Healthy, fast, and its answers lose their facts: the answer-quality check fails."""
+    r = run("generation", "quality", tmp_path)
+    assert r.phase == "Failed"
+    failed = [h for t in r.ticks for h in t.hooks if not h.ok]
+    assert {h.name for h in failed} == {"answer-quality"}
+    assert all('"min_fact"' in h.output for h in failed), failed
+    assert all(c.ok for t in r.ticks for c in t.checks)  # healthy and fast, only worse
 
 
 def test_a_generation_release_slow_to_the_first_token_is_rolled_back(tmp_path: Path) -> None:

@@ -22,7 +22,8 @@ objects it edits (this module does what those edits do):
 
 Scenarios (the new release): ``good``; ``errors`` (20 % of calls fail:
 RAGMESH_FAULT_ERROR_PERCENT); ``latency`` (+400 ms per call: RAGMESH_FAULT_DELAY_MS);
-``quality`` (embedding: another vector space, release.py --regression; retrieval: an index
+``quality`` (generation: answers cut to three words; embedding: another vector space,
+release.py --regression; retrieval: an index
 without the corpus); ``no-traffic`` (no user calls, and the load tester sends nothing: the
 Canary's rollout webhooks are left out); ``no-openai`` (query without its OpenAI-compatible
 API: RAGMESH_QUERY_HTTP_PORT=-1); ``backlog`` (ingest: a burst of documents).
@@ -139,6 +140,8 @@ def scenario(service: str, name: str, workdir: Path) -> Scenario:
     if name == "quality" and service == "retrieval":
         empty = str(workdir / "empty-index")
         return Scenario(name, {"RAGMESH_INDEX_DIR": empty}, expect="Failed")
+    if name == "quality" and service == "generation":  # answers of three words: no facts
+        return Scenario(name, {"RAGMESH_GEN_DEFAULT_MAX_TOKENS": "3"}, expect="Failed")
     raise NoScenario(f"no scenario {name!r} for {service}")
 
 

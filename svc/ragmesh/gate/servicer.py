@@ -81,10 +81,11 @@ class Retrievers:
         retriever = RetrievalClient(self.channel(probe.retrieval))
 
         async def search(question: str, k: int) -> Retrieved:
+            # dense only: this probe judges the vectors (an embedding or index canary); the
+            # lexical half of hybrid search would find the golden documents by their words
+            # even with a broken embedding model. A query probe judges the whole (hybrid).
             embedded = await embedder.embed([question], Purpose.QUERY)
-            result = await retriever.search(
-                self.tenant, embedded.vectors[0], k, {}, 0, embedded.model, question
-            )
+            result = await retriever.search(self.tenant, embedded.vectors[0], k, {}, 0)
             return Retrieved([hit.document_id for hit in result.hits])
 
         return search
