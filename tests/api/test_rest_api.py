@@ -58,6 +58,8 @@ def test_the_document_describes_the_routes_and_fields_the_bridge_serves() -> Non
         ("post", "/v1/ask"): "Ask",
         ("post", "/v1/documents:ingest"): "Ingest",
         ("get", "/v1/ingest-jobs/{job_id}"): "GetIngestJob",
+        ("get", "/v1/ingest-jobs"): "ListIngestJobs",
+        ("post", "/v1/ingest-jobs/{job_id}:retry"): "RetryIngestJob",
         ("delete", "/v1/documents/{document_id}"): "DeleteDocument",
     }
 

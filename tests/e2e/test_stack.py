@@ -329,6 +329,18 @@ def test_a_tenant_over_its_token_budget_is_resource_exhausted(
     query: query_service_pb2_grpc.QueryServiceStub,
 ) -> None:
     metadata = (("x-ragmesh-tenant", "budget-test"),)
+    # the tenant's own document: a question its documents do not answer generates nothing
+    document = q.Document(document_id="lighthouse.md", text=(CORPUS / "lighthouse.md").read_text())
+    job = query.Ingest(q.IngestRequest(documents=[document]), timeout=10, metadata=metadata)
+    deadline = time.monotonic() + 120
+    while (
+        query.GetIngestJob(
+            q.GetIngestJobRequest(job_id=job.job_id), timeout=5, metadata=metadata
+        ).state
+        != q.INGEST_JOB_STATE_SUCCEEDED
+    ):
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
     request = q.AskRequest(question=QUESTION, skip_cache=True)
     spent = 0
     with pytest.raises(grpc.RpcError) as e:

@@ -70,7 +70,7 @@ async def test_every_identity_and_method(fake_mesh: FakeMesh) -> None:
     """Every caller identity × workload × method: allowed exactly where the contract says."""
     pairs = grpc_pairs(fake_mesh.lab.policy, matrix_contract())
     callers = sorted({p[0] for p in pairs})
-    assert len(callers) >= 10 and len(pairs) == len(callers) * 5 * 12
+    assert len(callers) >= 10 and len(pairs) == len(callers) * 5 * 14  # 5 workloads, 14 methods
     channels: dict[tuple[str, str], grpc.aio.Channel] = {}
     for caller in callers:
         sidecar = fake_mesh.client(caller)

@@ -5,6 +5,7 @@ tenant is not affected."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
 import grpc
@@ -32,12 +33,24 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MeshLab]:
 
 
 def test_a_tenant_over_its_budget_is_refused_through_the_ingress(mesh: MeshLab) -> None:
-    acme = mesh.token("acme", ("ask",))
-    request = q.AskRequest(question="What is in the index?", skip_cache=True)
+    acme = mesh.token("acme", ("ask", "ingest"))
+    question = "How often does the Keelhaven light flash?"
+    request = q.AskRequest(question=question, skip_cache=True)
     metadata = (("authorization", f"Bearer {acme}"),)
     spent = 0
     with grpc.insecure_channel(mesh.ingress_address) as channel:
         stub = query_service_pb2_grpc.QueryServiceStub(channel)
+        # the tenant's document: a question no document answers generates (and spends) nothing
+        text = (ROOT / "samples" / "corpus" / "lighthouse.md").read_text()
+        ingest = q.IngestRequest(documents=[q.Document(document_id="lighthouse.md", text=text)])
+        job = stub.Ingest(ingest, timeout=10, metadata=metadata).job_id
+        deadline = time.monotonic() + 120
+        while (
+            stub.GetIngestJob(q.GetIngestJobRequest(job_id=job), timeout=5, metadata=metadata).state
+            != q.INGEST_JOB_STATE_SUCCEEDED
+        ):
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
         with pytest.raises(grpc.RpcError) as e:
             for _ in range(BUDGET + 1):  # each answer costs at least one token
                 for event in stub.Ask(request, timeout=30, metadata=metadata):
@@ -46,7 +59,7 @@ def test_a_tenant_over_its_budget_is_refused_through_the_ingress(mesh: MeshLab) 
         assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert f"budget of {BUDGET} generated tokens per minute" in (e.value.details() or "")
         assert spent >= BUDGET
-        body = {"question": "What is in the index?", "skipCache": True}
+        body = {"question": question, "skipCache": True}
         status, _, error = rest.call(f"{mesh.rest_url}/v1/ask", body, token=acme)
         assert status == 429 and f"budget of {BUDGET}" in str(error), error
         # another tenant's budget is its own

@@ -70,6 +70,7 @@ async def test_the_json_body_becomes_the_grpc_request(fake_mesh: FakeMesh) -> No
         "chunksFailed": 0,
         "lastError": "",
         "indexVersion": "0",  # proto3 JSON: a uint64 as a string
+        "failedDocuments": [],
     }
     path, caller = app.calls[-1]
     assert path == "/ragmesh.v1.QueryService/GetIngestJob"

@@ -293,14 +293,13 @@ class AskPipeline:
         self, started: float, embed_ms: float, search_ms: float, index_version: int
     ) -> list[Citations | Delta | AskDone]:
         """The answer when no passage reaches RAGMESH_ANSWER_MIN_RELEVANCE: it says so and
-        cites nothing; no generation runs."""
-        words = NO_ANSWER.split(" ")
+        cites nothing; no generation runs (nor spends a token budget)."""
         first_ms = _ms(started)
         TTFT.labels("false").observe(first_ms / 1000.0)
         done = AskDone(
             Finish.STOP,
             0,
-            len(words),
+            0,
             Timings(embed_ms, search_ms, first_ms, _ms(started)),
             False,
             index_version,
