@@ -8,6 +8,7 @@ command -v redis-server >/dev/null || need+=(redis-server)
 command -v promtool >/dev/null || need+=(prometheus)  # prometheus + promtool, for the PromQL tests
 command -v jq >/dev/null || need+=(jq)  # the canary webhooks pipe ghz's JSON report into jq
 command -v curl >/dev/null || need+=(curl)
+command -v groff >/dev/null || need+=(groff-base)  # scripts/manpages_corpus.py renders with it
 # grpc-gateway's generators (protoc-gen-grpc-gateway, protoc-gen-swagger): the OpenAPI document
 command -v protoc-gen-swagger >/dev/null || need+=(golang-grpc-gateway)
 if [ "${1:-}" = images ]; then
