@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Mapping, Sequence
 
 import numpy as np
@@ -340,3 +341,90 @@ async def test_an_engine_that_finds_nothing_to_say_is_a_no_answer_too() -> None:
     done = (await run(pipeline(MemoryRedis(), peers)))[-1]
     assert isinstance(done, AskDone) and done.outcome is Outcome.NO_ANSWER
     assert peers.generations == 1  # the passages were relevant enough to ask
+
+
+class GatedPeers(Peers):
+    """Peers whose generation waits until ``release`` is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = asyncio.Event()
+
+    async def generate(
+        self, question: str, passages: Sequence[Hit], params: Params
+    ) -> AsyncIterator[Delta | Done]:
+        await self.release.wait()
+        async for event in super().generate(question, passages, params):
+            yield event
+
+
+def gated_pipeline(peers: GatedPeers, **env: str) -> AskPipeline:
+    cache = RedisCache(MemoryRedis(), retry_after=0.0)  # type: ignore[arg-type]
+    return AskPipeline(settings_for(**env).query, peers, peers, peers, cache)
+
+
+async def test_an_ask_without_a_slot_is_refused_before_any_work() -> None:
+    from ragmesh.kit.errors import Overloaded
+    from ragmesh.query.admission import ADMISSIONS
+
+    peers = GatedPeers()
+    p = gated_pipeline(peers, RAGMESH_QUERY_MAX_ASKS="1", RAGMESH_QUERY_ADMISSION_WAIT_MS="50")
+    refused = ADMISSIONS.labels("refused")._value.get()
+    first = asyncio.create_task(run(p, "the first question?"))
+    while peers.embeds == 0:
+        await asyncio.sleep(0.001)
+    with pytest.raises(Overloaded) as e:
+        await run(p, "another question?")
+    assert str(e.value) == "the service is busy: too many questions at once; retry shortly"
+    assert (peers.embeds, peers.searches) == (1, 1)  # nothing was spent on the refused one
+    assert ADMISSIONS.labels("refused")._value.get() == refused + 1
+    peers.release.set()
+    assert isinstance((await first)[-1], AskDone)
+    # the slot is free again: a later Ask is admitted
+    assert isinstance((await run(p, "another question?"))[-1], AskDone)
+
+
+async def test_identical_concurrent_asks_are_computed_once_and_shared() -> None:
+    from ragmesh.query.admission import ADMISSIONS
+
+    peers = GatedPeers()
+    p = gated_pipeline(peers, RAGMESH_QUERY_MAX_ASKS="1", RAGMESH_QUERY_ADMISSION_WAIT_MS="0")
+    shared = ADMISSIONS.labels("shared")._value.get()
+    asks = [asyncio.create_task(run(p, "What is it?", skip_cache=True)) for _ in range(5)]
+    while peers.embeds == 0:
+        await asyncio.sleep(0.001)
+    await asyncio.sleep(0.01)
+    peers.release.set()
+    answers = await asyncio.gather(*asks)  # one slot, no wait: only sharing lets all through
+    assert (peers.embeds, peers.searches, peers.generations) == (1, 1, 1)
+    texts = {"".join(e.text for e in a if isinstance(e, Delta)) for a in answers}
+    assert len(texts) == 1 and all(isinstance(a[-1], AskDone) for a in answers)
+    assert ADMISSIONS.labels("shared")._value.get() == shared + 4
+
+
+async def test_a_leader_whose_caller_leaves_does_not_strand_its_followers() -> None:
+    peers = GatedPeers()
+    p = gated_pipeline(peers)
+    leader = p.ask(AskInput("What is it?", skip_cache=True))
+    assert isinstance(await leader.__anext__(), Citations)  # in flight, waiting to generate
+    follower = asyncio.create_task(run(p, "What is it?", skip_cache=True))
+    await asyncio.sleep(0.01)
+    await leader.aclose()  # its caller went away
+    peers.release.set()
+    events = await follower  # computed on its own
+    assert isinstance(events[-1], AskDone) and peers.searches == 2
+
+
+async def test_an_overloaded_service_behind_the_front_door_is_refused_without_internals() -> None:
+    from ragmesh.kit.errors import Overloaded
+
+    class Busy(Peers):
+        async def generate(
+            self, question: str, passages: Sequence[Hit], params: Params
+        ) -> AsyncIterator[Delta | Done]:
+            raise Overloaded("generation overloaded: 8 generations in flight")
+            yield Delta("")  # a generator
+
+    with pytest.raises(Overloaded) as e:
+        await run(pipeline(MemoryRedis(), Busy()))
+    assert str(e.value) == "the service is busy: too many questions at once; retry shortly"

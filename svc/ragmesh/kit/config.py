@@ -593,6 +593,25 @@ class QuerySettings:
 
     max_question_chars: int  # RAGMESH_QUESTION_MAX_CHARS, declared by GenerationSettings
 
+    max_asks: int = setting(
+        "RAGMESH_QUERY_MAX_ASKS",
+        "8",
+        "Admission control: Asks this replica computes at once (embed, search, generate); "
+        "match it to the generation streams it can count on (RAGMESH_GEN_MAX_STREAMS × "
+        "generation replicas ÷ query replicas). An Ask that gets no slot within "
+        "RAGMESH_QUERY_ADMISSION_WAIT_MS is refused (RESOURCE_EXHAUSTED) before any work is "
+        "spent on it. Identical concurrent Asks are computed once and share the answer.",
+        services="query",
+        minimum=1,
+    )
+    admission_wait_ms: int = setting(
+        "RAGMESH_QUERY_ADMISSION_WAIT_MS",
+        "2000",
+        "How long an Ask waits for a slot (RAGMESH_QUERY_MAX_ASKS) before it is refused; "
+        "never longer than the caller's deadline allows.",
+        services="query",
+        minimum=0,
+    )
     min_relevance: float = setting(
         "RAGMESH_ANSWER_MIN_RELEVANCE",
         "0.3",

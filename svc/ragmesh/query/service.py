@@ -12,9 +12,10 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
 import numpy as np
 from opentelemetry import trace
@@ -40,13 +41,21 @@ from ragmesh.kit.domain import (
     is_job_id,
     validate_params,
 )
-from ragmesh.kit.errors import InvalidArgument, PermissionDenied, quoted
+from ragmesh.kit.errors import (
+    InvalidArgument,
+    Overloaded,
+    PermissionDenied,
+    QuotaExceeded,
+    quoted,
+)
 from ragmesh.kit.peers import Embedder, Generator, Retriever
 from ragmesh.kit.text import groundedness
 from ragmesh.kit.tracing import tracer
+from ragmesh.query.admission import ADMISSIONS, BUSY, Admission, SingleFlight
 from ragmesh.query.budget import TokenBudget
 from ragmesh.query.cache import LOOKUPS, Cache
 
+log = logging.getLogger(__name__)
 SNIPPET_CHARS = 240
 TTFT = Histogram(
     "ragmesh_query_time_to_first_token_seconds",
@@ -122,6 +131,8 @@ class AskPipeline:
         self.retriever = retriever
         self.generator = generator
         self.cache = cache
+        self.admission = Admission(settings.max_asks, settings.admission_wait_ms / 1000)
+        self.flights: SingleFlight[Citations | Delta | AskDone] = SingleFlight()
         self.embed_model = ""  # learned from the embedding service's replies
         self.generation_model = ""  # learned from the generation service's replies
 
@@ -188,10 +199,68 @@ class AskPipeline:
         return "ragmesh:ans:" + hashlib.sha256(material.encode()).hexdigest()
 
     async def ask(self, request: AskInput) -> AsyncGenerator[Citations | Delta | AskDone, None]:
-        """Answer one question as a stream of events."""
+        """Answer one question as a stream of events: admitted first (admission.py), or
+        shared with an identical Ask already in flight."""
         started = time.perf_counter()
         top_k = self.validate(request)
         tenant = caller_tenant(self.settings.default_tenant)
+        key = self._flight_key(tenant, request, top_k)
+        flight = self.flights.join(key)
+        if flight is not None:
+            events = await SingleFlight.follow(flight)
+            if events is not None:
+                ADMISSIONS.labels("shared").inc()
+                async for shared in self._share(events, started):
+                    yield shared
+                return
+        # in flight from now on, while it waits for its slot too: identical Asks join it
+        with self.flights.lead(key) as flight:
+            async with self.admission.slot():
+                try:
+                    async for event in self._compute(request, top_k, tenant, started):
+                        flight.events.append(event)
+                        if isinstance(event, AskDone):  # complete: followers need not wait on
+                            flight.done.set_result(None)
+                        yield event
+                except Overloaded as e:  # a service behind the front door: say it simply
+                    if isinstance(e, QuotaExceeded):
+                        raise
+                    log.warning("ask refused: %s", e)
+                    raise Overloaded(BUSY) from None
+
+    def _flight_key(self, tenant: str, request: AskInput, top_k: int) -> str:
+        p = request.params
+        return json.dumps(
+            [
+                tenant,
+                normalize(request.question),
+                top_k,
+                sorted(request.filter.items()),
+                [p.max_tokens, p.temperature, p.top_p, list(p.stop), p.seed],
+                request.min_index_version,
+                request.skip_cache,
+            ]
+        )
+
+    async def _share(
+        self, events: list[Citations | Delta | AskDone], started: float
+    ) -> AsyncIterator[Citations | Delta | AskDone]:
+        """A leader's events, as this Ask's: its own timings, counted as an answer."""
+        first_ms = 0.0
+        for event in events:
+            if isinstance(event, AskDone):
+                t = event.timings
+                timings = Timings(t.embed_ms, t.search_ms, first_ms, _ms(started))
+                yield counted(replace(event, timings=timings))
+            else:
+                if isinstance(event, Delta) and not first_ms:
+                    first_ms = _ms(started)
+                yield event
+
+    async def _compute(
+        self, request: AskInput, top_k: int, tenant: str, started: float
+    ) -> AsyncGenerator[Citations | Delta | AskDone, None]:
+        """Embed, search, answer (or replay the cached answer)."""
         t = time.perf_counter()
         vector = await self._embed(tenant, request.question)
         embed_ms = _ms(t)
