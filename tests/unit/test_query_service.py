@@ -428,3 +428,27 @@ async def test_an_overloaded_service_behind_the_front_door_is_refused_without_in
     with pytest.raises(Overloaded) as e:
         await run(pipeline(MemoryRedis(), Busy()))
     assert str(e.value) == "the service is busy: too many questions at once; retry shortly"
+
+
+async def test_an_ask_for_the_canary_never_shares_the_primarys_answer() -> None:
+    from ragmesh.kit import callcontext
+
+    peers = GatedPeers()
+    p = gated_pipeline(peers)
+
+    async def ask(canary: str) -> list[object]:
+        token = callcontext.bind(
+            callcontext.CallContext("r", (("x-ragmesh-canary", canary),), None)
+        )
+        try:
+            return await run(p, "What is it?", skip_cache=True)
+        finally:
+            callcontext.unbind(token)
+
+    asks = [asyncio.create_task(ask(c)) for c in ("true", "false", "true")]
+    while peers.embeds == 0:
+        await asyncio.sleep(0.001)
+    await asyncio.sleep(0.01)
+    peers.release.set()
+    await asyncio.gather(*asks)
+    assert peers.generations == 2  # one per route: the two canary Asks shared theirs

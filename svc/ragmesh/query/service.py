@@ -22,6 +22,7 @@ from opentelemetry import trace
 from prometheus_client import Counter, Histogram
 
 from ragmesh.kit import callcontext
+from ragmesh.kit.callcontext import ROUTING_KEYS
 from ragmesh.kit.config import QuerySettings
 from ragmesh.kit.domain import (
     NO_ANSWER,
@@ -230,9 +231,16 @@ class AskPipeline:
 
     def _flight_key(self, tenant: str, request: AskInput, top_k: int) -> str:
         p = request.params
+        ctx = callcontext.current()
+        # the routing headers too: an Ask for the generation canary never shares the
+        # primary's answer (nor the other way round)
+        routing = sorted(
+            (k, v) for k, v in (ctx.headers if ctx is not None else ()) if k in ROUTING_KEYS
+        )
         return json.dumps(
             [
                 tenant,
+                routing,
                 normalize(request.question),
                 top_k,
                 sorted(request.filter.items()),
