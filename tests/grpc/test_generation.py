@@ -4,15 +4,19 @@ engine on a tiny locally built model (streaming, cancel → abort), status codes
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
+import numpy as np
 import pytest
 
 from ragmesh.generation.__main__ import build
 from ragmesh.generation.factory import create_engine
 from ragmesh.generation.service import GenerationService
+from ragmesh.kit import codec
+from ragmesh.kit.domain import Purpose
 from ragmesh.kit.server import ServiceHost
 from ragmesh.v1 import common_pb2, generation_service_pb2, generation_service_pb2_grpc
 from tests.conftest import settings_for, start
@@ -66,7 +70,9 @@ async def test_extractive_answer_streams_the_relevant_sentence_with_its_marker(
     answer = "".join(deltas)
     assert answer.startswith("The lighthouse keeper records the wind speed at six every evening")
     assert "[2]" in answer
-    assert len(deltas) == done.usage.completion_tokens > 5  # token by token
+    # a sentence at a time, each ending in its marker; usage counts the words
+    assert all(re.search(r"\[\d+\]$", d) for d in deltas)
+    assert sum(len(d.split()) for d in deltas) == done.usage.completion_tokens > 5
     assert done.finish_reason == common_pb2.FINISH_REASON_STOP
     assert done.model == "extractive/all-MiniLM-L6-v2"
     assert done.usage.prompt_tokens > 20
@@ -77,7 +83,11 @@ async def test_extractive_respects_max_tokens_and_the_filter(
 ) -> None:
     host, _ = extractive
     deltas, done = await ask(host.port, "When does the keeper record the wind?", max_tokens=4)
-    assert (len(deltas), done.finish_reason) == (4, common_pb2.FINISH_REASON_LENGTH)
+    assert (len("".join(deltas).split()), done.usage.completion_tokens, done.finish_reason) == (
+        4,
+        4,
+        common_pb2.FINISH_REASON_LENGTH,
+    )
     filtered, _ = await serve({"RAGMESH_GEN_BLOCKLIST": "sunrise"})
     try:
         deltas, done = await ask(filtered.port, "When do the fishing boats leave?")
@@ -119,6 +129,38 @@ async def test_bad_requests_are_invalid_argument_naming_the_field(
         await ask(host.port, question, **params)
     assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert (e.value.details() or "").startswith(field + ":")
+
+
+async def test_the_question_embedding_is_checked_and_used(
+    extractive: tuple[ServiceHost, GenerationService],
+) -> None:
+    host, svc = extractive
+    question = "When does the keeper record the wind speed?"
+    vector = svc.engine._model.encode([question], Purpose.QUERY)  # type: ignore[attr-defined]
+    good = codec.matrix_to_proto(vector)
+    bad = [
+        common_pb2.VectorBatch(count=2, dimension=384, data=good.data * 2),
+        common_pb2.VectorBatch(count=1, dimension=384, data=good.data[:-4]),
+        codec.matrix_to_proto(np.full((1, 384), np.nan, dtype=np.float32)),
+    ]
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{host.port}") as channel:
+        stub = generation_service_pb2_grpc.GenerationServiceStub(channel)
+
+        async def answer(batch: common_pb2.VectorBatch) -> str:
+            request = generation_service_pb2.GenerateRequest(
+                question=question,
+                passages=PASSAGES,
+                question_embedding=batch,
+                question_embedding_model="all-MiniLM-L6-v2",
+            )
+            return "".join([r.delta async for r in stub.Generate(request, timeout=30)])
+
+        for batch in bad:
+            with pytest.raises(grpc.aio.AioRpcError) as e:
+                await answer(batch)
+            assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert (e.value.details() or "").startswith("question_embedding:")
+        assert await answer(good) == "".join((await ask(host.port, question))[0])
 
 
 @pytest.fixture(scope="module")

@@ -12,12 +12,15 @@ import pytest
 from ragmesh.generation import extractive
 from ragmesh.generation.engine import Source
 from ragmesh.generation.extractive import ExtractiveEngine
-from ragmesh.kit.domain import Purpose
+from ragmesh.kit.domain import Embedded, Purpose
 from tests.conftest import settings_for
 
 
 class CountingModel:
     """A deterministic unit vector per text; records every text it encodes."""
+
+    name = "mini"
+    dimension = 8
 
     def __init__(self) -> None:
         self.encoded: list[str] = []
@@ -54,6 +57,21 @@ def test_a_passage_served_again_encodes_only_the_question() -> None:
     fresh, _ = engine()
     assert again == fresh._compose("When do apples ripen?", PASSAGES, 100)
     assert first == fresh._compose("When is the lamp lit?", PASSAGES, 100)
+
+
+def test_a_question_vector_made_by_the_same_model_is_not_encoded_again() -> None:
+    e, model = engine()
+    e._compose("When is the lamp lit?", PASSAGES, 100)  # the sentences are kept
+    q = model.encode(["When do apples ripen?"])
+    model.encoded.clear()
+    answer = e._compose("When do apples ripen?", PASSAGES, 100, Embedded(q, "mini"))
+    assert model.encoded == []
+    fresh, _ = engine()
+    assert answer == fresh._compose("When do apples ripen?", PASSAGES, 100)
+    # another model's vector, or one of another dimension, is not used
+    e._compose("When do apples ripen?", PASSAGES, 100, Embedded(q, "other-model"))
+    e._compose("When do apples ripen?", PASSAGES, 100, Embedded(q[:, :4], "mini"))
+    assert model.encoded == ["When do apples ripen?"] * 2
 
 
 def test_the_sentence_vectors_kept_are_bounded_least_recently_used_first(
@@ -94,8 +112,10 @@ def test_a_sentence_under_a_term_or_signature_names_what_it_describes() -> None:
 def test_the_composed_answer_carries_the_name() -> None:
     e, _ = engine()
     source = Source(1, "HIGHEST_PROTOCOL\n\nThe highest protocol version available to you.")
-    words = e._compose("which constant gives the newest version?", (source,), 100)
-    assert " ".join(words) == "HIGHEST_PROTOCOL: The highest protocol version available to you. [1]"
+    answer = e._compose("which constant gives the newest version?", (source,), 100)
+    assert [" ".join(sentence) for sentence in answer] == [
+        "HIGHEST_PROTOCOL: The highest protocol version available to you. [1]"
+    ]
 
 
 def test_a_passage_deep_in_a_document_is_named_by_the_document_title() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 
 import numpy as np
@@ -31,6 +32,7 @@ class Peers:
         self.embeds = 0
         self.searches = 0
         self.generations = 0
+        self.question_vectors: list[Embedded | None] = []  # what each generation was given
         self.version = 7
         self.tenants: list[str] = []  # the tenant of each search
         self.min_versions: list[int] = []  # the min_index_version of each search
@@ -78,9 +80,14 @@ class Peers:
         return 0, self.version
 
     async def generate(
-        self, question: str, passages: Sequence[Hit], params: Params
+        self,
+        question: str,
+        passages: Sequence[Hit],
+        params: Params,
+        question_vector: Embedded | None = None,
     ) -> AsyncIterator[Delta | Done]:
         self.generations += 1
+        self.question_vectors.append(question_vector)
         for word in self.words:
             yield Delta(word)
         yield Done(Finish.STOP, 50, 4, "gen-model")
@@ -128,6 +135,20 @@ async def test_stream_shape_and_answer_cache_replay() -> None:
     peers.version = 8  # new documents: the cached answer no longer applies
     assert not (await run(p, top_k=3))[-1].cache_hit  # type: ignore[attr-defined]
     assert not (await run(p, top_k=3, skip_cache=True))[-1].cache_hit  # type: ignore[attr-defined]
+
+
+async def test_generation_gets_the_question_embedding_already_made() -> None:
+    """The question is embedded once per Ask: generation is handed the vector (and the
+    model that made it) instead of encoding the question again; from the embedding cache
+    too."""
+    peers = Peers()
+    p = pipeline(MemoryRedis(), peers)
+    await run(p, skip_cache=True)
+    await run(p, skip_cache=True)  # the vector now comes from the embedding cache
+    assert peers.embeds == 1 and len(peers.question_vectors) == 2
+    for given in peers.question_vectors:
+        assert given is not None and given.model == "mini"
+        assert given.vectors.shape == (1, 4) and np.allclose(given.vectors, 1.0)
 
 
 async def test_an_ask_reads_your_writes_through_every_search() -> None:
@@ -351,10 +372,14 @@ class GatedPeers(Peers):
         self.release = asyncio.Event()
 
     async def generate(
-        self, question: str, passages: Sequence[Hit], params: Params
+        self,
+        question: str,
+        passages: Sequence[Hit],
+        params: Params,
+        question_vector: Embedded | None = None,
     ) -> AsyncIterator[Delta | Done]:
         await self.release.wait()
-        async for event in super().generate(question, passages, params):
+        async for event in super().generate(question, passages, params, question_vector):
             yield event
 
 
@@ -382,6 +407,32 @@ async def test_an_ask_without_a_slot_is_refused_before_any_work() -> None:
     assert isinstance((await first)[-1], AskDone)
     # the slot is free again: a later Ask is admitted
     assert isinstance((await run(p, "another question?"))[-1], AskDone)
+
+
+async def test_a_full_admission_queue_refuses_at_once() -> None:
+    """Past RAGMESH_QUERY_MAX_QUEUED waiting Asks, the next is refused without waiting (a
+    bounded queue, as Envoy's max_pending_requests), however long the wait allows."""
+    from ragmesh.kit.errors import Overloaded
+
+    peers = GatedPeers()
+    p = gated_pipeline(
+        peers,
+        RAGMESH_QUERY_MAX_ASKS="1",
+        RAGMESH_QUERY_MAX_QUEUED="1",
+        RAGMESH_QUERY_ADMISSION_WAIT_MS="5000",
+    )
+    first = asyncio.create_task(run(p, "the first question?"))
+    while peers.embeds == 0:
+        await asyncio.sleep(0.001)
+    queued = asyncio.create_task(run(p, "the second question?"))
+    await asyncio.sleep(0.01)
+    started = time.perf_counter()
+    with pytest.raises(Overloaded):
+        await run(p, "a third question?")
+    assert time.perf_counter() - started < 1.0  # refused at once, not after the wait
+    peers.release.set()
+    assert isinstance((await first)[-1], AskDone) and isinstance((await queued)[-1], AskDone)
+    assert peers.embeds == 2
 
 
 async def test_identical_concurrent_asks_are_computed_once_and_shared() -> None:
@@ -420,7 +471,11 @@ async def test_an_overloaded_service_behind_the_front_door_is_refused_without_in
 
     class Busy(Peers):
         async def generate(
-            self, question: str, passages: Sequence[Hit], params: Params
+            self,
+            question: str,
+            passages: Sequence[Hit],
+            params: Params,
+            question_vector: Embedded | None = None,
         ) -> AsyncIterator[Delta | Done]:
             raise Overloaded("generation overloaded: 8 generations in flight")
             yield Delta("")  # a generator

@@ -12,6 +12,7 @@ from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from ragmesh.kit.domain import Embedded
 from ragmesh.kit.errors import NotReady
 
 
@@ -36,6 +37,9 @@ class EngineRequest:
     temperature: float
     top_p: float
     seed: int | None
+    #: the question's embedding from the caller, when it sent one (the extractive engine
+    #: reuses it when its model made it)
+    question_vector: Embedded | None = None
 
 
 @dataclass(frozen=True)

@@ -2,8 +2,9 @@
 
 The most relevant sentences of the given passages, scored by cosine similarity with the
 question under the same sentence-transformers model the embedding service uses, are
-streamed one word-token at a time, each followed by its passage's ``[n]`` citation marker.
-Tokens are whitespace-separated words. Sentence vectors are kept, least recently used
+streamed a sentence at a time, each followed by its passage's ``[n]`` citation marker (the
+whole answer is known at once: a message per word would only cost every hop a message
+per word). Tokens are whitespace-separated words. Sentence vectors are kept, least recently used
 dropped first, so a passage served again (a popular document, a repeated question) costs
 only the question's encoding.
 """
@@ -21,7 +22,7 @@ import numpy as np
 from ragmesh.generation.engine import EngineRequest, Piece, Source
 from ragmesh.generation.untrusted import is_instruction
 from ragmesh.kit.config import EmbeddingSettings
-from ragmesh.kit.domain import NO_ANSWER, Purpose
+from ragmesh.kit.domain import NO_ANSWER, Embedded, Purpose
 from ragmesh.kit.encoder import EmbeddingModel
 from ragmesh.kit.errors import NotReady
 from ragmesh.kit.text import sentences
@@ -139,7 +140,15 @@ class ExtractiveEngine:
                 return text[: m.end()]
         return text
 
-    def _compose(self, question: str, sources: tuple[Source, ...], max_tokens: int) -> list[str]:
+    def _compose(
+        self,
+        question: str,
+        sources: tuple[Source, ...],
+        max_tokens: int,
+        given: Embedded | None = None,
+    ) -> list[list[str]]:
+        """The answer's sentences, each as its word-tokens ending in its citation marker.
+        ``given``: the question's vector from the caller, used when this model made it."""
         if self._model is None:
             raise NotReady("extractive engine not loaded")
         candidates: list[tuple[str, int]] = []
@@ -153,19 +162,32 @@ class ExtractiveEngine:
                     candidates.append((sentence, source.marker))
                     labels.append(label)
         if not candidates:
-            return NOTHING_FOUND.split(" ")
-        q = self._model.encode([question], Purpose.QUERY)[0]
+            return [NOTHING_FOUND.split(" ")]
+        if (
+            given is not None
+            and given.model == self._model.name
+            and given.vectors.shape
+            == (
+                1,
+                self._model.dimension,
+            )
+        ):
+            q = given.vectors[0]
+        else:
+            q = self._model.encode([question], Purpose.QUERY)[0]
         s = self._sentence_vectors(self._model, [c[0] for c in candidates])
         order = np.argsort(-(s @ q), kind="stable")
-        words: list[str] = []
+        out: list[list[str]] = []
+        words = 0
         for i in order[:MAX_SENTENCES]:
             sentence, marker = candidates[int(i)]
             sentence = named(sentence, labels[int(i)])
             tokens = _WORD.findall(sentence)[:MAX_SENTENCE_WORDS] + [f"[{marker}]"]
-            if words and len(words) + len(tokens) > max_tokens:
+            if words and words + len(tokens) > max_tokens:
                 break
-            words.extend(tokens)
-        return words
+            out.append(tokens)
+            words += len(tokens)
+        return out
 
     def _sentence_vectors(self, model: EmbeddingModel, texts: list[str]) -> np.ndarray:
         """The texts' document vectors, encoding only those not kept from earlier answers."""
@@ -184,15 +206,24 @@ class ExtractiveEngine:
         loop = asyncio.get_running_loop()
         self._active.add(request.request_id)
         try:
-            words = await loop.run_in_executor(
-                self._pool, self._compose, request.question, request.sources, request.max_tokens
+            answer = await loop.run_in_executor(
+                self._pool,
+                self._compose,
+                request.question,
+                request.sources,
+                request.max_tokens,
+                request.question_vector,
             )
-            for i, word in enumerate(words[: request.max_tokens]):
-                if request.request_id in self._aborted:
+            left = request.max_tokens
+            for i, sentence in enumerate(answer):
+                tokens = sentence[:left]
+                if request.request_id in self._aborted or not tokens:
                     return
-                self.produced += 1
-                yield Piece(word if i == 0 else " " + word, 1)
-                await asyncio.sleep(0)  # a token boundary: cancellation lands here
+                left -= len(tokens)
+                self.produced += len(tokens)
+                text = " ".join(tokens)
+                yield Piece(text if i == 0 else " " + text, len(tokens))
+                await asyncio.sleep(0)  # a sentence boundary: cancellation lands here
         finally:
             self._active.discard(request.request_id)
             self._aborted.discard(request.request_id)

@@ -22,7 +22,7 @@ from ragmesh.generation.prompt import fit
 from ragmesh.generation.untrusted import neutralize
 from ragmesh.kit import callcontext
 from ragmesh.kit.config import GenerationSettings
-from ragmesh.kit.domain import Delta, Done, Finish, Hit, Params, validate_params
+from ragmesh.kit.domain import Delta, Done, Embedded, Finish, Hit, Params, validate_params
 from ragmesh.kit.errors import InvalidArgument, Overloaded
 from ragmesh.kit.tracing import tracer
 
@@ -137,7 +137,11 @@ class GenerationService:
         return params.max_tokens or self.settings.default_max_tokens
 
     async def generate(
-        self, question: str, passages: Sequence[Hit], params: Params
+        self,
+        question: str,
+        passages: Sequence[Hit],
+        params: Params,
+        question_vector: Embedded | None = None,
     ) -> AsyncIterator[Delta | Done]:
         """Stream deltas, then one :class:`Done`."""
         max_tokens = self.validate(question, passages, params)
@@ -178,6 +182,7 @@ class GenerationService:
             temperature=params.temperature,
             top_p=params.top_p or 1.0,
             seed=params.seed,
+            question_vector=question_vector,
         )
         self.active += 1
         ACTIVE.set(self.active)

@@ -9,7 +9,7 @@ import grpc
 
 from ragmesh.generation.service import GenerationService
 from ragmesh.kit import codec
-from ragmesh.kit.domain import Delta
+from ragmesh.kit.domain import Delta, Embedded
 from ragmesh.v1 import (
     common_pb2,
     generation_service_pb2,
@@ -31,8 +31,14 @@ class GenerationServicer(generation_service_pb2_grpc.GenerationServiceServicer):
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> AsyncIterator[generation_service_pb2.GenerateResponse]:
         passages = [codec.hit_from_proto(p) for p in request.passages]
+        vector = None
+        if request.HasField("question_embedding"):
+            vector = Embedded(
+                codec.one_vector_from_proto(request.question_embedding, "question_embedding"),
+                request.question_embedding_model,
+            )
         stream = self.service.generate(
-            request.question, passages, codec.params_from_proto(request.params)
+            request.question, passages, codec.params_from_proto(request.params), vector
         )
         async for event in stream:
             if isinstance(event, Delta):

@@ -158,13 +158,20 @@ class GenerationClient:
         self._timeout = stream_timeout
 
     async def generate(
-        self, question: str, passages: Sequence[Hit], params: Params
+        self,
+        question: str,
+        passages: Sequence[Hit],
+        params: Params,
+        question_vector: Embedded | None = None,
     ) -> AsyncIterator[Delta | Done]:
         request = generation_service_pb2.GenerateRequest(
             question=question,
             passages=codec.hits_to_proto(passages),
             params=codec.params_to_proto(params),
         )
+        if question_vector is not None:
+            request.question_embedding.CopyFrom(codec.matrix_to_proto(question_vector.vectors))
+            request.question_embedding_model = question_vector.model
         call = self._stub.Generate(request, timeout=self._timeout)
         try:
             async for reply in call:

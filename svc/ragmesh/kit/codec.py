@@ -105,6 +105,23 @@ def matrix_from_proto(batch: common_pb2.VectorBatch) -> Matrix:
     return np.frombuffer(batch.data, dtype="<f4").reshape(batch.count, batch.dimension)
 
 
+def one_vector_from_proto(batch: common_pb2.VectorBatch, field: str) -> Matrix:
+    """A VectorBatch that must hold exactly one finite vector: a (1, dimension) matrix;
+    InvalidArgument naming ``field`` otherwise."""
+    if batch.count != 1 or batch.dimension == 0:
+        raise InvalidArgument(
+            field, f"must hold one vector, not {batch.count} of {batch.dimension}"
+        )
+    if len(batch.data) != 4 * batch.dimension:
+        raise InvalidArgument(
+            field, f"data has {len(batch.data)} bytes, expected {4 * batch.dimension}"
+        )
+    vector = matrix_from_proto(batch)
+    if not np.isfinite(vector).all():
+        raise InvalidArgument(field, "contains NaN or infinity")
+    return vector
+
+
 def matrix_to_proto(vectors: Matrix) -> common_pb2.VectorBatch:
     v = np.ascontiguousarray(vectors, dtype="<f4").reshape(len(vectors), -1)
     return common_pb2.VectorBatch(count=v.shape[0], dimension=v.shape[1], data=v.tobytes())

@@ -604,6 +604,15 @@ class QuerySettings:
         services="query",
         minimum=1,
     )
+    max_queued: int = setting(
+        "RAGMESH_QUERY_MAX_QUEUED",
+        "4",
+        "Admission control: Asks this replica lets wait for a slot (RAGMESH_QUERY_MAX_ASKS); "
+        "one more is refused (RESOURCE_EXHAUSTED) at once. Each one queued adds about one "
+        "Ask's time ÷ RAGMESH_QUERY_MAX_ASKS to the time to first token of those behind it.",
+        services="query",
+        minimum=0,
+    )
     admission_wait_ms: int = setting(
         "RAGMESH_QUERY_ADMISSION_WAIT_MS",
         "2000",

@@ -55,6 +55,11 @@ class Retriever(Protocol):
 
 class Generator(Protocol):
     def generate(
-        self, question: str, passages: Sequence[Hit], params: Params
+        self,
+        question: str,
+        passages: Sequence[Hit],
+        params: Params,
+        question_vector: Embedded | None = None,
     ) -> AsyncIterator[Delta | Done]:
-        """Stream the answer: deltas, then one Done."""
+        """Stream the answer: deltas, then one Done. ``question_vector``: the question's
+        embedding when the caller has it (an engine scoring with that model reuses it)."""

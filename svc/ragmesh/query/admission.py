@@ -1,9 +1,13 @@
 """Admission control and single flight at the front door. No grpc here.
 
 An Ask is admitted before any work is spent on it: at most RAGMESH_QUERY_MAX_ASKS are
-computed at once per replica; one that gets no slot within RAGMESH_QUERY_ADMISSION_WAIT_MS
-(or its deadline, whichever is sooner) is refused with RESOURCE_EXHAUSTED, having cost
-nothing downstream. Identical Asks in flight at the same time (same tenant, question, top_k,
+computed at once per replica and at most RAGMESH_QUERY_MAX_QUEUED wait for a slot; one that
+finds the queue full, or gets no slot within RAGMESH_QUERY_ADMISSION_WAIT_MS (or its
+deadline, whichever is sooner), is refused with RESOURCE_EXHAUSTED, having cost nothing
+downstream. The queue bound keeps the time to first token of admitted Asks near its
+unloaded value however many callers come (no collapse); the wait bound caps it.
+
+Identical Asks in flight at the same time (same tenant, question, top_k,
 filter and parameters) are computed once: the first is the leader and takes the slot; the
 others wait for its events and replay them.
 """
@@ -27,7 +31,7 @@ BUSY = "the service is busy: too many questions at once; retry shortly"
 ADMISSIONS = Counter(
     "ragmesh_query_admissions_total",
     "Asks by admission: admitted (computed), shared (an identical Ask in flight answered it), "
-    "refused (no slot within the admission wait).",
+    "refused (the queue was full, or no slot came within the admission wait).",
     ["result"],
 )
 for _result in ("admitted", "shared", "refused"):
@@ -37,9 +41,11 @@ for _result in ("admitted", "shared", "refused"):
 class Admission:
     """A bounded number of Asks computed at once, with a bounded wait for a slot."""
 
-    def __init__(self, slots: int, wait_s: float) -> None:
+    def __init__(self, slots: int, wait_s: float, queued: int) -> None:
         self._slots = asyncio.Semaphore(slots)
         self._wait_s = wait_s
+        self._max_queued = queued
+        self._queued = 0
 
     @contextlib.asynccontextmanager
     async def slot(self) -> AsyncIterator[None]:
@@ -49,11 +55,17 @@ class Admission:
         if left is not None:
             wait = min(wait, max(0.0, left - MARGIN_S))
         if self._slots.locked():  # no free slot: wait, within bounds
+            if self._queued >= self._max_queued:
+                ADMISSIONS.labels("refused").inc()
+                raise Overloaded(BUSY)
+            self._queued += 1
             try:
                 await asyncio.wait_for(self._slots.acquire(), wait)
             except TimeoutError:
                 ADMISSIONS.labels("refused").inc()
                 raise Overloaded(BUSY) from None
+            finally:
+                self._queued -= 1
         else:
             await self._slots.acquire()  # free: taken at once
         ADMISSIONS.labels("admitted").inc()

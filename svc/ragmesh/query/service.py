@@ -33,6 +33,7 @@ from ragmesh.kit.domain import (
     Delta,
     DocumentIn,
     Done,
+    Embedded,
     Finish,
     Matrix,
     Outcome,
@@ -132,7 +133,9 @@ class AskPipeline:
         self.retriever = retriever
         self.generator = generator
         self.cache = cache
-        self.admission = Admission(settings.max_asks, settings.admission_wait_ms / 1000)
+        self.admission = Admission(
+            settings.max_asks, settings.admission_wait_ms / 1000, settings.max_queued
+        )
         self.flights: SingleFlight[Citations | Delta | AskDone] = SingleFlight()
         self.embed_model = ""  # learned from the embedding service's replies
         self.generation_model = ""  # learned from the generation service's replies
@@ -315,7 +318,12 @@ class AskPipeline:
         deltas: list[str] = []
         first_ms = 0.0
         done: Done | None = None
-        stream = self.generator.generate(request.question, result.hits, request.params)
+        stream = self.generator.generate(
+            request.question,
+            result.hits,
+            request.params,
+            Embedded(vector.reshape(1, -1), self.embed_model) if self.embed_model else None,
+        )
         async for generated in stream:
             if isinstance(generated, Delta):
                 if not deltas:

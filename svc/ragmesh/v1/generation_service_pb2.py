@@ -25,19 +25,19 @@ _sym_db = _symbol_database.Default()
 from ragmesh.v1 import common_pb2 as ragmesh_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#ragmesh/v1/generation_service.proto\x12\nragmesh.v1\x1a\x17ragmesh/v1/common.proto\"x\n\x0fGenerateRequest\x12\x10\n\x08question\x18\x01 \x01(\t\x12%\n\x08passages\x18\x02 \x03(\x0b\x32\x13.ragmesh.v1.Passage\x12,\n\x06params\x18\x03 \x01(\x0b\x32\x1c.ragmesh.v1.GenerationParams\"p\n\x0cGenerateDone\x12/\n\rfinish_reason\x18\x01 \x01(\x0e\x32\x18.ragmesh.v1.FinishReason\x12 \n\x05usage\x18\x02 \x01(\x0b\x32\x11.ragmesh.v1.Usage\x12\r\n\x05model\x18\x03 \x01(\t\"V\n\x10GenerateResponse\x12\x0f\n\x05\x64\x65lta\x18\x01 \x01(\tH\x00\x12(\n\x04\x64one\x18\x02 \x01(\x0b\x32\x18.ragmesh.v1.GenerateDoneH\x00\x42\x07\n\x05\x65vent2\\\n\x11GenerationService\x12G\n\x08Generate\x12\x1b.ragmesh.v1.GenerateRequest\x1a\x1c.ragmesh.v1.GenerateResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#ragmesh/v1/generation_service.proto\x12\nragmesh.v1\x1a\x17ragmesh/v1/common.proto\"\xcf\x01\n\x0fGenerateRequest\x12\x10\n\x08question\x18\x01 \x01(\t\x12%\n\x08passages\x18\x02 \x03(\x0b\x32\x13.ragmesh.v1.Passage\x12,\n\x06params\x18\x03 \x01(\x0b\x32\x1c.ragmesh.v1.GenerationParams\x12\x33\n\x12question_embedding\x18\x04 \x01(\x0b\x32\x17.ragmesh.v1.VectorBatch\x12 \n\x18question_embedding_model\x18\x05 \x01(\t\"p\n\x0cGenerateDone\x12/\n\rfinish_reason\x18\x01 \x01(\x0e\x32\x18.ragmesh.v1.FinishReason\x12 \n\x05usage\x18\x02 \x01(\x0b\x32\x11.ragmesh.v1.Usage\x12\r\n\x05model\x18\x03 \x01(\t\"V\n\x10GenerateResponse\x12\x0f\n\x05\x64\x65lta\x18\x01 \x01(\tH\x00\x12(\n\x04\x64one\x18\x02 \x01(\x0b\x32\x18.ragmesh.v1.GenerateDoneH\x00\x42\x07\n\x05\x65vent2\\\n\x11GenerationService\x12G\n\x08Generate\x12\x1b.ragmesh.v1.GenerateRequest\x1a\x1c.ragmesh.v1.GenerateResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'ragmesh.v1.generation_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_GENERATEREQUEST']._serialized_start=76
-  _globals['_GENERATEREQUEST']._serialized_end=196
-  _globals['_GENERATEDONE']._serialized_start=198
-  _globals['_GENERATEDONE']._serialized_end=310
-  _globals['_GENERATERESPONSE']._serialized_start=312
-  _globals['_GENERATERESPONSE']._serialized_end=398
-  _globals['_GENERATIONSERVICE']._serialized_start=400
-  _globals['_GENERATIONSERVICE']._serialized_end=492
+  _globals['_GENERATEREQUEST']._serialized_start=77
+  _globals['_GENERATEREQUEST']._serialized_end=284
+  _globals['_GENERATEDONE']._serialized_start=286
+  _globals['_GENERATEDONE']._serialized_end=398
+  _globals['_GENERATERESPONSE']._serialized_start=400
+  _globals['_GENERATERESPONSE']._serialized_end=486
+  _globals['_GENERATIONSERVICE']._serialized_start=488
+  _globals['_GENERATIONSERVICE']._serialized_end=580
 # @@protoc_insertion_point(module_scope)

@@ -8,14 +8,18 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class GenerateRequest(_message.Message):
-    __slots__ = ("question", "passages", "params")
+    __slots__ = ("question", "passages", "params", "question_embedding", "question_embedding_model")
     QUESTION_FIELD_NUMBER: _ClassVar[int]
     PASSAGES_FIELD_NUMBER: _ClassVar[int]
     PARAMS_FIELD_NUMBER: _ClassVar[int]
+    QUESTION_EMBEDDING_FIELD_NUMBER: _ClassVar[int]
+    QUESTION_EMBEDDING_MODEL_FIELD_NUMBER: _ClassVar[int]
     question: str
     passages: _containers.RepeatedCompositeFieldContainer[_common_pb2.Passage]
     params: _common_pb2.GenerationParams
-    def __init__(self, question: _Optional[str] = ..., passages: _Optional[_Iterable[_Union[_common_pb2.Passage, _Mapping]]] = ..., params: _Optional[_Union[_common_pb2.GenerationParams, _Mapping]] = ...) -> None: ...
+    question_embedding: _common_pb2.VectorBatch
+    question_embedding_model: str
+    def __init__(self, question: _Optional[str] = ..., passages: _Optional[_Iterable[_Union[_common_pb2.Passage, _Mapping]]] = ..., params: _Optional[_Union[_common_pb2.GenerationParams, _Mapping]] = ..., question_embedding: _Optional[_Union[_common_pb2.VectorBatch, _Mapping]] = ..., question_embedding_model: _Optional[str] = ...) -> None: ...
 
 class GenerateDone(_message.Message):
     __slots__ = ("finish_reason", "usage", "model")
