@@ -207,7 +207,8 @@ def run(quick: bool, repeats: int) -> Section:
         f"Callers on the client core in a closed loop for {seconds:g} s after {warm:g} s of "
         "warm-up; a refused call (RESOURCE_EXHAUSTED) counts as refused, not as an answer, "
         "and its caller backs off as a gRPC retry policy would (random up to 0.1 s, "
-        "doubling per refusal in a row, at most 1.6 s). Whichever system is not measured is paused (SIGSTOP). "
+        "doubling per refusal in a row, at most 1.6 s). Whichever system is not measured "
+        "is paused (SIGSTOP). "
         "Times are the client's: to the first answer word, and to the end of the stream.",
         [
             "system",

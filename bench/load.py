@@ -69,5 +69,21 @@ def sentence_pool(size: int) -> list[str]:
     return [f"Note {i}: {found[i % len(found)]}" for i in range(size)]
 
 
+SENTENCES_PER_DOCUMENT = 40
+
+
+def documents(n: int, salt: str) -> list[tuple[str, str, str]]:
+    """``n`` documents (id, title, text) of 40 sentences from samples/corpus in paragraphs of
+    four, distinct per ``salt``."""
+    pool = sentence_pool(n * SENTENCES_PER_DOCUMENT)
+    out = []
+    for d in range(n):
+        own = pool[d * SENTENCES_PER_DOCUMENT : (d + 1) * SENTENCES_PER_DOCUMENT]
+        paragraphs = [" ".join(own[i : i + 4]) for i in range(0, len(own), 4)]
+        title = f"Notes {d} ({salt})"
+        out.append((f"notes-{salt}-{d}".replace(" ", "-"), title, "\n\n".join(paragraphs)))
+    return out
+
+
 def chunked(items: Sequence[str], n: int) -> list[list[str]]:
     return [list(items[i : i + n]) for i in range(0, len(items), n)]

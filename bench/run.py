@@ -17,7 +17,7 @@ import time
 import traceback
 from collections.abc import Callable
 
-from bench import ask, concurrency, embedding, mesh, retrieval
+from bench import ask, concurrency, embedding, ingest, mesh, retrieval
 from bench.common import ROOT, Section, machine
 from bench.report import update_docs, write
 
@@ -26,6 +26,7 @@ SECTIONS: dict[str, Callable[[bool, int], Section]] = {
     "retrieval": retrieval.run,
     "ask": ask.run,
     "concurrency": concurrency.run,
+    "ingest": ingest.run,
     "mesh": mesh.run,
 }
 

@@ -126,7 +126,8 @@ def test_ask_cites_the_right_document_and_states_the_fact(
     assert "[1]" in "".join(deltas)
     assert not done.cache_hit and done.finish_reason == 1
     assert done.timings.first_token_ms > 0 and done.timings.total_ms >= done.timings.first_token_ms
-    assert done.usage.completion_tokens == len(deltas)
+    # the extractive engine streams a sentence a time; its tokens are words
+    assert done.usage.completion_tokens == len("".join(deltas).split()) > len(deltas)
 
 
 def test_the_same_question_again_is_a_cache_hit_with_identical_content(
