@@ -26,7 +26,7 @@ from bench.common import (
 )
 from bench.load import documents
 from ragmesh.kit.clients import QueryClient
-from ragmesh.kit.domain import DocumentIn, JobState
+from ragmesh.kit.domain import DocumentIn, JobState, JobStatus
 from ragmesh.v1 import retrieval_service_pb2, retrieval_service_pb2_grpc
 from ragmesh_lab.cli.supervisor import Proc, Stack
 
@@ -44,7 +44,7 @@ async def ingest_all(address: str, docs: list[tuple[str, str, str]]) -> tuple[fl
         for i in range(0, len(docs), BATCH_DOCUMENTS):
             batch = docs[i : i + BATCH_DOCUMENTS]
             jobs.append(await client.ingest([DocumentIn(d, t, x, {}) for d, t, x in batch]))
-        status = {}
+        status: dict[str, JobStatus] = {}
         while len(status) < len(jobs):  # the unfinished ones, ten times a second
             await asyncio.sleep(POLL_S)
             for j in jobs:
