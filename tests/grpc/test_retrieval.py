@@ -425,6 +425,47 @@ async def test_quick_searches_run_on_the_loop_slow_ones_and_writes_on_the_index_
         await engine.close()
 
 
+async def test_searches_go_on_while_a_snapshot_is_written_and_writes_wait(
+    tmp_path: Path,
+) -> None:
+    """A snapshot reads the index while writes wait: searches are not blocked by it (at a
+    million chunks writing one takes seconds), and the write after it sees it finished."""
+    import threading
+
+    settings = settings_for(tmp_path, RAGMESH_INDEX_DIM=str(DIM), RAGMESH_SNAPSHOT_EVERY="2")
+    engine = RetrievalService(settings.retrieval)
+    await engine.open()
+    writing, release = threading.Event(), threading.Event()
+    snapshot = engine.store.snapshot
+
+    def slow_snapshot() -> None:
+        writing.set()
+        assert release.wait(10)
+        snapshot()
+
+    engine.store.snapshot = slow_snapshot  # type: ignore[method-assign]
+    data = np.stack([vec(1)]).astype("<f4").tobytes()
+
+    def put(i: int) -> ChunkIn:
+        return ChunkIn(f"c{i}", "d", f"text {i}", {}, vec(i).astype("<f4").tobytes())
+
+    try:
+        await engine.upsert("default", [put(1), put(2)])  # the second chunk: a snapshot due
+        assert await asyncio.to_thread(writing.wait, 5)
+        engine._per_query_s = 1.0  # a slow search: it would run on the index thread
+        hits, _ = await asyncio.wait_for(engine.search("default", 1, DIM, data, 1, {}), 2)
+        assert hits[0][0].chunk_id == "c1"
+        write = asyncio.ensure_future(engine.upsert("default", [put(3)]))
+        await asyncio.sleep(0.1)
+        assert not write.done()  # writes wait for the snapshot
+        release.set()
+        await asyncio.wait_for(write, 5)
+        assert engine.store._since_snapshot == 1  # the snapshot took the first two
+    finally:
+        release.set()
+        await engine.close()
+
+
 @pytest.mark.parametrize("method", ["Upsert", "Search", "Delete", "GetIndexInfo"])
 async def test_an_undecodable_request_is_invalid_argument(tmp_path: Path, method: str) -> None:
     settings = settings_for(tmp_path, RAGMESH_INDEX_DIM=str(DIM))

@@ -176,6 +176,13 @@ class RetrievalService:
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="index")
         self._serial = not self.store.concurrent  # one call at a time, under the lock
         self._lock = threading.Lock()
+        # writes pass one at a time, and not while a snapshot is written (on its own thread,
+        # beside searches: it only reads the index)
+        self._writes = asyncio.Lock()
+        self._snapshots = ThreadPoolExecutor(max_workers=1, thread_name_prefix="snapshot")
+        self._snapshot: asyncio.Future[None] | None = None
+        if isinstance(self.store, ChunkStore):
+            self.store.deferred_snapshots = True
         self._per_query_s = 0.0  # running mean of one query's search time
         self._open = False
         self.writable = settings.role == "writer"
@@ -205,6 +212,25 @@ class RetrievalService:
         # the call's context (its deadline) travels to the thread
         context = contextvars.copy_context()
         return await asyncio.get_running_loop().run_in_executor(self._executor, context.run, locked)
+
+    async def _write(self, fn: Callable[[], T]) -> T:
+        """A write on the index thread; then, when one is due, a snapshot on its own thread
+        that later writes wait for and searches do not."""
+        async with self._writes:
+            result = await self._run(fn)
+            store, pending = self._faiss_store, self._snapshot
+            if store is not None and store.snapshot_due and (pending is None or pending.done()):
+                self._snapshot = asyncio.ensure_future(self._write_snapshot())
+        return result
+
+    async def _write_snapshot(self) -> None:
+        store = self._faiss_store
+        assert store is not None
+        async with self._writes:
+            if store.snapshot_due:  # still (a reopen may have come first)
+                await asyncio.get_running_loop().run_in_executor(
+                    self._snapshots, store.try_snapshot
+                )
 
     async def _run_search(self, fn: Callable[[], T], count: int) -> T:
         """Run a search inline when it should be quicker than a thread hop (by the running
@@ -239,7 +265,8 @@ class RetrievalService:
         """Writer: a reindex switched the index directory to another generation: serve it."""
         store = self._faiss_store
         if store is not None and store.switched():
-            await self._run(lambda: store.reopen(writable=True))
+            async with self._writes:  # not under a snapshot being written
+                await self._run(lambda: store.reopen(writable=True))
             log.warning("serving the index generation %s", store.dir.resolve().name)
 
     def _fenced(self, e: Fenced) -> None:
@@ -282,10 +309,13 @@ class RetrievalService:
             self._follower.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._follower
+        if self._snapshot is not None:
+            await self._snapshot  # a snapshot being written is finished, not torn
         if self._open:
             self._open = False
             await self._run(self.store.close)
         self._executor.shutdown(wait=True)
+        self._snapshots.shutdown(wait=True)
 
     def _check(self) -> None:
         if not self._open:
@@ -333,7 +363,7 @@ class RetrievalService:
             return self.store.upsert(tenant, chunks, vectors)
 
         try:
-            n = await self._run(write)
+            n = await self._write(write)
         except Fenced as e:
             self._fenced(e)
             raise
@@ -347,7 +377,7 @@ class RetrievalService:
         requests.tenant(tenant)
         requests.delete(chunk_ids, document_ids, self.limits)
         try:
-            n = await self._run(lambda: self.store.delete(tenant, chunk_ids, document_ids))
+            n = await self._write(lambda: self.store.delete(tenant, chunk_ids, document_ids))
         except Fenced as e:
             self._fenced(e)
             raise

@@ -15,7 +15,6 @@ only ever scores its tenant's chunks. Records written before tenants existed bel
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import os
@@ -113,6 +112,9 @@ class ChunkStore:
 
     follows_log = True  # readers apply the writer's log
     concurrent = False  # one call at a time
+    #: the retrieval service writes snapshots itself, beside searches (:attr:`snapshot_due`);
+    #: otherwise a write that reaches RAGMESH_SNAPSHOT_EVERY writes one before it returns
+    deferred_snapshots = False
 
     def __init__(
         self,
@@ -360,7 +362,7 @@ class ChunkStore:
     def close(self) -> None:
         if self._log is not None:
             if self._since_snapshot and not self._log.fenced:
-                self._try_snapshot()
+                self.try_snapshot()
             self._log.close()
             self._log = None
 
@@ -419,10 +421,17 @@ class ChunkStore:
         self._since_snapshot += chunks
         if self._dead > max(1024, self._n // 3):
             self._compact()
-        if self._since_snapshot >= self.snapshot_every:
-            self._try_snapshot()
+        if self.snapshot_due and not self.deferred_snapshots:
+            self.try_snapshot()
 
-    def _try_snapshot(self) -> None:
+    @property
+    def snapshot_due(self) -> bool:
+        return self._log is not None and self._since_snapshot >= self.snapshot_every
+
+    def try_snapshot(self) -> None:
+        """A snapshot, or a warning when it could not be written (the log keeps every write).
+
+        It only reads the state: searches may run beside it, writes may not."""
         try:
             self.snapshot()
         except Fenced:
@@ -570,16 +579,14 @@ class ChunkStore:
             None if p is None else [p.chunk_id, p.document_id, p.text, p.metadata, p.tenant]
             for p in self._payloads
         ]
-        buffer = io.BytesIO()
-        np.savez(
-            buffer,
-            vectors=self._vectors[: self._n],
-            records=np.frombuffer(json.dumps(records).encode(), dtype=np.uint8),
-            version=np.array([self.version], dtype=np.uint64),
-            index=self.index.serialize(),
-        )
-        with open(tmp, "wb") as f:
-            f.write(buffer.getbuffer())
+        with open(tmp, "wb") as f:  # straight to the file: no second copy in memory
+            np.savez(
+                f,
+                vectors=self._vectors[: self._n],
+                records=np.frombuffer(json.dumps(records).encode(), dtype=np.uint8),
+                version=np.array([self.version], dtype=np.uint64),
+                index=self.index.serialize(),
+            )
             f.flush()
             os.fsync(f.fileno())
         self._log.check_current()  # a writer taken over from must not replace the snapshot
