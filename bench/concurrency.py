@@ -195,7 +195,7 @@ def summarize(calls: list[Call], seconds: float) -> Level:
 
 
 def run(quick: bool, repeats: int) -> Section:
-    warm, seconds = (1.0, 4.0) if quick else (2.0, 10.0)
+    warm, seconds = (1.0, 4.0) if quick else (2.0, 8.0)
     section = Section(
         "concurrency",
         "Ask under concurrency: ragmesh vs a FastAPI monolith",

@@ -65,7 +65,7 @@ async def indexed(address: str) -> int:
 
 
 def run(quick: bool, repeats: int) -> Section:
-    n_docs = 40 if quick else 160
+    n_docs = 40 if quick else 80
     section = Section(
         "ingest",
         "Ingest rate: Ingest to searchable, one and two workers, vs in process",

@@ -104,7 +104,14 @@ def plot(folder: Path, sections: Sequence[Section]) -> dict[str, str]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    drawers = {"embedding": _embedding, "retrieval": _retrieval, "ask": _ask, "mesh": _mesh}
+    drawers = {
+        "embedding": _embedding,
+        "retrieval": _retrieval,
+        "ask": _ask,
+        "mesh": _mesh,
+        "concurrency": _concurrency,
+        "ingest": _ingest,
+    }
     done = {}
     for s in sections:
         if s.key in drawers and s.series:
@@ -171,6 +178,39 @@ def _mesh(ax, series) -> None:  # type: ignore[no-untyped-def]
     ax.set_ylabel("ms")
     ax.set_ylim(bottom=0)
     ax.legend(fontsize=8)
+
+
+def _concurrency(ax, series) -> None:  # type: ignore[no-untyped-def]
+    levels = series["levels"]
+    labels = {"ragmesh": "ragmesh", "monolith": "FastAPI monolith"}
+    for system, marker in (("ragmesh", "o"), ("monolith", "s")):
+        ax.plot(levels, series[f"{system}_asks"], marker + "-", label=f"{labels[system]}: Asks/s")
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(levels, [str(n) for n in levels])
+    ax.set_xlabel("concurrent Ask streams")
+    ax.set_ylabel("answered Asks / s (solid)")
+    ax.set_ylim(bottom=0)
+    right = ax.twinx()
+    for system, marker in (("ragmesh", "o"), ("monolith", "s")):
+        right.plot(
+            levels,
+            series[f"{system}_ttft_p99"],
+            marker + "--",
+            alpha=0.6,
+            label=f"{labels[system]}: first token p99",
+        )
+    right.set_yscale("log")
+    right.set_ylabel("time to first token p99, ms (dashed, log)")
+    lines = ax.get_legend_handles_labels()
+    more = right.get_legend_handles_labels()
+    ax.legend(lines[0] + more[0], lines[1] + more[1], fontsize=7, loc="center left")
+
+
+def _ingest(ax, series) -> None:  # type: ignore[no-untyped-def]
+    keys = list(series)
+    ax.bar(range(len(keys)), [series[k] for k in keys])
+    ax.set_xticks(range(len(keys)), keys)
+    ax.set_ylabel("chunks / s, Ingest to searchable")
 
 
 def load(folder: Path) -> tuple[list[Section], dict[str, object]]:

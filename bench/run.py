@@ -17,7 +17,7 @@ import time
 import traceback
 from collections.abc import Callable
 
-from bench import ask, concurrency, embedding, ingest, mesh, retrieval
+from bench import ask, concurrency, embedding, ingest, mesh, million, retrieval
 from bench.common import ROOT, Section, machine
 from bench.report import update_docs, write
 
@@ -27,6 +27,7 @@ SECTIONS: dict[str, Callable[[bool, int], Section]] = {
     "ask": ask.run,
     "concurrency": concurrency.run,
     "ingest": ingest.run,
+    "million": million.run,
     "mesh": mesh.run,
 }
 

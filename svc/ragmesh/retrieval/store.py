@@ -47,6 +47,7 @@ _K = TypeVar("_K")
 _OP = struct.Struct("<BQI")  # op, version, json length
 _UPSERT, _DELETE = 1, 2
 SNAPSHOT = "snapshot.npz"
+RECORDS_PER_SLICE = 5000  # payloads JSON-encoded per call (a few ms with the GIL held)
 LOG = "wal.log"
 MODEL = "model.json"  # the embedding model whose vectors the index holds
 #: the tenant of chunks stored before tenants existed
@@ -112,8 +113,9 @@ class ChunkStore:
 
     follows_log = True  # readers apply the writer's log
     concurrent = False  # one call at a time
-    #: the retrieval service writes snapshots itself, beside searches (:attr:`snapshot_due`);
-    #: otherwise a write that reaches RAGMESH_SNAPSHOT_EVERY writes one before it returns
+    #: the retrieval service writes snapshots itself, on a thread of its own beside searches
+    #: (:attr:`snapshot_due`); otherwise a write that reaches RAGMESH_SNAPSHOT_EVERY writes
+    #: one before it returns
     deferred_snapshots = False
 
     def __init__(
@@ -575,26 +577,38 @@ class ChunkStore:
         assert self._log is not None
         self._log.check_current()  # not into another writer's (or generation's) directory
         tmp = self.dir / (SNAPSHOT + ".tmp")
-        records = [
-            None if p is None else [p.chunk_id, p.document_id, p.text, p.metadata, p.tenant]
-            for p in self._payloads
-        ]
-        with open(tmp, "wb") as f:  # straight to the file: no second copy in memory
-            np.savez(
-                f,
-                vectors=self._vectors[: self._n],
-                records=np.frombuffer(json.dumps(records).encode(), dtype=np.uint8),
-                version=np.array([self.version], dtype=np.uint64),
-                index=self.index.serialize(),
-            )
-            f.flush()
-            os.fsync(f.fileno())
+        self._write_snapshot(tmp)
         self._log.check_current()  # a writer taken over from must not replace the snapshot
         os.replace(tmp, self.dir / SNAPSHOT)
         fsync_dir(self.dir)
         self._log.reset(self.version)
         self._since_snapshot = 0
         log.info("snapshot at version %d: %d chunks", self.version, self.count)
+
+    def _write_snapshot(self, tmp: Path) -> None:
+        """The state as of now into ``tmp``, synced."""
+        with open(tmp, "wb") as f:  # straight to the file: no second copy in memory
+            np.savez(
+                f,
+                vectors=self._vectors[: self._n],
+                records=np.frombuffer(self._records_json(), dtype=np.uint8),
+                version=np.array([self.version], dtype=np.uint64),
+                index=self.index.serialize(),
+            )
+            f.flush()
+            os.fsync(f.fileno())
+
+    def _records_json(self) -> bytes:
+        """The payloads as one JSON list, encoded a slice at a time: the C encoder holds the
+        GIL for a whole call, and a search beside a snapshot must not wait for a million."""
+        parts = []
+        for start in range(0, len(self._payloads), RECORDS_PER_SLICE):
+            part = [
+                None if p is None else [p.chunk_id, p.document_id, p.text, p.metadata, p.tenant]
+                for p in self._payloads[start : start + RECORDS_PER_SLICE]
+            ]
+            parts.append(json.dumps(part)[1:-1])
+        return ("[" + ",".join(parts) + "]").encode()
 
     def _load_snapshot(self) -> None:
         path = self.dir / SNAPSHOT
