@@ -156,6 +156,7 @@ def run(quick: bool, repeats: int) -> Section:
         try:
             with on_cpus(server_cpus()):
                 stack.start_redis()
+                stack.start_cache()
             for name in ("embedding", "retrieval", "generation"):
                 start_pinned(stack, name, name, {})
             query = start_pinned(stack, "query", "query", {})

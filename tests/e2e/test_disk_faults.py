@@ -71,6 +71,10 @@ async def test_a_full_disk_is_survivable(tmp_path: Path, small_disk: Path) -> No
     with open(filler, "r+b") as f:
         f.truncate(filler.stat().st_size - 4 * 4096)
     await stub.Upsert(batch(100, 30), timeout=10)
+    for _ in range(200):  # the snapshot is written after the write is acknowledged
+        if "snapshot failed" in server.log.read_text():
+            break
+        await asyncio.sleep(0.05)
     assert "snapshot failed" in server.log.read_text()
 
     filler.unlink()  # space returns: writes go on, the snapshot succeeds

@@ -78,6 +78,26 @@ class FaissIndex:
     def ntotal(self) -> int:
         return int(self._cpu.ntotal)
 
+    @property
+    def keeps_vectors(self) -> bool:
+        """Whether the index holds its vectors in one array (flat, HNSW): then they are read
+        from it (:meth:`stored`) and nobody keeps a second copy; IVF's are in its lists."""
+        return self.params.kind in ("flat", "hnsw")
+
+    def stored(self) -> Matrix:
+        """The vectors in the index, positions 0..ntotal-1: a read-only view of FAISS's own
+        array (flat: the index; HNSW: its storage), valid until the next add or rebuild."""
+        assert self.keeps_vectors
+        flat = self._cpu if self.trained_kind == "flat" else faiss.downcast_index(self._cpu.storage)
+        n = int(flat.ntotal)
+        if n == 0:
+            return np.zeros((0, self.params.dim), dtype=np.float32)
+        view: Matrix = faiss.rev_swig_ptr(flat.get_xb(), n * self.params.dim).reshape(
+            n, self.params.dim
+        )
+        view.flags.writeable = False
+        return view
+
     def _structure_for(self, vectors: Matrix) -> Any:
         p = self.params
         if p.kind == "hnsw":
@@ -124,10 +144,18 @@ class FaissIndex:
     # -- persistence ------------------------------------------------------------------------
 
     def serialize(self) -> npt.NDArray[np.uint8]:
+        """The index as bytes; none for a flat one (it is its vectors, saved beside it, and
+        rebuilt from them on load by a copy)."""
+        if self.trained_kind == "flat":
+            return np.zeros(0, dtype=np.uint8)
         return np.asarray(faiss.serialize_index(self._cpu), dtype=np.uint8)
 
     def load(self, blob: npt.NDArray[np.uint8], vectors: Matrix) -> None:
-        """Load a serialized index; rebuild from ``vectors`` when it does not match them."""
+        """Load a serialized index; rebuild from ``vectors`` when there is none (flat) or it
+        does not match them."""
+        if len(blob) == 0:
+            self.rebuild(vectors)
+            return
         try:
             index = faiss.deserialize_index(blob)
         except RuntimeError as e:

@@ -73,7 +73,7 @@ class ChunkIn:
     vector: bytes
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Payload:
     """What is stored beside each vector."""
 
@@ -139,7 +139,12 @@ class ChunkStore:
         self.index = FaissIndex(self.params)
         self.lexical = LexicalIndex()
         self.version = 0
-        self._vectors: Matrix = np.zeros((0, self.dim), dtype=np.float32)
+        # the vectors: in the FAISS index when it keeps them in one array (flat, HNSW), with
+        # those applied but not yet added (a replayed log) in ``_tail``; IVF: in ``_own``
+        self._own: Matrix | None = (
+            None if self.index.keeps_vectors else np.zeros((0, self.dim), dtype=np.float32)
+        )
+        self._tail: list[Matrix] = []
         self._live: Bitmap = np.zeros(0, dtype=np.bool_)  # one flag per slot, for masked search
         self._payloads: list[Payload | None] = []
         self._slot: dict[tuple[str, str], int] = {}  # (tenant, chunk id)
@@ -260,8 +265,26 @@ class ChunkStore:
         return report
 
     def _index_tail(self) -> None:
-        if self.index.ntotal < self._n:  # replayed records are not in the stored index yet
-            self.index.add(self._vectors[self.index.ntotal : self._n], self._vectors[: self._n])
+        """Add what was applied without the index (replayed records) to it."""
+        if self._own is not None:
+            if self.index.ntotal < self._n:
+                self.index.add(self._own[self.index.ntotal : self._n], self._own[: self._n])
+        elif self._tail:
+            tail = np.concatenate(self._tail) if len(self._tail) > 1 else self._tail[0]
+            self._tail = []
+            self.index.add(tail, tail)
+
+    def _vectors(self) -> Matrix:
+        """The vectors of slots 0.._n-1 (a view: read it before the next write)."""
+        if self._own is not None:
+            return self._own[: self._n]
+        self._index_tail()
+        return self.index.stored()
+
+    def _rows(self, slots: Sequence[int] | npt.NDArray[np.int64]) -> Matrix:
+        """The vectors of some slots (indexed ones), as a new array."""
+        source = self._own if self._own is not None else self.index.stored()
+        return source[np.asarray(slots, dtype=np.int64)]
 
     def _stat_snapshot(self) -> tuple[int, int] | None:
         try:
@@ -475,7 +498,10 @@ class ChunkStore:
         self._remove_slots([self._slot[k] for k in keys if k in self._slot])
         start = self._n
         self._ensure_capacity(start + len(items))
-        self._vectors[start : start + len(items)] = vectors
+        if self._own is not None:
+            self._own[start : start + len(items)] = vectors
+        elif not index:  # ``vectors`` is a fresh array here (a replayed record, a compaction)
+            self._tail.append(vectors)
         for offset, it in enumerate(items):
             meta = it["m"]
             assert isinstance(meta, dict)
@@ -490,7 +516,10 @@ class ChunkStore:
             self._place(p, start + offset)
         self._n += len(items)
         if index:
-            self.index.add(vectors, self._vectors[: self._n])
+            if self._tail:  # the index's positions are the slots: replayed ones go first
+                self._index_tail()
+            own = self._own
+            self.index.add(vectors, own[: self._n] if own is not None else vectors)
 
     def _place(self, p: Payload, slot: int) -> None:
         """Index a live payload at ``slot`` (its vector is already there)."""
@@ -540,16 +569,16 @@ class ChunkStore:
                 del mapping[key]
 
     def _ensure_capacity(self, needed: int) -> None:
-        if needed > len(self._vectors):
-            grown = np.zeros(
-                (max(needed, 2 * len(self._vectors), 1024), self.dim), dtype=np.float32
-            )
-            grown[: self._n] = self._vectors[: self._n]
-            self._vectors = grown
-            live = np.zeros(len(grown), dtype=np.bool_)
+        if needed > len(self._live):
+            size = max(needed, 2 * len(self._live), 1024)
+            if self._own is not None:
+                grown = np.zeros((size, self.dim), dtype=np.float32)
+                grown[: self._n] = self._own[: self._n]
+                self._own = grown
+            live = np.zeros(size, dtype=np.bool_)
             live[: self._n] = self._live[: self._n]
             self._live = live
-            owner = np.full(len(grown), -1, dtype=np.int32)
+            owner = np.full(size, -1, dtype=np.int32)
             owner[: self._n] = self._owner[: self._n]
             self._owner = owner
 
@@ -557,9 +586,11 @@ class ChunkStore:
         """Drop dead slots and rebuild the index over the live ones."""
         live = [i for i in range(self._n) if self._payloads[i] is not None]
         log.info("compacting index: %d live of %d slots", len(live), self._n)
-        vectors = self._vectors[live].copy()
+        vectors = self._vectors()[live]  # a copy
         payloads = [self._payloads[i] for i in live]
-        self._vectors = np.zeros((0, self.dim), dtype=np.float32)
+        if self._own is not None:
+            self._own = np.zeros((0, self.dim), dtype=np.float32)
+        self._tail = []
         self._live = np.zeros(0, dtype=np.bool_)
         self._owner = np.full(0, -1, dtype=np.int32)
         self._payloads, self._slot, self._by_doc, self._by_meta = [], {}, {}, {}
@@ -568,7 +599,8 @@ class ChunkStore:
         self._n = self._dead = 0
         items = [_item(p) for p in payloads if p]
         self._apply_upsert(items, vectors, index=False)
-        self.index.rebuild(self._vectors[: self._n])
+        self._tail = []
+        self.index.rebuild(vectors)
 
     # -- snapshots --------------------------------------------------------------------------
 
@@ -590,7 +622,7 @@ class ChunkStore:
         with open(tmp, "wb") as f:  # straight to the file: no second copy in memory
             np.savez(
                 f,
-                vectors=self._vectors[: self._n],
+                vectors=self._vectors(),
                 records=np.frombuffer(self._records_json(), dtype=np.uint8),
                 version=np.array([self.version], dtype=np.uint64),
                 index=self.index.serialize(),
@@ -624,7 +656,8 @@ class ChunkStore:
             version = int(snap["version"][0])
             blob = snap["index"]
         self._ensure_capacity(len(vectors))
-        self._vectors[: len(vectors)] = vectors
+        if self._own is not None:
+            self._own[: len(vectors)] = vectors
         for slot, r in enumerate(records):
             if r is None:
                 self._payloads.append(None)
@@ -635,7 +668,7 @@ class ChunkStore:
             self._place(p, slot)
         self._n = len(records)
         self.version = version
-        self.index.load(blob, self._vectors[: self._n])
+        self.index.load(blob, vectors)  # the index keeps them (flat, HNSW), or _own has them
 
     # -- reads ------------------------------------------------------------------------------
 
@@ -680,7 +713,7 @@ class ChunkStore:
                 self.fusion.dense_weight,
                 self.fusion.lexical_weight,
             )
-            results.append(self._hits(order, (self._vectors[order] @ query).tolist()))
+            results.append(self._hits(order, (self._rows(order) @ query).tolist()))
         return results
 
     def _hits(self, slots: Sequence[int], scores: Sequence[float]) -> list[Hit]:
@@ -721,7 +754,7 @@ class ChunkStore:
         """Exact scoring over the ``candidates`` slots (live, of one tenant)."""
         if len(candidates) == 0:
             return [([], []) for _ in range(len(queries))]
-        scores = queries @ self._vectors[candidates].T
+        scores = queries @ self._rows(candidates).T
         k = min(top_k, len(candidates))
         results = []
         for row in scores:
