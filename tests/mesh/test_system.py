@@ -255,7 +255,7 @@ def test_rest_ask_streams_ndjson_as_it_is_generated(mesh: MeshLab, token: str) -
     assert status == 200
     kinds = [next(iter(message)) for _, message in lines]
     assert kinds[0] == "citations" and kinds[-1] == "done"
-    assert set(kinds[1:-1]) == {"delta"} and len(kinds) > 5
+    assert set(kinds[1:-1]) == {"delta"} and len(kinds) >= 3  # a delta per sentence
     citations = lines[0][1]["citations"]["citations"]
     assert citations[0]["documentId"].endswith("lighthouse.md") and citations[0]["marker"] == 1
     assert FACT in "".join(m["delta"] for _, m in lines[1:-1])
