@@ -176,6 +176,8 @@ def run(quick: bool, repeats: int) -> Section:
                 {
                     "RAGMESH_GENERATION_ADDR": ticker.address,
                     "RAGMESH_ANSWER_CACHE_TTL_SECONDS": "0",
+                    # the relay is measured here, not admission: every stream gets a slot
+                    "RAGMESH_QUERY_MAX_ASKS": str(STREAMS),
                 },
             )
             with on_cpus(client_cpus()):
