@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import subprocess
 import sys
 import tempfile
 import time
@@ -20,11 +19,13 @@ from bench.common import (
     Spread,
     Target,
     client_cpus,
+    ingest_corpus,
     on_cpus,
     percentile,
     pinned,
     server_cpus,
     start_pinned,
+    start_stack,
 )
 from ragmesh.kit.clients import QueryClient
 from ragmesh.kit.domain import AskDone, AskInput, Delta
@@ -154,19 +155,8 @@ def run(quick: bool, repeats: int) -> Section:
     with tempfile.TemporaryDirectory(prefix="ragmesh-bench-") as tmp:
         stack = Stack(Path(tmp))
         try:
-            with on_cpus(server_cpus()):
-                stack.start_redis()
-                stack.start_cache()
-            for name in ("embedding", "retrieval", "generation"):
-                start_pinned(stack, name, name, {})
-            query = start_pinned(stack, "query", "query", {})
-            start_pinned(stack, "ingest", "ingest", {})
-            ingest = [sys.executable, "-m", "ragmesh_lab.cli", "--addr", query.address, "ingest"]
-            subprocess.run(
-                pinned([*ingest, str(ROOT / "samples" / "corpus")], client_cpus()),
-                check=True,
-                capture_output=True,
-            )
+            query = start_stack(stack)
+            ingest_corpus(query)
             time.sleep(0.5)
             ticker = start_ticker(stack)
             relay_query = start_pinned(

@@ -181,6 +181,29 @@ def start_pinned(
     return stack.wait_ready(name, timeout)
 
 
+def start_stack(stack: Stack) -> Proc:
+    """The local stack (queue and cache Redis, embedding, retrieval, generation, query,
+    ingest; default settings) pinned to the server cores; returns query."""
+    with on_cpus(server_cpus()):
+        stack.start_redis()
+        stack.start_cache()
+    for name in ("embedding", "retrieval", "generation"):
+        start_pinned(stack, name, name, {})
+    query = start_pinned(stack, "query", "query", {})
+    start_pinned(stack, "ingest", "ingest", {})
+    return query
+
+
+def ingest_corpus(query: Proc) -> None:
+    """samples/corpus through ``ragmesh ingest`` (it waits for the jobs), from the client core."""
+    argv = [sys.executable, "-m", "ragmesh_lab.cli", "--addr", query.address, "ingest"]
+    subprocess.run(
+        pinned([*argv, str(ROOT / "samples" / "corpus")], client_cpus()),
+        check=True,
+        capture_output=True,
+    )
+
+
 def run_json(argv: Sequence[str], *, cpus: str, env: Mapping[str, str] | None = None) -> object:
     """Run a helper pinned to ``cpus``; its last stdout line is its JSON result."""
     environment = dict(os.environ)

@@ -10,7 +10,6 @@ import asyncio
 import json
 import random
 import re
-import subprocess
 import sys
 import tempfile
 import time
@@ -27,13 +26,14 @@ from bench.common import (
     Spread,
     Target,
     client_cpus,
+    ingest_corpus,
     on_cpus,
     pause,
     percentile,
     pinned,
     resume,
     server_cpus,
-    start_pinned,
+    start_stack,
 )
 from ragmesh.kit.clients import QueryClient
 from ragmesh.kit.domain import AskDone, AskInput, Delta
@@ -226,20 +226,8 @@ def run(quick: bool, repeats: int) -> Section:
     with tempfile.TemporaryDirectory(prefix="ragmesh-bench-") as tmp:
         stack = Stack(Path(tmp))
         try:
-            with on_cpus(server_cpus()):
-                stack.start_redis()
-                stack.start_cache()
-            services = [
-                start_pinned(stack, n, n, {}) for n in ("embedding", "retrieval", "generation")
-            ]
-            query = start_pinned(stack, "query", "query", {})
-            services += [query, start_pinned(stack, "ingest", "ingest", {})]
-            ingest = [sys.executable, "-m", "ragmesh_lab.cli", "--addr", query.address, "ingest"]
-            subprocess.run(
-                pinned([*ingest, str(ROOT / "samples" / "corpus")], client_cpus()),
-                check=True,
-                capture_output=True,
-            )
+            query = start_stack(stack)
+            ingest_corpus(query)
             monolith = start_monolith(stack)
             url = f"http://127.0.0.1:{monolith.grpc_port}/ask"
             ragmesh_procs = [p for name, p in stack.procs.items() if name != "monolith"]

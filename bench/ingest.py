@@ -23,6 +23,7 @@ from bench.common import (
     run_json,
     server_cpus,
     start_pinned,
+    start_stack,
 )
 from bench.load import documents
 from ragmesh.kit.clients import QueryClient
@@ -88,13 +89,7 @@ def run(quick: bool, repeats: int) -> Section:
     with tempfile.TemporaryDirectory(prefix="ragmesh-bench-") as tmp:
         stack = Stack(Path(tmp))
         try:
-            with on_cpus(server_cpus()):
-                stack.start_redis()
-                stack.start_cache()
-            for name in ("embedding", "retrieval", "generation"):
-                start_pinned(stack, name, name, {})
-            query = start_pinned(stack, "query", "query", {})
-            start_pinned(stack, "ingest", "ingest", {})
+            query = start_stack(stack)
             second: Proc | None = None
             with on_cpus(client_cpus()):
                 asyncio.run(ingest_all(query.address, documents(4, "warm-up")))
