@@ -7,13 +7,17 @@ FAISS store and against a real Milvus server (started once per session by the la
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import os
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import grpc
 import numpy as np
 import pytest
 
+from ragmesh.retrieval import service as retrieval_service
 from ragmesh.retrieval.__main__ import build
 from ragmesh.retrieval.service import RetrievalService
 from ragmesh.retrieval.store import ChunkIn
@@ -425,42 +429,84 @@ async def test_quick_searches_run_on_the_loop_slow_ones_and_writes_on_the_index_
         await engine.close()
 
 
+def _held_snapshot(
+    engine: RetrievalService,
+) -> tuple[threading.Event, threading.Event, list[int]]:
+    """Make the next snapshot step until released: (started, release, the scheduling policy
+    of the thread that ran each step)."""
+    started, release, policies = threading.Event(), threading.Event(), []
+    steps = engine.store.snapshot_steps
+
+    def held() -> Iterator[None]:
+        started.set()
+        while not release.is_set():
+            policies.append(os.sched_getscheduler(0))  # 0: the calling thread
+            time.sleep(0.005)
+            yield
+        yield from steps()
+
+    engine.store.snapshot_steps = held  # type: ignore[method-assign]
+    return started, release, policies
+
+
+def _put(i: int) -> ChunkIn:
+    return ChunkIn(f"c{i}", "d", f"text {i}", {}, vec(i).astype("<f4").tobytes())
+
+
 async def test_searches_go_on_while_a_snapshot_is_written_and_writes_wait(
     tmp_path: Path,
 ) -> None:
     """A snapshot reads the index while writes wait: searches are not blocked by it (at a
     million chunks writing one takes seconds), and the write after it sees it finished."""
-    import threading
-
     settings = settings_for(tmp_path, RAGMESH_INDEX_DIM=str(DIM), RAGMESH_SNAPSHOT_EVERY="2")
     engine = RetrievalService(settings.retrieval)
     await engine.open()
-    writing, release = threading.Event(), threading.Event()
-    snapshot = engine.store.snapshot
-
-    def slow_snapshot() -> None:
-        writing.set()
-        assert release.wait(10)
-        snapshot()
-
-    engine.store.snapshot = slow_snapshot  # type: ignore[method-assign]
+    writing, release, _ = _held_snapshot(engine)
     data = np.stack([vec(1)]).astype("<f4").tobytes()
-
-    def put(i: int) -> ChunkIn:
-        return ChunkIn(f"c{i}", "d", f"text {i}", {}, vec(i).astype("<f4").tobytes())
-
     try:
-        await engine.upsert("default", [put(1), put(2)])  # the second chunk: a snapshot due
+        await engine.upsert("default", [_put(1), _put(2)])  # the second chunk: a snapshot due
         assert await asyncio.to_thread(writing.wait, 5)
         engine._per_query_s = 1.0  # a slow search: it would run on the index thread
         hits, _ = await asyncio.wait_for(engine.search("default", 1, DIM, data, 1, {}), 2)
         assert hits[0][0].chunk_id == "c1"
-        write = asyncio.ensure_future(engine.upsert("default", [put(3)]))
+        write = asyncio.ensure_future(engine.upsert("default", [_put(3)]))
         await asyncio.sleep(0.1)
         assert not write.done()  # writes wait for the snapshot
         release.set()
         await asyncio.wait_for(write, 5)
         assert engine.store._since_snapshot == 1  # the snapshot took the first two
+    finally:
+        release.set()
+        await engine.close()
+
+
+async def test_a_snapshot_runs_at_idle_priority_until_a_write_has_waited_for_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Searches preempt a snapshot (it runs SCHED_IDLE); a write that has waited
+    SNAPSHOT_HURRY_S for it has the rest written at normal priority, so a busy core delays
+    writes by that much, not by however long the snapshot would starve."""
+    monkeypatch.setattr(retrieval_service, "SNAPSHOT_HURRY_S", 0.2)
+    settings = settings_for(tmp_path, RAGMESH_INDEX_DIM=str(DIM), RAGMESH_SNAPSHOT_EVERY="2")
+    engine = RetrievalService(settings.retrieval)
+    await engine.open()
+    started, release, policies = _held_snapshot(engine)
+    try:
+        await engine.upsert("default", [_put(1), _put(2)])
+        assert await asyncio.to_thread(started.wait, 5)
+        await asyncio.sleep(0.3)  # no write waits: it stays idle however long it takes
+        assert policies and set(policies) == {os.SCHED_IDLE}
+        write = asyncio.ensure_future(engine.upsert("default", [_put(3)]))
+        for _ in range(100):
+            if policies[-1] == os.SCHED_OTHER:
+                break
+            await asyncio.sleep(0.01)
+        assert policies[-1] == os.SCHED_OTHER, "the waiting write did not hurry the snapshot"
+        assert not write.done()
+        release.set()
+        await asyncio.wait_for(write, 5)
+        assert (tmp_path / "index" / "snapshot.npz").exists()
+        assert engine.store._since_snapshot == 1
     finally:
         release.set()
         await engine.close()

@@ -22,7 +22,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
@@ -76,6 +76,10 @@ BEHIND = Counter(
 )
 CATCH_UP_POLL_S = 0.01  # how often a waiting Search looks at the log again
 SNAPSHOT_SWITCH_S = 0.0005  # the GIL switch interval while a snapshot is written
+# a snapshot goes on at normal priority once a write has waited SNAPSHOT_HURRY_S for it, or
+# after SNAPSHOT_IDLE_S at idle priority (a core never idle must not starve it)
+SNAPSHOT_HURRY_S = 2.0
+SNAPSHOT_IDLE_S = 30.0
 CATCH_UP_MARGIN_S = 0.1  # the refusal's time to reach a caller before its deadline
 
 
@@ -162,13 +166,26 @@ def store_for(settings: RetrievalSettings) -> Store:
     return faiss_store(settings)
 
 
-def _yielding(work: Callable[[], None]) -> None:
-    """Run ``work`` with the interpreter handing the GIL over every 0.5 ms instead of 5:
-    a search that needs it beside a snapshot being encoded waits that much at most."""
+def _idle_priority() -> None:
+    """Run the calling thread only when nothing else wants its core (Linux SCHED_IDLE: a
+    search that wakes preempts it at once); where that cannot be had, as it is."""
+    try:
+        os.sched_setscheduler(threading.get_native_id(), os.SCHED_IDLE, os.sched_param(0))
+    except (AttributeError, OSError) as e:
+        log.info("the snapshot thread keeps its priority: %s", e)
+
+
+def _advance(steps: Iterator[None], stop: threading.Event | None) -> bool:
+    """Advance ``steps`` to their end (True) or until ``stop`` is set (False), the
+    interpreter handing the GIL over every 0.5 ms instead of 5 meanwhile: a search that
+    needs it beside a snapshot waits that much at most."""
     previous = sys.getswitchinterval()
     sys.setswitchinterval(SNAPSHOT_SWITCH_S)
     try:
-        work()
+        for _ in steps:
+            if stop is not None and stop.is_set():
+                return False
+        return True
     finally:
         sys.setswitchinterval(previous)
 
@@ -192,7 +209,12 @@ class RetrievalService:
         # writes pass one at a time, and not while a snapshot is written (on its own thread,
         # beside searches: it only reads the index)
         self._writes = asyncio.Lock()
+        # snapshots are written at idle priority, finished at normal priority when hurried
+        self._idle = ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="snapshot-idle", initializer=_idle_priority
+        )
         self._snapshots = ThreadPoolExecutor(max_workers=1, thread_name_prefix="snapshot")
+        self._hurry = threading.Event()
         self._snapshot: asyncio.Future[None] | None = None
         if isinstance(self.store, ChunkStore):
             self.store.deferred_snapshots = True
@@ -229,21 +251,38 @@ class RetrievalService:
     async def _write(self, fn: Callable[[], T]) -> T:
         """A write on the index thread; then, when one is due, a snapshot on its own thread
         that later writes wait for and searches do not."""
-        async with self._writes:
-            result = await self._run(fn)
-            store, pending = self._faiss_store, self._snapshot
-            if store is not None and store.snapshot_due and (pending is None or pending.done()):
-                self._snapshot = asyncio.ensure_future(self._write_snapshot())
+        hurry = None
+        if self._snapshot is not None and not self._snapshot.done():
+            hurry = asyncio.get_running_loop().call_later(SNAPSHOT_HURRY_S, self._hurry.set)
+        try:
+            async with self._writes:
+                if hurry is not None:
+                    hurry.cancel()
+                result = await self._run(fn)
+                store, pending = self._faiss_store, self._snapshot
+                if store is not None and store.snapshot_due and (pending is None or pending.done()):
+                    self._snapshot = asyncio.ensure_future(self._write_snapshot())
+        finally:
+            if hurry is not None:
+                hurry.cancel()
         return result
 
     async def _write_snapshot(self) -> None:
         store = self._faiss_store
         assert store is not None
         async with self._writes:
-            if store.snapshot_due:  # still (a reopen may have come first)
-                await asyncio.get_running_loop().run_in_executor(
-                    self._snapshots, _yielding, store.try_snapshot
-                )
+            if not store.snapshot_due:  # no more (a reopen may have come first)
+                return
+            loop = asyncio.get_running_loop()
+            steps = store.try_snapshot_steps()
+            self._hurry.clear()
+            idle_for = loop.call_later(SNAPSHOT_IDLE_S, self._hurry.set)
+            try:
+                if not await loop.run_in_executor(self._idle, _advance, steps, self._hurry):
+                    log.info("snapshot hurried: finishing it at normal priority")
+                    await loop.run_in_executor(self._snapshots, _advance, steps, None)
+            finally:
+                idle_for.cancel()
 
     async def _run_search(self, fn: Callable[[], T], count: int) -> T:
         """Run a search inline when it should be quicker than a thread hop (by the running
@@ -323,12 +362,14 @@ class RetrievalService:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._follower
         if self._snapshot is not None:
-            await self._snapshot  # a snapshot being written is finished, not torn
+            self._hurry.set()
+            await self._snapshot  # a snapshot being written is finished (now), not torn
         if self._open:
             self._open = False
             await self._run(self.store.close)
         self._executor.shutdown(wait=True)
         self._snapshots.shutdown(wait=True)
+        self._idle.shutdown(wait=True)
 
     def _check(self) -> None:
         if not self._open:

@@ -20,7 +20,7 @@ import logging
 import os
 import struct
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
@@ -32,6 +32,7 @@ from ragmesh.kit.domain import DEFAULT_TENANT, Hit, Matrix
 from ragmesh.kit.errors import DataCorruption, Fenced, InvalidArgument
 from ragmesh.retrieval.index import Bitmap, FaissIndex, IndexParams
 from ragmesh.retrieval.lexical import HYBRID, Fusion, LexicalIndex, fuse, indexed_text
+from ragmesh.retrieval.npz import NpzWriter
 from ragmesh.retrieval.wal import (
     RECOVER_HINT,
     WriteAheadLog,
@@ -47,7 +48,7 @@ _K = TypeVar("_K")
 _OP = struct.Struct("<BQI")  # op, version, json length
 _UPSERT, _DELETE = 1, 2
 SNAPSHOT = "snapshot.npz"
-RECORDS_PER_SLICE = 5000  # payloads JSON-encoded per call (a few ms with the GIL held)
+RECORDS_PER_SLICE = 500  # payloads JSON-encoded per call (about 0.5 ms with the GIL held)
 LOG = "wal.log"
 MODEL = "model.json"  # the embedding model whose vectors the index holds
 #: the tenant of chunks stored before tenants existed
@@ -457,8 +458,14 @@ class ChunkStore:
         """A snapshot, or a warning when it could not be written (the log keeps every write).
 
         It only reads the state: searches may run beside it, writes may not."""
+        for _ in self.try_snapshot_steps():
+            pass
+
+    def try_snapshot_steps(self) -> Iterator[None]:
+        """:meth:`try_snapshot` one step at a time (a step writes at most a slice of the
+        file): whoever advances it may hand it to another thread between steps."""
         try:
-            self.snapshot()
+            yield from self.snapshot_steps()
         except Fenced:
             log.warning("no snapshot: this writer's log is no longer the index's")
         except OSError as e:
@@ -606,10 +613,15 @@ class ChunkStore:
 
     def snapshot(self) -> None:
         """Save the whole state atomically, then empty the log."""
+        for _ in self.snapshot_steps():
+            pass
+
+    def snapshot_steps(self) -> Iterator[None]:
+        """:meth:`snapshot` one step at a time."""
         assert self._log is not None
         self._log.check_current()  # not into another writer's (or generation's) directory
         tmp = self.dir / (SNAPSHOT + ".tmp")
-        self._write_snapshot(tmp)
+        yield from self._write_snapshot(tmp)
         self._log.check_current()  # a writer taken over from must not replace the snapshot
         os.replace(tmp, self.dir / SNAPSHOT)
         fsync_dir(self.dir)
@@ -617,30 +629,37 @@ class ChunkStore:
         self._since_snapshot = 0
         log.info("snapshot at version %d: %d chunks", self.version, self.count)
 
-    def _write_snapshot(self, tmp: Path) -> None:
-        """The state as of now into ``tmp``, synced."""
-        with open(tmp, "wb") as f:  # straight to the file: no second copy in memory
-            np.savez(
-                f,
-                vectors=self._vectors(),
-                records=np.frombuffer(self._records_json(), dtype=np.uint8),
-                version=np.array([self.version], dtype=np.uint64),
-                index=self.index.serialize(),
-            )
+    def _write_snapshot(self, tmp: Path) -> Iterator[None]:
+        """The state as of now into ``tmp``, synced: written from views of the index's
+        memory and JSON slices, never a whole array copied (npz.py); a step per slice."""
+        with open(tmp, "wb") as f:
+            npz = NpzWriter(f)
+            yield from npz.array("vectors", self._vectors())
+            records: list[bytes] = []
+            yield from self._records_json(records)
+            yield from npz.byte_parts("records", records)
+            yield from npz.array("version", np.array([self.version], dtype=np.uint64))
+            yield from npz.array("index", self.index.serialize())
+            npz.close()
             f.flush()
+            yield
             os.fsync(f.fileno())
 
-    def _records_json(self) -> bytes:
-        """The payloads as one JSON list, encoded a slice at a time: the C encoder holds the
-        GIL for a whole call, and a search beside a snapshot must not wait for a million."""
-        parts = []
+    def _records_json(self, parts: list[bytes]) -> Iterator[None]:
+        """The payloads as one JSON list, in ``parts``: encoded a slice at a time (the C
+        encoder holds the GIL for a whole call, and a search beside a snapshot must not wait
+        long), a step per slice."""
+        parts.append(b"[")
         for start in range(0, len(self._payloads), RECORDS_PER_SLICE):
             part = [
                 None if p is None else [p.chunk_id, p.document_id, p.text, p.metadata, p.tenant]
                 for p in self._payloads[start : start + RECORDS_PER_SLICE]
             ]
-            parts.append(json.dumps(part)[1:-1])
-        return ("[" + ",".join(parts) + "]").encode()
+            if start:
+                parts.append(b",")
+            parts.append(json.dumps(part)[1:-1].encode())
+            yield
+        parts.append(b"]")
 
     def _load_snapshot(self) -> None:
         path = self.dir / SNAPSHOT
