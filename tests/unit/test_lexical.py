@@ -133,3 +133,10 @@ def test_hybrid_search_finds_by_words_what_the_vectors_miss_and_keeps_it_durable
         0,
         ["HIGHEST_PROTOCOL"],
     ) == [[]]
+
+
+def test_a_term_repeated_hundreds_of_times_in_a_chunk_is_counted_and_ranked() -> None:
+    """Counts in a chunk are kept in a byte (capped at 255, where BM25 saturated long ago)."""
+    index, names = index_of({"flood": "flood " * 300 + "gauge", "once": "flood gauge weir"})
+    owner = np.zeros(len(names), dtype=np.int32)
+    assert [names[s] for s, _ in index.search(0, "flood", 2, owner)] == ["flood", "once"]

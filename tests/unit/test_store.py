@@ -332,3 +332,22 @@ def test_a_writer_moves_an_index_kept_in_its_parent_in(tmp_path: Path) -> None:
     assert (writer.version, writer.count) == (version, 3)
     assert not (tmp_path / "wal.log").exists() and not (tmp_path / "snapshot.npz").exists()
     writer.close()
+
+
+def test_what_chunks_repeat_is_kept_once_through_writes_and_a_snapshot(tmp_path: Path) -> None:
+    """A document's id, a tenant's name and the empty metadata are one object for all their
+    chunks (memory at a million chunks: docs/benchmarks.md), as written and as reloaded."""
+    s = open_store(tmp_path)
+    put(s, [chunk(1, doc="manual"), chunk(2, doc="manual")], tenant="acme")
+    put(s, [chunk(3, doc="manual")], tenant="acme")
+
+    def shared(store: ChunkStore) -> None:
+        a, b, c = (store.live_payload(slot) for slot in range(3))
+        assert a.document_id is b.document_id is c.document_id
+        assert a.tenant is b.tenant is c.tenant
+        assert a.metadata is b.metadata is c.metadata and dict(a.metadata) == {}
+
+    shared(s)
+    s.snapshot()
+    s.close()
+    shared(open_store(tmp_path))

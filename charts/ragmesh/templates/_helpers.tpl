@@ -139,8 +139,9 @@ RAGMESH_INDEX_LEASE_SECONDS: {{ $root.Values.retrieval.writer.leaseSeconds | quo
 {{- end }}
 RAGMESH_INDEX_KIND: flat
 RAGMESH_INDEX_DEVICE: {{ ternary (ternary "cuda" "auto" $root.Values.gpu.enabled) "cpu" (eq $role "reader") }}
-# malloc asks for transparent huge pages: FAISS scans in 2 MiB pages (docs/benchmarks.md)
-GLIBC_TUNABLES: glibc.malloc.hugetlb=1
+# malloc asks for transparent huge pages (FAISS scans in 2 MiB pages) and returns blocks of
+# 1 MiB or more when freed (a snapshot's buffers do not stay resident): docs/benchmarks.md
+GLIBC_TUNABLES: glibc.malloc.hugetlb=1:glibc.malloc.mmap_threshold=1048576
 {{- end }}
 {{- end }}
 

@@ -96,9 +96,9 @@ class LexicalIndex:
         for term, tf in counts.items():
             if term not in self._slots:
                 self._slots[term] = array("i")
-                self._tfs[term] = array("i")
+                self._tfs[term] = array("B")  # a term's count in a chunk, capped at 255
             self._slots[term].append(slot)
-            self._tfs[term].append(tf)
+            self._tfs[term].append(min(tf, 255))
             self._df[code, term] = self._df.get((code, term), 0) + 1
         if slot >= len(self._len):
             grown = np.zeros(max(slot + 1, 2 * len(self._len), 1024), dtype=np.int32)
@@ -144,7 +144,7 @@ class LexicalIndex:
             if allowed is not None:
                 keep &= allowed[slots]
             slots = slots[keep]
-            tf = np.frombuffer(self._tfs[term], dtype=np.int32)[keep].astype(np.float32)
+            tf = np.frombuffer(self._tfs[term], dtype=np.uint8)[keep].astype(np.float32)
             idf = math.log(1.0 + (n - df + 0.5) / (df + 0.5))
             norm = K1 * (1.0 - B + B * self._len[slots] / average)
             weights = idf * tf * (K1 + 1.0) / (tf + norm)

@@ -25,6 +25,13 @@ def array_parts(array: npt.NDArray[np.generic]) -> Iterable[memoryview]:
         yield data[start : start + SLICE_BYTES].data
 
 
+def _slices(source: IO[bytes]) -> Iterator[memoryview]:
+    buffer = bytearray(SLICE_BYTES)
+    view = memoryview(buffer)
+    while read := source.readinto(view):  # type: ignore[attr-defined]
+        yield view[:read]
+
+
 class NpzWriter:
     """Members of an ``.npz`` (stored, not compressed) written into an open binary file."""
 
@@ -37,11 +44,13 @@ class NpzWriter:
         header["shape"] = array.shape
         return self._member(name, header, array_parts(array))
 
-    def byte_parts(self, name: str, parts: list[bytes]) -> Iterator[None]:
-        """The concatenation of ``parts`` as a one-dimensional uint8 member ``name``, never
-        joined into one string; a step per part."""
-        header = {"descr": "|u1", "fortran_order": False, "shape": (sum(map(len, parts)),)}
-        return self._member(name, header, parts)
+    def file_bytes(self, name: str, source: IO[bytes]) -> Iterator[None]:
+        """The bytes of ``source`` (an open file, read from its start) as a one-dimensional
+        uint8 member ``name``, copied a slice at a time through one buffer; a step per slice."""
+        size = source.seek(0, 2)
+        source.seek(0)
+        header = {"descr": "|u1", "fortran_order": False, "shape": (size,)}
+        return self._member(name, header, _slices(source))
 
     def _member(
         self, name: str, header: dict[str, object], parts: Iterable[bytes | memoryview]

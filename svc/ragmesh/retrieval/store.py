@@ -19,11 +19,13 @@ import json
 import logging
 import os
 import struct
+import sys
+import tempfile
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import IO, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -81,8 +83,19 @@ class Payload:
     chunk_id: str
     document_id: str
     text: str
-    metadata: dict[str, str] = field(default_factory=dict)
+    metadata: Mapping[str, str] = field(default_factory=dict)
     tenant: str = LEGACY_TENANT
+
+
+_NO_METADATA: Mapping[str, str] = {}  # shared by every chunk without metadata (most)
+
+
+def _payload(chunk_id: str, document_id: str, text: str, meta: object, tenant: str) -> Payload:
+    """A payload sharing what repeats: its tenant's and document's id strings (interned:
+    one string a document, not one a chunk) and the empty metadata."""
+    assert isinstance(meta, dict)
+    metadata = {str(k): str(v) for k, v in meta.items()} if meta else _NO_METADATA
+    return Payload(chunk_id, sys.intern(document_id), text, metadata, sys.intern(tenant))
 
 
 def _item(p: Payload) -> dict[str, object]:
@@ -148,7 +161,7 @@ class ChunkStore:
         self._tail: list[Matrix] = []
         self._live: Bitmap = np.zeros(0, dtype=np.bool_)  # one flag per slot, for masked search
         self._payloads: list[Payload | None] = []
-        self._slot: dict[tuple[str, str], int] = {}  # (tenant, chunk id)
+        self._slot: dict[str, dict[str, int]] = {}  # tenant -> chunk id -> slot
         self._by_doc: dict[tuple[str, str], set[int]] = {}  # (tenant, document id)
         self._by_meta: dict[tuple[str, str], set[int]] = {}
         self._tenant_code: dict[str, int] = {}
@@ -424,7 +437,8 @@ class ChunkStore:
         """Delete ``tenant``'s chunks by chunk id and/or document id; returns how many
         existed. Only ids that exist are logged; a delete of nothing writes nothing (same
         version)."""
-        chunks = sorted({c for c in chunk_ids if (tenant, c) in self._slot})
+        slots = self._slot.get(tenant, {})
+        chunks = sorted({c for c in chunk_ids if c in slots})
         documents = sorted({d for d in document_ids if (tenant, d) in self._by_doc})
         if not chunks and not documents:
             return 0
@@ -502,7 +516,7 @@ class ChunkStore:
         self._tenant_masks.clear()
         self._tenant_slots.clear()
         keys = [(str(it.get("n", LEGACY_TENANT)), str(it["c"])) for it in items]
-        self._remove_slots([self._slot[k] for k in keys if k in self._slot])
+        self._remove_slots([self._slot[t][c] for t, c in keys if c in self._slot.get(t, {})])
         start = self._n
         self._ensure_capacity(start + len(items))
         if self._own is not None:
@@ -510,15 +524,7 @@ class ChunkStore:
         elif not index:  # ``vectors`` is a fresh array here (a replayed record, a compaction)
             self._tail.append(vectors)
         for offset, it in enumerate(items):
-            meta = it["m"]
-            assert isinstance(meta, dict)
-            p = Payload(
-                str(it["c"]),
-                str(it["d"]),
-                str(it["t"]),
-                {str(k): str(v) for k, v in meta.items()},
-                keys[offset][0],
-            )
+            p = _payload(str(it["c"]), str(it["d"]), str(it["t"]), it["m"], keys[offset][0])
             self._payloads.append(p)
             self._place(p, start + offset)
         self._n += len(items)
@@ -535,7 +541,7 @@ class ChunkStore:
         self._owner[slot] = code
         self._live[slot] = True
         self.lexical.add(code, slot, indexed_text(p.text, p.metadata))
-        self._slot[p.tenant, p.chunk_id] = slot
+        self._slot.setdefault(p.tenant, {})[p.chunk_id] = slot
         self._by_doc.setdefault((p.tenant, p.document_id), set()).add(slot)
         for kv in p.metadata.items():
             self._by_meta.setdefault(kv, set()).add(slot)
@@ -543,7 +549,8 @@ class ChunkStore:
     def _apply_delete(
         self, tenant: str, chunk_ids: Iterable[str], document_ids: Iterable[str]
     ) -> int:
-        slots = {self._slot[tenant, c] for c in chunk_ids if (tenant, c) in self._slot}
+        ids = self._slot.get(tenant, {})
+        slots = {ids[c] for c in chunk_ids if c in ids}
         for d in document_ids:
             slots |= self._by_doc.get((tenant, d), set())
         self._remove_slots(sorted(slots))
@@ -561,7 +568,7 @@ class ChunkStore:
             self._tenant_live[int(self._owner[slot])] -= 1
             self.lexical.remove(int(self._owner[slot]), slot, indexed_text(p.text, p.metadata))
             self._owner[slot] = -1
-            del self._slot[p.tenant, p.chunk_id]
+            del self._slot[p.tenant][p.chunk_id]
             self._discard(self._by_doc, (p.tenant, p.document_id), slot)
             for kv in p.metadata.items():
                 self._discard(self._by_meta, kv, slot)
@@ -630,14 +637,15 @@ class ChunkStore:
         log.info("snapshot at version %d: %d chunks", self.version, self.count)
 
     def _write_snapshot(self, tmp: Path) -> Iterator[None]:
-        """The state as of now into ``tmp``, synced: written from views of the index's
-        memory and JSON slices, never a whole array copied (npz.py); a step per slice."""
-        with open(tmp, "wb") as f:
+        """The state as of now into ``tmp``, synced, a step per slice (npz.py). Nothing is
+        copied whole: arrays are written from views of the index's memory, and the payloads'
+        JSON goes through a scratch file beside it a slice at a time (building it in memory
+        left tens of MiB resident after every snapshot)."""
+        with open(tmp, "wb") as f, tempfile.TemporaryFile(dir=self.dir) as records:
+            yield from self._records_json(records)
             npz = NpzWriter(f)
             yield from npz.array("vectors", self._vectors())
-            records: list[bytes] = []
-            yield from self._records_json(records)
-            yield from npz.byte_parts("records", records)
+            yield from npz.file_bytes("records", records)
             yield from npz.array("version", np.array([self.version], dtype=np.uint64))
             yield from npz.array("index", self.index.serialize())
             npz.close()
@@ -645,21 +653,21 @@ class ChunkStore:
             yield
             os.fsync(f.fileno())
 
-    def _records_json(self, parts: list[bytes]) -> Iterator[None]:
-        """The payloads as one JSON list, in ``parts``: encoded a slice at a time (the C
+    def _records_json(self, out: IO[bytes]) -> Iterator[None]:
+        """The payloads as one JSON list into ``out``, encoded a slice at a time (the C
         encoder holds the GIL for a whole call, and a search beside a snapshot must not wait
         long), a step per slice."""
-        parts.append(b"[")
+        out.write(b"[")
         for start in range(0, len(self._payloads), RECORDS_PER_SLICE):
             part = [
                 None if p is None else [p.chunk_id, p.document_id, p.text, p.metadata, p.tenant]
                 for p in self._payloads[start : start + RECORDS_PER_SLICE]
             ]
             if start:
-                parts.append(b",")
-            parts.append(json.dumps(part)[1:-1].encode())
+                out.write(b",")
+            out.write(json.dumps(part)[1:-1].encode())
             yield
-        parts.append(b"]")
+        out.write(b"]")
 
     def _load_snapshot(self) -> None:
         path = self.dir / SNAPSHOT
@@ -682,7 +690,7 @@ class ChunkStore:
                 self._payloads.append(None)
                 self._dead += 1
                 continue
-            p = Payload(r[0], r[1], r[2], r[3], r[4] if len(r) > 4 else LEGACY_TENANT)
+            p = _payload(r[0], r[1], r[2], r[3], r[4] if len(r) > 4 else LEGACY_TENANT)
             self._payloads.append(p)
             self._place(p, slot)
         self._n = len(records)
