@@ -507,3 +507,28 @@ async def test_an_ask_for_the_canary_never_shares_the_primarys_answer() -> None:
     peers.release.set()
     await asyncio.gather(*asks)
     assert peers.generations == 2  # one per route: the two canary Asks shared theirs
+
+
+async def test_the_answer_cache_keeps_the_canarys_answers_apart_from_the_primarys() -> None:
+    """An Ask routed to the generation canary is answered by the canary, never from an
+    answer the primary left in the cache (nor the other way round): the A/B sees its users."""
+    from ragmesh.kit import callcontext
+
+    redis, peers = MemoryRedis(), Peers()
+    p = pipeline(redis, peers)
+
+    async def ask(canary: str | None) -> AskDone:
+        headers = (("x-ragmesh-canary", canary),) if canary else ()
+        token = callcontext.bind(callcontext.CallContext("r", headers, None))
+        try:
+            done = (await run(p, "What is it?"))[-1]
+        finally:
+            callcontext.unbind(token)
+        assert isinstance(done, AskDone)
+        return done
+
+    assert not (await ask(None)).cache_hit
+    assert (await ask(None)).cache_hit
+    assert not (await ask("true")).cache_hit  # the canary answers it
+    assert (await ask("true")).cache_hit
+    assert peers.generations == 2

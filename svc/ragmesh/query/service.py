@@ -109,6 +109,14 @@ def caller_tenant(default: str) -> str:
     return tenant
 
 
+def _routing() -> list[tuple[str, str]]:
+    """The call's routing headers (x-ragmesh-canary): part of the answer cache's and the
+    single flight's keys, so an Ask for the generation canary never shares the primary's
+    answer (nor the other way round)."""
+    ctx = callcontext.current()
+    return sorted((k, v) for k, v in (ctx.headers if ctx is not None else ()) if k in ROUTING_KEYS)
+
+
 def _ms(since: float) -> float:
     return (time.perf_counter() - since) * 1000.0
 
@@ -197,6 +205,7 @@ class AskPipeline:
                 "params": [p.max_tokens, p.temperature, p.top_p, list(p.stop), p.seed],
                 "index": index_version,
                 "model": self.generation_model,
+                "routing": _routing(),  # the canary's answers are its own
             },
             sort_keys=True,
         )
@@ -234,16 +243,10 @@ class AskPipeline:
 
     def _flight_key(self, tenant: str, request: AskInput, top_k: int) -> str:
         p = request.params
-        ctx = callcontext.current()
-        # the routing headers too: an Ask for the generation canary never shares the
-        # primary's answer (nor the other way round)
-        routing = sorted(
-            (k, v) for k, v in (ctx.headers if ctx is not None else ()) if k in ROUTING_KEYS
-        )
         return json.dumps(
             [
                 tenant,
-                routing,
+                _routing(),
                 normalize(request.question),
                 top_k,
                 sorted(request.filter.items()),
