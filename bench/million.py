@@ -201,7 +201,10 @@ def run(quick: bool, repeats: int) -> Section:
         "second snapshot less that of the empty service; the whole resident set and its "
         "peak against raw. Search: single queries, top 10, one after another "
         "from the client core, for 5 s before the snapshot and throughout it (writes wait "
-        "for a snapshot; searches do not). Restart: 10,000 more chunks written after the "
+        "for a snapshot; searches do not: it runs at idle priority, taking what the "
+        "searches leave, and at normal priority after 30 s or once a write has waited "
+        "2 s). Snapshot s: from the last write's answer to the new snapshot file, with "
+        "those searches running. Restart: 10,000 more chunks written after the "
         "snapshot, SIGKILL, then a new process until SERVING (snapshot load and log replay). "
         "One run per index kind.",
         [
