@@ -40,8 +40,11 @@ class NpzWriter:
 
     def array(self, name: str, array: npt.NDArray[np.generic]) -> Iterator[None]:
         """``array`` as member ``name``, from views of its memory; a step per slice."""
-        header = npy.header_data_from_array_1_0(np.ascontiguousarray(array[:0]))
-        header["shape"] = array.shape
+        header: dict[str, object] = {
+            "descr": npy.dtype_to_descr(array.dtype),
+            "fortran_order": False,
+            "shape": array.shape,
+        }
         return self._member(name, header, array_parts(array))
 
     def file_bytes(self, name: str, source: IO[bytes]) -> Iterator[None]:

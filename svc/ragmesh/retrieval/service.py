@@ -254,10 +254,9 @@ class RetrievalService:
         hurry = None
         if self._snapshot is not None and not self._snapshot.done():
             hurry = asyncio.get_running_loop().call_later(SNAPSHOT_HURRY_S, self._hurry.set)
+        # (set while this write runs, it is cleared before the next snapshot starts)
         try:
             async with self._writes:
-                if hurry is not None:
-                    hurry.cancel()
                 result = await self._run(fn)
                 store, pending = self._faiss_store, self._snapshot
                 if store is not None and store.snapshot_due and (pending is None or pending.done()):
